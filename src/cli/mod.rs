@@ -1,0 +1,681 @@
+//! The command line: clap definitions, one handler per command, human and `--json`
+//! output, and the mapping from errors to exit codes. Handlers call [`crate::db::Db`]
+//! and format what it returns; no storage logic lives here.
+
+mod output;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::db::{self, AnyDna, Db};
+use crate::distance::Metric;
+use crate::format::DistKind;
+use crate::refname::RefName;
+use output::{human_bytes, Out};
+
+const MASK_HELP: &str = "Mask grammar (which neurons count):
+  all | *                 every neuron (the default)
+  layer3_*                every neuron of the layers matching a glob (* and ?)
+  layer3_2:17,40-59       neurons 17 and 40..59 of layer3_2
+  @weather                a named mask stored with `vdna-db mask add`
+  -layer1_*               exclusion; a spec opening with one starts from all neurons
+Terms combine left to right, separated by spaces or commas: 'all -layer1_* layer1_2:0-9'.";
+
+/// vdna-db: a registry and database of Visual DNAs.
+///
+/// A Visual DNA summarises an image dataset as per-neuron activation distributions of a
+/// frozen network. vdna-db stores DNAs content-addressed and compressed, names them
+/// (name:tag), compares them under neuron masks with the reference library's distances,
+/// and ranks the closest stored datasets to a new one.
+#[derive(Parser, Debug)]
+#[command(name = "vdna-db", version, propagate_version = true, after_help = MASK_HELP)]
+pub struct Cli {
+    /// Store root [default: $VDNA_DB_HOME, else the per-user data directory]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    /// Print results as JSON on stdout
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print nothing but results and errors
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create an empty store (other commands create it on first use too)
+    Init,
+    /// Store a DNA from a .vdna bundle or a reference .json/.npz pair, optionally naming it
+    Import(PushArgs),
+    /// Store a DNA and name it (same inputs as import; --name is required)
+    Push(PushArgs),
+    /// Write a stored DNA to a .vdna bundle or a reference .json/.npz pair
+    Export(ExportArgs),
+    /// List named DNAs
+    Ls(LsArgs),
+    /// Show a DNA: space, layers, blobs, annotations
+    Show(ShowArgs),
+    /// Give a stored DNA another name
+    Tag { source: String, target: String },
+    /// Remove a name (objects stay until `gc`)
+    Rm { reference: String },
+    /// Distance between two DNAs under a mask
+    Compare(CompareArgs),
+    /// Rank the stored DNAs closest to a DNA under a mask
+    Query(QueryArgs),
+    /// Manage named masks
+    #[command(subcommand)]
+    Mask(MaskCommand),
+    /// Re-hash every object and check every name; exit 1 if anything is wrong
+    Verify,
+    /// Remove objects no name reaches
+    Gc,
+    /// Rebuild the query index (derived state) from the objects and the catalogue
+    Reindex,
+    /// Build a demo catalogue (reference fixtures plus synthetic datasets) and query it
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PushArgs {
+    /// A .vdna bundle, or a reference pair (path to its .json, its .npz, or their common stem)
+    pub path: PathBuf,
+    /// Name to give it: name[:tag], tag defaults to latest
+    #[arg(long, short)]
+    pub name: Option<String>,
+    /// Annotation to attach (repeatable): --meta source=flickr --meta split=val
+    #[arg(long = "meta", value_name = "KEY=VALUE")]
+    pub meta: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// A stored name:tag or digest
+    pub reference: String,
+    /// Output format
+    #[arg(long, value_parser = ["vdna", "reference"], default_value = "vdna")]
+    pub format: String,
+    /// Output path (reference format: the stem; .json and .npz are written beside it)
+    #[arg(long, short)]
+    pub output: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct LsArgs {
+    /// Only names matching this glob (e.g. 'synth/*')
+    pub pattern: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ShowArgs {
+    /// A stored name:tag or digest, or a DNA file
+    pub reference: String,
+}
+
+#[derive(Args, Debug)]
+pub struct CompareArgs {
+    /// First DNA: a stored name:tag or digest, a .vdna bundle or a reference pair
+    pub a: String,
+    /// Second DNA, same forms
+    pub b: String,
+    /// Neurons to compare (see the mask grammar in --help)
+    #[arg(long, short, default_value = "all")]
+    pub mask: String,
+    /// Distance: emd (histograms), nfd (gaussian, layer-gaussian), fd (layer-gaussian)
+    #[arg(long)]
+    pub metric: Option<String>,
+    /// Print the distance of every masked layer
+    #[arg(long)]
+    pub per_layer: bool,
+    /// Print the N neurons that differ most
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub top_neurons: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct QueryArgs {
+    /// The query DNA: a stored name:tag or digest, a .vdna bundle or a reference pair
+    pub source: String,
+    /// How many results
+    #[arg(long, short = 'k', default_value_t = 5)]
+    pub top: usize,
+    /// Neurons to compare (see the mask grammar in --help)
+    #[arg(long, short, default_value = "all")]
+    pub mask: String,
+    /// Distance: emd, nfd or fd (default: emd for histograms, nfd for Gaussians)
+    #[arg(long)]
+    pub metric: Option<String>,
+    /// Force the exact, bound-pruned scan
+    #[arg(long, conflicts_with = "approx")]
+    pub exact: bool,
+    /// Allow the approximate path (HNSW graph where one is built for the mask)
+    #[arg(long)]
+    pub approx: bool,
+    /// Only DNAs whose annotation KEY equals VALUE (repeatable)
+    #[arg(long = "filter", value_name = "KEY=VALUE")]
+    pub filters: Vec<String>,
+    /// Only refs with this tag
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Leave out stored DNAs identical to the query
+    #[arg(long)]
+    pub exclude_self: bool,
+    /// Print the plan, candidates per stage, bytes read and time per stage
+    #[arg(long)]
+    pub explain: bool,
+    /// Print the per-layer distances of each hit
+    #[arg(long)]
+    pub per_layer: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MaskCommand {
+    /// Store a named mask, usable as @NAME in any mask spec
+    Add { name: String, spec: String },
+    /// List named masks
+    Ls,
+    /// Remove a named mask
+    Rm { name: String },
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Folder of reference .json/.npz pairs to import first
+    #[arg(long, default_value = "fixtures/reference")]
+    pub fixtures: PathBuf,
+    /// Synthetic dataset families to add
+    #[arg(long, default_value_t = 4)]
+    pub families: usize,
+    /// Members per family
+    #[arg(long, default_value_t = 3)]
+    pub members: usize,
+}
+
+/// Runs the CLI; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let mut out = Out::new(cli.json, cli.quiet);
+    match run(cli, &mut out) {
+        Ok(code) => code,
+        Err(e) => {
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) {
+                return 0;
+            }
+            let _ = std::io::stdout().flush();
+            eprintln!("error: {e:#}");
+            let internal = e
+                .chain()
+                .filter_map(|c| c.downcast_ref::<crate::Error>())
+                .any(|v| !v.is_user_error());
+            if internal {
+                2
+            } else {
+                1
+            }
+        }
+    }
+}
+
+fn open_db(cli_home: &Option<PathBuf>) -> Result<Db> {
+    let home = cli_home.clone().unwrap_or_else(db::default_home);
+    Db::open(&home).with_context(|| format!("opening store {}", home.display()))
+}
+
+fn parse_meta(items: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut m = BTreeMap::new();
+    for it in items {
+        let Some((k, v)) = it.split_once('=') else {
+            bail!("--meta {it:?}: expected KEY=VALUE");
+        };
+        if k.is_empty() {
+            bail!("--meta {it:?}: empty key");
+        }
+        m.insert(k.to_string(), v.to_string());
+    }
+    Ok(m)
+}
+
+/// A DNA named on the command line: a file when one exists at that path, else a stored ref.
+fn load_any(db: &Db, spec: &str) -> Result<(AnyDna, String)> {
+    let p = Path::new(spec);
+    if p.is_file() || crate::reference::looks_like_pair(p) {
+        let (dna, _) = db::read_dna_file(p).with_context(|| format!("reading DNA file {spec}"))?;
+        return Ok((AnyDna::Owned(dna), spec.to_string()));
+    }
+    let (digest, name) = db.resolve(spec)?;
+    let stored = db.open_dna(&digest)?;
+    Ok((AnyDna::Stored(stored), name.map_or(digest.to_string(), |n| n.to_string())))
+}
+
+fn run(cli: Cli, out: &mut Out) -> Result<i32> {
+    match cli.command {
+        Command::Init => {
+            let db = open_db(&cli.home)?;
+            out.line(&format!("store ready at {}", db.home().display()))?;
+            out.json(&serde_json::json!({ "home": db.home() }))?;
+        }
+        Command::Import(a) => push(&cli.home, out, a, false)?,
+        Command::Push(a) => push(&cli.home, out, a, true)?,
+        Command::Export(a) => {
+            let db = open_db(&cli.home)?;
+            let (digest, name) = db.resolve(&a.reference)?;
+            let ann = db.annotations(name.as_ref())?;
+            let written: Vec<PathBuf> = if a.format == "vdna" {
+                let bytes = db.export_bundle(&digest, &ann)?;
+                crate::store::write_file_atomic(&a.output, &bytes)
+                    .with_context(|| format!("writing {}", a.output.display()))?;
+                vec![a.output.clone()]
+            } else {
+                let dna = db.open_dna(&digest)?.load()?;
+                let (j, n) = crate::reference::export_pair(&dna, &ann, &a.output)?;
+                vec![j, n]
+            };
+            for w in &written {
+                out.line(&format!("wrote {}", w.display()))?;
+            }
+            out.json(&serde_json::json!({ "digest": digest, "written": written }))?;
+        }
+        Command::Ls(a) => {
+            let db = open_db(&cli.home)?;
+            let mut rows = db.list()?;
+            if let Some(p) = &a.pattern {
+                rows.retain(|r| crate::mask::glob_match(p, &r.name) || crate::mask::glob_match(p, &r.reference));
+            }
+            out.json(&rows)?;
+            out.table(
+                &["NAME", "TAG", "DIGEST", "EXTRACTOR", "KIND", "IMAGES", "SIZE"],
+                rows.iter()
+                    .map(|r| {
+                        vec![
+                            r.name.clone(),
+                            r.tag.clone(),
+                            r.digest.short(),
+                            r.extractor.clone(),
+                            r.dist.clone(),
+                            r.images.to_string(),
+                            human_bytes(r.stored_bytes),
+                        ]
+                    })
+                    .collect(),
+            )?;
+        }
+        Command::Show(a) => show(&cli.home, out, &a.reference)?,
+        Command::Tag { source, target } => {
+            let db = open_db(&cli.home)?;
+            let (digest, name) = db.tag(&source, &target)?;
+            out.line(&format!("{name} -> {digest}"))?;
+            out.json(&serde_json::json!({ "ref": name.to_string(), "digest": digest }))?;
+        }
+        Command::Rm { reference } => {
+            let db = open_db(&cli.home)?;
+            let (name, digest) = db.remove(&reference)?;
+            out.line(&format!("removed {name} (was {}; run vdna-db gc to free its objects)", digest.short()))?;
+            out.json(&serde_json::json!({ "removed": name.to_string(), "digest": digest }))?;
+        }
+        Command::Compare(a) => compare(&cli.home, out, a)?,
+        Command::Query(a) => return query(&cli.home, out, a),
+        Command::Mask(m) => {
+            let db = open_db(&cli.home)?;
+            match m {
+                MaskCommand::Add { name, spec } => {
+                    if !crate::format::valid_layer_name(&name) {
+                        bail!("mask name {name:?}: use letters, digits, _ . - only");
+                    }
+                    // Check the spec against every stored space it can apply to.
+                    let spaces = db.catalogue().spaces()?;
+                    let mut ok_in = 0;
+                    let mut first_err = None;
+                    for (d, _) in &spaces {
+                        match db.space_config(d).and_then(|s| db.mask(&spec, &s)) {
+                            Ok(_) => ok_in += 1,
+                            Err(e) => first_err = first_err.or(Some(e)),
+                        }
+                    }
+                    if let (0, Some(e)) = (ok_in, first_err) {
+                        return Err(anyhow::Error::new(e).context(format!("mask {name:?} applies to no stored space")));
+                    }
+                    db.catalogue().put_mask(&name, &spec)?;
+                    out.line(&format!("mask @{name} = {spec}"))?;
+                    out.json(&serde_json::json!({ "name": name, "spec": spec }))?;
+                }
+                MaskCommand::Ls => {
+                    let masks = db.catalogue().masks()?;
+                    out.json(&masks.iter().map(|(n, s)| serde_json::json!({"name": n, "spec": s})).collect::<Vec<_>>())?;
+                    out.table(&["NAME", "SPEC"], masks.iter().map(|(n, s)| vec![format!("@{n}"), s.clone()]).collect())?;
+                }
+                MaskCommand::Rm { name } => {
+                    let name = name.trim_start_matches('@').to_string();
+                    if !db.catalogue().remove_mask(&name)? {
+                        return Err(crate::Error::NotFound(format!("no mask named @{name} (list them with vdna-db mask ls)")).into());
+                    }
+                    out.line(&format!("removed mask @{name}"))?;
+                    out.json(&serde_json::json!({ "removed": name }))?;
+                }
+            }
+        }
+        Command::Verify => {
+            let db = open_db(&cli.home)?;
+            let r = db.verify()?;
+            out.json(&r)?;
+            for p in &r.problems {
+                out.line(&format!("BAD {}: {}", p.object, p.problem))?;
+            }
+            out.line(&format!(
+                "checked {} objects and {} names: {}",
+                r.objects_checked,
+                r.refs_checked,
+                if r.problems.is_empty() { "all good".to_string() } else { format!("{} problems", r.problems.len()) }
+            ))?;
+            if !r.problems.is_empty() {
+                return Ok(1);
+            }
+        }
+        Command::Gc => {
+            let db = open_db(&cli.home)?;
+            let r = db.gc()?;
+            out.json(&r)?;
+            out.line(&format!(
+                "removed {} objects ({}), kept {}",
+                r.objects_removed,
+                human_bytes(r.bytes_freed),
+                r.objects_kept
+            ))?;
+        }
+        Command::Reindex => {
+            let db = open_db(&cli.home)?;
+            let t = std::time::Instant::now();
+            let r = crate::query::reindex(&db)?;
+            out.json(&r)?;
+            out.line(&format!(
+                "reindexed {} DNAs in {} spaces in {:.2} s",
+                r.dnas,
+                r.spaces,
+                t.elapsed().as_secs_f64()
+            ))?;
+        }
+        Command::Demo(a) => return demo(&cli.home, out, a),
+    }
+    Ok(0)
+}
+
+fn push(home: &Option<PathBuf>, out: &mut Out, a: PushArgs, require_name: bool) -> Result<()> {
+    if require_name && a.name.is_none() {
+        bail!("push needs --name NAME[:TAG] (use import to store without a name)");
+    }
+    let name = a.name.as_deref().map(RefName::parse).transpose()?;
+    let mut ann = parse_meta(&a.meta)?;
+    let db = open_db(home)?;
+    let path = &a.path;
+    let report = if db::is_bundle(path) {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let bundle = crate::format::decode_bundle(&bytes)
+            .map_err(|e| crate::Error::Invalid(format!("{}: {e}", path.display())))?;
+        db.push_bundle(&bundle, name.as_ref(), ann)?
+    } else {
+        out.progress(&format!("reading {}", path.display()));
+        let imported = crate::reference::import_pair(path)?;
+        for (k, v) in imported.annotations {
+            ann.entry(k).or_insert(v);
+        }
+        out.progress("compressing and storing");
+        let r = db.push(&imported.dna, name.as_ref(), ann)?;
+        crate::query::index_pushed(&db, &r.digest)?;
+        r
+    };
+    if db::is_bundle(path) {
+        crate::query::index_pushed(&db, &report.digest)?;
+    }
+    out.json(&report)?;
+    out.line(&format!(
+        "stored {}{} ({}, {} images, {} at rest for {} raw, {} new objects)",
+        report.digest.short(),
+        report.reference.as_deref().map(|r| format!(" as {r}")).unwrap_or_default(),
+        report.space,
+        report.images,
+        human_bytes(report.stored_bytes),
+        human_bytes(report.raw_bytes),
+        report.new_objects
+    ))?;
+    Ok(())
+}
+
+fn show(home: &Option<PathBuf>, out: &mut Out, spec: &str) -> Result<()> {
+    let db = open_db(home)?;
+    let (dna, label) = load_any(&db, spec)?;
+    let ann = match &dna {
+        AnyDna::Stored(_) => db.resolve(spec).ok().and_then(|(_, n)| db.annotations(n.as_ref()).ok()).unwrap_or_default(),
+        AnyDna::Owned(_) => BTreeMap::new(),
+    };
+    let space = dna.space().clone();
+    let mut layers = Vec::new();
+    for (i, l) in space.layers.iter().enumerate() {
+        let (digest, size, stored, codec) = match &dna {
+            AnyDna::Stored(s) => {
+                let r = &s.manifest.layers[i];
+                let h = db.objects().header(&r.digest)?;
+                (r.digest.to_string(), r.size, h.encoded_len(), h.codec.name())
+            }
+            AnyDna::Owned(_) => (String::new(), 0, 0, ""),
+        };
+        layers.push(serde_json::json!({"name": l.name, "neurons": l.neurons, "digest": digest, "raw_bytes": size, "stored_bytes": stored, "codec": codec}));
+    }
+    let digest = dna.digest();
+    out.json(&serde_json::json!({
+        "ref": label, "digest": digest, "space_digest": space.digest(), "space": space,
+        "images": dna.images(), "layers": layers, "annotations": ann,
+    }))?;
+    out.line(&format!("{label}\n  digest   {digest}\n  space    {} {}", space.digest().short(), space.describe()))?;
+    out.line(&format!("  images   {}", dna.images()))?;
+    for (k, v) in &ann {
+        if k != "reference.metadata" {
+            out.line(&format!("  {k} = {v}"))?;
+        }
+    }
+    out.table(
+        &["LAYER", "NEURONS", "BLOB", "RAW", "STORED", "CODEC"],
+        layers
+            .iter()
+            .map(|l| {
+                vec![
+                    l["name"].as_str().unwrap_or("").to_string(),
+                    l["neurons"].to_string(),
+                    l["digest"].as_str().map(|d| d.get(..19).unwrap_or(d).to_string()).unwrap_or_default(),
+                    human_bytes(l["raw_bytes"].as_u64().unwrap_or(0)),
+                    human_bytes(l["stored_bytes"].as_u64().unwrap_or(0)),
+                    l["codec"].as_str().unwrap_or("").to_string(),
+                ]
+            })
+            .collect(),
+    )?;
+    Ok(())
+}
+
+fn parse_metric(m: &Option<String>) -> Result<Option<Metric>> {
+    m.as_deref()
+        .map(|s| Metric::parse(s).with_context(|| format!("--metric {s:?}: use emd, nfd or fd")))
+        .transpose()
+}
+
+fn compare(home: &Option<PathBuf>, out: &mut Out, a: CompareArgs) -> Result<()> {
+    let db = open_db(home)?;
+    let (da, la) = load_any(&db, &a.a)?;
+    let (db_, lb) = load_any(&db, &a.b)?;
+    let metric = parse_metric(&a.metric)?;
+    let c = db.compare(&da, &db_, &a.mask, metric, a.top_neurons)?;
+    let per_layer: serde_json::Map<String, serde_json::Value> =
+        c.per_layer.iter().map(|l| (l.layer.clone(), serde_json::json!(l.distance))).collect();
+    out.json(&serde_json::json!({
+        "a": la, "b": lb, "metric": c.metric, "distance": c.distance, "neurons": c.neurons,
+        "mask": a.mask, "per_layer": per_layer,
+        "per_layer_neurons": c.per_layer.iter().map(|l| (l.layer.clone(), l.neurons)).collect::<BTreeMap<_,_>>(),
+        "top_neurons": c.top_neurons,
+    }))?;
+    out.line(&format!("{} {:.6} over {} neurons ({la} vs {lb})", c.metric.name(), c.distance, c.neurons))?;
+    if a.per_layer {
+        let max = c.per_layer.iter().map(|l| l.distance).fold(0.0, f64::max);
+        out.table(
+            &["LAYER", "NEURONS", "DISTANCE", ""],
+            c.per_layer
+                .iter()
+                .map(|l| vec![l.layer.clone(), l.neurons.to_string(), format!("{:.6}", l.distance), output::bar(l.distance, max, 30)])
+                .collect(),
+        )?;
+    }
+    if a.top_neurons > 0 {
+        out.table(
+            &["NEURON", "DISTANCE"],
+            c.top_neurons.iter().map(|n| vec![format!("{}#{}", n.layer, n.index), format!("{:.6}", n.distance)]).collect(),
+        )?;
+    }
+    Ok(())
+}
+
+fn query(home: &Option<PathBuf>, out: &mut Out, a: QueryArgs) -> Result<i32> {
+    let db = open_db(home)?;
+    let (q, label) = load_any(&db, &a.source)?;
+    let filters = parse_meta(&a.filters).context("--filter")?;
+    let req = crate::query::QueryRequest {
+        mask: a.mask.clone(),
+        k: a.top,
+        metric: parse_metric(&a.metric)?,
+        mode: if a.exact {
+            crate::query::Mode::Exact
+        } else if a.approx {
+            crate::query::Mode::Approx
+        } else {
+            crate::query::Mode::Auto
+        },
+        filters,
+        tag: a.tag.clone(),
+        exclude_self: a.exclude_self,
+        per_layer: a.per_layer,
+    };
+    let res = crate::query::query(&db, &q, &req)?;
+    out.json(&res)?;
+    out.line(&format!(
+        "top {} of {} by {} over {} neurons ({label})",
+        res.results.len(),
+        res.plan.candidates,
+        res.metric.name(),
+        res.neurons
+    ))?;
+    out.table(
+        &["RANK", "NAME", "DIGEST", "DISTANCE", "IMAGES"],
+        res.results
+            .iter()
+            .enumerate()
+            .map(|(i, r)| vec![(i + 1).to_string(), r.reference.clone(), r.digest.short(), format!("{:.6}", r.distance), r.images.to_string()])
+            .collect(),
+    )?;
+    if a.per_layer {
+        for r in &res.results {
+            out.line(&format!("{}:", r.reference))?;
+            let max = r.per_layer.iter().map(|l| l.distance).fold(0.0, f64::max);
+            out.table(
+                &["  LAYER", "DISTANCE", ""],
+                r.per_layer.iter().map(|l| vec![format!("  {}", l.layer), format!("{:.6}", l.distance), output::bar(l.distance, max, 30)]).collect(),
+            )?;
+        }
+    }
+    if a.explain {
+        out.line(&res.plan.explain())?;
+    }
+    Ok(0)
+}
+
+fn demo(home: &Option<PathBuf>, out: &mut Out, a: DemoArgs) -> Result<i32> {
+    let db = open_db(home)?;
+    let t0 = std::time::Instant::now();
+    let mut imported = Vec::new();
+    if a.fixtures.is_dir() {
+        let mut jsons: Vec<PathBuf> = std::fs::read_dir(&a.fixtures)
+            .with_context(|| format!("reading {}", a.fixtures.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect();
+        jsons.sort();
+        for j in jsons {
+            let stem = j.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+            let name = RefName::parse(&format!("reference/{}", stem.replace(['_', '.'], "-")))?;
+            let imp = crate::reference::import_pair(&j)?;
+            let r = db.push(&imp.dna, Some(&name), imp.annotations)?;
+            crate::query::index_pushed(&db, &r.digest)?;
+            out.line(&format!("imported {name:<40} {} {}", r.digest.short(), r.space))?;
+            imported.push((name, imp.dna.space.clone()));
+        }
+    } else {
+        out.line(&format!("no fixtures at {} (run from the repository root to include them)", a.fixtures.display()))?;
+    }
+    // Synthetic families in the space of the first imported histogram DNA, or a small one.
+    let space = imported
+        .iter()
+        .map(|i| i.1.clone())
+        .find(|s| matches!(s.dist, DistKind::Histogram { bins: 100 }))
+        .unwrap_or_else(|| crate::format::SpaceConfig::unpinned("rand_resnet50", crate::synth::resnet50_layers(), DistKind::Histogram { bins: 100 }));
+    let spec = crate::synth::CatalogueSpec {
+        seed: 2023,
+        families: a.families,
+        members: a.members,
+        layers: space.layers.clone(),
+        dist: space.dist,
+        extractor: space.extractor.name.clone(),
+        images: 32,
+        positions: 196,
+        spread: 1.0,
+    };
+    let mut n = 0;
+    for f in 0..a.families {
+        for m in 0..a.members {
+            let mut dna = crate::synth::member(&spec, f, m);
+            dna.space = space.clone();
+            let name = RefName::parse(&crate::synth::member_name(f, m))?;
+            let mut ann = BTreeMap::new();
+            ann.insert("family".to_string(), format!("{f:02}"));
+            ann.insert("synthetic".to_string(), "true".to_string());
+            let r = db.push(&dna, Some(&name), ann)?;
+            crate::query::index_pushed(&db, &r.digest)?;
+            n += 1;
+        }
+    }
+    out.line(&format!("added {n} synthetic DNAs ({} families) in {:.1} s", a.families, t0.elapsed().as_secs_f64()))?;
+    let rows = db.list()?;
+    out.line(&format!("\n$ vdna-db ls   ({} DNAs)", rows.len()))?;
+    out.table(
+        &["NAME", "TAG", "DIGEST", "KIND", "IMAGES", "SIZE"],
+        rows.iter()
+            .map(|r| vec![r.name.clone(), r.tag.clone(), r.digest.short(), r.dist.clone(), r.images.to_string(), human_bytes(r.stored_bytes)])
+            .collect(),
+    )?;
+    if imported.len() >= 2 {
+        let (a_name, b_name) = (&imported[0].0, &imported.iter().find(|i| i.1 == imported[0].1 && i.0 != imported[0].0).map(|i| i.0.clone()));
+        if let Some(b_name) = b_name {
+            let (da, _) = load_any(&db, &a_name.to_string())?;
+            let (dbb, _) = load_any(&db, &b_name.to_string())?;
+            let c = db.compare(&da, &dbb, "all", None, 3)?;
+            out.line(&format!("\n$ vdna-db compare {a_name} {b_name}\n{} {:.6} over {} neurons", c.metric.name(), c.distance, c.neurons))?;
+        }
+    }
+    let probe = crate::synth::member_name(0, 0);
+    let (q, _) = load_any(&db, &format!("{probe}:latest"))?;
+    for mask in ["all", "layer4_*"] {
+        let req = crate::query::QueryRequest { mask: mask.into(), k: 5, ..Default::default() };
+        let res = crate::query::query(&db, &q, &req)?;
+        out.line(&format!("\n$ vdna-db query {probe} --top 5 --mask '{mask}'"))?;
+        out.table(
+            &["RANK", "NAME", "DISTANCE"],
+            res.results.iter().enumerate().map(|(i, r)| vec![(i + 1).to_string(), r.reference.clone(), format!("{:.4}", r.distance)]).collect(),
+        )?;
+        out.line(&format!("({} candidates, {} exact distances, {:.1} ms)", res.plan.candidates, res.plan.exact_computed, res.plan.total_ms))?;
+    }
+    out.line(&format!("\nstore: {} (try: vdna-db --home {} ls)", db.home().display(), db.home().display()))?;
+    Ok(0)
+}

@@ -1,0 +1,665 @@
+//! The database facade: a store root holding the object store and the catalogue, and the
+//! operations the CLI (and later the server) offer on them.
+//!
+//! Durability order on every write: objects first (each durable on return), then the
+//! catalogue transaction that points at them, flushed before success is reported.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::catalogue::{Catalogue, DnaRecord, RefRecord, SpaceRecord};
+use crate::distance::{self, Comparison, Metric};
+use crate::dna::{check_layer_shape, Dna, EncodedDna, LayerData};
+use crate::format::{
+    decode_bundle, decode_layer, decode_object, encode_bundle, Bundle, Digest, LayerBuf, LayerView, Manifest,
+    SpaceConfig,
+};
+use crate::mask::Mask;
+use crate::refname::RefName;
+use crate::store::{FsBackend, ObjectStore};
+use crate::{now_secs, Error};
+
+/// The zstd level used for new objects: level 19 saves 2-5% for 30-100x the CPU.
+pub const DEFAULT_LEVEL: i32 = 3;
+
+const STORE_MARKER: &str = "VDNA_DB_STORE";
+const STORE_VERSION: &str = "vdna-db store v1\n";
+
+/// The default store root: `$VDNA_DB_HOME`, else the per-user data directory.
+pub fn default_home() -> PathBuf {
+    if let Some(h) = std::env::var_os("VDNA_DB_HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(h);
+    }
+    dirs::data_dir()
+        .map(|d| d.join("vdna-db"))
+        .unwrap_or_else(|| PathBuf::from(".vdna-db"))
+}
+
+/// An open store.
+pub struct Db {
+    home: PathBuf,
+    objects: ObjectStore,
+    fs: Arc<FsBackend>,
+    catalogue: Catalogue,
+    level: i32,
+}
+
+/// What a push stored.
+#[derive(Clone, Debug, Serialize)]
+pub struct PushReport {
+    pub digest: Digest,
+    #[serde(rename = "ref")]
+    pub reference: Option<String>,
+    pub space: String,
+    pub dist: String,
+    pub images: u64,
+    /// Objects written now (the others were already stored).
+    pub new_objects: usize,
+    pub stored_bytes: u64,
+    pub raw_bytes: u64,
+}
+
+/// One line of `ls`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Listing {
+    #[serde(rename = "ref")]
+    pub reference: String,
+    pub name: String,
+    pub tag: String,
+    pub digest: Digest,
+    pub space: Digest,
+    pub extractor: String,
+    pub dist: String,
+    pub images: u64,
+    pub stored_bytes: u64,
+    pub created: u64,
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// A stored DNA opened for reading: manifest and space in memory, layers read on demand.
+pub struct StoredDna {
+    pub digest: Digest,
+    pub manifest: Manifest,
+    pub space: SpaceConfig,
+    objects: ObjectStore,
+}
+
+impl StoredDna {
+    /// Reads, verifies and validates one layer (nothing else is read).
+    pub fn layer(&self, i: usize) -> Result<LayerBuf, Error> {
+        let r = &self.manifest.layers[i];
+        let buf = self.objects.get_layer(&r.digest)?;
+        check_layer_shape(&self.space, i, &buf.view())?;
+        Ok(buf)
+    }
+
+    /// Reads every layer into an owned DNA.
+    pub fn load(&self) -> Result<Dna, Error> {
+        let layers = (0..self.manifest.layers.len())
+            .into_par_iter()
+            .map(|i| self.layer(i).map(|b| LayerData::from_view(b.view())))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Dna {
+            space: self.space.clone(),
+            images: self.manifest.images,
+            layers,
+        })
+    }
+}
+
+/// A DNA to compare or query with: in memory, or in the store.
+pub enum AnyDna {
+    Owned(Dna),
+    Stored(StoredDna),
+}
+
+/// A loaded layer: a validated buffer from the store, or borrowed owned arrays.
+pub enum HeldLayer<'a> {
+    Buf(LayerBuf),
+    Borrowed(&'a LayerData),
+}
+
+impl HeldLayer<'_> {
+    pub fn view(&self) -> LayerView<'_> {
+        match self {
+            HeldLayer::Buf(b) => b.view(),
+            HeldLayer::Borrowed(d) => d.view(),
+        }
+    }
+}
+
+impl AnyDna {
+    pub fn space(&self) -> &SpaceConfig {
+        match self {
+            AnyDna::Owned(d) => &d.space,
+            AnyDna::Stored(s) => &s.space,
+        }
+    }
+
+    pub fn images(&self) -> u64 {
+        match self {
+            AnyDna::Owned(d) => d.images,
+            AnyDna::Stored(s) => s.manifest.images,
+        }
+    }
+
+    /// One layer, read from the store only when stored.
+    pub fn layer(&self, i: usize) -> Result<HeldLayer<'_>, Error> {
+        match self {
+            AnyDna::Owned(d) => Ok(HeldLayer::Borrowed(&d.layers[i])),
+            AnyDna::Stored(s) => s.layer(i).map(HeldLayer::Buf),
+        }
+    }
+
+    /// The DNA's digest (computed for in-memory DNAs).
+    pub fn digest(&self) -> Digest {
+        match self {
+            AnyDna::Owned(d) => d.encode(1).manifest_digest,
+            AnyDna::Stored(s) => s.digest,
+        }
+    }
+}
+
+/// Explains why two spaces differ, for the error that refuses to compare across them.
+pub fn space_difference(a: &SpaceConfig, b: &SpaceConfig) -> String {
+    let mut why = Vec::new();
+    if a.extractor.name != b.extractor.name {
+        why.push(format!("extractor {} vs {}", a.extractor.name, b.extractor.name));
+    }
+    if a.dist != b.dist {
+        why.push(format!("distribution {} vs {}", a.dist.name(), b.dist.name()));
+    }
+    if a.layers != b.layers {
+        why.push(format!("layers differ ({} vs {} layers)", a.layers.len(), b.layers.len()));
+    }
+    if a.is_pinned() != b.is_pinned() {
+        why.push("one DNA pins its weights and activation ranges by digest, the other (imported from reference files) does not; import the reference files with the same --weights and --ranges to pin them".into());
+    } else if a.extractor != b.extractor {
+        why.push("weights or activation ranges differ".into());
+    }
+    if a.hist_range != b.hist_range || a.range_scale != b.range_scale {
+        why.push("histogram range or range scale differ".into());
+    }
+    if a.preprocessing != b.preprocessing {
+        why.push("preprocessing differs".into());
+    }
+    if why.is_empty() {
+        why.push("configs differ".into());
+    }
+    why.join("; ")
+}
+
+/// A line of `verify`.
+#[derive(Clone, Debug, Serialize)]
+pub struct VerifyProblem {
+    pub object: String,
+    pub problem: String,
+}
+
+/// What `verify` found.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct VerifyReport {
+    pub objects_checked: usize,
+    pub refs_checked: usize,
+    pub problems: Vec<VerifyProblem>,
+}
+
+/// What `gc` removed.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GcReport {
+    pub objects_kept: usize,
+    pub objects_removed: usize,
+    pub bytes_freed: u64,
+    pub records_removed: usize,
+    pub tmp_files_removed: usize,
+}
+
+impl Db {
+    /// Opens the store at `home`, creating it if missing.
+    pub fn open(home: &Path) -> Result<Db, Error> {
+        Db::open_with_level(home, DEFAULT_LEVEL)
+    }
+
+    /// Opens the store, writing new objects at zstd `level`.
+    pub fn open_with_level(home: &Path, level: i32) -> Result<Db, Error> {
+        std::fs::create_dir_all(home).map_err(|e| Error::io(home, e))?;
+        let marker = home.join(STORE_MARKER);
+        match std::fs::read_to_string(&marker) {
+            Ok(s) if s == STORE_VERSION => {}
+            Ok(s) => {
+                return Err(Error::Invalid(format!(
+                    "{}: store format {:?} is not supported by this build (expected {:?}); upgrade vdna-db",
+                    home.display(),
+                    s.trim(),
+                    STORE_VERSION.trim()
+                )))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let non_empty = std::fs::read_dir(home).map_err(|e| Error::io(home, e))?.next().is_some();
+                if non_empty {
+                    return Err(Error::Invalid(format!(
+                        "{} is not empty and is not a vdna-db store; pick another --home",
+                        home.display()
+                    )));
+                }
+                crate::store::write_file_atomic(&marker, STORE_VERSION.as_bytes())
+                    .map_err(|e| Error::io(&marker, e))?;
+            }
+            Err(e) => return Err(Error::io(&marker, e)),
+        }
+        let catalogue = Catalogue::open(&home.join("catalogue"))?;
+        let fs = Arc::new(
+            FsBackend::open(&home.join("objects"), &home.join("tmp")).map_err(|e| Error::io(home, e))?,
+        );
+        Ok(Db {
+            home: home.to_path_buf(),
+            objects: ObjectStore::new(fs.clone()),
+            fs,
+            catalogue,
+            level,
+        })
+    }
+
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    pub fn objects(&self) -> &ObjectStore {
+        &self.objects
+    }
+
+    pub fn catalogue(&self) -> &Catalogue {
+        &self.catalogue
+    }
+
+    /// Stores a DNA and, with `name`, points a ref at it.
+    pub fn push(
+        &self,
+        dna: &Dna,
+        name: Option<&RefName>,
+        annotations: BTreeMap<String, String>,
+    ) -> Result<PushReport, Error> {
+        dna.validate()?;
+        let enc = dna.encode(self.level);
+        self.commit_encoded(&enc.manifest, enc.manifest_digest, &dna.space, &enc.objects, enc.raw_bytes, name, annotations)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn commit_encoded(
+        &self,
+        manifest: &Manifest,
+        digest: Digest,
+        space: &SpaceConfig,
+        objects: &[(Digest, Vec<u8>)],
+        raw_bytes: u64,
+        name: Option<&RefName>,
+        annotations: BTreeMap<String, String>,
+    ) -> Result<PushReport, Error> {
+        // Layers first, then the space and the manifest: a manifest is never durable before
+        // the blobs it names.
+        let mut new_objects = 0;
+        for (d, bytes) in objects.iter().skip(1) {
+            new_objects += self.objects.put(d, bytes)? as usize;
+        }
+        new_objects += self.objects.put(&objects[0].0, &objects[0].1)? as usize;
+        let stored_bytes: u64 = objects.iter().map(|o| o.1.len() as u64).sum();
+        let now = now_secs();
+        let record = DnaRecord {
+            space: manifest.space,
+            dist: manifest.dist.clone(),
+            images: manifest.images,
+            stored_bytes,
+            raw_bytes,
+            created: now,
+        };
+        let space_rec = SpaceRecord {
+            config: serde_json::to_value(space).unwrap_or_default(),
+            description: space.describe(),
+        };
+        let ref_rec = RefRecord {
+            digest,
+            created: now,
+            annotations,
+        };
+        self.catalogue.commit_dna(&digest, &record, &space_rec, name.map(|n| (n, &ref_rec)))?;
+        Ok(PushReport {
+            digest,
+            reference: name.map(|n| n.to_string()),
+            space: space.describe(),
+            dist: manifest.dist.clone(),
+            images: manifest.images,
+            new_objects,
+            stored_bytes,
+            raw_bytes,
+        })
+    }
+
+    /// Stores a decoded bundle (digests already verified) and, with `name`, refs it.
+    pub fn push_bundle(
+        &self,
+        bundle: &Bundle,
+        name: Option<&RefName>,
+        mut annotations: BTreeMap<String, String>,
+    ) -> Result<PushReport, Error> {
+        // Validate each layer's archive and shape before anything is written.
+        let mut raw_bytes = 0;
+        for (i, (_, enc)) in bundle.objects.iter().skip(2).enumerate() {
+            let raw = decode_object(enc, "bundle entry")?;
+            raw_bytes += raw.len() as u64;
+            let buf = decode_layer(raw)?;
+            check_layer_shape(&bundle.space, i, &buf.view())?;
+        }
+        for (k, v) in &bundle.annotations {
+            annotations.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        self.commit_encoded(
+            &bundle.manifest,
+            bundle.manifest_digest,
+            &bundle.space,
+            &bundle.objects,
+            raw_bytes,
+            name,
+            annotations,
+        )
+    }
+
+    /// Resolves `name[:tag]`, a full digest or a unique digest prefix (`sha256:3fa9c1…`,
+    /// at least 8 hex digits) to a stored DNA.
+    pub fn resolve(&self, spec: &str) -> Result<(Digest, Option<RefName>), Error> {
+        if let Some(hex) = spec.strip_prefix("sha256:") {
+            if let Ok(d) = spec.parse::<Digest>() {
+                if self.catalogue.dna(&d)?.is_some() {
+                    return Ok((d, None));
+                }
+                return Err(Error::NotFound(format!("no stored DNA {d} (list them with vdna-db ls)")));
+            }
+            if hex.len() >= 8 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                let hits: Vec<Digest> = self
+                    .catalogue
+                    .dnas()?
+                    .into_iter()
+                    .map(|(d, _)| d)
+                    .filter(|d| d.hex().starts_with(&hex.to_ascii_lowercase()))
+                    .collect();
+                return match hits.len() {
+                    1 => Ok((hits[0], None)),
+                    0 => Err(Error::NotFound(format!("no stored DNA has a digest starting {spec} (list them with vdna-db ls)"))),
+                    n => Err(Error::Invalid(format!("{spec} matches {n} stored DNAs; give more digits"))),
+                };
+            }
+            return Err(Error::Invalid(format!("{spec:?} is neither a digest nor a digest prefix of 8+ hex digits")));
+        }
+        let name = RefName::parse(spec)?;
+        match self.catalogue.get_ref(&name)? {
+            Some(r) => Ok((r.digest, Some(name))),
+            None => Err(Error::NotFound(format!("no DNA named {name} (list them with vdna-db ls)"))),
+        }
+    }
+
+    /// Opens a stored DNA by digest: reads and checks its manifest and space.
+    pub fn open_dna(&self, digest: &Digest) -> Result<StoredDna, Error> {
+        let manifest = Manifest::from_bytes(&self.objects.get_raw(digest)?)?;
+        let space = self.space_config(&manifest.space)?;
+        manifest.check_against(&space)?;
+        Ok(StoredDna {
+            digest: *digest,
+            manifest,
+            space,
+            objects: self.objects.clone(),
+        })
+    }
+
+    /// Reads a space config object.
+    pub fn space_config(&self, d: &Digest) -> Result<SpaceConfig, Error> {
+        Ok(SpaceConfig::from_bytes(&self.objects.get_raw(d)?)?)
+    }
+
+    /// The annotations of a ref (empty for a bare digest).
+    pub fn annotations(&self, name: Option<&RefName>) -> Result<BTreeMap<String, String>, Error> {
+        Ok(match name {
+            Some(n) => self.catalogue.get_ref(n)?.map(|r| r.annotations).unwrap_or_default(),
+            None => BTreeMap::new(),
+        })
+    }
+
+    /// Writes a stored DNA as a `.vdna` bundle.
+    pub fn export_bundle(&self, digest: &Digest, annotations: &BTreeMap<String, String>) -> Result<Vec<u8>, Error> {
+        let m = Manifest::from_bytes(&self.objects.get_raw(digest)?)?;
+        let mut ids = vec![*digest, m.space];
+        ids.extend(m.layers.iter().map(|l| l.digest));
+        let encoded = ids
+            .par_iter()
+            .map(|d| self.objects.get_encoded(d).map(|b| (*d, b)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let refs: Vec<(Digest, &[u8])> = encoded.iter().map(|(d, b)| (*d, b.as_slice())).collect();
+        Ok(encode_bundle(&refs, annotations))
+    }
+
+    /// Resolves a mask spec against a space, looking up named masks in the catalogue.
+    pub fn mask(&self, spec: &str, space: &SpaceConfig) -> Result<Mask, Error> {
+        let named = |n: &str| self.catalogue.mask(n).ok().flatten();
+        Ok(Mask::parse(spec, space, &named)?)
+    }
+
+    /// Compares two DNAs under a mask spec.
+    pub fn compare(
+        &self,
+        a: &AnyDna,
+        b: &AnyDna,
+        mask_spec: &str,
+        metric: Option<Metric>,
+        top_n: usize,
+    ) -> Result<Comparison, Error> {
+        compare_dnas(a, b, &self.mask(mask_spec, a.space())?, metric, top_n)
+    }
+
+    /// Every ref with its DNA record, sorted by name.
+    pub fn list(&self) -> Result<Vec<Listing>, Error> {
+        let spaces: BTreeMap<Digest, SpaceRecord> = self.catalogue.spaces()?.into_iter().collect();
+        let mut out = Vec::new();
+        for (name, r) in self.catalogue.refs()? {
+            let Some(rec) = self.catalogue.dna(&r.digest)? else {
+                continue;
+            };
+            let extractor = spaces
+                .get(&rec.space)
+                .and_then(|s| s.config.pointer("/extractor/name"))
+                .and_then(|v| v.as_str())
+                .unwrap_or("?")
+                .to_string();
+            out.push(Listing {
+                reference: name.to_string(),
+                name: name.name.clone(),
+                tag: name.tag.clone(),
+                digest: r.digest,
+                space: rec.space,
+                extractor,
+                dist: rec.dist,
+                images: rec.images,
+                stored_bytes: rec.stored_bytes,
+                created: r.created,
+                annotations: r.annotations,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Points `new` at what `src` resolves to, keeping the source ref's annotations.
+    pub fn tag(&self, src: &str, new: &str) -> Result<(Digest, RefName), Error> {
+        let (digest, from) = self.resolve(src)?;
+        let name = RefName::parse(new)?;
+        let annotations = self.annotations(from.as_ref())?;
+        self.catalogue.set_ref(
+            &name,
+            &RefRecord {
+                digest,
+                created: now_secs(),
+                annotations,
+            },
+        )?;
+        Ok((digest, name))
+    }
+
+    /// Removes a ref. Objects stay until `gc`.
+    pub fn remove(&self, spec: &str) -> Result<(RefName, Digest), Error> {
+        let name = RefName::parse(spec)?;
+        match self.catalogue.remove_ref(&name)? {
+            Some(r) => Ok((name, r.digest)),
+            None => Err(Error::NotFound(format!("no DNA named {name} (list them with vdna-db ls)"))),
+        }
+    }
+
+    /// Re-hashes every object and checks every ref's objects are present and valid.
+    pub fn verify(&self) -> Result<VerifyReport, Error> {
+        let mut report = VerifyReport::default();
+        let all = self.objects.list()?;
+        report.objects_checked = all.len();
+        let bad: Vec<VerifyProblem> = all
+            .par_iter()
+            .filter_map(|d| {
+                self.objects.verify(d).err().map(|e| VerifyProblem {
+                    object: d.to_string(),
+                    problem: e.to_string(),
+                })
+            })
+            .collect();
+        report.problems.extend(bad);
+        for (name, r) in self.catalogue.refs()? {
+            report.refs_checked += 1;
+            let check = || -> Result<(), Error> {
+                let dna = self.open_dna(&r.digest)?;
+                for l in &dna.manifest.layers {
+                    if !self.objects.contains(&l.digest)? {
+                        return Err(crate::store::StoreError::Missing(l.digest).into());
+                    }
+                }
+                if self.catalogue.dna(&r.digest)?.is_none() {
+                    return Err(Error::NotFound("no catalogue record for its DNA".into()));
+                }
+                Ok(())
+            };
+            if let Err(e) = check() {
+                report.problems.push(VerifyProblem {
+                    object: name.to_string(),
+                    problem: e.to_string(),
+                });
+            }
+        }
+        Ok(report)
+    }
+
+    /// Removes every object and DNA record that no ref reaches, and stale temporary files.
+    pub fn gc(&self) -> Result<GcReport, Error> {
+        let mut report = GcReport::default();
+        let mut live_dnas = BTreeSet::new();
+        let mut live = BTreeSet::new();
+        for (_, r) in self.catalogue.refs()? {
+            live_dnas.insert(r.digest);
+        }
+        for d in &live_dnas {
+            live.insert(*d);
+            // A ref whose manifest cannot be read keeps what it can; verify reports it.
+            if let Ok(raw) = self.objects.get_raw(d) {
+                if let Ok(m) = Manifest::from_bytes(&raw) {
+                    live.insert(m.space);
+                    live.extend(m.layers.iter().map(|l| l.digest));
+                }
+            }
+        }
+        for (d, _) in self.catalogue.dnas()? {
+            if !live_dnas.contains(&d) {
+                self.catalogue.remove_dna(&d)?;
+                report.records_removed += 1;
+            }
+        }
+        for d in self.objects.list()? {
+            if live.contains(&d) {
+                report.objects_kept += 1;
+                continue;
+            }
+            report.bytes_freed += self.objects.stored_size(&d)?.unwrap_or(0);
+            self.objects.delete(&d)?;
+            report.objects_removed += 1;
+        }
+        report.tmp_files_removed = self.fs.clean_tmp().map_err(|e| Error::io(self.home.join("tmp"), e))?;
+        Ok(report)
+    }
+}
+
+/// Compares two DNAs under a resolved mask (the spaces must be equal).
+pub fn compare_dnas(
+    a: &AnyDna,
+    b: &AnyDna,
+    mask: &Mask,
+    metric: Option<Metric>,
+    top_n: usize,
+) -> Result<Comparison, Error> {
+    let (sa, sb) = (a.space(), b.space());
+    if sa != sb {
+        return Err(Error::SpaceMismatch(format!(
+            "cannot compare DNAs of different spaces ({} vs {}): {}",
+            sa.describe(),
+            sb.describe(),
+            space_difference(sa, sb)
+        )));
+    }
+    let metric = match metric {
+        Some(m) => m,
+        None => Metric::default_for(sa.dist).ok_or_else(|| {
+            Error::Invalid(format!("{} DNAs have no distance; compare histogram or gaussian DNAs", sa.dist.name()))
+        })?,
+    };
+    metric.check(sa.dist)?;
+    let held = mask
+        .layers
+        .par_iter()
+        .map(|lm| Ok((a.layer(lm.layer)?, b.layer(lm.layer)?)))
+        .collect::<Result<Vec<_>, Error>>()?;
+    let views: Vec<_> = held.iter().map(|(x, y)| (x.view(), y.view())).collect();
+    distance::compare(sa, mask, metric, &views, top_n)
+}
+
+/// Reads a DNA from a file: a `.vdna` bundle or a reference `.json`/`.npz` pair.
+pub fn read_dna_file(path: &Path) -> Result<(Dna, BTreeMap<String, String>), Error> {
+    if is_bundle(path) {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let b = decode_bundle(&bytes).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+        let mut layers = Vec::with_capacity(b.manifest.layers.len());
+        for (i, (_, enc)) in b.objects.iter().skip(2).enumerate() {
+            let buf = decode_layer(decode_object(enc, "bundle entry")?)?;
+            check_layer_shape(&b.space, i, &buf.view())?;
+            layers.push(LayerData::from_view(buf.view()));
+        }
+        return Ok((
+            Dna {
+                space: b.space,
+                images: b.manifest.images,
+                layers,
+            },
+            b.annotations,
+        ));
+    }
+    let imported = crate::reference::import_pair(path)?;
+    Ok((imported.dna, imported.annotations))
+}
+
+/// True when the file opens with the bundle magic.
+pub fn is_bundle(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 8];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .map(|_| &magic == crate::format::BUNDLE_MAGIC)
+        .unwrap_or(false)
+}
+
+/// Encodes a DNA as a bundle without a store.
+pub fn bundle_of(dna: &Dna, annotations: &BTreeMap<String, String>, level: i32) -> Vec<u8> {
+    let enc: EncodedDna = dna.encode(level);
+    let refs: Vec<(Digest, &[u8])> = enc.objects.iter().map(|(d, b)| (*d, b.as_slice())).collect();
+    encode_bundle(&refs, annotations)
+}

@@ -1,0 +1,82 @@
+//! vdna-db: a registry and database engine for Visual DNAs.
+//!
+//! A Visual DNA summarises an image dataset as one distribution of activations per neuron
+//! of a frozen network. This crate stores DNAs content-addressed and compressed
+//! ([`store`], [`format`]), names them in a catalogue ([`catalogue`]), compares them under
+//! neuron masks with the reference library's distances ([`mask`], [`distance`]) and reads
+//! and writes the reference library's files ([`reference`]). [`db::Db`] ties these together
+//! and is what the CLI drives. See docs/ARCHITECTURE.md for the map and the invariants.
+
+pub mod catalogue;
+#[cfg(feature = "cli")]
+pub mod cli;
+pub mod db;
+pub mod distance;
+pub mod dna;
+pub mod format;
+pub mod mask;
+pub mod query;
+pub mod reference;
+pub mod refname;
+pub mod store;
+pub mod synth;
+
+pub use db::Db;
+
+/// Every error the library returns; each message names its object and the next step.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error(transparent)]
+    Format(#[from] format::FormatError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Catalogue(#[from] catalogue::CatalogueError),
+    #[error(transparent)]
+    Mask(#[from] mask::MaskError),
+    #[error(transparent)]
+    Reference(#[from] reference::ReferenceError),
+    #[error(transparent)]
+    RefName(#[from] refname::RefNameError),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    SpaceMismatch(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// True when the error is about the user's input or situation (exit code 1), false
+    /// when something inside vdna-db or the machine failed (exit code 2).
+    pub fn is_user_error(&self) -> bool {
+        match self {
+            Error::Store(store::StoreError::Io { .. }) => false,
+            Error::Catalogue(catalogue::CatalogueError::Db(_)) => false,
+            Error::Catalogue(catalogue::CatalogueError::Corrupt { .. }) => false,
+            _ => true,
+        }
+    }
+
+    pub(crate) fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Error {
+        Error::Io {
+            path: path.as_ref().display().to_string(),
+            source,
+        }
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,696 @@
+//! The query engine: rank the stored DNAs of one space closest to a query DNA under a
+//! mask, exactly, by a cascade of provable lower bounds over per-space summary segments
+//! (means, then quantile sketches) followed by exact distances for the survivors only.
+//!
+//! Owns the derived index under `<home>/index/`; never writes objects or the catalogue.
+//! The answer of the exact path equals a brute-force scan (tested), ties broken by
+//! (distance, name:tag).
+
+pub mod segment;
+pub mod sketch;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::db::{AnyDna, Db, HeldLayer, StoredDna};
+use crate::distance::{self, Comparison, LayerDistance, Metric};
+use crate::format::{Digest, DistKind, LayerView, SpaceConfig};
+use crate::mask::Mask;
+use crate::refname::RefName;
+use crate::Error;
+use segment::{SegKind, Segment};
+use sketch::{histogram_sketch, SKETCH_Q};
+
+/// Exact, approximate, or let the planner choose.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Auto,
+    Exact,
+    Approx,
+}
+
+/// What to ask.
+#[derive(Clone, Debug)]
+pub struct QueryRequest {
+    pub mask: String,
+    pub k: usize,
+    pub metric: Option<Metric>,
+    pub mode: Mode,
+    /// Annotation key = value filters, all of which must hold.
+    pub filters: BTreeMap<String, String>,
+    pub tag: Option<String>,
+    pub exclude_self: bool,
+    pub per_layer: bool,
+}
+
+impl Default for QueryRequest {
+    fn default() -> Self {
+        QueryRequest {
+            mask: "all".into(),
+            k: 5,
+            metric: None,
+            mode: Mode::Auto,
+            filters: BTreeMap::new(),
+            tag: None,
+            exclude_self: false,
+            per_layer: false,
+        }
+    }
+}
+
+/// One result.
+#[derive(Clone, Debug, Serialize)]
+pub struct Hit {
+    #[serde(rename = "ref")]
+    pub reference: String,
+    pub digest: Digest,
+    pub distance: f64,
+    pub images: u64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub per_layer: Vec<LayerDistance>,
+}
+
+/// One stage of a plan, for `--explain`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Stage {
+    pub name: String,
+    pub candidates_in: usize,
+    pub candidates_out: usize,
+    pub ms: f64,
+}
+
+/// How a query was answered.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Plan {
+    pub strategy: String,
+    pub space: String,
+    pub mask: String,
+    pub neurons: u64,
+    /// DNAs eligible after filters.
+    pub candidates: usize,
+    /// Exact distances computed from layer blobs.
+    pub exact_computed: usize,
+    /// Bytes of summaries scanned and of objects read.
+    pub summary_bytes: u64,
+    pub object_bytes_read: u64,
+    pub stages: Vec<Stage>,
+    pub total_ms: f64,
+}
+
+impl Plan {
+    /// The multi-line text `--explain` prints.
+    pub fn explain(&self) -> String {
+        let mut s = format!(
+            "plan: {}\n  space {}\n  mask {} ({} neurons)\n  {} candidate DNAs, {} exact distances\n  read {} of summaries (mapped) and {} of objects\n",
+            self.strategy,
+            self.space,
+            self.mask,
+            self.neurons,
+            self.candidates,
+            self.exact_computed,
+            crate_bytes(self.summary_bytes),
+            crate_bytes(self.object_bytes_read)
+        );
+        for st in &self.stages {
+            s.push_str(&format!(
+                "  stage {:<28} {:>7} -> {:<7} {:>9.2} ms\n",
+                st.name, st.candidates_in, st.candidates_out, st.ms
+            ));
+        }
+        s.push_str(&format!("  total {:.2} ms", self.total_ms));
+        s
+    }
+}
+
+fn crate_bytes(b: u64) -> String {
+    if b >= 1_000_000 {
+        format!("{:.1} MB", b as f64 / 1e6)
+    } else if b >= 1000 {
+        format!("{:.1} kB", b as f64 / 1e3)
+    } else {
+        format!("{b} B")
+    }
+}
+
+/// A query's answer.
+#[derive(Clone, Debug, Serialize)]
+pub struct QueryResult {
+    pub results: Vec<Hit>,
+    pub metric: Metric,
+    pub mask: String,
+    pub neurons: u64,
+    pub plan: Plan,
+}
+
+fn index_dir(db: &Db, space: &Digest) -> PathBuf {
+    db.home().join("index").join(space.hex())
+}
+
+fn seg_kind(dist: DistKind) -> Option<SegKind> {
+    match dist {
+        DistKind::Histogram { .. } => Some(SegKind::Histogram { q: SKETCH_Q }),
+        DistKind::Gaussian | DistKind::LayerGaussian => Some(SegKind::Gaussian),
+        DistKind::ActivationRanges => None,
+    }
+}
+
+/// Computes a DNA's summary row (`a`, `b` byte vectors).
+fn summary_row(dna: &AnyDna) -> Result<(Vec<u8>, Vec<u8>), Error> {
+    let space = dna.space();
+    let mut a = Vec::new();
+    let mut b = Vec::new();
+    let mut sk = [0f64; SKETCH_Q];
+    for i in 0..space.layers.len() {
+        let held = dna.layer(i)?;
+        match held.view() {
+            LayerView::Histogram { bins, counts, .. } => {
+                for h in counts.chunks_exact(bins) {
+                    let mean = histogram_sketch(h, &mut sk);
+                    a.extend_from_slice(&(mean as f32).to_le_bytes());
+                    for x in sk {
+                        b.extend_from_slice(&(x as f32).to_le_bytes());
+                    }
+                }
+            }
+            v @ (LayerView::Gaussian { .. } | LayerView::LayerGaussian { .. }) => {
+                let (mean, var) = gaussian_mean_var(&v);
+                for (m, var) in mean.iter().zip(var) {
+                    a.extend_from_slice(&m.to_le_bytes());
+                    a.extend_from_slice(&var.max(0.0).sqrt().to_le_bytes());
+                }
+            }
+            LayerView::Ranges { .. } => {}
+        }
+    }
+    Ok((a, b))
+}
+
+fn gaussian_mean_var(v: &LayerView<'_>) -> (Vec<f64>, Vec<f64>) {
+    match *v {
+        LayerView::Gaussian { mean, var } => (mean.to_vec(), var.to_vec()),
+        LayerView::LayerGaussian { neurons, mean, cov } => {
+            (mean.to_vec(), (0..neurons).map(|i| cov[i * neurons + i]).collect())
+        }
+        _ => (vec![], vec![]),
+    }
+}
+
+/// Opens a space's segment, rebuilding it when its files are damaged, and appends rows
+/// for stored DNAs of that space it lacks.
+fn synced_segment(db: &Db, space_digest: &Digest, space: &SpaceConfig) -> Result<Option<Segment>, Error> {
+    let Some(kind) = seg_kind(space.dist) else {
+        return Ok(None);
+    };
+    let dir = index_dir(db, space_digest);
+    let neurons = space.total_neurons() as usize;
+    let mut seg = match Segment::open(&dir, *space_digest, kind, neurons) {
+        Ok(s) => s,
+        Err(_) => {
+            // Derived state that fails its checks is rebuilt, never trusted.
+            let _ = std::fs::remove_dir_all(&dir);
+            Segment::open(&dir, *space_digest, kind, neurons).map_err(|e| Error::io(&dir, e))?
+        }
+    };
+    let have: BTreeSet<Digest> = seg.rows().iter().copied().collect();
+    for (d, rec) in db.catalogue().dnas()? {
+        if rec.space == *space_digest && !have.contains(&d) {
+            let dna = AnyDna::Stored(db.open_dna(&d)?);
+            let (a, b) = summary_row(&dna)?;
+            seg.append(&d, &a, &b).map_err(|e| Error::io(&dir, e))?;
+        }
+    }
+    Ok(Some(seg))
+}
+
+/// Adds a just-pushed DNA to its space's index.
+pub fn index_pushed(db: &Db, digest: &Digest) -> Result<(), Error> {
+    let dna = db.open_dna(digest)?;
+    let sd = dna.manifest.space;
+    let space = dna.space.clone();
+    synced_segment(db, &sd, &space).map(|_| ())
+}
+
+/// What `reindex` did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ReindexReport {
+    pub spaces: usize,
+    pub dnas: usize,
+    pub summary_bytes: u64,
+}
+
+/// Rebuilds every space's segment from the catalogue and the objects.
+pub fn reindex(db: &Db) -> Result<ReindexReport, Error> {
+    let root = db.home().join("index");
+    if root.exists() {
+        std::fs::remove_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+    }
+    let mut report = ReindexReport::default();
+    let spaces: BTreeSet<Digest> = db.catalogue().dnas()?.into_iter().map(|(_, r)| r.space).collect();
+    for sd in spaces {
+        let space = db.space_config(&sd)?;
+        if let Some(seg) = synced_segment(db, &sd, &space)? {
+            report.spaces += 1;
+            report.dnas += seg.rows().len();
+            report.summary_bytes += seg.mapped_bytes();
+        }
+    }
+    Ok(report)
+}
+
+/// The query DNA's masked layers, loaded once.
+struct QueryLayers<'a> {
+    held: Vec<HeldLayer<'a>>,
+}
+
+fn exact_distance(
+    space: &SpaceConfig,
+    q: &QueryLayers<'_>,
+    cand: &StoredDna,
+    mask: &Mask,
+    metric: Metric,
+) -> Result<Comparison, Error> {
+    use rayon::prelude::*;
+    let bufs = mask
+        .layers
+        .par_iter()
+        .map(|lm| cand.layer(lm.layer))
+        .collect::<Result<Vec<_>, _>>()?;
+    let views: Vec<(LayerView<'_>, LayerView<'_>)> =
+        q.held.iter().zip(&bufs).map(|(a, b)| (a.view(), b.view())).collect();
+    distance::compare(space, mask, metric, &views, 0)
+}
+
+/// Answers a query.
+pub fn query(db: &Db, q: &AnyDna, req: &QueryRequest) -> Result<QueryResult, Error> {
+    let t0 = Instant::now();
+    let bytes0 = db.objects().bytes_read();
+    if req.k == 0 {
+        return Err(Error::Invalid("--top must be at least 1".into()));
+    }
+    let space = q.space().clone();
+    let space_digest = space.digest();
+    let records = db.catalogue().dnas()?;
+    let in_space: HashMap<Digest, u64> = records
+        .iter()
+        .filter(|(_, r)| r.space == space_digest)
+        .map(|(d, r)| (*d, r.images))
+        .collect();
+    if in_space.is_empty() {
+        let spaces: Vec<String> = db
+            .catalogue()
+            .spaces()?
+            .into_iter()
+            .filter(|(d, _)| records.iter().any(|(_, r)| r.space == *d))
+            .map(|(d, s)| format!("{} {}", d.short(), s.description))
+            .collect();
+        return Err(Error::NotFound(format!(
+            "no stored DNA is in the query's space ({} {}); stored spaces: {}",
+            space_digest.short(),
+            space.describe(),
+            if spaces.is_empty() { "none (push some DNAs first)".into() } else { spaces.join("; ") }
+        )));
+    }
+    let metric = match req.metric {
+        Some(m) => m,
+        None => Metric::default_for(space.dist).ok_or_else(|| {
+            Error::Invalid(format!("{} DNAs cannot be ranked (no distance applies)", space.dist.name()))
+        })?,
+    };
+    metric.check(space.dist)?;
+    let mask = db.mask(&req.mask, &space)?;
+
+    // Eligible refs, grouped by DNA.
+    let refs = db.catalogue().refs()?;
+    for key in req.filters.keys() {
+        if !refs.iter().any(|(_, r)| in_space.contains_key(&r.digest) && r.annotations.contains_key(key)) {
+            let mut keys: BTreeSet<&String> = BTreeSet::new();
+            refs.iter().filter(|(_, r)| in_space.contains_key(&r.digest)).for_each(|(_, r)| keys.extend(r.annotations.keys()));
+            return Err(Error::Invalid(format!(
+                "--filter {key}=...: no DNA of this space has the annotation {key:?} (keys in use: {})",
+                if keys.is_empty() { "none".into() } else { keys.into_iter().cloned().collect::<Vec<_>>().join(", ") }
+            )));
+        }
+    }
+    let self_digest = if req.exclude_self { Some(q.digest()) } else { None };
+    let mut by_dna: BTreeMap<Digest, Vec<RefName>> = BTreeMap::new();
+    for (name, r) in &refs {
+        if !in_space.contains_key(&r.digest)
+            || req.tag.as_ref().is_some_and(|t| *t != name.tag)
+            || req.filters.iter().any(|(k, v)| r.annotations.get(k) != Some(v))
+            || self_digest == Some(r.digest)
+        {
+            continue;
+        }
+        by_dna.entry(r.digest).or_default().push(name.clone());
+    }
+    let mut plan = Plan {
+        space: format!("{} {}", space_digest.short(), space.describe()),
+        mask: mask.canonical_spec(&space),
+        neurons: mask.neurons(),
+        candidates: by_dna.len(),
+        ..Plan::default()
+    };
+    let qheld = QueryLayers {
+        held: mask.layers.iter().map(|lm| q.layer(lm.layer)).collect::<Result<_, _>>()?,
+    };
+
+    let mut top = TopK::new(req.k);
+    let mut comparisons: HashMap<Digest, Comparison> = HashMap::new();
+    let cands: Vec<Digest> = by_dna.keys().copied().collect();
+    let mut exact = |d: &Digest, top: &mut TopK, plan: &mut Plan| -> Result<(), Error> {
+        let stored = db.open_dna(d)?;
+        let c = exact_distance(&space, &qheld, &stored, &mask, metric)?;
+        plan.exact_computed += 1;
+        for name in &by_dna[d] {
+            top.push(c.distance, name.to_string(), *d);
+        }
+        comparisons.insert(*d, c);
+        Ok(())
+    };
+
+    let t = Instant::now();
+    let seg = if metric == Metric::Fd { None } else { synced_segment(db, &space_digest, &space)? };
+    if seg.is_some() {
+        plan.stages.push(Stage {
+            name: "open summary segment".into(),
+            candidates_in: cands.len(),
+            candidates_out: cands.len(),
+            ms: ms(t),
+        });
+    }
+    let row_of: HashMap<Digest, usize> = seg
+        .as_ref()
+        .map(|s| s.rows().iter().enumerate().map(|(i, d)| (*d, i)).collect())
+        .unwrap_or_default();
+    let n_masked = mask.neurons() as f64;
+
+    match (&seg, space.dist) {
+        (Some(seg), DistKind::Histogram { bins }) => {
+            plan.strategy = if req.mode == Mode::Approx {
+                "approx: mean + sketch bound ranking, exact re-rank of the best candidates".into()
+            } else {
+                "exact: mean bound -> sketch bound -> exact EMD of survivors".into()
+            };
+            // Query summaries over the masked neurons, in mask order.
+            let t = Instant::now();
+            let (mut qmean, mut qsk) = (Vec::new(), Vec::new());
+            let mut offsets = Vec::new(); // (row offset in neurons, run length)
+            let layer_base: Vec<usize> = space
+                .layers
+                .iter()
+                .scan(0usize, |acc, l| {
+                    let b = *acc;
+                    *acc += l.neurons as usize;
+                    Some(b)
+                })
+                .collect();
+            let mut sk = [0f64; SKETCH_Q];
+            for (lm, held) in mask.layers.iter().zip(&qheld.held) {
+                let LayerView::Histogram { bins: b, counts, .. } = held.view() else {
+                    return Err(Error::Invalid("query layer is not a histogram".into()));
+                };
+                for &(s, e) in &lm.runs {
+                    offsets.push((layer_base[lm.layer] + s as usize, (e - s) as usize));
+                    for i in s as usize..e as usize {
+                        qmean.push(histogram_sketch(&counts[i * b..(i + 1) * b], &mut sk));
+                        qsk.extend_from_slice(&sk);
+                    }
+                }
+            }
+            // Rounding of stored f32 summaries: each value is within 2^-24 * bins of its
+            // f64 value, so a neuron's bound is within that too (docs/QUERY.md).
+            let slack = n_masked * bins as f64 * 2f64.powi(-23) + 1e-9;
+            plan.stages.push(Stage {
+                name: "query summaries".into(),
+                candidates_in: 1,
+                candidates_out: 1,
+                ms: ms(t),
+            });
+
+            // Stage 1: mean bound for every candidate.
+            let t = Instant::now();
+            let mut lb1: Vec<(f64, Digest)> = {
+                use rayon::prelude::*;
+                cands
+                    .par_iter()
+                    .map(|d| {
+                        let m = seg.means(row_of[d]);
+                        let mut s = 0f64;
+                        let mut qi = 0;
+                        for &(off, len) in &offsets {
+                            for (x, y) in qmean[qi..qi + len].iter().zip(&m[off..off + len]) {
+                                s += (x - *y as f64).abs();
+                            }
+                            qi += len;
+                        }
+                        (s, *d)
+                    })
+                    .collect()
+            };
+            lb1.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            plan.summary_bytes += (cands.len() * seg.means(0).len() * 4) as u64;
+            plan.stages.push(Stage {
+                name: "mean bound (all candidates)".into(),
+                candidates_in: cands.len(),
+                candidates_out: cands.len(),
+                ms: ms(t),
+            });
+
+            // Seed the threshold with the k best by the mean bound.
+            let t = Instant::now();
+            let seed = lb1.len().min(req.k);
+            for (_, d) in &lb1[..seed] {
+                exact(d, &mut top, &mut plan)?;
+            }
+            plan.stages.push(Stage {
+                name: "exact seed (k best by mean)".into(),
+                candidates_in: seed,
+                candidates_out: seed,
+                ms: ms(t),
+            });
+
+            // Stage 2: sketch bound for those the mean bound cannot rule out.
+            let t = Instant::now();
+            let tau = top.threshold();
+            let survivors: Vec<Digest> = lb1[seed..]
+                .iter()
+                .filter(|(lb, _)| *lb - slack <= tau * n_masked)
+                .map(|(_, d)| *d)
+                .collect();
+            let mut lb2: Vec<(f64, Digest)> = survivors
+                .iter()
+                .map(|d| {
+                    let s = seg.sketches(row_of[d]);
+                    let mut sum = 0f64;
+                    let mut qi = 0;
+                    for &(off, len) in &offsets {
+                        for j in 0..len {
+                            let q = &qsk[(qi + j) * SKETCH_Q..(qi + j + 1) * SKETCH_Q];
+                            let c = &s[(off + j) * SKETCH_Q..(off + j + 1) * SKETCH_Q];
+                            sum += sketch::sketch_bound(q, c);
+                        }
+                        qi += len;
+                    }
+                    (sum, *d)
+                })
+                .collect();
+            lb2.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            plan.summary_bytes += (survivors.len() * seg.means(0).len() * 4 * SKETCH_Q) as u64;
+            plan.stages.push(Stage {
+                name: "sketch bound (mean survivors)".into(),
+                candidates_in: lb1.len() - seed,
+                candidates_out: survivors.len(),
+                ms: ms(t),
+            });
+
+            // Stage 3: exact distances in bound order until the bound passes the k-th best.
+            let t = Instant::now();
+            let budget = if req.mode == Mode::Approx { (req.k * 2).max(8) } else { usize::MAX };
+            let mut done = 0;
+            for (lb, d) in &lb2 {
+                if *lb - slack > top.threshold() * n_masked || done >= budget {
+                    break;
+                }
+                exact(d, &mut top, &mut plan)?;
+                done += 1;
+            }
+            plan.stages.push(Stage {
+                name: "exact EMD (bound order)".into(),
+                candidates_in: lb2.len(),
+                candidates_out: done,
+                ms: ms(t),
+            });
+        }
+        (Some(seg), _) if metric == Metric::Nfd => {
+            plan.strategy = "exact: NFD from (mean, sd) summaries -> exact NFD of survivors".into();
+            let t = Instant::now();
+            let mut qms = Vec::new();
+            let mut offsets = Vec::new();
+            let mut base = 0usize;
+            let bases: Vec<usize> = space
+                .layers
+                .iter()
+                .map(|l| {
+                    let b = base;
+                    base += l.neurons as usize;
+                    b
+                })
+                .collect();
+            for (lm, held) in mask.layers.iter().zip(&qheld.held) {
+                let (mean, var) = gaussian_mean_var(&held.view());
+                for &(s, e) in &lm.runs {
+                    offsets.push((bases[lm.layer] + s as usize, (e - s) as usize));
+                    for i in s as usize..e as usize {
+                        qms.push((mean[i], var[i].max(0.0).sqrt()));
+                    }
+                }
+            }
+            let mut est: Vec<(f64, f64, Digest)> = cands
+                .iter()
+                .map(|d| {
+                    let g = seg.gauss(row_of[d]);
+                    let (mut s, mut mag) = (0f64, 0f64);
+                    let mut qi = 0;
+                    for &(off, len) in &offsets {
+                        for j in 0..len {
+                            let (qm, qs) = qms[qi + j];
+                            let (m, sd) = (g[2 * (off + j)], g[2 * (off + j) + 1]);
+                            s += (qm - m).powi(2) + (qs - sd).powi(2);
+                            mag += qm * qm + m * m + qs * qs + sd * sd;
+                        }
+                        qi += len;
+                    }
+                    // (m1-m2)^2 + (s1-s2)^2 equals the reference's expression up to
+                    // rounding of order 1e-15 of the magnitudes involved.
+                    (s, mag * 1e-12 + 1e-12, *d)
+                })
+                .collect();
+            est.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.2.cmp(&b.2)));
+            plan.summary_bytes += (cands.len() * 16 * space.total_neurons() as usize) as u64;
+            plan.stages.push(Stage {
+                name: "summary NFD (all candidates)".into(),
+                candidates_in: cands.len(),
+                candidates_out: cands.len(),
+                ms: ms(t),
+            });
+            let t = Instant::now();
+            let mut done = 0;
+            for (s, slack, d) in &est {
+                if top.full() && *s - slack > top.threshold() * n_masked {
+                    break;
+                }
+                exact(d, &mut top, &mut plan)?;
+                done += 1;
+            }
+            plan.stages.push(Stage {
+                name: "exact NFD (summary order)".into(),
+                candidates_in: est.len(),
+                candidates_out: done,
+                ms: ms(t),
+            });
+        }
+        _ => {
+            plan.strategy = format!("exact scan: {} of every candidate (no bound applies)", metric.name());
+            let t = Instant::now();
+            for d in &cands {
+                exact(d, &mut top, &mut plan)?;
+            }
+            plan.stages.push(Stage {
+                name: "exact scan".into(),
+                candidates_in: cands.len(),
+                candidates_out: cands.len(),
+                ms: ms(t),
+            });
+        }
+    }
+
+    let results = top
+        .finish()
+        .into_iter()
+        .map(|(distance, reference, digest)| Hit {
+            reference,
+            digest,
+            distance,
+            images: in_space.get(&digest).copied().unwrap_or(0),
+            per_layer: if req.per_layer {
+                comparisons.get(&digest).map(|c| c.per_layer.clone()).unwrap_or_default()
+            } else {
+                vec![]
+            },
+        })
+        .collect();
+    plan.object_bytes_read = db.objects().bytes_read() - bytes0;
+    plan.total_ms = ms(t0);
+    Ok(QueryResult {
+        results,
+        metric,
+        mask: plan.mask.clone(),
+        neurons: mask.neurons(),
+        plan,
+    })
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// The k best (distance, ref) pairs, ties broken by ref name.
+struct TopK {
+    k: usize,
+    items: Vec<(f64, String, Digest)>,
+}
+
+impl TopK {
+    fn new(k: usize) -> TopK {
+        TopK { k, items: Vec::new() }
+    }
+
+    fn push(&mut self, d: f64, name: String, digest: Digest) {
+        self.items.push((d, name, digest));
+        self.items.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        self.items.truncate(self.k);
+    }
+
+    fn full(&self) -> bool {
+        self.items.len() >= self.k
+    }
+
+    /// The k-th best distance, or infinity while fewer than k are known.
+    fn threshold(&self) -> f64 {
+        if self.full() {
+            self.items[self.k - 1].0
+        } else {
+            f64::INFINITY
+        }
+    }
+
+    fn finish(self) -> Vec<(f64, String, Digest)> {
+        self.items
+    }
+}
+
+/// Brute force: the exact distance to every eligible ref, sorted. The oracle of tests.
+pub fn brute_force(db: &Db, q: &AnyDna, req: &QueryRequest) -> Result<Vec<(f64, String)>, Error> {
+    let space = q.space().clone();
+    let sd = space.digest();
+    let mask = db.mask(&req.mask, &space)?;
+    let metric = req.metric.or(Metric::default_for(space.dist)).ok_or_else(|| Error::Invalid("no metric".into()))?;
+    let mut out = Vec::new();
+    for (name, r) in db.catalogue().refs()? {
+        let Some(rec) = db.catalogue().dna(&r.digest)? else { continue };
+        if rec.space != sd {
+            continue;
+        }
+        let other = AnyDna::Stored(db.open_dna(&r.digest)?);
+        let c = crate::db::compare_dnas(q, &other, &mask, Some(metric), 0)?;
+        out.push((c.distance, name.to_string()));
+    }
+    out.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+    out.truncate(req.k);
+    Ok(out)
+}

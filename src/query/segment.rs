@@ -1,0 +1,219 @@
+//! Summary segments: per space, one fixed-width row of per-neuron summaries per stored
+//! DNA, in files read in place through mmap. Derived state: `reindex` rebuilds it, and a
+//! segment that fails its checks is rebuilt rather than trusted.
+//!
+//! Files in `index/<space hex>/`, each opening with a 64-byte header (`b"VDNASUM\0"`,
+//! version u32, file kind u8, 3 zero bytes, neurons u32, values per neuron u32, the space
+//! digest, 8 zero bytes), then rows:
+//! - `rows.bin`: one 32-byte DNA digest per row; its length decides how many rows exist.
+//! - `a.bin`: histograms: the mean (bin units) per neuron as f32; Gaussians: mean and
+//!   standard deviation per neuron as f64.
+//! - `b.bin`: histograms only: the quantile sketch, `SKETCH_Q` f32 per neuron.
+//!
+//! An append writes `a.bin` and `b.bin` first and `rows.bin` last, each fsynced, so a
+//! counted row always has its data.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+
+use crate::format::Digest;
+
+const MAGIC: &[u8; 8] = b"VDNASUM\0";
+const VERSION: u32 = 1;
+const HEADER: usize = 64;
+
+/// What a segment summarises.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SegKind {
+    /// Histogram DNAs: means and quantile sketches.
+    Histogram { q: usize },
+    /// Gaussian DNAs: mean and sd per neuron.
+    Gaussian,
+}
+
+/// One space's summary rows, mapped.
+pub struct Segment {
+    dir: PathBuf,
+    kind: SegKind,
+    neurons: usize,
+    space: Digest,
+    rows: Vec<Digest>,
+    a: Option<Mmap>,
+    b: Option<Mmap>,
+}
+
+fn header(file_kind: u8, neurons: usize, width: usize, space: &Digest) -> [u8; HEADER] {
+    let mut h = [0u8; HEADER];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    h[12] = file_kind;
+    h[16..20].copy_from_slice(&(neurons as u32).to_le_bytes());
+    h[20..24].copy_from_slice(&(width as u32).to_le_bytes());
+    h[24..56].copy_from_slice(&space.0);
+    h
+}
+
+fn bad(path: &Path, what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("{}: {what}", path.display()))
+}
+
+impl Segment {
+    fn widths(kind: SegKind) -> (usize, usize) {
+        match kind {
+            SegKind::Histogram { q } => (4, 4 * q),
+            SegKind::Gaussian => (16, 0),
+        }
+    }
+
+    /// Bytes per row in `a.bin` and `b.bin`.
+    fn row_bytes(&self) -> (usize, usize) {
+        let (a, b) = Self::widths(self.kind);
+        (a * self.neurons, b * self.neurons)
+    }
+
+    fn files(&self) -> [(PathBuf, u8, usize); 3] {
+        let (wa, wb) = Self::widths(self.kind);
+        [
+            (self.dir.join("rows.bin"), 0, 0),
+            (self.dir.join("a.bin"), 1, wa),
+            (self.dir.join("b.bin"), 2, wb),
+        ]
+    }
+
+    /// Opens (creating when missing) the segment of `space` under `dir`. Fails with
+    /// `InvalidData` when the files do not match, so the caller can rebuild.
+    pub fn open(dir: &Path, space: Digest, kind: SegKind, neurons: usize) -> io::Result<Segment> {
+        std::fs::create_dir_all(dir)?;
+        let mut seg = Segment {
+            dir: dir.to_path_buf(),
+            kind,
+            neurons,
+            space,
+            rows: Vec::new(),
+            a: None,
+            b: None,
+        };
+        for (path, fk, width) in seg.files() {
+            if !path.exists() {
+                let mut f = File::create(&path)?;
+                f.write_all(&header(fk, neurons, width, &space))?;
+                f.sync_all()?;
+            }
+            let mut h = [0u8; HEADER];
+            let mut f = File::open(&path)?;
+            io::Read::read_exact(&mut f, &mut h).map_err(|_| bad(&path, "short header"))?;
+            if h != header(fk, neurons, width, &space) {
+                return Err(bad(&path, "header does not match the space"));
+            }
+        }
+        seg.load()?;
+        Ok(seg)
+    }
+
+    fn load(&mut self) -> io::Result<()> {
+        let [(rows_p, ..), (a_p, ..), (b_p, ..)] = self.files();
+        let rows = std::fs::read(&rows_p)?;
+        let n = (rows.len() - HEADER) / 32;
+        self.rows = rows[HEADER..HEADER + 32 * n]
+            .chunks_exact(32)
+            .map(|c| {
+                let mut d = [0u8; 32];
+                d.copy_from_slice(c);
+                Digest(d)
+            })
+            .collect();
+        let (ra, rb) = self.row_bytes();
+        let map = |p: &Path, row: usize| -> io::Result<Option<Mmap>> {
+            if row == 0 {
+                return Ok(None);
+            }
+            let f = File::open(p)?;
+            if (f.metadata()?.len() as usize) < HEADER + row * n {
+                return Err(bad(p, "shorter than its rows"));
+            }
+            // SAFETY: the segment files are private to this store, written only by appends
+            // beyond the mapped length, and the store is held by one process (sled's lock).
+            Ok(Some(unsafe { Mmap::map(&f)? }))
+        };
+        self.a = map(&a_p, ra)?;
+        self.b = map(&b_p, rb)?;
+        Ok(())
+    }
+
+    /// Appends one row. `a` and `b` are the row's little-endian bytes.
+    pub fn append(&mut self, digest: &Digest, a: &[u8], b: &[u8]) -> io::Result<()> {
+        let (ra, rb) = self.row_bytes();
+        assert_eq!((a.len(), b.len()), (ra, rb), "row width");
+        let [(rows_p, ..), (a_p, ..), (b_p, ..)] = self.files();
+        let n = self.rows.len();
+        for (p, bytes, width) in [(&a_p, a, ra), (&b_p, b, rb)] {
+            if width == 0 {
+                continue;
+            }
+            let mut f = OpenOptions::new().write(true).open(p)?;
+            // Overwrite any tail a crash left past the counted rows.
+            f.set_len((HEADER + width * n) as u64)?;
+            io::Seek::seek(&mut f, io::SeekFrom::End(0))?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+        }
+        let mut f = OpenOptions::new().write(true).open(&rows_p)?;
+        f.set_len((HEADER + 32 * n) as u64)?;
+        io::Seek::seek(&mut f, io::SeekFrom::End(0))?;
+        f.write_all(&digest.0)?;
+        f.sync_all()?;
+        self.load()
+    }
+
+    pub fn rows(&self) -> &[Digest] {
+        &self.rows
+    }
+
+    pub fn space(&self) -> &Digest {
+        &self.space
+    }
+
+    pub fn kind(&self) -> SegKind {
+        self.kind
+    }
+
+    /// Mapped bytes of the summaries (what a full scan reads).
+    pub fn mapped_bytes(&self) -> u64 {
+        let (ra, rb) = self.row_bytes();
+        ((ra + rb) * self.rows.len()) as u64
+    }
+
+    /// Histogram means of row `r`, one per neuron.
+    pub fn means(&self, r: usize) -> &[f32] {
+        let (ra, _) = self.row_bytes();
+        cast_f32(&self.a.as_ref().map_or(&[][..], |m| &m[..])[HEADER + r * ra..HEADER + (r + 1) * ra])
+    }
+
+    /// Histogram sketches of row `r`, `q` per neuron.
+    pub fn sketches(&self, r: usize) -> &[f32] {
+        let (_, rb) = self.row_bytes();
+        cast_f32(&self.b.as_ref().map_or(&[][..], |m| &m[..])[HEADER + r * rb..HEADER + (r + 1) * rb])
+    }
+
+    /// Gaussian (mean, sd) pairs of row `r`.
+    pub fn gauss(&self, r: usize) -> &[f64] {
+        let (ra, _) = self.row_bytes();
+        cast_f64(&self.a.as_ref().map_or(&[][..], |m| &m[..])[HEADER + r * ra..HEADER + (r + 1) * ra])
+    }
+}
+
+fn cast_f32(b: &[u8]) -> &[f32] {
+    assert_eq!(b.as_ptr() as usize % 4, 0, "summary rows are 4-aligned");
+    // SAFETY: aligned (checked), length a multiple of 4 by construction, every bit
+    // pattern is a valid f32, and the target is little-endian (see format::layer).
+    unsafe { std::slice::from_raw_parts(b.as_ptr().cast::<f32>(), b.len() / 4) }
+}
+
+fn cast_f64(b: &[u8]) -> &[f64] {
+    assert_eq!(b.as_ptr() as usize % 8, 0, "summary rows are 8-aligned");
+    // SAFETY: as for `cast_f32`.
+    unsafe { std::slice::from_raw_parts(b.as_ptr().cast::<f64>(), b.len() / 8) }
+}

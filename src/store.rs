@@ -1,0 +1,362 @@
+//! The content-addressed object store: immutable blobs by digest, behind a small
+//! [`Backend`] trait (a directory on disk, or memory for tests).
+//!
+//! Invariant: `put` returns only once the object is durable (written to a temporary
+//! file, fsynced, renamed into place and the directory fsynced), so anything that points
+//! to a blob afterwards points to a complete one. Every read decodes the object and checks
+//! its digest before handing out bytes.
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rkyv::util::AlignedVec;
+
+use crate::format::{decode_layer, decode_object, decode_object_header, Digest, FormatError, LayerBuf};
+use crate::Error;
+
+/// Errors of the object store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("blob {0}: not in the store (was it removed by gc? pull or import it again)")]
+    Missing(Digest),
+    #[error("blob {digest}: {source}")]
+    Io {
+        digest: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Where object bytes live. Keys are relative paths like `sha256/ab/<hex>`.
+pub trait Backend: Send + Sync {
+    /// Reads a whole object, `None` when absent.
+    fn read(&self, key: &str) -> io::Result<Option<Vec<u8>>>;
+    /// Writes an object atomically and durably; replaces nothing that exists.
+    fn write_durable(&self, key: &str, bytes: &[u8]) -> io::Result<()>;
+    /// Size of an object, `None` when absent.
+    fn size(&self, key: &str) -> io::Result<Option<u64>>;
+    /// Removes an object (absent is fine).
+    fn delete(&self, key: &str) -> io::Result<()>;
+    /// Every key.
+    fn list(&self) -> io::Result<Vec<String>>;
+}
+
+/// Objects as files under a directory.
+pub struct FsBackend {
+    root: PathBuf,
+    tmp: PathBuf,
+}
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn tmp_name() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{}-{}-{}.tmp",
+        std::process::id(),
+        nanos,
+        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// fsyncs a directory so a rename or create inside it is durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Writes `bytes` to `path` atomically and durably: temporary file in the same directory,
+/// fsync, rename, fsync of the directory.
+pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let tmp = dir.join(format!(".{}", tmp_name()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        sync_dir(&dir)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+impl FsBackend {
+    /// Opens (creating if needed) an object directory; temporary files go to `tmp`,
+    /// which must be on the same filesystem.
+    pub fn open(root: &Path, tmp: &Path) -> io::Result<FsBackend> {
+        std::fs::create_dir_all(root)?;
+        std::fs::create_dir_all(tmp)?;
+        Ok(FsBackend {
+            root: root.to_path_buf(),
+            tmp: tmp.to_path_buf(),
+        })
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+
+    /// Removes temporary files left by interrupted writes.
+    pub fn clean_tmp(&self) -> io::Result<usize> {
+        let mut n = 0;
+        for e in std::fs::read_dir(&self.tmp)? {
+            let e = e?;
+            if e.file_name().to_string_lossy().ends_with(".tmp") {
+                std::fs::remove_file(e.path())?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+impl Backend for FsBackend {
+    fn read(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
+        match std::fs::read(self.path(key)) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn write_durable(&self, key: &str, bytes: &[u8]) -> io::Result<()> {
+        let dest = self.path(key);
+        let dir = dest.parent().map(Path::to_path_buf).unwrap_or_else(|| self.root.clone());
+        if !dir.is_dir() {
+            std::fs::create_dir_all(&dir)?;
+            // Make the new directory entries durable too, from the top down.
+            let mut d = dir.as_path();
+            while let Some(parent) = d.parent() {
+                sync_dir(parent)?;
+                if parent == self.root {
+                    break;
+                }
+                d = parent;
+            }
+        }
+        let tmp = self.tmp.join(tmp_name());
+        let result = (|| {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &dest)?;
+            sync_dir(&dir)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    fn size(&self, key: &str) -> io::Result<Option<u64>> {
+        match std::fs::metadata(self.path(key)) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn delete(&self, key: &str) -> io::Result<()> {
+        match std::fs::remove_file(self.path(key)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn list(&self) -> io::Result<Vec<String>> {
+        let mut out = Vec::new();
+        let algo = self.root.join("sha256");
+        if !algo.is_dir() {
+            return Ok(out);
+        }
+        for fan in std::fs::read_dir(&algo)? {
+            let fan = fan?;
+            if !fan.file_type()?.is_dir() {
+                continue;
+            }
+            for f in std::fs::read_dir(fan.path())? {
+                let f = f?;
+                out.push(format!(
+                    "sha256/{}/{}",
+                    fan.file_name().to_string_lossy(),
+                    f.file_name().to_string_lossy()
+                ));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
+/// Objects in memory, for tests.
+#[derive(Default)]
+pub struct MemBackend {
+    map: Mutex<HashMap<String, Vec<u8>>>,
+}
+
+impl MemBackend {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<u8>>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Backend for MemBackend {
+    fn read(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
+        Ok(self.map().get(key).cloned())
+    }
+    fn write_durable(&self, key: &str, bytes: &[u8]) -> io::Result<()> {
+        self.map().insert(key.into(), bytes.to_vec());
+        Ok(())
+    }
+    fn size(&self, key: &str) -> io::Result<Option<u64>> {
+        Ok(self.map().get(key).map(|b| b.len() as u64))
+    }
+    fn delete(&self, key: &str) -> io::Result<()> {
+        self.map().remove(key);
+        Ok(())
+    }
+    fn list(&self) -> io::Result<Vec<String>> {
+        let mut k: Vec<String> = self.map().keys().cloned().collect();
+        k.sort();
+        Ok(k)
+    }
+}
+
+/// The key of a digest: `sha256/<first two hex>/<hex>`.
+pub fn key_of(d: &Digest) -> String {
+    let h = d.hex();
+    format!("sha256/{}/{}", &h[..2], h)
+}
+
+fn digest_of_key(key: &str) -> Option<Digest> {
+    let hex = key.rsplit('/').next()?;
+    format!("sha256:{hex}").parse().ok()
+}
+
+/// Content-addressed objects over a backend, counting the bytes it reads.
+#[derive(Clone)]
+pub struct ObjectStore {
+    backend: Arc<dyn Backend>,
+    bytes_read: Arc<AtomicU64>,
+}
+
+impl ObjectStore {
+    pub fn new(backend: Arc<dyn Backend>) -> ObjectStore {
+        ObjectStore {
+            backend,
+            bytes_read: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn io(d: &Digest, source: io::Error) -> Error {
+        Error::Store(StoreError::Io {
+            digest: d.to_string(),
+            source,
+        })
+    }
+
+    /// Stores an encoded object durably unless it is already there.
+    pub fn put(&self, digest: &Digest, encoded: &[u8]) -> Result<bool, Error> {
+        let key = key_of(digest);
+        if self.backend.size(&key).map_err(|e| Self::io(digest, e))?.is_some() {
+            return Ok(false);
+        }
+        self.backend.write_durable(&key, encoded).map_err(|e| Self::io(digest, e))?;
+        Ok(true)
+    }
+
+    /// True when the object is present.
+    pub fn contains(&self, digest: &Digest) -> Result<bool, Error> {
+        Ok(self.stored_size(digest)?.is_some())
+    }
+
+    /// Encoded size at rest.
+    pub fn stored_size(&self, digest: &Digest) -> Result<Option<u64>, Error> {
+        self.backend.size(&key_of(digest)).map_err(|e| Self::io(digest, e))
+    }
+
+    /// The encoded bytes as stored (for bundles and transfers), digest checked.
+    pub fn get_encoded(&self, digest: &Digest) -> Result<Vec<u8>, Error> {
+        let enc = self.read(digest)?;
+        self.check(digest, &enc)?;
+        Ok(enc)
+    }
+
+    fn read(&self, digest: &Digest) -> Result<Vec<u8>, Error> {
+        let b = self
+            .backend
+            .read(&key_of(digest))
+            .map_err(|e| Self::io(digest, e))?
+            .ok_or(Error::Store(StoreError::Missing(*digest)))?;
+        self.bytes_read.fetch_add(b.len() as u64, Ordering::Relaxed);
+        Ok(b)
+    }
+
+    fn check(&self, digest: &Digest, enc: &[u8]) -> Result<AlignedVec<16>, Error> {
+        let raw = decode_object(enc, "blob")?;
+        let actual = Digest::of(&raw);
+        if actual != *digest {
+            return Err(FormatError::DigestMismatch {
+                what: "blob",
+                expected: *digest,
+                actual,
+            }
+            .into());
+        }
+        Ok(raw)
+    }
+
+    /// The canonical bytes of an object, decoded and digest-checked.
+    pub fn get_raw(&self, digest: &Digest) -> Result<AlignedVec<16>, Error> {
+        let enc = self.read(digest)?;
+        self.check(digest, &enc)
+    }
+
+    /// A layer blob, digest-checked and validated, read in place afterwards.
+    pub fn get_layer(&self, digest: &Digest) -> Result<LayerBuf, Error> {
+        Ok(decode_layer(self.get_raw(digest)?)?)
+    }
+
+    /// Reads the header only, to report the codec.
+    pub fn header(&self, digest: &Digest) -> Result<crate::format::ObjectHeader, Error> {
+        let enc = self.read(digest)?;
+        Ok(decode_object_header(&enc, "blob")?)
+    }
+
+    /// Every stored digest.
+    pub fn list(&self) -> Result<Vec<Digest>, Error> {
+        let keys = self.backend.list().map_err(|e| Error::Store(StoreError::Io {
+            digest: "(listing)".into(),
+            source: e,
+        }))?;
+        Ok(keys.iter().filter_map(|k| digest_of_key(k)).collect())
+    }
+
+    /// Removes an object.
+    pub fn delete(&self, digest: &Digest) -> Result<(), Error> {
+        self.backend.delete(&key_of(digest)).map_err(|e| Self::io(digest, e))
+    }
+
+    /// Re-reads and re-hashes an object.
+    pub fn verify(&self, digest: &Digest) -> Result<(), Error> {
+        self.get_raw(digest).map(|_| ())
+    }
+
+    /// Bytes read from the backend since the store was opened.
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read.load(Ordering::Relaxed)
+    }
+}
