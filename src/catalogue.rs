@@ -85,14 +85,17 @@ fn dec<T: DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T, Error> {
 impl Catalogue {
     /// Opens or creates the catalogue at `path`.
     pub fn open(path: &Path) -> Result<Catalogue, Error> {
-        let db = sled::Config::new().path(path).open().map_err(|e| match &e {
-            sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
-                Error::Catalogue(CatalogueError::Busy(
-                    path.parent().unwrap_or(path).display().to_string(),
-                ))
-            }
-            _ => db_err(e),
-        })?;
+        let db = sled::Config::new()
+            .path(path)
+            .open()
+            .map_err(|e| match &e {
+                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                    Error::Catalogue(CatalogueError::Busy(
+                        path.parent().unwrap_or(path).display().to_string(),
+                    ))
+                }
+                _ => db_err(e),
+            })?;
         let tree = |n: &str| db.open_tree(n).map_err(db_err);
         Ok(Catalogue {
             refs: tree("refs")?,
@@ -118,21 +121,24 @@ impl Catalogue {
     ) -> Result<(), Error> {
         let dkey = digest.to_string();
         let skey = record.space.to_string();
-        let res: Result<(), TransactionError<()>> = (&self.dnas, &self.spaces, &self.refs).transaction(|(d, s, rf)| {
-            d.insert(dkey.as_bytes(), enc(record))?;
-            s.insert(skey.as_bytes(), enc(space))?;
-            if let Some((name, rec)) = r {
-                rf.insert(name.to_string().as_bytes(), enc(rec))?;
-            }
-            Ok::<(), ConflictableTransactionError<()>>(())
-        });
+        let res: Result<(), TransactionError<()>> = (&self.dnas, &self.spaces, &self.refs)
+            .transaction(|(d, s, rf)| {
+                d.insert(dkey.as_bytes(), enc(record))?;
+                s.insert(skey.as_bytes(), enc(space))?;
+                if let Some((name, rec)) = r {
+                    rf.insert(name.to_string().as_bytes(), enc(rec))?;
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
         res.map_err(|e| Error::Catalogue(CatalogueError::Db(format!("{e:?}"))))?;
         self.flush()
     }
 
     /// Points `name` at a stored DNA, then flushes.
     pub fn set_ref(&self, name: &RefName, rec: &RefRecord) -> Result<(), Error> {
-        self.refs.insert(name.to_string().as_bytes(), enc(rec)).map_err(db_err)?;
+        self.refs
+            .insert(name.to_string().as_bytes(), enc(rec))
+            .map_err(db_err)?;
         self.flush()
     }
 
@@ -173,7 +179,11 @@ impl Catalogue {
 
     pub fn dna(&self, d: &Digest) -> Result<Option<DnaRecord>, Error> {
         let k = d.to_string();
-        self.dnas.get(k.as_bytes()).map_err(db_err)?.map(|v| dec(k.as_bytes(), &v)).transpose()
+        self.dnas
+            .get(k.as_bytes())
+            .map_err(db_err)?
+            .map(|v| dec(k.as_bytes(), &v))
+            .transpose()
     }
 
     /// Every stored DNA record.
@@ -201,7 +211,11 @@ impl Catalogue {
 
     pub fn space(&self, d: &Digest) -> Result<Option<SpaceRecord>, Error> {
         let k = d.to_string();
-        self.spaces.get(k.as_bytes()).map_err(db_err)?.map(|v| dec(k.as_bytes(), &v)).transpose()
+        self.spaces
+            .get(k.as_bytes())
+            .map_err(db_err)?
+            .map(|v| dec(k.as_bytes(), &v))
+            .transpose()
     }
 
     pub fn spaces(&self) -> Result<Vec<(Digest, SpaceRecord)>, Error> {
@@ -218,7 +232,9 @@ impl Catalogue {
 
     /// Stores a named mask's spec, then flushes.
     pub fn put_mask(&self, name: &str, spec: &str) -> Result<(), Error> {
-        self.masks.insert(name.as_bytes(), spec.as_bytes()).map_err(db_err)?;
+        self.masks
+            .insert(name.as_bytes(), spec.as_bytes())
+            .map_err(db_err)?;
         self.flush()
     }
 
@@ -235,14 +251,21 @@ impl Catalogue {
             .iter()
             .map(|kv| {
                 let (k, v) = kv.map_err(db_err)?;
-                Ok((String::from_utf8_lossy(&k).into_owned(), String::from_utf8_lossy(&v).into_owned()))
+                Ok((
+                    String::from_utf8_lossy(&k).into_owned(),
+                    String::from_utf8_lossy(&v).into_owned(),
+                ))
             })
             .collect()
     }
 
     /// Removes a named mask; true when it existed.
     pub fn remove_mask(&self, name: &str) -> Result<bool, Error> {
-        let had = self.masks.remove(name.as_bytes()).map_err(db_err)?.is_some();
+        let had = self
+            .masks
+            .remove(name.as_bytes())
+            .map_err(db_err)?
+            .is_some();
         self.flush()?;
         Ok(had)
     }

@@ -15,8 +15,8 @@ use crate::catalogue::{Catalogue, DnaRecord, RefRecord, SpaceRecord};
 use crate::distance::{self, Comparison, Metric};
 use crate::dna::{check_layer_shape, Dna, EncodedDna, LayerData};
 use crate::format::{
-    decode_bundle, decode_layer, decode_object, encode_bundle, Bundle, Digest, LayerBuf, LayerView, Manifest,
-    SpaceConfig,
+    decode_bundle, decode_layer, decode_object, encode_bundle, Bundle, Digest, LayerBuf, LayerView,
+    Manifest, SpaceConfig,
 };
 use crate::mask::Mask;
 use crate::refname::RefName;
@@ -168,13 +168,24 @@ impl AnyDna {
 pub fn space_difference(a: &SpaceConfig, b: &SpaceConfig) -> String {
     let mut why = Vec::new();
     if a.extractor.name != b.extractor.name {
-        why.push(format!("extractor {} vs {}", a.extractor.name, b.extractor.name));
+        why.push(format!(
+            "extractor {} vs {}",
+            a.extractor.name, b.extractor.name
+        ));
     }
     if a.dist != b.dist {
-        why.push(format!("distribution {} vs {}", a.dist.name(), b.dist.name()));
+        why.push(format!(
+            "distribution {} vs {}",
+            a.dist.name(),
+            b.dist.name()
+        ));
     }
     if a.layers != b.layers {
-        why.push(format!("layers differ ({} vs {} layers)", a.layers.len(), b.layers.len()));
+        why.push(format!(
+            "layers differ ({} vs {} layers)",
+            a.layers.len(),
+            b.layers.len()
+        ));
     }
     if a.is_pinned() != b.is_pinned() {
         why.push("one DNA pins its weights and activation ranges by digest, the other (imported from reference files) does not; import the reference files with the same --weights and --ranges to pin them".into());
@@ -253,7 +264,8 @@ impl Db {
         }
         let catalogue = Catalogue::open(&home.join("catalogue"))?;
         let fs = Arc::new(
-            FsBackend::open(&home.join("objects"), &home.join("tmp")).map_err(|e| Error::io(home, e))?,
+            FsBackend::open(&home.join("objects"), &home.join("tmp"))
+                .map_err(|e| Error::io(home, e))?,
         );
         Ok(Db {
             home: home.to_path_buf(),
@@ -285,7 +297,15 @@ impl Db {
     ) -> Result<PushReport, Error> {
         dna.validate()?;
         let enc = dna.encode(self.level);
-        self.commit_encoded(&enc.manifest, enc.manifest_digest, &dna.space, &enc.objects, enc.raw_bytes, name, annotations)
+        self.commit_encoded(
+            &enc.manifest,
+            enc.manifest_digest,
+            &dna.space,
+            &enc.objects,
+            enc.raw_bytes,
+            name,
+            annotations,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -325,7 +345,8 @@ impl Db {
             created: now,
             annotations,
         };
-        self.catalogue.commit_dna(&digest, &record, &space_rec, name.map(|n| (n, &ref_rec)))?;
+        self.catalogue
+            .commit_dna(&digest, &record, &space_rec, name.map(|n| (n, &ref_rec)))?;
         Ok(PushReport {
             digest,
             reference: name.map(|n| n.to_string()),
@@ -375,7 +396,9 @@ impl Db {
                 if self.catalogue.dna(&d)?.is_some() {
                     return Ok((d, None));
                 }
-                return Err(Error::NotFound(format!("no stored DNA {d} (list them with vdna-db ls)")));
+                return Err(Error::NotFound(format!(
+                    "no stored DNA {d} (list them with vdna-db ls)"
+                )));
             }
             if hex.len() >= 8 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
                 let hits: Vec<Digest> = self
@@ -387,16 +410,24 @@ impl Db {
                     .collect();
                 return match hits.len() {
                     1 => Ok((hits[0], None)),
-                    0 => Err(Error::NotFound(format!("no stored DNA has a digest starting {spec} (list them with vdna-db ls)"))),
-                    n => Err(Error::Invalid(format!("{spec} matches {n} stored DNAs; give more digits"))),
+                    0 => Err(Error::NotFound(format!(
+                        "no stored DNA has a digest starting {spec} (list them with vdna-db ls)"
+                    ))),
+                    n => Err(Error::Invalid(format!(
+                        "{spec} matches {n} stored DNAs; give more digits"
+                    ))),
                 };
             }
-            return Err(Error::Invalid(format!("{spec:?} is neither a digest nor a digest prefix of 8+ hex digits")));
+            return Err(Error::Invalid(format!(
+                "{spec:?} is neither a digest nor a digest prefix of 8+ hex digits"
+            )));
         }
         let name = RefName::parse(spec)?;
         match self.catalogue.get_ref(&name)? {
             Some(r) => Ok((r.digest, Some(name))),
-            None => Err(Error::NotFound(format!("no DNA named {name} (list them with vdna-db ls)"))),
+            None => Err(Error::NotFound(format!(
+                "no DNA named {name} (list them with vdna-db ls)"
+            ))),
         }
     }
 
@@ -421,13 +452,21 @@ impl Db {
     /// The annotations of a ref (empty for a bare digest).
     pub fn annotations(&self, name: Option<&RefName>) -> Result<BTreeMap<String, String>, Error> {
         Ok(match name {
-            Some(n) => self.catalogue.get_ref(n)?.map(|r| r.annotations).unwrap_or_default(),
+            Some(n) => self
+                .catalogue
+                .get_ref(n)?
+                .map(|r| r.annotations)
+                .unwrap_or_default(),
             None => BTreeMap::new(),
         })
     }
 
     /// Writes a stored DNA as a `.vdna` bundle.
-    pub fn export_bundle(&self, digest: &Digest, annotations: &BTreeMap<String, String>) -> Result<Vec<u8>, Error> {
+    pub fn export_bundle(
+        &self,
+        digest: &Digest,
+        annotations: &BTreeMap<String, String>,
+    ) -> Result<Vec<u8>, Error> {
         let m = Manifest::from_bytes(&self.objects.get_raw(digest)?)?;
         let mut ids = vec![*digest, m.space];
         ids.extend(m.layers.iter().map(|l| l.digest));
@@ -509,7 +548,9 @@ impl Db {
         let name = RefName::parse(spec)?;
         match self.catalogue.remove_ref(&name)? {
             Some(r) => Ok((name, r.digest)),
-            None => Err(Error::NotFound(format!("no DNA named {name} (list them with vdna-db ls)"))),
+            None => Err(Error::NotFound(format!(
+                "no DNA named {name} (list them with vdna-db ls)"
+            ))),
         }
     }
 
@@ -585,7 +626,10 @@ impl Db {
             self.objects.delete(&d)?;
             report.objects_removed += 1;
         }
-        report.tmp_files_removed = self.fs.clean_tmp().map_err(|e| Error::io(self.home.join("tmp"), e))?;
+        report.tmp_files_removed = self
+            .fs
+            .clean_tmp()
+            .map_err(|e| Error::io(self.home.join("tmp"), e))?;
         Ok(report)
     }
 }
@@ -610,7 +654,10 @@ pub fn compare_dnas(
     let metric = match metric {
         Some(m) => m,
         None => Metric::default_for(sa.dist).ok_or_else(|| {
-            Error::Invalid(format!("{} DNAs have no distance; compare histogram or gaussian DNAs", sa.dist.name()))
+            Error::Invalid(format!(
+                "{} DNAs have no distance; compare histogram or gaussian DNAs",
+                sa.dist.name()
+            ))
         })?,
     };
     metric.check(sa.dist)?;
@@ -627,7 +674,8 @@ pub fn compare_dnas(
 pub fn read_dna_file(path: &Path) -> Result<(Dna, BTreeMap<String, String>), Error> {
     if is_bundle(path) {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let b = decode_bundle(&bytes).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+        let b = decode_bundle(&bytes)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
         let mut layers = Vec::with_capacity(b.manifest.layers.len());
         for (i, (_, enc)) in b.objects.iter().skip(2).enumerate() {
             let buf = decode_layer(decode_object(enc, "bundle entry")?)?;
@@ -660,6 +708,10 @@ pub fn is_bundle(path: &Path) -> bool {
 /// Encodes a DNA as a bundle without a store.
 pub fn bundle_of(dna: &Dna, annotations: &BTreeMap<String, String>, level: i32) -> Vec<u8> {
     let enc: EncodedDna = dna.encode(level);
-    let refs: Vec<(Digest, &[u8])> = enc.objects.iter().map(|(d, b)| (*d, b.as_slice())).collect();
+    let refs: Vec<(Digest, &[u8])> = enc
+        .objects
+        .iter()
+        .map(|(d, b)| (*d, b.as_slice()))
+        .collect();
     encode_bundle(&refs, annotations)
 }

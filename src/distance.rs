@@ -196,8 +196,14 @@ pub fn neuron_sum(
     match (metric, a, b) {
         (
             Metric::Emd,
-            LayerView::Histogram { bins, counts: ca, .. },
-            LayerView::Histogram { bins: bb, counts: cb, .. },
+            LayerView::Histogram {
+                bins, counts: ca, ..
+            },
+            LayerView::Histogram {
+                bins: bb,
+                counts: cb,
+                ..
+            },
         ) if bins == bb => {
             for i in lm.indices() {
                 let r = i * bins..(i + 1) * bins;
@@ -233,7 +239,9 @@ fn gaussian_parts<'a>(v: &LayerView<'a>) -> Result<(&'a [f64], VarFn<'a>), Error
         LayerView::LayerGaussian { neurons, mean, cov } => {
             Ok((mean, Box::new(move |i| cov[i * neurons + i])))
         }
-        _ => Err(Error::Invalid("nfd needs gaussian or layer-gaussian layers".into())),
+        _ => Err(Error::Invalid(
+            "nfd needs gaussian or layer-gaussian layers".into(),
+        )),
     }
 }
 
@@ -247,8 +255,14 @@ fn gaussian_parts<'a>(v: &LayerView<'a>) -> Result<(&'a [f64], VarFn<'a>), Error
 /// finite value; where the reference takes that fallback the two can differ by ~1e-6 n.
 pub fn fd_layer(lm: &LayerMask, a: &LayerView<'_>, b: &LayerView<'_>) -> Result<f64, Error> {
     let (
-        LayerView::LayerGaussian { neurons: n, mean: ma, cov: ca },
-        LayerView::LayerGaussian { mean: mb, cov: cb, .. },
+        LayerView::LayerGaussian {
+            neurons: n,
+            mean: ma,
+            cov: ca,
+        },
+        LayerView::LayerGaussian {
+            mean: mb, cov: cb, ..
+        },
     ) = (a, b)
     else {
         return Err(Error::Invalid("fd needs layer-gaussian layers".into()));
@@ -261,7 +275,11 @@ pub fn fd_layer(lm: &LayerMask, a: &LayerView<'_>, b: &LayerView<'_>) -> Result<
     let sqrt_s1 = sym_sqrt(s1.clone());
     let m = &sqrt_s1 * s2.clone() * &sqrt_s1;
     let m = (&m + m.transpose()) * 0.5;
-    let tr_covmean: f64 = m.symmetric_eigenvalues().iter().map(|l| l.max(0.0).sqrt()).sum();
+    let tr_covmean: f64 = m
+        .symmetric_eigenvalues()
+        .iter()
+        .map(|l| l.max(0.0).sqrt())
+        .sum();
     Ok(mean_term + s1.trace() + s2.trace() - 2.0 * tr_covmean)
 }
 
@@ -297,7 +315,10 @@ impl TopNeurons {
     }
 
     fn trim(&mut self) {
-        self.items.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| (&a.1, a.2).cmp(&(&b.1, b.2))));
+        self.items.sort_by(|a, b| {
+            b.0.total_cmp(&a.0)
+                .then_with(|| (&a.1, a.2).cmp(&(&b.1, b.2)))
+        });
         self.items.truncate(self.n);
     }
 
@@ -344,9 +365,22 @@ mod tests {
             c
         };
         let (ca, cb) = (diag(&va), diag(&vb));
-        let a = LayerView::LayerGaussian { neurons: 3, mean: &ma, cov: &ca };
-        let b = LayerView::LayerGaussian { neurons: 3, mean: &mb, cov: &cb };
-        let lm = LayerMask { layer: 0, runs: vec![(0, 3)], count: 3, full: true };
+        let a = LayerView::LayerGaussian {
+            neurons: 3,
+            mean: &ma,
+            cov: &ca,
+        };
+        let b = LayerView::LayerGaussian {
+            neurons: 3,
+            mean: &mb,
+            cov: &cb,
+        };
+        let lm = LayerMask {
+            layer: 0,
+            runs: vec![(0, 3)],
+            count: 3,
+            full: true,
+        };
         let expected: f64 = (0..3).map(|i| nfd_neuron(ma[i], va[i], mb[i], vb[i])).sum();
         assert!((fd_layer(&lm, &a, &b).unwrap() - expected).abs() < 1e-10);
     }

@@ -69,8 +69,12 @@ impl LayerData {
         use crate::format::layer_kinds::*;
         let neurons = self.view().neurons() as u32;
         let (kind, bins, counts, f0, f1) = match self {
-            LayerData::Histogram { bins, counts } => (KIND_HISTOGRAM, *bins, counts.clone(), vec![], vec![]),
-            LayerData::Gaussian { mean, var } => (KIND_GAUSSIAN, 0, vec![], mean.clone(), var.clone()),
+            LayerData::Histogram { bins, counts } => {
+                (KIND_HISTOGRAM, *bins, counts.clone(), vec![], vec![])
+            }
+            LayerData::Gaussian { mean, var } => {
+                (KIND_GAUSSIAN, 0, vec![], mean.clone(), var.clone())
+            }
             LayerData::LayerGaussian { mean, cov } => {
                 (KIND_LAYER_GAUSSIAN, 0, vec![], mean.clone(), cov.clone())
             }
@@ -100,10 +104,15 @@ pub fn check_layer_shape(space: &SpaceConfig, idx: usize, v: &LayerView<'_>) -> 
     let spec = &space.layers[idx];
     let n = spec.neurons as usize;
     let ok = match (space.dist, v) {
-        (DistKind::Histogram { bins }, LayerView::Histogram { neurons, bins: b, .. }) => {
-            *neurons == n && *b == bins as usize
+        (
+            DistKind::Histogram { bins },
+            LayerView::Histogram {
+                neurons, bins: b, ..
+            },
+        ) => *neurons == n && *b == bins as usize,
+        (DistKind::Gaussian, LayerView::Gaussian { mean, var }) => {
+            mean.len() == n && var.len() == n
         }
-        (DistKind::Gaussian, LayerView::Gaussian { mean, var }) => mean.len() == n && var.len() == n,
         (DistKind::LayerGaussian, LayerView::LayerGaussian { neurons, .. }) => *neurons == n,
         (DistKind::ActivationRanges, LayerView::Ranges { min, .. }) => min.len() == n,
         _ => false,
@@ -171,7 +180,10 @@ impl Dna {
             let v = l.view();
             check_layer_shape(&self.space, i, &v)?;
             if let LayerView::Histogram { bins, counts, .. } = v {
-                if let Some(n) = counts.chunks_exact(bins).position(|h| h.iter().all(|c| *c == 0)) {
+                if let Some(n) = counts
+                    .chunks_exact(bins)
+                    .position(|h| h.iter().all(|c| *c == 0))
+                {
                     return Err(Error::Invalid(format!(
                         "layer {} neuron {n}: empty histogram (no activation was counted)",
                         self.space.layers[i].name
@@ -198,9 +210,11 @@ impl Dna {
             .iter()
             .zip(&other.layers)
             .enumerate()
-            .map(|(i, (a, b))| merge_layer(a, b, na, nb).map_err(|e| {
-                Error::Invalid(format!("layer {}: {e}", self.space.layers[i].name))
-            }))
+            .map(|(i, (a, b))| {
+                merge_layer(a, b, na, nb).map_err(|e| {
+                    Error::Invalid(format!("layer {}: {e}", self.space.layers[i].name))
+                })
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Dna {
             space: self.space.clone(),
@@ -218,7 +232,11 @@ impl Dna {
             .par_iter()
             .map(|l| {
                 let raw = encode_layer(&l.to_blob());
-                (Digest::of(&raw), raw.len() as u64, encode_object(&raw, l.codec(), level))
+                (
+                    Digest::of(&raw),
+                    raw.len() as u64,
+                    encode_object(&raw, l.codec(), level),
+                )
             })
             .collect();
         let manifest = Manifest {
@@ -242,7 +260,10 @@ impl Dna {
         let manifest_digest = Digest::of(&manifest_raw);
         let raw_bytes = layers.iter().map(|l| l.1).sum();
         let mut objects = Vec::with_capacity(layers.len() + 2);
-        objects.push((manifest_digest, encode_object(&manifest_raw, Codec::Raw, level)));
+        objects.push((
+            manifest_digest,
+            encode_object(&manifest_raw, Codec::Raw, level),
+        ));
         objects.push((space_digest, encode_object(&space_raw, Codec::Raw, level)));
         objects.extend(layers.into_iter().map(|l| (l.0, l.2)));
         EncodedDna {
@@ -265,7 +286,10 @@ fn merge_layer(a: &LayerData, b: &LayerData, na: u64, nb: u64) -> Result<LayerDa
                 .map(|(x, y)| x.checked_add(*y))
                 .collect::<Option<Vec<u32>>>()
                 .ok_or("a merged bin count exceeds 2^32-1")?;
-            LayerData::Histogram { bins: *bins, counts }
+            LayerData::Histogram {
+                bins: *bins,
+                counts,
+            }
         }
         (LayerData::Gaussian { mean: ma, var: va }, LayerData::Gaussian { mean: mb, var: vb }) => {
             let mut mean = Vec::with_capacity(ma.len());
@@ -273,7 +297,8 @@ fn merge_layer(a: &LayerData, b: &LayerData, na: u64, nb: u64) -> Result<LayerDa
             for i in 0..ma.len() {
                 let d = mb[i] - ma[i];
                 mean.push(ma[i] + d * fb / n);
-                let m2 = va[i] * (fa - 1.0).max(0.0) + vb[i] * (fb - 1.0).max(0.0) + d * d * fa * fb / n;
+                let m2 =
+                    va[i] * (fa - 1.0).max(0.0) + vb[i] * (fb - 1.0).max(0.0) + d * d * fa * fb / n;
                 var.push(if n > 1.0 { m2 / (n - 1.0) } else { 0.0 });
             }
             LayerData::Gaussian { mean, var }
@@ -289,7 +314,9 @@ fn merge_layer(a: &LayerData, b: &LayerData, na: u64, nb: u64) -> Result<LayerDa
             let cov = (0..k * k)
                 .map(|ij| {
                     let (i, j) = (ij / k, ij % k);
-                    let m2 = ca[ij] * (fa - 1.0).max(0.0) + cb[ij] * (fb - 1.0).max(0.0) + d[i] * d[j] * w;
+                    let m2 = ca[ij] * (fa - 1.0).max(0.0)
+                        + cb[ij] * (fb - 1.0).max(0.0)
+                        + d[i] * d[j] * w;
                     if n > 1.0 {
                         m2 / (n - 1.0)
                     } else {

@@ -57,12 +57,12 @@ impl Error {
     /// True when the error is about the user's input or situation (exit code 1), false
     /// when something inside vdna-db or the machine failed (exit code 2).
     pub fn is_user_error(&self) -> bool {
-        match self {
-            Error::Store(store::StoreError::Io { .. }) => false,
-            Error::Catalogue(catalogue::CatalogueError::Db(_)) => false,
-            Error::Catalogue(catalogue::CatalogueError::Corrupt { .. }) => false,
-            _ => true,
-        }
+        !matches!(
+            self,
+            Error::Store(store::StoreError::Io { .. })
+                | Error::Catalogue(catalogue::CatalogueError::Db(_))
+                | Error::Catalogue(catalogue::CatalogueError::Corrupt { .. })
+        )
     }
 
     pub(crate) fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Error {

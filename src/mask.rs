@@ -66,7 +66,11 @@ impl Mask {
     pub fn all(space: &SpaceConfig) -> Mask {
         Mask::from_sets(
             space,
-            &space.layers.iter().map(|l| vec![true; l.neurons as usize]).collect::<Vec<_>>(),
+            &space
+                .layers
+                .iter()
+                .map(|l| vec![true; l.neurons as usize])
+                .collect::<Vec<_>>(),
         )
     }
 
@@ -136,7 +140,13 @@ impl Mask {
                 let idx: Vec<String> = l
                     .runs
                     .iter()
-                    .map(|r| if r.1 == r.0 + 1 { r.0.to_string() } else { format!("{}-{}", r.0, r.1 - 1) })
+                    .map(|r| {
+                        if r.1 == r.0 + 1 {
+                            r.0.to_string()
+                        } else {
+                            format!("{}-{}", r.0, r.1 - 1)
+                        }
+                    })
                     .collect();
                 out.push(format!("{name}:{}", idx.join(",")));
             }
@@ -156,7 +166,10 @@ struct Term {
 
 fn tokenize(spec: &str) -> Result<Vec<Term>, MaskError> {
     let mut terms: Vec<Term> = Vec::new();
-    for tok in spec.split(|c: char| c == ',' || c.is_whitespace()).filter(|t| !t.is_empty()) {
+    for tok in spec
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|t| !t.is_empty())
+    {
         let is_index = tok.bytes().next().is_some_and(|b| b.is_ascii_digit())
             && tok.bytes().all(|b| b.is_ascii_digit() || b == b'-');
         if is_index {
@@ -170,7 +183,8 @@ fn tokenize(spec: &str) -> Result<Vec<Term>, MaskError> {
                 _ => {
                     return Err(MaskError::Syntax {
                         term: tok.into(),
-                        detail: "a neuron index must follow a LAYER: term, as in layer3_2:17,40-59".into(),
+                        detail: "a neuron index must follow a LAYER: term, as in layer3_2:17,40-59"
+                            .into(),
                     })
                 }
             }
@@ -214,19 +228,30 @@ fn eval(
     depth: usize,
 ) -> Result<Vec<Vec<bool>>, MaskError> {
     let terms = tokenize(spec)?;
-    let all = || space.layers.iter().map(|l| vec![true; l.neurons as usize]).collect::<Vec<_>>();
+    let all = || {
+        space
+            .layers
+            .iter()
+            .map(|l| vec![true; l.neurons as usize])
+            .collect::<Vec<_>>()
+    };
     if terms.is_empty() {
         return Ok(all());
     }
     let mut sets: Vec<Vec<bool>> = if terms[0].exclude {
         all()
     } else {
-        space.layers.iter().map(|l| vec![false; l.neurons as usize]).collect()
+        space
+            .layers
+            .iter()
+            .map(|l| vec![false; l.neurons as usize])
+            .collect()
     };
     for t in &terms {
         let on = !t.exclude;
         if t.body == "all" || t.body == "*" && t.indices.is_empty() {
-            sets.iter_mut().for_each(|s| s.iter_mut().for_each(|x| *x = on));
+            sets.iter_mut()
+                .for_each(|s| s.iter_mut().for_each(|x| *x = on));
             continue;
         }
         if let Some(name) = t.body.strip_prefix('@') {
@@ -239,7 +264,9 @@ fn eval(
             if depth >= MAX_DEPTH {
                 return Err(MaskError::Syntax {
                     term: t.text.clone(),
-                    detail: format!("named masks nest deeper than {MAX_DEPTH} (is one defined through itself?)"),
+                    detail: format!(
+                        "named masks nest deeper than {MAX_DEPTH} (is one defined through itself?)"
+                    ),
                 });
             }
             let inner = named(name).ok_or_else(|| MaskError::UnknownNamed {
@@ -256,12 +283,18 @@ fn eval(
             }
             continue;
         }
-        let matched: Vec<usize> =
-            (0..space.layers.len()).filter(|i| glob_match(&t.body, &space.layers[*i].name)).collect();
+        let matched: Vec<usize> = (0..space.layers.len())
+            .filter(|i| glob_match(&t.body, &space.layers[*i].name))
+            .collect();
         if matched.is_empty() {
             let names: Vec<&str> = space.layers.iter().map(|l| l.name.as_str()).collect();
             let available = if names.len() > 8 {
-                format!("{} .. {} ({} layers)", names[..4].join(", "), names[names.len() - 1], names.len())
+                format!(
+                    "{} .. {} ({} layers)",
+                    names[..4].join(", "),
+                    names[names.len() - 1],
+                    names.len()
+                )
             } else {
                 names.join(", ")
             };
@@ -301,7 +334,10 @@ fn parse_index(s: &str, term: &str) -> Result<(u64, u64), MaskError> {
         term: term.into(),
         detail: format!("{s:?} {d}"),
     };
-    let num = |x: &str| x.parse::<u64>().map_err(|_| bad("is not an index or range such as 40-59"));
+    let num = |x: &str| {
+        x.parse::<u64>()
+            .map_err(|_| bad("is not an index or range such as 40-59"))
+    };
     match s.split_once('-') {
         Some((a, b)) => {
             let (a, b) = (num(a)?, num(b)?);
@@ -369,8 +405,18 @@ mod tests {
         assert_eq!(m.layers[0].runs, vec![(17, 18), (40, 60)]);
         assert_eq!(m.neurons(), 21);
         assert_eq!(Mask::parse("-layer1_*", &s, &none).unwrap().neurons(), 100);
-        assert_eq!(Mask::parse("all -layer3_2:0-49 layer1_0:1", &s, &none).unwrap().neurons(), 58);
-        assert_eq!(Mask::parse("layer1_? -layer1_1:0,2", &s, &none).unwrap().neurons(), 6);
+        assert_eq!(
+            Mask::parse("all -layer3_2:0-49 layer1_0:1", &s, &none)
+                .unwrap()
+                .neurons(),
+            58
+        );
+        assert_eq!(
+            Mask::parse("layer1_? -layer1_1:0,2", &s, &none)
+                .unwrap()
+                .neurons(),
+            6
+        );
     }
 
     #[test]
@@ -381,9 +427,20 @@ mod tests {
             "loop" => Some("@loop".to_string()),
             _ => None,
         };
-        assert_eq!(Mask::parse("@early layer3_2:0", &s, &named).unwrap().neurons(), 9);
-        assert!(matches!(Mask::parse("@loop", &s, &named), Err(MaskError::Syntax { .. })));
-        assert!(matches!(Mask::parse("@nope", &s, &named), Err(MaskError::UnknownNamed { .. })));
+        assert_eq!(
+            Mask::parse("@early layer3_2:0", &s, &named)
+                .unwrap()
+                .neurons(),
+            9
+        );
+        assert!(matches!(
+            Mask::parse("@loop", &s, &named),
+            Err(MaskError::Syntax { .. })
+        ));
+        assert!(matches!(
+            Mask::parse("@nope", &s, &named),
+            Err(MaskError::UnknownNamed { .. })
+        ));
     }
 
     #[test]
@@ -391,9 +448,14 @@ mod tests {
         let s = space();
         let e = Mask::parse("layer9_*", &s, &none).unwrap_err().to_string();
         assert!(e.contains("layer9_*") && e.contains("layer1_0"), "{e}");
-        let e = Mask::parse("layer3_2:100", &s, &none).unwrap_err().to_string();
+        let e = Mask::parse("layer3_2:100", &s, &none)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("layer3_2:100") && e.contains("0-99"), "{e}");
-        assert!(matches!(Mask::parse("layer1_0 -layer1_0", &s, &none), Err(MaskError::Empty { .. })));
+        assert!(matches!(
+            Mask::parse("layer1_0 -layer1_0", &s, &none),
+            Err(MaskError::Empty { .. })
+        ));
         assert!(Mask::parse("17", &s, &none).is_err());
         assert!(Mask::parse("layer3_2:9-3", &s, &none).is_err());
     }
@@ -401,9 +463,18 @@ mod tests {
     #[test]
     fn canonical_spec_resolves_to_the_same_mask() {
         let s = space();
-        for spec in ["", "layer1_*", "layer3_2:17,40-59 layer1_0:3", "-layer1_1:1"] {
+        for spec in [
+            "",
+            "layer1_*",
+            "layer3_2:17,40-59 layer1_0:3",
+            "-layer1_1:1",
+        ] {
             let m = Mask::parse(spec, &s, &none).unwrap();
-            assert_eq!(Mask::parse(&m.canonical_spec(&s), &s, &none).unwrap(), m, "{spec}");
+            assert_eq!(
+                Mask::parse(&m.canonical_spec(&s), &s, &none).unwrap(),
+                m,
+                "{spec}"
+            );
         }
     }
 }

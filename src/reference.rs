@@ -89,7 +89,9 @@ pub fn import_pair(path: &Path) -> Result<Imported, Error> {
         let data = match space.dist {
             DistKind::Histogram { bins } => {
                 let a = npz.array(&l.name, &[n, bins as usize])?;
-                let counts = a.to_u32().map_err(|d| bad(&npz_path, format!("member {}.npy: {d}", l.name)))?;
+                let counts = a
+                    .to_u32()
+                    .map_err(|d| bad(&npz_path, format!("member {}.npy: {d}", l.name)))?;
                 LayerData::Histogram { bins, counts }
             }
             DistKind::Gaussian => LayerData::Gaussian {
@@ -114,8 +116,14 @@ pub fn import_pair(path: &Path) -> Result<Imported, Error> {
     };
     dna.validate().map_err(|e| bad(&npz_path, e.to_string()))?;
     let mut annotations = BTreeMap::new();
-    annotations.insert("reference.metadata".into(), serde_json::to_string(&meta).unwrap_or_default());
-    if let Some(s) = meta.pointer("/data_settings/source").and_then(Value::as_str) {
+    annotations.insert(
+        "reference.metadata".into(),
+        serde_json::to_string(&meta).unwrap_or_default(),
+    );
+    if let Some(s) = meta
+        .pointer("/data_settings/source")
+        .and_then(Value::as_str)
+    {
         annotations.insert("reference.source".into(), s.into());
     }
     if let Some(s) = meta.get("time_of_compute").and_then(Value::as_str) {
@@ -125,8 +133,13 @@ pub fn import_pair(path: &Path) -> Result<Imported, Error> {
 }
 
 fn space_from_metadata(meta: &Value, path: &Path) -> Result<(SpaceConfig, u64), Error> {
-    let field = |k: &str| meta.get(k).ok_or_else(|| bad(path, format!("missing field {k:?}")));
-    let ty = field("type")?.as_str().ok_or_else(|| bad(path, "\"type\" is not a string"))?;
+    let field = |k: &str| {
+        meta.get(k)
+            .ok_or_else(|| bad(path, format!("missing field {k:?}")))
+    };
+    let ty = field("type")?
+        .as_str()
+        .ok_or_else(|| bad(path, "\"type\" is not a string"))?;
     let dist = match ty {
         "histogram" => {
             let bins = meta
@@ -154,7 +167,12 @@ fn space_from_metadata(meta: &Value, path: &Path) -> Result<(SpaceConfig, u64), 
         let neurons = n
             .as_u64()
             .filter(|n| *n > 0 && *n <= u32::MAX as u64)
-            .ok_or_else(|| bad(path, format!("neurons_list.{name} is not a positive integer")))?;
+            .ok_or_else(|| {
+                bad(
+                    path,
+                    format!("neurons_list.{name} is not a positive integer"),
+                )
+            })?;
         layers.push(LayerSpec {
             name: name.clone(),
             neurons: neurons as u32,
@@ -162,8 +180,14 @@ fn space_from_metadata(meta: &Value, path: &Path) -> Result<(SpaceConfig, u64), 
     }
     let mut space = SpaceConfig::unpinned(extractor, layers, dist);
     if matches!(dist, DistKind::Histogram { .. }) {
-        if let Some(r) = meta.pointer("/extraction_settings/hist_range").and_then(Value::as_array) {
-            if let (Some(lo), Some(hi)) = (r.first().and_then(Value::as_f64), r.get(1).and_then(Value::as_f64)) {
+        if let Some(r) = meta
+            .pointer("/extraction_settings/hist_range")
+            .and_then(Value::as_array)
+        {
+            if let (Some(lo), Some(hi)) = (
+                r.first().and_then(Value::as_f64),
+                r.get(1).and_then(Value::as_f64),
+            ) {
                 space.hist_range = Some([lo, hi]);
             }
         }
@@ -201,15 +225,27 @@ pub fn export_pair(
     meta.insert("type".into(), json!(s.dist.type_name()));
     meta.insert("name".into(), json!(s.dist.name()));
     meta.entry("data_settings").or_insert_with(|| json!({}));
-    let es = meta.entry("extraction_settings").or_insert_with(|| json!({}));
+    let es = meta
+        .entry("extraction_settings")
+        .or_insert_with(|| json!({}));
     if let (Some(obj), DistKind::Histogram { bins }) = (es.as_object_mut(), s.dist) {
         obj.insert("hist_nb_bins".into(), json!(bins));
-        obj.insert("hist_range".into(), json!(s.hist_range.unwrap_or([-1.0, 1.0])));
-        obj.insert("range_scale_for_norm_params".into(), json!(s.range_scale.unwrap_or(1.2)));
+        obj.insert(
+            "hist_range".into(),
+            json!(s.hist_range.unwrap_or([-1.0, 1.0])),
+        );
+        obj.insert(
+            "range_scale_for_norm_params".into(),
+            json!(s.range_scale.unwrap_or(1.2)),
+        );
     }
     meta.insert("num_images".into(), json!(dna.images));
     meta.insert("feature_extractor_name".into(), json!(s.extractor.name));
-    let list: Map<String, Value> = s.layers.iter().map(|l| (l.name.clone(), json!(l.neurons))).collect();
+    let list: Map<String, Value> = s
+        .layers
+        .iter()
+        .map(|l| (l.name.clone(), json!(l.neurons)))
+        .collect();
     meta.insert("neurons_list".into(), Value::Object(list));
 
     let mut members: Vec<(String, Vec<u8>)> = Vec::new();
@@ -220,23 +256,47 @@ pub fn export_pair(
                 let mut body = Vec::with_capacity(counts.len() * 4);
                 for c in counts {
                     let v = i32::try_from(*c).map_err(|_| {
-                        bad(&npz_path, format!("layer {}: a count of {c} does not fit the reference's int32", spec.name))
+                        bad(
+                            &npz_path,
+                            format!(
+                                "layer {}: a count of {c} does not fit the reference's int32",
+                                spec.name
+                            ),
+                        )
                     })?;
                     body.extend_from_slice(&v.to_le_bytes());
                 }
                 members.push((spec.name.clone(), npy("<i4", &[n, *bins as usize], &body)));
             }
             LayerData::Gaussian { mean, var } => {
-                members.push((format!("mu-{}", spec.name), npy("<f4", &[n], &f32_bytes(mean))));
-                members.push((format!("var-{}", spec.name), npy("<f4", &[n], &f32_bytes(var))));
+                members.push((
+                    format!("mu-{}", spec.name),
+                    npy("<f4", &[n], &f32_bytes(mean)),
+                ));
+                members.push((
+                    format!("var-{}", spec.name),
+                    npy("<f4", &[n], &f32_bytes(var)),
+                ));
             }
             LayerData::LayerGaussian { mean, cov } => {
-                members.push((format!("mu-{}", spec.name), npy("<f8", &[n], &f64_bytes(mean))));
-                members.push((format!("sigma-{}", spec.name), npy("<f8", &[n, n], &f64_bytes(cov))));
+                members.push((
+                    format!("mu-{}", spec.name),
+                    npy("<f8", &[n], &f64_bytes(mean)),
+                ));
+                members.push((
+                    format!("sigma-{}", spec.name),
+                    npy("<f8", &[n, n], &f64_bytes(cov)),
+                ));
             }
             LayerData::Ranges { min, max } => {
-                members.push((format!("min-{}", spec.name), npy("<f4", &[n], &f32_bytes(min))));
-                members.push((format!("max-{}", spec.name), npy("<f4", &[n], &f32_bytes(max))));
+                members.push((
+                    format!("min-{}", spec.name),
+                    npy("<f4", &[n], &f32_bytes(min)),
+                ));
+                members.push((
+                    format!("max-{}", spec.name),
+                    npy("<f4", &[n], &f32_bytes(max)),
+                ));
             }
         }
     }
@@ -253,9 +313,11 @@ pub fn export_pair(
                 .and_then(|_| w.write_all(body).map_err(zip::result::ZipError::Io))
                 .map_err(|e| bad(&npz_path, format!("writing member {name}: {e}")))?;
         }
-        w.finish().map_err(|e| bad(&npz_path, format!("finishing the archive: {e}")))?;
+        w.finish()
+            .map_err(|e| bad(&npz_path, format!("finishing the archive: {e}")))?;
     }
-    crate::store::write_file_atomic(&npz_path, zip_bytes.get_ref()).map_err(|e| io(&npz_path, e))?;
+    crate::store::write_file_atomic(&npz_path, zip_bytes.get_ref())
+        .map_err(|e| io(&npz_path, e))?;
     Ok((json_path, npz_path))
 }
 
@@ -271,9 +333,17 @@ fn f64_bytes(v: &[f64]) -> Vec<u8> {
 fn npy(descr: &str, shape: &[usize], body: &[u8]) -> Vec<u8> {
     let shape_s = match shape {
         [n] => format!("({n},)"),
-        _ => format!("({})", shape.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")),
+        _ => format!(
+            "({})",
+            shape
+                .iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     };
-    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_s}, }}");
+    let mut header =
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_s}, }}");
     let unpadded = 10 + header.len() + 1;
     header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
     header.push('\n');
@@ -339,7 +409,10 @@ impl NpyArray {
                 NpyDtype::U4 => Ok(u32::from_le_bytes([w[0], w[1], w[2], w[3]])),
                 NpyDtype::I8 => conv(i64::from_le_bytes(w.try_into().unwrap_or_default()) as i128),
                 NpyDtype::U8 => conv(u64::from_le_bytes(w.try_into().unwrap_or_default()) as i128),
-                NpyDtype::F4 | NpyDtype::F8 => Err(format!("dtype {:?} where integer counts are expected", self.dtype)),
+                NpyDtype::F4 | NpyDtype::F8 => Err(format!(
+                    "dtype {:?} where integer counts are expected",
+                    self.dtype
+                )),
             })
             .collect()
     }
@@ -366,7 +439,10 @@ pub fn parse_npy(bytes: &[u8]) -> Result<NpyArray, String> {
     }
     let (hlen, start): (usize, usize) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
         v => return Err(format!(".npy format version {v} is not supported")),
     };
     let header = bytes
@@ -384,7 +460,10 @@ pub fn parse_npy(bytes: &[u8]) -> Result<NpyArray, String> {
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<usize>().map_err(|_| format!("bad shape {shape_s}")))
+        .map(|s| {
+            s.parse::<usize>()
+                .map_err(|_| format!("bad shape {shape_s}"))
+        })
         .collect::<Result<_, _>>()?;
     let count = shape
         .iter()
@@ -392,7 +471,10 @@ pub fn parse_npy(bytes: &[u8]) -> Result<NpyArray, String> {
         .ok_or("shape overflows")?;
     let body = &bytes[start + hlen..];
     if Some(body.len()) != count.checked_mul(dtype.size()) {
-        return Err(format!("shape {shape:?} needs {count} values, the data holds {} bytes", body.len()));
+        return Err(format!(
+            "shape {shape:?} needs {count} values, the data holds {} bytes",
+            body.len()
+        ));
     }
     let mut data = body.to_vec();
     if fortran.trim() == "True" && shape.len() == 2 {
@@ -400,7 +482,8 @@ pub fn parse_npy(bytes: &[u8]) -> Result<NpyArray, String> {
         let mut t = vec![0u8; data.len()];
         for i in 0..r {
             for j in 0..c {
-                t[(i * c + j) * s..(i * c + j + 1) * s].copy_from_slice(&data[(j * r + i) * s..(j * r + i + 1) * s]);
+                t[(i * c + j) * s..(i * c + j + 1) * s]
+                    .copy_from_slice(&data[(j * r + i) * s..(j * r + i + 1) * s]);
             }
         }
         data = t;
@@ -412,8 +495,13 @@ pub fn parse_npy(bytes: &[u8]) -> Result<NpyArray, String> {
 
 /// Extracts the raw value of `key` from a Python dict literal such as npy headers hold.
 fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
-    let pos = header.find(&format!("'{key}'")).or_else(|| header.find(&format!("\"{key}\"")))?;
-    let rest = header[pos + key.len() + 2..].trim_start().strip_prefix(':')?.trim_start();
+    let pos = header
+        .find(&format!("'{key}'"))
+        .or_else(|| header.find(&format!("\"{key}\"")))?;
+    let rest = header[pos + key.len() + 2..]
+        .trim_start()
+        .strip_prefix(':')?
+        .trim_start();
     let end = if rest.starts_with('(') {
         rest.find(')')? + 1
     } else {
@@ -430,7 +518,8 @@ struct Npz<R: Read + Seek> {
 
 impl<R: Read + Seek> Npz<R> {
     fn open(r: R, path: &Path) -> Result<Self, Error> {
-        let zip = zip::ZipArchive::new(r).map_err(|e| bad(path, format!("not a valid .npz (zip) archive: {e}")))?;
+        let zip = zip::ZipArchive::new(r)
+            .map_err(|e| bad(path, format!("not a valid .npz (zip) archive: {e}")))?;
         Ok(Npz {
             zip,
             path: path.to_path_buf(),
@@ -441,21 +530,35 @@ impl<R: Read + Seek> Npz<R> {
     fn array(&mut self, name: &str, shape: &[usize]) -> Result<NpyArray, Error> {
         let member = format!("{name}.npy");
         let mut f = self.zip.by_name(&member).map_err(|_| {
-            bad(&self.path, format!("missing member {member} (does the .json's neurons_list match the .npz?)"))
+            bad(
+                &self.path,
+                format!("missing member {member} (does the .json's neurons_list match the .npz?)"),
+            )
         })?;
         if f.size() > MAX_MEMBER {
-            return Err(bad(&self.path, format!("member {member} declares {} bytes", f.size())));
+            return Err(bad(
+                &self.path,
+                format!("member {member} declares {} bytes", f.size()),
+            ));
         }
         let mut bytes = Vec::with_capacity(f.size() as usize);
         (&mut f)
             .take(MAX_MEMBER + 1)
             .read_to_end(&mut bytes)
-            .map_err(|e| bad(&self.path, format!("member {member} does not decompress: {e}")))?;
+            .map_err(|e| {
+                bad(
+                    &self.path,
+                    format!("member {member} does not decompress: {e}"),
+                )
+            })?;
         let a = parse_npy(&bytes).map_err(|d| bad(&self.path, format!("member {member}: {d}")))?;
         if a.shape != shape {
             return Err(bad(
                 &self.path,
-                format!("member {member} has shape {:?}, neurons_list says {:?}", a.shape, shape),
+                format!(
+                    "member {member} has shape {:?}, neurons_list says {:?}",
+                    a.shape, shape
+                ),
             ));
         }
         Ok(a)
@@ -491,7 +594,10 @@ mod tests {
     #[test]
     fn fortran_order_is_transposed() {
         // Column-major [[1,2,3],[4,5,6]] is stored 1,4,2,5,3,6.
-        let body: Vec<u8> = [1i32, 4, 2, 5, 3, 6].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let body: Vec<u8> = [1i32, 4, 2, 5, 3, 6]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
         let mut b = npy("<i4", &[2, 3], &body);
         let at = b.windows(5).position(|w| w == b"False").unwrap();
         b[at..at + 5].copy_from_slice(b"True ");

@@ -85,7 +85,8 @@ fn valid_tag(t: &str) -> bool {
     !b.is_empty()
         && b.len() <= 128
         && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b.iter().all(|x| x.is_ascii_alphanumeric() || *x == b'_' || *x == b'.' || *x == b'-')
+        && b.iter()
+            .all(|x| x.is_ascii_alphanumeric() || *x == b'_' || *x == b'.' || *x == b'-')
 }
 
 impl fmt::Display for RefName {
@@ -100,9 +101,27 @@ mod tests {
 
     #[test]
     fn oci_names_and_tags() {
-        assert_eq!(RefName::parse("cityscapes").unwrap().to_string(), "cityscapes:latest");
-        assert_eq!(RefName::parse("team/city-scapes_v2:2024.1").unwrap().tag, "2024.1");
-        for bad in ["", "Upper", "a//b", "-a", "a:", "a:.x", "a:b:c", "a b", "../x", "a/..", &"t".repeat(300)] {
+        assert_eq!(
+            RefName::parse("cityscapes").unwrap().to_string(),
+            "cityscapes:latest"
+        );
+        assert_eq!(
+            RefName::parse("team/city-scapes_v2:2024.1").unwrap().tag,
+            "2024.1"
+        );
+        for bad in [
+            "",
+            "Upper",
+            "a//b",
+            "-a",
+            "a:",
+            "a:.x",
+            "a:b:c",
+            "a b",
+            "../x",
+            "a/..",
+            &"t".repeat(300),
+        ] {
             assert!(RefName::parse(bad).is_err(), "{bad:?} should be refused");
         }
     }

@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex};
 
 use rkyv::util::AlignedVec;
 
-use crate::format::{decode_layer, decode_object, decode_object_header, Digest, FormatError, LayerBuf};
+use crate::format::{
+    decode_layer, decode_object, decode_object_header, Digest, FormatError, LayerBuf,
+};
 use crate::Error;
 
 /// Errors of the object store.
@@ -133,7 +135,10 @@ impl Backend for FsBackend {
 
     fn write_durable(&self, key: &str, bytes: &[u8]) -> io::Result<()> {
         let dest = self.path(key);
-        let dir = dest.parent().map(Path::to_path_buf).unwrap_or_else(|| self.root.clone());
+        let dir = dest
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.root.clone());
         if !dir.is_dir() {
             std::fs::create_dir_all(&dir)?;
             // Make the new directory entries durable too, from the top down.
@@ -271,10 +276,17 @@ impl ObjectStore {
     /// Stores an encoded object durably unless it is already there.
     pub fn put(&self, digest: &Digest, encoded: &[u8]) -> Result<bool, Error> {
         let key = key_of(digest);
-        if self.backend.size(&key).map_err(|e| Self::io(digest, e))?.is_some() {
+        if self
+            .backend
+            .size(&key)
+            .map_err(|e| Self::io(digest, e))?
+            .is_some()
+        {
             return Ok(false);
         }
-        self.backend.write_durable(&key, encoded).map_err(|e| Self::io(digest, e))?;
+        self.backend
+            .write_durable(&key, encoded)
+            .map_err(|e| Self::io(digest, e))?;
         Ok(true)
     }
 
@@ -285,7 +297,9 @@ impl ObjectStore {
 
     /// Encoded size at rest.
     pub fn stored_size(&self, digest: &Digest) -> Result<Option<u64>, Error> {
-        self.backend.size(&key_of(digest)).map_err(|e| Self::io(digest, e))
+        self.backend
+            .size(&key_of(digest))
+            .map_err(|e| Self::io(digest, e))
     }
 
     /// The encoded bytes as stored (for bundles and transfers), digest checked.
@@ -338,16 +352,20 @@ impl ObjectStore {
 
     /// Every stored digest.
     pub fn list(&self) -> Result<Vec<Digest>, Error> {
-        let keys = self.backend.list().map_err(|e| Error::Store(StoreError::Io {
-            digest: "(listing)".into(),
-            source: e,
-        }))?;
+        let keys = self.backend.list().map_err(|e| {
+            Error::Store(StoreError::Io {
+                digest: "(listing)".into(),
+                source: e,
+            })
+        })?;
         Ok(keys.iter().filter_map(|k| digest_of_key(k)).collect())
     }
 
     /// Removes an object.
     pub fn delete(&self, digest: &Digest) -> Result<(), Error> {
-        self.backend.delete(&key_of(digest)).map_err(|e| Self::io(digest, e))
+        self.backend
+            .delete(&key_of(digest))
+            .map_err(|e| Self::io(digest, e))
     }
 
     /// Re-reads and re-hashes an object.

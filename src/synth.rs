@@ -49,7 +49,10 @@ impl Rng {
 /// The rand_resnet50 layer list (16 bottleneck outputs, 15,104 neurons).
 pub fn resnet50_layers() -> Vec<LayerSpec> {
     let mut v = Vec::new();
-    for (stage, (blocks, width)) in [(3, 256), (4, 512), (6, 1024), (3, 2048)].iter().enumerate() {
+    for (stage, (blocks, width)) in [(3, 256), (4, 512), (6, 1024), (3, 2048)]
+        .iter()
+        .enumerate()
+    {
         for b in 0..*blocks {
             v.push(LayerSpec {
                 name: format!("layer{}_{}", stage + 1, b),
@@ -106,7 +109,11 @@ fn perturb(rng: &mut Rng, s: &Shape, bins: f64, amount: f64) -> Shape {
 
 fn histogram(s: &Shape, bins: usize, total: u64, out: &mut [u32]) {
     let t = total as f64;
-    let spike_bin = if s.spike > 0.0 { (s.mean - 2.0 * s.sd).max(0.0) as usize } else { 0 };
+    let spike_bin = if s.spike > 0.0 {
+        (s.mean - 2.0 * s.sd).max(0.0) as usize
+    } else {
+        0
+    };
     let rest = t * (1.0 - s.spike);
     let lo = (s.mean - 6.0 * s.sd).floor().max(0.0) as usize;
     let hi = ((s.mean + 6.0 * s.sd).ceil() as usize + 1).min(bins);
@@ -115,9 +122,9 @@ fn histogram(s: &Shape, bins: usize, total: u64, out: &mut [u32]) {
         let x = (b as f64 + 0.5 - s.mean) / s.sd;
         z += (-0.5 * x * x).exp();
     }
-    for b in lo..hi {
+    for (b, o) in out.iter_mut().enumerate().take(hi).skip(lo) {
         let x = (b as f64 + 0.5 - s.mean) / s.sd;
-        out[b] = (rest * (-0.5 * x * x).exp() / z).round() as u32;
+        *o = (rest * (-0.5 * x * x).exp() / z).round() as u32;
     }
     if s.spike > 0.0 {
         let sb = spike_bin.min(bins - 1);
@@ -153,7 +160,11 @@ impl CatalogueSpec {
 /// Generates one DNA: member `member` of family `family`.
 pub fn member(spec: &CatalogueSpec, family: usize, member: usize) -> Dna {
     let space = spec.space();
-    let mut fam_rng = Rng::new(spec.seed.wrapping_mul(1_000_003).wrapping_add(family as u64));
+    let mut fam_rng = Rng::new(
+        spec.seed
+            .wrapping_mul(1_000_003)
+            .wrapping_add(family as u64),
+    );
     let mut rng = Rng::new(
         spec.seed
             .wrapping_mul(7_919)
@@ -170,12 +181,20 @@ pub fn member(spec: &CatalogueSpec, family: usize, member: usize) -> Dna {
         .map(|l| {
             let n = l.neurons as usize;
             let base = base_shapes(&mut fam_rng, n, bins as f64);
-            let shapes: Vec<Shape> = base.iter().map(|s| perturb(&mut rng, s, bins as f64, spec.spread)).collect();
+            let shapes: Vec<Shape> = base
+                .iter()
+                .map(|s| perturb(&mut rng, s, bins as f64, spec.spread))
+                .collect();
             match spec.dist {
                 DistKind::Histogram { .. } => {
                     let mut counts = vec![0u32; n * bins];
                     for (i, s) in shapes.iter().enumerate() {
-                        histogram(s, bins, spec.images * spec.positions, &mut counts[i * bins..(i + 1) * bins]);
+                        histogram(
+                            s,
+                            bins,
+                            spec.images * spec.positions,
+                            &mut counts[i * bins..(i + 1) * bins],
+                        );
                     }
                     LayerData::Histogram {
                         bins: bins as u32,
@@ -183,8 +202,14 @@ pub fn member(spec: &CatalogueSpec, family: usize, member: usize) -> Dna {
                     }
                 }
                 DistKind::Gaussian => LayerData::Gaussian {
-                    mean: shapes.iter().map(|s| s.mean / bins as f64 * 2.0 - 1.0).collect(),
-                    var: shapes.iter().map(|s| (s.sd / bins as f64 * 2.0).powi(2)).collect(),
+                    mean: shapes
+                        .iter()
+                        .map(|s| s.mean / bins as f64 * 2.0 - 1.0)
+                        .collect(),
+                    var: shapes
+                        .iter()
+                        .map(|s| (s.sd / bins as f64 * 2.0).powi(2))
+                        .collect(),
                 },
                 DistKind::LayerGaussian => {
                     let mut cov = vec![0.0; n * n];
@@ -192,7 +217,10 @@ pub fn member(spec: &CatalogueSpec, family: usize, member: usize) -> Dna {
                         cov[i * n + i] = (s.sd / bins as f64 * 2.0).powi(2);
                     }
                     LayerData::LayerGaussian {
-                        mean: shapes.iter().map(|s| s.mean / bins as f64 * 2.0 - 1.0).collect(),
+                        mean: shapes
+                            .iter()
+                            .map(|s| s.mean / bins as f64 * 2.0 - 1.0)
+                            .collect(),
                         cov,
                     }
                 }
@@ -235,13 +263,25 @@ mod tests {
         };
         assert_eq!(member(&spec, 0, 0), member(&spec, 0, 0));
         let d = |a: &Dna, b: &Dna| -> f64 {
-            let (LayerData::Histogram { counts: x, .. }, LayerData::Histogram { counts: y, .. }) = (&a.layers[0], &b.layers[0]) else {
+            let (LayerData::Histogram { counts: x, .. }, LayerData::Histogram { counts: y, .. }) =
+                (&a.layers[0], &b.layers[0])
+            else {
                 unreachable!()
             };
-            x.chunks(100).zip(y.chunks(100)).map(|(p, q)| emd_neuron(p, q)).sum()
+            x.chunks(100)
+                .zip(y.chunks(100))
+                .map(|(p, q)| emd_neuron(p, q))
+                .sum()
         };
-        let (a0, a1, b0) = (member(&spec, 0, 0), member(&spec, 0, 1), member(&spec, 1, 0));
-        assert!(d(&a0, &a1) < d(&a0, &b0), "members of a family must be nearer than other families");
+        let (a0, a1, b0) = (
+            member(&spec, 0, 0),
+            member(&spec, 0, 1),
+            member(&spec, 1, 0),
+        );
+        assert!(
+            d(&a0, &a1) < d(&a0, &b0),
+            "members of a family must be nearer than other families"
+        );
         a0.validate().unwrap();
     }
 }

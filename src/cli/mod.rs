@@ -253,7 +253,10 @@ fn load_any(db: &Db, spec: &str) -> Result<(AnyDna, String)> {
     }
     let (digest, name) = db.resolve(spec)?;
     let stored = db.open_dna(&digest)?;
-    Ok((AnyDna::Stored(stored), name.map_or(digest.to_string(), |n| n.to_string())))
+    Ok((
+        AnyDna::Stored(stored),
+        name.map_or(digest.to_string(), |n| n.to_string()),
+    ))
 }
 
 fn run(cli: Cli, out: &mut Out) -> Result<i32> {
@@ -288,11 +291,21 @@ fn run(cli: Cli, out: &mut Out) -> Result<i32> {
             let db = open_db(&cli.home)?;
             let mut rows = db.list()?;
             if let Some(p) = &a.pattern {
-                rows.retain(|r| crate::mask::glob_match(p, &r.name) || crate::mask::glob_match(p, &r.reference));
+                rows.retain(|r| {
+                    crate::mask::glob_match(p, &r.name) || crate::mask::glob_match(p, &r.reference)
+                });
             }
             out.json(&rows)?;
             out.table(
-                &["NAME", "TAG", "DIGEST", "EXTRACTOR", "KIND", "IMAGES", "SIZE"],
+                &[
+                    "NAME",
+                    "TAG",
+                    "DIGEST",
+                    "EXTRACTOR",
+                    "KIND",
+                    "IMAGES",
+                    "SIZE",
+                ],
                 rows.iter()
                     .map(|r| {
                         vec![
@@ -318,7 +331,10 @@ fn run(cli: Cli, out: &mut Out) -> Result<i32> {
         Command::Rm { reference } => {
             let db = open_db(&cli.home)?;
             let (name, digest) = db.remove(&reference)?;
-            out.line(&format!("removed {name} (was {}; run vdna-db gc to free its objects)", digest.short()))?;
+            out.line(&format!(
+                "removed {name} (was {}; run vdna-db gc to free its objects)",
+                digest.short()
+            ))?;
             out.json(&serde_json::json!({ "removed": name.to_string(), "digest": digest }))?;
         }
         Command::Compare(a) => compare(&cli.home, out, a)?,
@@ -341,7 +357,8 @@ fn run(cli: Cli, out: &mut Out) -> Result<i32> {
                         }
                     }
                     if let (0, Some(e)) = (ok_in, first_err) {
-                        return Err(anyhow::Error::new(e).context(format!("mask {name:?} applies to no stored space")));
+                        return Err(anyhow::Error::new(e)
+                            .context(format!("mask {name:?} applies to no stored space")));
                     }
                     db.catalogue().put_mask(&name, &spec)?;
                     out.line(&format!("mask @{name} = {spec}"))?;
@@ -349,13 +366,27 @@ fn run(cli: Cli, out: &mut Out) -> Result<i32> {
                 }
                 MaskCommand::Ls => {
                     let masks = db.catalogue().masks()?;
-                    out.json(&masks.iter().map(|(n, s)| serde_json::json!({"name": n, "spec": s})).collect::<Vec<_>>())?;
-                    out.table(&["NAME", "SPEC"], masks.iter().map(|(n, s)| vec![format!("@{n}"), s.clone()]).collect())?;
+                    out.json(
+                        &masks
+                            .iter()
+                            .map(|(n, s)| serde_json::json!({"name": n, "spec": s}))
+                            .collect::<Vec<_>>(),
+                    )?;
+                    out.table(
+                        &["NAME", "SPEC"],
+                        masks
+                            .iter()
+                            .map(|(n, s)| vec![format!("@{n}"), s.clone()])
+                            .collect(),
+                    )?;
                 }
                 MaskCommand::Rm { name } => {
                     let name = name.trim_start_matches('@').to_string();
                     if !db.catalogue().remove_mask(&name)? {
-                        return Err(crate::Error::NotFound(format!("no mask named @{name} (list them with vdna-db mask ls)")).into());
+                        return Err(crate::Error::NotFound(format!(
+                            "no mask named @{name} (list them with vdna-db mask ls)"
+                        ))
+                        .into());
                     }
                     out.line(&format!("removed mask @{name}"))?;
                     out.json(&serde_json::json!({ "removed": name }))?;
@@ -373,7 +404,11 @@ fn run(cli: Cli, out: &mut Out) -> Result<i32> {
                 "checked {} objects and {} names: {}",
                 r.objects_checked,
                 r.refs_checked,
-                if r.problems.is_empty() { "all good".to_string() } else { format!("{} problems", r.problems.len()) }
+                if r.problems.is_empty() {
+                    "all good".to_string()
+                } else {
+                    format!("{} problems", r.problems.len())
+                }
             ))?;
             if !r.problems.is_empty() {
                 return Ok(1);
@@ -438,7 +473,11 @@ fn push(home: &Option<PathBuf>, out: &mut Out, a: PushArgs, require_name: bool) 
     out.line(&format!(
         "stored {}{} ({}, {} images, {} at rest for {} raw, {} new objects)",
         report.digest.short(),
-        report.reference.as_deref().map(|r| format!(" as {r}")).unwrap_or_default(),
+        report
+            .reference
+            .as_deref()
+            .map(|r| format!(" as {r}"))
+            .unwrap_or_default(),
         report.space,
         report.images,
         human_bytes(report.stored_bytes),
@@ -452,7 +491,11 @@ fn show(home: &Option<PathBuf>, out: &mut Out, spec: &str) -> Result<()> {
     let db = open_db(home)?;
     let (dna, label) = load_any(&db, spec)?;
     let ann = match &dna {
-        AnyDna::Stored(_) => db.resolve(spec).ok().and_then(|(_, n)| db.annotations(n.as_ref()).ok()).unwrap_or_default(),
+        AnyDna::Stored(_) => db
+            .resolve(spec)
+            .ok()
+            .and_then(|(_, n)| db.annotations(n.as_ref()).ok())
+            .unwrap_or_default(),
         AnyDna::Owned(_) => BTreeMap::new(),
     };
     let space = dna.space().clone();
@@ -462,7 +505,12 @@ fn show(home: &Option<PathBuf>, out: &mut Out, spec: &str) -> Result<()> {
             AnyDna::Stored(s) => {
                 let r = &s.manifest.layers[i];
                 let h = db.objects().header(&r.digest)?;
-                (r.digest.to_string(), r.size, h.encoded_len(), h.codec.name())
+                (
+                    r.digest.to_string(),
+                    r.size,
+                    h.encoded_len(),
+                    h.codec.name(),
+                )
             }
             AnyDna::Owned(_) => (String::new(), 0, 0, ""),
         };
@@ -473,7 +521,11 @@ fn show(home: &Option<PathBuf>, out: &mut Out, spec: &str) -> Result<()> {
         "ref": label, "digest": digest, "space_digest": space.digest(), "space": space,
         "images": dna.images(), "layers": layers, "annotations": ann,
     }))?;
-    out.line(&format!("{label}\n  digest   {digest}\n  space    {} {}", space.digest().short(), space.describe()))?;
+    out.line(&format!(
+        "{label}\n  digest   {digest}\n  space    {} {}",
+        space.digest().short(),
+        space.describe()
+    ))?;
     out.line(&format!("  images   {}", dna.images()))?;
     for (k, v) in &ann {
         if k != "reference.metadata" {
@@ -488,7 +540,10 @@ fn show(home: &Option<PathBuf>, out: &mut Out, spec: &str) -> Result<()> {
                 vec![
                     l["name"].as_str().unwrap_or("").to_string(),
                     l["neurons"].to_string(),
-                    l["digest"].as_str().map(|d| d.get(..19).unwrap_or(d).to_string()).unwrap_or_default(),
+                    l["digest"]
+                        .as_str()
+                        .map(|d| d.get(..19).unwrap_or(d).to_string())
+                        .unwrap_or_default(),
                     human_bytes(l["raw_bytes"].as_u64().unwrap_or(0)),
                     human_bytes(l["stored_bytes"].as_u64().unwrap_or(0)),
                     l["codec"].as_str().unwrap_or("").to_string(),
@@ -511,29 +566,52 @@ fn compare(home: &Option<PathBuf>, out: &mut Out, a: CompareArgs) -> Result<()> 
     let (db_, lb) = load_any(&db, &a.b)?;
     let metric = parse_metric(&a.metric)?;
     let c = db.compare(&da, &db_, &a.mask, metric, a.top_neurons)?;
-    let per_layer: serde_json::Map<String, serde_json::Value> =
-        c.per_layer.iter().map(|l| (l.layer.clone(), serde_json::json!(l.distance))).collect();
+    let per_layer: serde_json::Map<String, serde_json::Value> = c
+        .per_layer
+        .iter()
+        .map(|l| (l.layer.clone(), serde_json::json!(l.distance)))
+        .collect();
     out.json(&serde_json::json!({
         "a": la, "b": lb, "metric": c.metric, "distance": c.distance, "neurons": c.neurons,
         "mask": a.mask, "per_layer": per_layer,
         "per_layer_neurons": c.per_layer.iter().map(|l| (l.layer.clone(), l.neurons)).collect::<BTreeMap<_,_>>(),
         "top_neurons": c.top_neurons,
     }))?;
-    out.line(&format!("{} {:.6} over {} neurons ({la} vs {lb})", c.metric.name(), c.distance, c.neurons))?;
+    out.line(&format!(
+        "{} {:.6} over {} neurons ({la} vs {lb})",
+        c.metric.name(),
+        c.distance,
+        c.neurons
+    ))?;
     if a.per_layer {
         let max = c.per_layer.iter().map(|l| l.distance).fold(0.0, f64::max);
         out.table(
             &["LAYER", "NEURONS", "DISTANCE", ""],
             c.per_layer
                 .iter()
-                .map(|l| vec![l.layer.clone(), l.neurons.to_string(), format!("{:.6}", l.distance), output::bar(l.distance, max, 30)])
+                .map(|l| {
+                    vec![
+                        l.layer.clone(),
+                        l.neurons.to_string(),
+                        format!("{:.6}", l.distance),
+                        output::bar(l.distance, max, 30),
+                    ]
+                })
                 .collect(),
         )?;
     }
     if a.top_neurons > 0 {
         out.table(
             &["NEURON", "DISTANCE"],
-            c.top_neurons.iter().map(|n| vec![format!("{}#{}", n.layer, n.index), format!("{:.6}", n.distance)]).collect(),
+            c.top_neurons
+                .iter()
+                .map(|n| {
+                    vec![
+                        format!("{}#{}", n.layer, n.index),
+                        format!("{:.6}", n.distance),
+                    ]
+                })
+                .collect(),
         )?;
     }
     Ok(())
@@ -573,7 +651,15 @@ fn query(home: &Option<PathBuf>, out: &mut Out, a: QueryArgs) -> Result<i32> {
         res.results
             .iter()
             .enumerate()
-            .map(|(i, r)| vec![(i + 1).to_string(), r.reference.clone(), r.digest.short(), format!("{:.6}", r.distance), r.images.to_string()])
+            .map(|(i, r)| {
+                vec![
+                    (i + 1).to_string(),
+                    r.reference.clone(),
+                    r.digest.short(),
+                    format!("{:.6}", r.distance),
+                    r.images.to_string(),
+                ]
+            })
             .collect(),
     )?;
     if a.per_layer {
@@ -582,7 +668,16 @@ fn query(home: &Option<PathBuf>, out: &mut Out, a: QueryArgs) -> Result<i32> {
             let max = r.per_layer.iter().map(|l| l.distance).fold(0.0, f64::max);
             out.table(
                 &["  LAYER", "DISTANCE", ""],
-                r.per_layer.iter().map(|l| vec![format!("  {}", l.layer), format!("{:.6}", l.distance), output::bar(l.distance, max, 30)]).collect(),
+                r.per_layer
+                    .iter()
+                    .map(|l| {
+                        vec![
+                            format!("  {}", l.layer),
+                            format!("{:.6}", l.distance),
+                            output::bar(l.distance, max, 30),
+                        ]
+                    })
+                    .collect(),
             )?;
         }
     }
@@ -604,23 +699,39 @@ fn demo(home: &Option<PathBuf>, out: &mut Out, a: DemoArgs) -> Result<i32> {
             .collect();
         jsons.sort();
         for j in jsons {
-            let stem = j.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+            let stem = j
+                .file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_default();
             let name = RefName::parse(&format!("reference/{}", stem.replace(['_', '.'], "-")))?;
             let imp = crate::reference::import_pair(&j)?;
             let r = db.push(&imp.dna, Some(&name), imp.annotations)?;
             crate::query::index_pushed(&db, &r.digest)?;
-            out.line(&format!("imported {name:<40} {} {}", r.digest.short(), r.space))?;
+            out.line(&format!(
+                "imported {name:<40} {} {}",
+                r.digest.short(),
+                r.space
+            ))?;
             imported.push((name, imp.dna.space.clone()));
         }
     } else {
-        out.line(&format!("no fixtures at {} (run from the repository root to include them)", a.fixtures.display()))?;
+        out.line(&format!(
+            "no fixtures at {} (run from the repository root to include them)",
+            a.fixtures.display()
+        ))?;
     }
     // Synthetic families in the space of the first imported histogram DNA, or a small one.
     let space = imported
         .iter()
         .map(|i| i.1.clone())
         .find(|s| matches!(s.dist, DistKind::Histogram { bins: 100 }))
-        .unwrap_or_else(|| crate::format::SpaceConfig::unpinned("rand_resnet50", crate::synth::resnet50_layers(), DistKind::Histogram { bins: 100 }));
+        .unwrap_or_else(|| {
+            crate::format::SpaceConfig::unpinned(
+                "rand_resnet50",
+                crate::synth::resnet50_layers(),
+                DistKind::Histogram { bins: 100 },
+            )
+        });
     let spec = crate::synth::CatalogueSpec {
         seed: 2023,
         families: a.families,
@@ -646,36 +757,83 @@ fn demo(home: &Option<PathBuf>, out: &mut Out, a: DemoArgs) -> Result<i32> {
             n += 1;
         }
     }
-    out.line(&format!("added {n} synthetic DNAs ({} families) in {:.1} s", a.families, t0.elapsed().as_secs_f64()))?;
+    out.line(&format!(
+        "added {n} synthetic DNAs ({} families) in {:.1} s",
+        a.families,
+        t0.elapsed().as_secs_f64()
+    ))?;
     let rows = db.list()?;
     out.line(&format!("\n$ vdna-db ls   ({} DNAs)", rows.len()))?;
     out.table(
         &["NAME", "TAG", "DIGEST", "KIND", "IMAGES", "SIZE"],
         rows.iter()
-            .map(|r| vec![r.name.clone(), r.tag.clone(), r.digest.short(), r.dist.clone(), r.images.to_string(), human_bytes(r.stored_bytes)])
+            .map(|r| {
+                vec![
+                    r.name.clone(),
+                    r.tag.clone(),
+                    r.digest.short(),
+                    r.dist.clone(),
+                    r.images.to_string(),
+                    human_bytes(r.stored_bytes),
+                ]
+            })
             .collect(),
     )?;
     if imported.len() >= 2 {
-        let (a_name, b_name) = (&imported[0].0, &imported.iter().find(|i| i.1 == imported[0].1 && i.0 != imported[0].0).map(|i| i.0.clone()));
+        let (a_name, b_name) = (
+            &imported[0].0,
+            &imported
+                .iter()
+                .find(|i| i.1 == imported[0].1 && i.0 != imported[0].0)
+                .map(|i| i.0.clone()),
+        );
         if let Some(b_name) = b_name {
             let (da, _) = load_any(&db, &a_name.to_string())?;
             let (dbb, _) = load_any(&db, &b_name.to_string())?;
             let c = db.compare(&da, &dbb, "all", None, 3)?;
-            out.line(&format!("\n$ vdna-db compare {a_name} {b_name}\n{} {:.6} over {} neurons", c.metric.name(), c.distance, c.neurons))?;
+            out.line(&format!(
+                "\n$ vdna-db compare {a_name} {b_name}\n{} {:.6} over {} neurons",
+                c.metric.name(),
+                c.distance,
+                c.neurons
+            ))?;
         }
     }
     let probe = crate::synth::member_name(0, 0);
     let (q, _) = load_any(&db, &format!("{probe}:latest"))?;
     for mask in ["all", "layer4_*"] {
-        let req = crate::query::QueryRequest { mask: mask.into(), k: 5, ..Default::default() };
+        let req = crate::query::QueryRequest {
+            mask: mask.into(),
+            k: 5,
+            ..Default::default()
+        };
         let res = crate::query::query(&db, &q, &req)?;
-        out.line(&format!("\n$ vdna-db query {probe} --top 5 --mask '{mask}'"))?;
+        out.line(&format!(
+            "\n$ vdna-db query {probe} --top 5 --mask '{mask}'"
+        ))?;
         out.table(
             &["RANK", "NAME", "DISTANCE"],
-            res.results.iter().enumerate().map(|(i, r)| vec![(i + 1).to_string(), r.reference.clone(), format!("{:.4}", r.distance)]).collect(),
+            res.results
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    vec![
+                        (i + 1).to_string(),
+                        r.reference.clone(),
+                        format!("{:.4}", r.distance),
+                    ]
+                })
+                .collect(),
         )?;
-        out.line(&format!("({} candidates, {} exact distances, {:.1} ms)", res.plan.candidates, res.plan.exact_computed, res.plan.total_ms))?;
+        out.line(&format!(
+            "({} candidates, {} exact distances, {:.1} ms)",
+            res.plan.candidates, res.plan.exact_computed, res.plan.total_ms
+        ))?;
     }
-    out.line(&format!("\nstore: {} (try: vdna-db --home {} ls)", db.home().display(), db.home().display()))?;
+    out.line(&format!(
+        "\nstore: {} (try: vdna-db --home {} ls)",
+        db.home().display(),
+        db.home().display()
+    ))?;
     Ok(0)
 }

@@ -30,7 +30,10 @@ pub struct Bundle {
 
 /// Writes a bundle from already encoded objects: `objects[0]` the manifest, `[1]` the
 /// space config, then the layers in manifest order.
-pub fn encode_bundle(objects: &[(Digest, &[u8])], annotations: &BTreeMap<String, String>) -> Vec<u8> {
+pub fn encode_bundle(
+    objects: &[(Digest, &[u8])],
+    annotations: &BTreeMap<String, String>,
+) -> Vec<u8> {
     let ann = serde_json::to_vec(annotations).unwrap_or_default();
     let total: usize = objects.iter().map(|o| o.1.len()).sum();
     let mut out = Vec::with_capacity(HEADER + ENTRY * objects.len() + ann.len() + total);
@@ -53,7 +56,10 @@ pub fn encode_bundle(objects: &[(Digest, &[u8])], annotations: &BTreeMap<String,
 pub fn decode_bundle(bytes: &[u8]) -> Result<Bundle, FormatError> {
     const WHAT: &str = "bundle";
     if bytes.len() < HEADER {
-        return Err(FormatError::truncated(WHAT, format!("{} bytes", bytes.len())));
+        return Err(FormatError::truncated(
+            WHAT,
+            format!("{} bytes", bytes.len()),
+        ));
     }
     if &bytes[..8] != BUNDLE_MAGIC {
         return Err(FormatError::BadMagic { what: WHAT });
@@ -68,16 +74,22 @@ pub fn decode_bundle(bytes: &[u8]) -> Result<Bundle, FormatError> {
     }
     let n = le_u32(bytes, 12) as usize;
     let ann_len = le_u64(bytes, 16);
-    if n < 3 || n > super::space::MAX_LAYERS + 2 {
+    if !(3..=super::space::MAX_LAYERS + 2).contains(&n) {
         return Err(FormatError::invalid(WHAT, format!("{n} entries")));
     }
     if ann_len > MAX_ANNOTATIONS {
-        return Err(FormatError::invalid(WHAT, format!("annotations of {ann_len} bytes")));
+        return Err(FormatError::invalid(
+            WHAT,
+            format!("annotations of {ann_len} bytes"),
+        ));
     }
     let table_end = HEADER + ENTRY * n;
     let ann_end = table_end as u64 + ann_len;
     if (bytes.len() as u64) < ann_end {
-        return Err(FormatError::truncated(WHAT, "entry table or annotations cut short"));
+        return Err(FormatError::truncated(
+            WHAT,
+            "entry table or annotations cut short",
+        ));
     }
     let mut entries = Vec::with_capacity(n);
     let mut at = ann_end;
@@ -86,14 +98,20 @@ pub fn decode_bundle(bytes: &[u8]) -> Result<Bundle, FormatError> {
         let mut d = [0u8; 32];
         d.copy_from_slice(&bytes[e..e + 32]);
         let len = le_u64(bytes, e + 32);
-        let end = at.checked_add(len).filter(|end| *end <= bytes.len() as u64).ok_or_else(|| {
-            FormatError::truncated(WHAT, format!("entry {i} of {len} bytes runs past the end"))
-        })?;
+        let end = at
+            .checked_add(len)
+            .filter(|end| *end <= bytes.len() as u64)
+            .ok_or_else(|| {
+                FormatError::truncated(WHAT, format!("entry {i} of {len} bytes runs past the end"))
+            })?;
         entries.push((Digest(d), at as usize, end as usize));
         at = end;
     }
     if at != bytes.len() as u64 {
-        return Err(FormatError::invalid(WHAT, format!("{} trailing bytes", bytes.len() as u64 - at)));
+        return Err(FormatError::invalid(
+            WHAT,
+            format!("{} trailing bytes", bytes.len() as u64 - at),
+        ));
     }
     let annotations: BTreeMap<String, String> =
         serde_json::from_slice(&bytes[table_end..ann_end as usize])
@@ -120,13 +138,23 @@ pub fn decode_bundle(bytes: &[u8]) -> Result<Bundle, FormatError> {
     let manifest = Manifest::from_bytes(&raws[0])?;
     let space = SpaceConfig::from_bytes(&raws[1])?;
     if manifest.space != objects[1].0 {
-        return Err(FormatError::invalid(WHAT, "entry 1 is not the manifest's space config"));
+        return Err(FormatError::invalid(
+            WHAT,
+            "entry 1 is not the manifest's space config",
+        ));
     }
     manifest.check_against(&space)?;
     if manifest.layers.len() + 2 != objects.len()
-        || manifest.layers.iter().zip(&objects[2..]).any(|(l, o)| l.digest != o.0)
+        || manifest
+            .layers
+            .iter()
+            .zip(&objects[2..])
+            .any(|(l, o)| l.digest != o.0)
     {
-        return Err(FormatError::invalid(WHAT, "entries do not match the manifest's layers"));
+        return Err(FormatError::invalid(
+            WHAT,
+            "entries do not match the manifest's layers",
+        ));
     }
     Ok(Bundle {
         manifest_digest: objects[0].0,

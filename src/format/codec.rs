@@ -101,7 +101,10 @@ fn zstd_compress(b: &[u8], level: i32) -> Vec<u8> {
 /// Parses and checks an object header against the bytes that follow it.
 pub fn decode_object_header(bytes: &[u8], what: &'static str) -> Result<ObjectHeader, FormatError> {
     if bytes.len() < HEADER {
-        return Err(FormatError::truncated(what, format!("{} bytes, header needs {HEADER}", bytes.len())));
+        return Err(FormatError::truncated(
+            what,
+            format!("{} bytes, header needs {HEADER}", bytes.len()),
+        ));
     }
     if &bytes[..8] != OBJECT_MAGIC {
         return Err(FormatError::BadMagic { what });
@@ -117,15 +120,24 @@ pub fn decode_object_header(bytes: &[u8], what: &'static str) -> Result<ObjectHe
     let codec = Codec::from_u8(bytes[12])
         .ok_or_else(|| FormatError::invalid(what, format!("unknown codec {}", bytes[12])))?;
     if bytes[13..16] != [0, 0, 0] {
-        return Err(FormatError::invalid(what, "reserved header bytes are not zero"));
+        return Err(FormatError::invalid(
+            what,
+            "reserved header bytes are not zero",
+        ));
     }
     let raw_len = le_u64(bytes, 16);
     let payload_len = le_u64(bytes, 24);
     if raw_len > MAX_RAW_LEN {
-        return Err(FormatError::invalid(what, format!("raw length {raw_len} exceeds {MAX_RAW_LEN}")));
+        return Err(FormatError::invalid(
+            what,
+            format!("raw length {raw_len} exceeds {MAX_RAW_LEN}"),
+        ));
     }
     if codec == Codec::Raw && payload_len != raw_len {
-        return Err(FormatError::invalid(what, "raw codec with payload length != raw length"));
+        return Err(FormatError::invalid(
+            what,
+            "raw codec with payload length != raw length",
+        ));
     }
     Ok(ObjectHeader {
         codec,
@@ -141,7 +153,11 @@ pub fn decode_object(bytes: &[u8], what: &'static str) -> Result<AlignedVec<16>,
     if payload.len() as u64 != h.payload_len {
         return Err(FormatError::truncated(
             what,
-            format!("payload of {} bytes, header says {}", payload.len(), h.payload_len),
+            format!(
+                "payload of {} bytes, header says {}",
+                payload.len(),
+                h.payload_len
+            ),
         ));
     }
     let raw_len = h.raw_len as usize;
@@ -166,7 +182,11 @@ pub fn decode_object(bytes: &[u8], what: &'static str) -> Result<AlignedVec<16>,
     Ok(out)
 }
 
-fn zstd_decompress_into(payload: &[u8], out: &mut [u8], what: &'static str) -> Result<(), FormatError> {
+fn zstd_decompress_into(
+    payload: &[u8],
+    out: &mut [u8],
+    what: &'static str,
+) -> Result<(), FormatError> {
     let mut d = zstd::bulk::Decompressor::new()
         .map_err(|e| FormatError::invalid(what, format!("zstd: {e}")))?;
     let n = d

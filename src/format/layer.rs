@@ -75,7 +75,9 @@ impl LayerView<'_> {
 /// Serialises a layer to canonical bytes.
 pub fn encode_layer(blob: &LayerBlob) -> Vec<u8> {
     // Serialising plain vectors into a growable buffer cannot fail.
-    let archive = rkyv::to_bytes::<rancor::Error>(blob).map(|a| a.into_vec()).unwrap_or_default();
+    let archive = rkyv::to_bytes::<rancor::Error>(blob)
+        .map(|a| a.into_vec())
+        .unwrap_or_default();
     let mut out = Vec::with_capacity(HEADER + archive.len());
     out.extend_from_slice(LAYER_MAGIC);
     out.extend_from_slice(&LAYER_VERSION.to_le_bytes());
@@ -99,7 +101,10 @@ impl std::fmt::Debug for LayerBuf {
 pub fn decode_layer(bytes: AlignedVec<16>) -> Result<LayerBuf, FormatError> {
     const WHAT: &str = "layer blob";
     if bytes.len() < HEADER {
-        return Err(FormatError::truncated(WHAT, format!("{} bytes", bytes.len())));
+        return Err(FormatError::truncated(
+            WHAT,
+            format!("{} bytes", bytes.len()),
+        ));
     }
     if &bytes[..8] != LAYER_MAGIC {
         return Err(FormatError::BadMagic { what: WHAT });

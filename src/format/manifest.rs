@@ -60,7 +60,11 @@ impl Manifest {
         if self.dist != space.dist.name() {
             return Err(FormatError::invalid(
                 "manifest",
-                format!("kind {} but its space says {}", self.dist, space.dist.name()),
+                format!(
+                    "kind {} but its space says {}",
+                    self.dist,
+                    space.dist.name()
+                ),
             ));
         }
         let names: Vec<&str> = self.layers.iter().map(|l| l.name.as_str()).collect();

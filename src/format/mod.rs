@@ -13,7 +13,9 @@ mod manifest;
 mod space;
 
 pub use bundle::{decode_bundle, encode_bundle, Bundle, BUNDLE_MAGIC};
-pub use codec::{decode_object, decode_object_header, encode_object, Codec, ObjectHeader, OBJECT_MAGIC};
+pub use codec::{
+    decode_object, decode_object_header, encode_object, Codec, ObjectHeader, OBJECT_MAGIC,
+};
 pub use digest::Digest;
 /// Kind tags of layer blobs.
 pub mod layer_kinds {
@@ -21,7 +23,9 @@ pub mod layer_kinds {
 }
 pub use layer::{decode_layer, encode_layer, LayerBlob, LayerBuf, LayerView, LAYER_MAGIC};
 pub use manifest::{LayerRef, Manifest, MANIFEST_SCHEMA};
-pub use space::{valid_layer_name, DistKind, Extractor, LayerSpec, Preprocessing, SpaceConfig, SPACE_SCHEMA};
+pub use space::{
+    valid_layer_name, DistKind, Extractor, LayerSpec, Preprocessing, SpaceConfig, SPACE_SCHEMA,
+};
 
 /// Errors about bytes that do not decode into a valid object.
 #[derive(Debug, thiserror::Error)]

@@ -41,7 +41,9 @@ impl DistKind {
             "activation-ranges" => Some(DistKind::ActivationRanges),
             _ => {
                 let b: u32 = s.strip_prefix("histogram-")?.parse().ok()?;
-                (b >= 1 && b <= MAX_BINS).then_some(DistKind::Histogram { bins: b })
+                (1..=MAX_BINS)
+                    .contains(&b)
+                    .then_some(DistKind::Histogram { bins: b })
             }
         }
     }
@@ -156,7 +158,10 @@ impl SpaceConfig {
             return bad(format!("schema {:?} is not {SPACE_SCHEMA:?}", self.schema));
         }
         if self.layers.is_empty() || self.layers.len() > MAX_LAYERS {
-            return bad(format!("{} layers (expected 1..={MAX_LAYERS})", self.layers.len()));
+            return bad(format!(
+                "{} layers (expected 1..={MAX_LAYERS})",
+                self.layers.len()
+            ));
         }
         let mut seen = std::collections::HashSet::new();
         for l in &self.layers {
@@ -213,8 +218,7 @@ impl SpaceConfig {
 pub fn valid_layer_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
 }
 
@@ -224,13 +228,18 @@ pub(crate) fn check_schema(bytes: &[u8], tag: &str, what: &'static str) -> Resul
     if bytes.starts_with(prefix.as_bytes()) {
         return Ok(());
     }
-    let other = format!("{{\"schema\":\"{}", tag.rsplit_once('/').map_or(tag, |t| t.0));
+    let other = format!(
+        "{{\"schema\":\"{}",
+        tag.rsplit_once('/').map_or(tag, |t| t.0)
+    );
     if bytes.starts_with(other.as_bytes()) {
         let found = bytes[other.len()..]
             .iter()
             .skip_while(|b| **b == b'/' || **b == b'v')
             .take_while(|b| b.is_ascii_digit())
-            .fold(0u32, |a, b| a.saturating_mul(10).saturating_add((b - b'0') as u32));
+            .fold(0u32, |a, b| {
+                a.saturating_mul(10).saturating_add((b - b'0') as u32)
+            });
         return Err(FormatError::UnknownVersion {
             what,
             found,

@@ -193,16 +193,21 @@ fn summary_row(dna: &AnyDna) -> Result<(Vec<u8>, Vec<u8>), Error> {
 fn gaussian_mean_var(v: &LayerView<'_>) -> (Vec<f64>, Vec<f64>) {
     match *v {
         LayerView::Gaussian { mean, var } => (mean.to_vec(), var.to_vec()),
-        LayerView::LayerGaussian { neurons, mean, cov } => {
-            (mean.to_vec(), (0..neurons).map(|i| cov[i * neurons + i]).collect())
-        }
+        LayerView::LayerGaussian { neurons, mean, cov } => (
+            mean.to_vec(),
+            (0..neurons).map(|i| cov[i * neurons + i]).collect(),
+        ),
         _ => (vec![], vec![]),
     }
 }
 
 /// Opens a space's segment, rebuilding it when its files are damaged, and appends rows
 /// for stored DNAs of that space it lacks.
-fn synced_segment(db: &Db, space_digest: &Digest, space: &SpaceConfig) -> Result<Option<Segment>, Error> {
+fn synced_segment(
+    db: &Db,
+    space_digest: &Digest,
+    space: &SpaceConfig,
+) -> Result<Option<Segment>, Error> {
     let Some(kind) = seg_kind(space.dist) else {
         return Ok(None);
     };
@@ -250,7 +255,12 @@ pub fn reindex(db: &Db) -> Result<ReindexReport, Error> {
         std::fs::remove_dir_all(&root).map_err(|e| Error::io(&root, e))?;
     }
     let mut report = ReindexReport::default();
-    let spaces: BTreeSet<Digest> = db.catalogue().dnas()?.into_iter().map(|(_, r)| r.space).collect();
+    let spaces: BTreeSet<Digest> = db
+        .catalogue()
+        .dnas()?
+        .into_iter()
+        .map(|(_, r)| r.space)
+        .collect();
     for sd in spaces {
         let space = db.space_config(&sd)?;
         if let Some(seg) = synced_segment(db, &sd, &space)? {
@@ -280,8 +290,12 @@ fn exact_distance(
         .par_iter()
         .map(|lm| cand.layer(lm.layer))
         .collect::<Result<Vec<_>, _>>()?;
-    let views: Vec<(LayerView<'_>, LayerView<'_>)> =
-        q.held.iter().zip(&bufs).map(|(a, b)| (a.view(), b.view())).collect();
+    let views: Vec<(LayerView<'_>, LayerView<'_>)> = q
+        .held
+        .iter()
+        .zip(&bufs)
+        .map(|(a, b)| (a.view(), b.view()))
+        .collect();
     distance::compare(space, mask, metric, &views, 0)
 }
 
@@ -312,13 +326,20 @@ pub fn query(db: &Db, q: &AnyDna, req: &QueryRequest) -> Result<QueryResult, Err
             "no stored DNA is in the query's space ({} {}); stored spaces: {}",
             space_digest.short(),
             space.describe(),
-            if spaces.is_empty() { "none (push some DNAs first)".into() } else { spaces.join("; ") }
+            if spaces.is_empty() {
+                "none (push some DNAs first)".into()
+            } else {
+                spaces.join("; ")
+            }
         )));
     }
     let metric = match req.metric {
         Some(m) => m,
         None => Metric::default_for(space.dist).ok_or_else(|| {
-            Error::Invalid(format!("{} DNAs cannot be ranked (no distance applies)", space.dist.name()))
+            Error::Invalid(format!(
+                "{} DNAs cannot be ranked (no distance applies)",
+                space.dist.name()
+            ))
         })?,
     };
     metric.check(space.dist)?;
@@ -327,21 +348,33 @@ pub fn query(db: &Db, q: &AnyDna, req: &QueryRequest) -> Result<QueryResult, Err
     // Eligible refs, grouped by DNA.
     let refs = db.catalogue().refs()?;
     for key in req.filters.keys() {
-        if !refs.iter().any(|(_, r)| in_space.contains_key(&r.digest) && r.annotations.contains_key(key)) {
+        if !refs
+            .iter()
+            .any(|(_, r)| in_space.contains_key(&r.digest) && r.annotations.contains_key(key))
+        {
             let mut keys: BTreeSet<&String> = BTreeSet::new();
-            refs.iter().filter(|(_, r)| in_space.contains_key(&r.digest)).for_each(|(_, r)| keys.extend(r.annotations.keys()));
+            refs.iter()
+                .filter(|(_, r)| in_space.contains_key(&r.digest))
+                .for_each(|(_, r)| keys.extend(r.annotations.keys()));
             return Err(Error::Invalid(format!(
                 "--filter {key}=...: no DNA of this space has the annotation {key:?} (keys in use: {})",
                 if keys.is_empty() { "none".into() } else { keys.into_iter().cloned().collect::<Vec<_>>().join(", ") }
             )));
         }
     }
-    let self_digest = if req.exclude_self { Some(q.digest()) } else { None };
+    let self_digest = if req.exclude_self {
+        Some(q.digest())
+    } else {
+        None
+    };
     let mut by_dna: BTreeMap<Digest, Vec<RefName>> = BTreeMap::new();
     for (name, r) in &refs {
         if !in_space.contains_key(&r.digest)
             || req.tag.as_ref().is_some_and(|t| *t != name.tag)
-            || req.filters.iter().any(|(k, v)| r.annotations.get(k) != Some(v))
+            || req
+                .filters
+                .iter()
+                .any(|(k, v)| r.annotations.get(k) != Some(v))
             || self_digest == Some(r.digest)
         {
             continue;
@@ -356,7 +389,11 @@ pub fn query(db: &Db, q: &AnyDna, req: &QueryRequest) -> Result<QueryResult, Err
         ..Plan::default()
     };
     let qheld = QueryLayers {
-        held: mask.layers.iter().map(|lm| q.layer(lm.layer)).collect::<Result<_, _>>()?,
+        held: mask
+            .layers
+            .iter()
+            .map(|lm| q.layer(lm.layer))
+            .collect::<Result<_, _>>()?,
     };
 
     let mut top = TopK::new(req.k);
@@ -374,7 +411,11 @@ pub fn query(db: &Db, q: &AnyDna, req: &QueryRequest) -> Result<QueryResult, Err
     };
 
     let t = Instant::now();
-    let seg = if metric == Metric::Fd { None } else { synced_segment(db, &space_digest, &space)? };
+    let seg = if metric == Metric::Fd {
+        None
+    } else {
+        synced_segment(db, &space_digest, &space)?
+    };
     if seg.is_some() {
         plan.stages.push(Stage {
             name: "open summary segment".into(),
@@ -411,7 +452,10 @@ pub fn query(db: &Db, q: &AnyDna, req: &QueryRequest) -> Result<QueryResult, Err
                 .collect();
             let mut sk = [0f64; SKETCH_Q];
             for (lm, held) in mask.layers.iter().zip(&qheld.held) {
-                let LayerView::Histogram { bins: b, counts, .. } = held.view() else {
+                let LayerView::Histogram {
+                    bins: b, counts, ..
+                } = held.view()
+                else {
                     return Err(Error::Invalid("query layer is not a histogram".into()));
                 };
                 for &(s, e) in &lm.runs {
@@ -510,7 +554,11 @@ pub fn query(db: &Db, q: &AnyDna, req: &QueryRequest) -> Result<QueryResult, Err
 
             // Stage 3: exact distances in bound order until the bound passes the k-th best.
             let t = Instant::now();
-            let budget = if req.mode == Mode::Approx { (req.k * 2).max(8) } else { usize::MAX };
+            let budget = if req.mode == Mode::Approx {
+                (req.k * 2).max(8)
+            } else {
+                usize::MAX
+            };
             let mut done = 0;
             for (lb, d) in &lb2 {
                 if *lb - slack > top.threshold() * n_masked || done >= budget {
@@ -595,7 +643,10 @@ pub fn query(db: &Db, q: &AnyDna, req: &QueryRequest) -> Result<QueryResult, Err
             });
         }
         _ => {
-            plan.strategy = format!("exact scan: {} of every candidate (no bound applies)", metric.name());
+            plan.strategy = format!(
+                "exact scan: {} of every candidate (no bound applies)",
+                metric.name()
+            );
             let t = Instant::now();
             for d in &cands {
                 exact(d, &mut top, &mut plan)?;
@@ -618,7 +669,10 @@ pub fn query(db: &Db, q: &AnyDna, req: &QueryRequest) -> Result<QueryResult, Err
             distance,
             images: in_space.get(&digest).copied().unwrap_or(0),
             per_layer: if req.per_layer {
-                comparisons.get(&digest).map(|c| c.per_layer.clone()).unwrap_or_default()
+                comparisons
+                    .get(&digest)
+                    .map(|c| c.per_layer.clone())
+                    .unwrap_or_default()
             } else {
                 vec![]
             },
@@ -647,12 +701,16 @@ struct TopK {
 
 impl TopK {
     fn new(k: usize) -> TopK {
-        TopK { k, items: Vec::new() }
+        TopK {
+            k,
+            items: Vec::new(),
+        }
     }
 
     fn push(&mut self, d: f64, name: String, digest: Digest) {
         self.items.push((d, name, digest));
-        self.items.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        self.items
+            .sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
         self.items.truncate(self.k);
     }
 
@@ -679,10 +737,15 @@ pub fn brute_force(db: &Db, q: &AnyDna, req: &QueryRequest) -> Result<Vec<(f64, 
     let space = q.space().clone();
     let sd = space.digest();
     let mask = db.mask(&req.mask, &space)?;
-    let metric = req.metric.or(Metric::default_for(space.dist)).ok_or_else(|| Error::Invalid("no metric".into()))?;
+    let metric = req
+        .metric
+        .or(Metric::default_for(space.dist))
+        .ok_or_else(|| Error::Invalid("no metric".into()))?;
     let mut out = Vec::new();
     for (name, r) in db.catalogue().refs()? {
-        let Some(rec) = db.catalogue().dna(&r.digest)? else { continue };
+        let Some(rec) = db.catalogue().dna(&r.digest)? else {
+            continue;
+        };
         if rec.space != sd {
             continue;
         }

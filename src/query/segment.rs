@@ -57,7 +57,10 @@ fn header(file_kind: u8, neurons: usize, width: usize, space: &Digest) -> [u8; H
 }
 
 fn bad(path: &Path, what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("{}: {what}", path.display()))
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("{}: {what}", path.display()),
+    )
 }
 
 impl Segment {
@@ -189,19 +192,25 @@ impl Segment {
     /// Histogram means of row `r`, one per neuron.
     pub fn means(&self, r: usize) -> &[f32] {
         let (ra, _) = self.row_bytes();
-        cast_f32(&self.a.as_ref().map_or(&[][..], |m| &m[..])[HEADER + r * ra..HEADER + (r + 1) * ra])
+        cast_f32(
+            &self.a.as_ref().map_or(&[][..], |m| &m[..])[HEADER + r * ra..HEADER + (r + 1) * ra],
+        )
     }
 
     /// Histogram sketches of row `r`, `q` per neuron.
     pub fn sketches(&self, r: usize) -> &[f32] {
         let (_, rb) = self.row_bytes();
-        cast_f32(&self.b.as_ref().map_or(&[][..], |m| &m[..])[HEADER + r * rb..HEADER + (r + 1) * rb])
+        cast_f32(
+            &self.b.as_ref().map_or(&[][..], |m| &m[..])[HEADER + r * rb..HEADER + (r + 1) * rb],
+        )
     }
 
     /// Gaussian (mean, sd) pairs of row `r`.
     pub fn gauss(&self, r: usize) -> &[f64] {
         let (ra, _) = self.row_bytes();
-        cast_f64(&self.a.as_ref().map_or(&[][..], |m| &m[..])[HEADER + r * ra..HEADER + (r + 1) * ra])
+        cast_f64(
+            &self.a.as_ref().map_or(&[][..], |m| &m[..])[HEADER + r * ra..HEADER + (r + 1) * ra],
+        )
     }
 }
 

@@ -35,7 +35,14 @@ pub fn histogram_sketch(counts: &[u32], out: &mut [f64]) -> f64 {
         let hi = cum as f64;
         // Mass [lo, hi) sits at position k; spread it over the intervals it overlaps.
         while j < q {
-            let (a, b) = (width * j as f64, if j + 1 == q { tf } else { width * (j + 1) as f64 });
+            let (a, b) = (
+                width * j as f64,
+                if j + 1 == q {
+                    tf
+                } else {
+                    width * (j + 1) as f64
+                },
+            );
             let overlap = hi.min(b) - lo.max(a);
             if overlap > 0.0 {
                 out[j] += k as f64 * overlap;
@@ -91,7 +98,15 @@ mod tests {
             let bins = 1 + rng.below(300) as usize;
             let gen = |rng: &mut Rng| -> Vec<u32> {
                 let sparse = rng.f64() < 0.5;
-                let mut v: Vec<u32> = (0..bins).map(|_| if sparse && rng.f64() < 0.9 { 0 } else { rng.below(50) as u32 }).collect();
+                let mut v: Vec<u32> = (0..bins)
+                    .map(|_| {
+                        if sparse && rng.f64() < 0.9 {
+                            0
+                        } else {
+                            rng.below(50) as u32
+                        }
+                    })
+                    .collect();
                 v[rng.below(bins as u64) as usize] += 1;
                 v
             };
@@ -104,9 +119,16 @@ mod tests {
                 let mb = histogram_sketch(&b, &mut sb);
                 let sbf: Vec<f32> = sb.iter().map(|x| *x as f32).collect();
                 let lb = sketch_bound(&sa, &sbf);
-                let exact_lb: f64 = sa.iter().zip(&sb).map(|(x, y)| (x - y).abs()).sum::<f64>() / q as f64;
-                assert!(exact_lb <= emd + 1e-9 * (1.0 + emd), "q={q}: bound {exact_lb} > emd {emd}");
-                assert!(exact_lb + 1e-9 >= prev, "q={q}: bound must not loosen as q doubles");
+                let exact_lb: f64 =
+                    sa.iter().zip(&sb).map(|(x, y)| (x - y).abs()).sum::<f64>() / q as f64;
+                assert!(
+                    exact_lb <= emd + 1e-9 * (1.0 + emd),
+                    "q={q}: bound {exact_lb} > emd {emd}"
+                );
+                assert!(
+                    exact_lb + 1e-9 >= prev,
+                    "q={q}: bound must not loosen as q doubles"
+                );
                 assert!((lb - exact_lb).abs() <= 1e-6 * bins as f64);
                 if q == 1 {
                     assert!(((ma - mb).abs() - exact_lb).abs() < 1e-9 * (1.0 + emd));

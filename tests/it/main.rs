@@ -1,0 +1,9 @@
+//! The integration tests: one binary, modules by subject. Each test gets a fresh store in
+//! a temporary directory; CLI tests run the real binary.
+
+mod cli;
+mod crash;
+mod golden;
+mod properties;
+mod query;
+mod util;

@@ -1,0 +1,272 @@
+//! The query engine against its oracle, brute force: random catalogues, masks and k; a
+//! model-based sequence of push / rm / reindex / reopen; CLI behaviour and errors.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use vdna_db::db::AnyDna;
+use vdna_db::format::DistKind;
+use vdna_db::query::{brute_force, query, reindex, QueryRequest};
+use vdna_db::refname::RefName;
+use vdna_db::{synth, Db};
+
+use crate::util::*;
+
+fn spec(seed: u64, dist: DistKind) -> synth::CatalogueSpec {
+    synth::CatalogueSpec {
+        seed,
+        families: 3,
+        members: 3,
+        layers: synth::uniform_layers(3, 24),
+        dist,
+        extractor: "x".into(),
+        images: 8,
+        positions: 16,
+        spread: 1.0,
+    }
+}
+
+fn fill(db: &Db, s: &synth::CatalogueSpec) {
+    for f in 0..s.families {
+        for m in 0..s.members {
+            let name = RefName::parse(&synth::member_name(f, m)).unwrap();
+            let r = db
+                .push(&synth::member(s, f, m), Some(&name), BTreeMap::new())
+                .unwrap();
+            vdna_db::query::index_pushed(db, &r.digest).unwrap();
+        }
+    }
+}
+
+fn assert_same(got: &vdna_db::query::QueryResult, want: &[(f64, String)]) {
+    let g: Vec<&str> = got.results.iter().map(|h| h.reference.as_str()).collect();
+    let w: Vec<&str> = want.iter().map(|h| h.1.as_str()).collect();
+    assert_eq!(g, w, "refs differ");
+    for (h, (d, _)) in got.results.iter().zip(want) {
+        assert!(
+            (h.distance - d).abs() <= 1e-9 * d.abs().max(1e-12),
+            "{} vs {d}",
+            h.distance
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(12))]
+
+    #[test]
+    fn exact_query_equals_brute_force(seed in 0u64..10_000, k in 1usize..12, mask_kind in 0usize..4, probe in 0usize..9, gauss in any::<bool>()) {
+        let h = tmp();
+        let db = Db::open(h.path()).unwrap();
+        let dist = if gauss { DistKind::Gaussian } else { DistKind::Histogram { bins: 32 } };
+        let s = spec(seed, dist);
+        fill(&db, &s);
+        let mask = ["all", "block_1", "block_0:3,5-9 block_2:0-3", "-block_1:0-20"][mask_kind];
+        // A query DNA from outside the store, and a stored one.
+        let outside = AnyDna::Owned(synth::member(&spec(seed + 1, dist), probe % 3, 0));
+        let (d, _) = db.resolve(&synth::member_name(probe % 3, probe / 3)).unwrap();
+        let inside = AnyDna::Stored(db.open_dna(&d).unwrap());
+        for q in [&outside, &inside] {
+            let req = QueryRequest { mask: mask.into(), k, ..Default::default() };
+            let got = query(&db, q, &req).unwrap();
+            let want = brute_force(&db, q, &req).unwrap();
+            assert_same(&got, &want);
+        }
+    }
+}
+
+#[test]
+fn bounds_prune_on_clustered_data() {
+    let h = tmp();
+    let db = Db::open(h.path()).unwrap();
+    let mut s = spec(5, DistKind::Histogram { bins: 64 });
+    s.families = 6;
+    s.members = 4;
+    fill(&db, &s);
+    let q = AnyDna::Owned(synth::member(&s, 2, 0));
+    let res = query(
+        &db,
+        &q,
+        &QueryRequest {
+            k: 3,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_same(
+        &res,
+        &brute_force(
+            &db,
+            &q,
+            &QueryRequest {
+                k: 3,
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+    );
+    assert!(
+        res.plan.exact_computed < 24,
+        "bounds should spare exact distances: {}",
+        res.plan.explain()
+    );
+    assert!(res
+        .results
+        .iter()
+        .all(|h| h.reference.starts_with("synth/family-02")));
+}
+
+#[test]
+fn model_based_push_rm_reindex_reopen() {
+    let h = tmp();
+    let s = spec(77, DistKind::Histogram { bins: 16 });
+    let mut model: BTreeMap<String, usize> = BTreeMap::new(); // ref -> (family*3+member)
+    let mut rng = synth::Rng::new(3);
+    let mut db = Db::open(h.path()).unwrap();
+    for step in 0..40 {
+        match rng.below(5) {
+            0 | 1 => {
+                let i = rng.below(9) as usize;
+                let name = format!("d{}", rng.below(6));
+                let r = db
+                    .push(
+                        &synth::member(&s, i / 3, i % 3),
+                        Some(&RefName::parse(&name).unwrap()),
+                        BTreeMap::new(),
+                    )
+                    .unwrap();
+                vdna_db::query::index_pushed(&db, &r.digest).unwrap();
+                model.insert(format!("{name}:latest"), i);
+            }
+            2 => {
+                if let Some(name) = model
+                    .keys()
+                    .nth(rng.below(model.len().max(1) as u64) as usize)
+                    .cloned()
+                {
+                    db.remove(&name).unwrap();
+                    model.remove(&name);
+                }
+            }
+            3 => {
+                reindex(&db).unwrap();
+            }
+            _ => {
+                drop(db);
+                db = Db::open(h.path()).unwrap();
+            }
+        }
+        let refs: Vec<String> = db
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|l| l.reference)
+            .collect();
+        assert_eq!(
+            refs,
+            model.keys().cloned().collect::<Vec<_>>(),
+            "step {step}"
+        );
+        if !model.is_empty() {
+            let q = AnyDna::Owned(synth::member(&s, 1, 1));
+            let req = QueryRequest {
+                k: 3,
+                ..Default::default()
+            };
+            let got = query(&db, &q, &req).unwrap();
+            assert_same(&got, &brute_force(&db, &q, &req).unwrap());
+            assert!(
+                got.results
+                    .iter()
+                    .all(|hit| model.contains_key(&hit.reference)),
+                "step {step}"
+            );
+        }
+    }
+}
+
+#[test]
+fn cli_query_json_filters_and_errors() {
+    let h = tmp();
+    let home = h.path();
+    ok(
+        home,
+        &[
+            "demo",
+            "--fixtures",
+            root().join("fixtures/reference").to_str().unwrap(),
+            "--families",
+            "3",
+            "--members",
+            "2",
+        ],
+    );
+    let v = json(
+        home,
+        &[
+            "query",
+            "synth/family-01-00",
+            "--top",
+            "3",
+            "--explain",
+            "--per-layer",
+        ],
+    );
+    let r = v["results"].as_array().unwrap();
+    assert_eq!(r.len(), 3);
+    assert_eq!(r[0]["ref"], "synth/family-01-00:latest");
+    assert_eq!(r[0]["distance"], 0.0);
+    assert!(r[0]["digest"].as_str().unwrap().starts_with("sha256:"));
+    assert!(v["plan"]["strategy"].as_str().unwrap().starts_with("exact"));
+    let v = json(
+        home,
+        &[
+            "query",
+            "synth/family-01-00",
+            "--top",
+            "3",
+            "--exclude-self",
+            "--filter",
+            "family=01",
+        ],
+    );
+    let r = v["results"].as_array().unwrap();
+    assert_eq!(r.len(), 1, "one other member of family 01");
+    assert_eq!(r[0]["ref"], "synth/family-01-01:latest");
+    // A reference file as the query source, ranked among stored reference DNAs.
+    let q = fixture("gradients", "histogram-1000");
+    let v = json(home, &["query", q.to_str().unwrap(), "--top", "2"]);
+    assert_eq!(
+        v["results"][0]["ref"],
+        "reference/gradients-histogram-1000:latest"
+    );
+    for (args, needle) in [
+        (
+            vec!["query", "synth/family-01-00", "--top", "0"],
+            "at least 1",
+        ),
+        (
+            vec!["query", "synth/family-01-00", "--filter", "colour=red"],
+            "colour",
+        ),
+        (
+            vec!["query", "synth/family-01-00", "--mask", "nothing*"],
+            "no layer matches",
+        ),
+    ] {
+        let o = run(home, &args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
+    }
+    // A space with nothing stored says so and lists the spaces that exist.
+    let other = h.path().join("x.vdna");
+    let dna = synth::member(&spec(1, DistKind::Histogram { bins: 8 }), 0, 0);
+    std::fs::write(&other, vdna_db::db::bundle_of(&dna, &BTreeMap::new(), 3)).unwrap();
+    let o = run(home, &["query", other.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("stored spaces") && stderr(&o).contains("rand_resnet50"),
+        "{}",
+        stderr(&o)
+    );
+}
