@@ -148,21 +148,41 @@ pub fn compare(
     top_n: usize,
 ) -> Result<Comparison, Error> {
     metric.check(space.dist)?;
+    use rayon::prelude::*;
+    // Layers in parallel; each returns its sum and, when asked, its per-neuron distances.
+    let parts = mask
+        .layers
+        .par_iter()
+        .zip(layers.par_iter())
+        .map(
+            |(lm, (a, b))| -> Result<(f64, f64, Vec<(u32, f64)>), Error> {
+                let mut each = Vec::new();
+                let (sum, layer_distance) = match metric {
+                    Metric::Emd | Metric::Nfd => {
+                        let sum = neuron_sum(metric, lm, a, b, &mut |i, d| {
+                            if top_n > 0 {
+                                each.push((i, d))
+                            }
+                        })?;
+                        (sum, sum / lm.count as f64)
+                    }
+                    Metric::Fd => {
+                        let fd = fd_layer(lm, a, b)?;
+                        (fd, fd)
+                    }
+                };
+                Ok((sum, layer_distance, each))
+            },
+        )
+        .collect::<Result<Vec<_>, Error>>()?;
     let mut per_layer = Vec::with_capacity(mask.layers.len());
     let mut total = 0f64;
     let mut top = TopNeurons::new(top_n);
-    for (lm, (a, b)) in mask.layers.iter().zip(layers) {
+    for (lm, (sum, layer_distance, each)) in mask.layers.iter().zip(parts) {
         let name = &space.layers[lm.layer].name;
-        let (sum, layer_distance) = match metric {
-            Metric::Emd | Metric::Nfd => {
-                let sum = neuron_sum(metric, lm, a, b, &mut |i, d| top.push(name, i, d))?;
-                (sum, sum / lm.count as f64)
-            }
-            Metric::Fd => {
-                let fd = fd_layer(lm, a, b)?;
-                (fd, fd)
-            }
-        };
+        for (i, d) in each {
+            top.push(name, i, d);
+        }
         total += sum;
         per_layer.push(LayerDistance {
             layer: name.clone(),

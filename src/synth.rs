@@ -1,7 +1,7 @@
 //! A seeded generator of realistic DNAs and catalogues, for the demo, tests and benches.
 //!
 //! Each neuron's histogram is a discretised distribution over the normalised range in bin
-//! units: either Gaussian-ish (a mean and a spread) or ReLU-spiked (a share of the mass in
+//! units, with sampling noise of the order of the square root of each count: either Gaussian-ish (a mean and a spread) or ReLU-spiked (a share of the mass in
 //! one spike bin, the rest a one-sided tail above it), scaled to `images * positions`
 //! counts and rounded. A catalogue is made of *families*: each family draws one base per
 //! neuron, and each member perturbs it, so members of a family are near one another and
@@ -107,7 +107,7 @@ fn perturb(rng: &mut Rng, s: &Shape, bins: f64, amount: f64) -> Shape {
     }
 }
 
-fn histogram(s: &Shape, bins: usize, total: u64, out: &mut [u32]) {
+fn histogram(rng: &mut Rng, s: &Shape, bins: usize, total: u64, out: &mut [u32]) {
     let t = total as f64;
     let spike_bin = if s.spike > 0.0 {
         (s.mean - 2.0 * s.sd).max(0.0) as usize
@@ -124,7 +124,9 @@ fn histogram(s: &Shape, bins: usize, total: u64, out: &mut [u32]) {
     }
     for (b, o) in out.iter_mut().enumerate().take(hi).skip(lo) {
         let x = (b as f64 + 0.5 - s.mean) / s.sd;
-        *o = (rest * (-0.5 * x * x).exp() / z).round() as u32;
+        // Expected count plus sampling noise of its order (sqrt), as real counts have.
+        let e = rest * (-0.5 * x * x).exp() / z;
+        *o = (e + e.sqrt() * rng.normal()).round().max(0.0) as u32;
     }
     if s.spike > 0.0 {
         let sb = spike_bin.min(bins - 1);
@@ -190,6 +192,7 @@ pub fn member(spec: &CatalogueSpec, family: usize, member: usize) -> Dna {
                     let mut counts = vec![0u32; n * bins];
                     for (i, s) in shapes.iter().enumerate() {
                         histogram(
+                            &mut rng,
                             s,
                             bins,
                             spec.images * spec.positions,

@@ -162,24 +162,30 @@ pub fn decode_object(bytes: &[u8], what: &'static str) -> Result<AlignedVec<16>,
     }
     let raw_len = h.raw_len as usize;
     let mut out = AlignedVec::<16>::with_capacity(raw_len);
-    match h.codec {
-        Codec::Raw => out.extend_from_slice(payload),
-        Codec::Zstd => {
-            out.resize(raw_len, 0);
-            zstd_decompress_into(payload, &mut out, what)?;
-        }
-        Codec::Shuffle32 | Codec::Shuffle64 => {
-            let mut tmp = vec![0u8; raw_len];
-            zstd_decompress_into(payload, &mut tmp, what)?;
-            out.resize(raw_len, 0);
-            if h.codec == Codec::Shuffle32 {
-                unshuffle::<4>(&tmp, &mut out);
-            } else {
-                unshuffle::<8>(&tmp, &mut out);
-            }
-        }
+    if h.codec == Codec::Raw {
+        out.extend_from_slice(payload);
+        return Ok(out);
     }
-    Ok(out)
+    // Decompress into a per-thread scratch buffer that is reused across calls (no page
+    // faults or zeroing of fresh memory on the hot path), then unshuffle into `out`.
+    SCRATCH.with(|cell| {
+        let mut tmp = cell.borrow_mut();
+        if tmp.len() < raw_len {
+            tmp.resize(raw_len, 0);
+        }
+        let tmp = &mut tmp[..raw_len];
+        zstd_decompress_into(payload, tmp, what)?;
+        match h.codec {
+            Codec::Shuffle32 => unshuffle_into::<4>(tmp, &mut out),
+            Codec::Shuffle64 => unshuffle_into::<8>(tmp, &mut out),
+            _ => out.extend_from_slice(tmp),
+        }
+        Ok(out)
+    })
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 fn zstd_decompress_into(
@@ -214,15 +220,37 @@ fn shuffle<const W: usize>(raw: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Inverse of [`shuffle`].
-fn unshuffle<const W: usize>(planes: &[u8], out: &mut [u8]) {
+/// For benchmarks: the 4-byte unshuffle alone.
+#[doc(hidden)]
+pub fn bench_unshuffle4(planes: &[u8]) -> AlignedVec<16> {
+    let mut out = AlignedVec::<16>::with_capacity(planes.len());
+    unshuffle_into::<4>(planes, &mut out);
+    out
+}
+
+/// Inverse of [`shuffle`], appending to `out`. Works in blocks of 64 words through a
+/// stack buffer, so the loops vectorise and `out` needs no zeroing first.
+fn unshuffle_into<const W: usize>(planes: &[u8], out: &mut AlignedVec<16>) {
+    const B: usize = 64;
     let words = planes.len() / W;
-    for (i, o) in out[..W * words].chunks_exact_mut(W).enumerate() {
-        for (p, byte) in o.iter_mut().enumerate() {
-            *byte = planes[p * words + i];
+    let full = words / B * B;
+    let mut block = [0u8; 512];
+    for blk in (0..full).step_by(B) {
+        let dst = &mut block[..B * W];
+        for p in 0..W {
+            let src = &planes[p * words + blk..p * words + blk + B];
+            for (i, byte) in src.iter().enumerate() {
+                dst[i * W + p] = *byte;
+            }
+        }
+        out.extend_from_slice(dst);
+    }
+    for i in full..words {
+        for p in 0..W {
+            out.push(planes[p * words + i]);
         }
     }
-    out[W * words..].copy_from_slice(&planes[W * words..]);
+    out.extend_from_slice(&planes[W * words..]);
 }
 
 #[cfg(test)]

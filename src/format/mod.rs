@@ -14,7 +14,8 @@ mod space;
 
 pub use bundle::{decode_bundle, encode_bundle, Bundle, BUNDLE_MAGIC};
 pub use codec::{
-    decode_object, decode_object_header, encode_object, Codec, ObjectHeader, OBJECT_MAGIC,
+    bench_unshuffle4, decode_object, decode_object_header, encode_object, Codec, ObjectHeader,
+    OBJECT_MAGIC,
 };
 pub use digest::Digest;
 /// Kind tags of layer blobs.

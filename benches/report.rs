@@ -1,0 +1,392 @@
+//! The README's benchmark table: every claim measured beside its competitor in one run.
+//!
+//! `cargo bench --bench report` (defaults take a few minutes on 2 cores);
+//! `VDNA_DB_BENCH_N=10000` sets the query catalogue size (default 2,000),
+//! `VDNA_DB_BENCH_BIG=1` adds the N = 1,000 rand_resnet50-size catalogue.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use vdna_db::db::{compare_dnas, AnyDna};
+use vdna_db::dna::LayerData;
+use vdna_db::format::{decode_layer, decode_object, Digest, DistKind};
+use vdna_db::mask::Mask;
+use vdna_db::query::{brute_force, query, Mode, QueryRequest};
+use vdna_db::refname::RefName;
+use vdna_db::{synth, Db};
+
+fn ms<T>(f: impl FnOnce() -> T) -> (f64, T) {
+    let t = Instant::now();
+    let r = f();
+    (t.elapsed().as_secs_f64() * 1e3, r)
+}
+
+fn best_of<T>(n: usize, mut f: impl FnMut() -> T) -> f64 {
+    (0..n).map(|_| ms(&mut f).0).fold(f64::INFINITY, f64::min)
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn rss_mb() -> (f64, f64) {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let get = |k: &str| {
+        s.lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    (get("VmRSS:"), get("VmHWM:"))
+}
+
+fn counts(l: &LayerData) -> &[u32] {
+    match l {
+        LayerData::Histogram { counts, .. } => counts,
+        _ => &[],
+    }
+}
+
+fn naive_emd(a: &[u32], b: &[u32], bins: usize) -> f64 {
+    let mut total = 0.0;
+    for (x, y) in a.chunks(bins).zip(b.chunks(bins)) {
+        let sx: f64 = x.iter().map(|v| *v as f64).sum();
+        let sy: f64 = y.iter().map(|v| *v as f64).sum();
+        let p: Vec<f64> = x.iter().map(|v| *v as f64 / sx).collect();
+        let q: Vec<f64> = y.iter().map(|v| *v as f64 / sy).collect();
+        let (mut c, mut s) = (0.0, 0.0);
+        for k in 0..bins {
+            c += p[k] - q[k];
+            s += f64::abs(c);
+        }
+        total += s;
+    }
+    total
+}
+
+fn resnet_spec(seed: u64) -> synth::CatalogueSpec {
+    synth::CatalogueSpec {
+        seed,
+        families: 2,
+        members: 1,
+        layers: synth::resnet50_layers(),
+        dist: DistKind::Histogram { bins: 1000 },
+        extractor: "rand_resnet50".into(),
+        images: 32,
+        positions: 196,
+        spread: 1.0,
+    }
+}
+
+fn distance_section() {
+    println!("\n### Pairwise EMD, all 15,104 neurons x 1,000 bins\n");
+    let s = resnet_spec(1);
+    let (a, b) = (synth::member(&s, 0, 0), synth::member(&s, 1, 0));
+    let (qa, qb) = (AnyDna::Owned(a.clone()), AnyDna::Owned(b.clone()));
+    let mask = Mask::all(&a.space);
+    let ours = best_of(5, || {
+        compare_dnas(std::hint::black_box(&qa), &qb, &mask, None, 0)
+            .unwrap()
+            .distance
+    });
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let ours1 = best_of(5, || {
+        one.install(|| compare_dnas(&qa, &qb, &mask, None, 0).unwrap().distance)
+    });
+    let naive = best_of(3, || {
+        a.layers
+            .iter()
+            .zip(&b.layers)
+            .map(|(x, y)| naive_emd(counts(x), counts(y), 1000))
+            .sum::<f64>()
+    });
+    let scan = best_of(5, || {
+        a.layers
+            .iter()
+            .zip(&b.layers)
+            .map(|(x, y)| {
+                let (x, y) = (
+                    std::hint::black_box(counts(x)),
+                    std::hint::black_box(counts(y)),
+                );
+                x.iter().map(|v| *v as u64).sum::<u64>() + y.iter().map(|v| *v as u64).sum::<u64>()
+            })
+            .sum::<u64>()
+    });
+    let d_ours = compare_dnas(&qa, &qb, &mask, None, 0).unwrap().distance * mask.neurons() as f64;
+    let d_naive: f64 = a
+        .layers
+        .iter()
+        .zip(&b.layers)
+        .map(|(x, y)| naive_emd(counts(x), counts(y), 1000))
+        .sum();
+    assert!(
+        (d_ours - d_naive).abs() < 1e-9 * d_naive,
+        "implementations disagree"
+    );
+    println!("| implementation | ms | vs straightforward | vs read-only scan (1 thread) |");
+    println!("|---|---|---|---|");
+    println!(
+        "| vdna-db, 2 threads | {ours:.1} | {:.1}x faster | {:.2}x |",
+        naive / ours,
+        ours / scan
+    );
+    println!(
+        "| vdna-db, 1 thread | {ours1:.1} | {:.1}x faster | {:.2}x |",
+        naive / ours1,
+        ours1 / scan
+    );
+    println!(
+        "| straightforward f64 (normalise, cumsum, abs-sum) | {naive:.1} | 1x | {:.2}x |",
+        naive / scan
+    );
+    println!("| read both DNAs only (sum of counts) | {scan:.1} | | 1x |");
+}
+
+fn store_section() {
+    println!("\n### Bytes at rest against the reference's npz (real reference DNAs)\n");
+    println!("| DNA | npz | vdna-db zstd 3 | ratio | zstd 19 | ratio | decode GB/s of counts |");
+    println!("|---|---|---|---|---|---|---|");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/reference");
+    for name in [
+        "gradients-histogram-1000",
+        "checker-histogram-1000",
+        "gradients-histogram-100",
+        "checker-gaussian",
+    ] {
+        let stem = root.join(name);
+        let npz = std::fs::metadata(stem.with_extension("npz"))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let dna = vdna_db::reference::import_pair(&stem).unwrap().dna;
+        let e3 = dna.encode(3);
+        let e19 = dna.encode(19);
+        let layers: Vec<&Vec<u8>> = e3.objects.iter().skip(2).map(|o| &o.1).collect();
+        let raw: u64 = e3.raw_bytes;
+        let dec = best_of(3, || {
+            for l in &layers {
+                let r = decode_object(l, "b").unwrap();
+                let _ = Digest::of(&r);
+                decode_layer(r).unwrap();
+            }
+        });
+        println!(
+            "| {name} | {:.2} MB | {:.2} MB | {:.2}x | {:.2} MB | {:.2}x | {:.2} |",
+            npz as f64 / 1e6,
+            e3.stored_bytes() as f64 / 1e6,
+            e3.stored_bytes() as f64 / npz as f64,
+            e19.stored_bytes() as f64 / 1e6,
+            e19.stored_bytes() as f64 / npz as f64,
+            raw as f64 / 1e9 / (dec / 1e3)
+        );
+    }
+    println!("\n(decode = zstd + unshuffle + sha256 verification + rkyv validation)");
+
+    println!("\n### Open a stored DNA, first distance under a one-layer mask\n");
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).unwrap();
+    let s = resnet_spec(2);
+    let mut total = 0;
+    for m in 0..2 {
+        let r = db
+            .push(
+                &synth::member(&s, m, 0),
+                Some(&RefName::parse(&format!("d{m}")).unwrap()),
+                BTreeMap::new(),
+            )
+            .unwrap();
+        total = r.stored_bytes;
+    }
+    println!("| mask | ms (open both + distance) | bytes read | DNA at rest |");
+    println!("|---|---|---|---|");
+    for mask in ["layer1_0", "layer4_2", "all"] {
+        let before = db.objects().bytes_read();
+        let (t, _) = ms(|| {
+            let qa = AnyDna::Stored(db.open_dna(&db.resolve("d0").unwrap().0).unwrap());
+            let qb = AnyDna::Stored(db.open_dna(&db.resolve("d1").unwrap().0).unwrap());
+            let m = db.mask(mask, qa.space()).unwrap();
+            compare_dnas(&qa, &qb, &m, None, 0).unwrap().distance
+        });
+        let read = db.objects().bytes_read() - before;
+        println!(
+            "| {mask} | {t:.1} | {:.2} MB (both DNAs) | {:.2} MB each |",
+            read as f64 / 1e6,
+            total as f64 / 1e6
+        );
+    }
+}
+
+struct Catalogue {
+    _dir: tempfile::TempDir,
+    db: Db,
+    spec: synth::CatalogueSpec,
+}
+
+fn build(spec: synth::CatalogueSpec) -> (Catalogue, f64, f64) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).unwrap();
+    let n = spec.families * spec.members;
+    let mut gen_ms = 0.0;
+    let (push_ms, _) = ms(|| {
+        for f in 0..spec.families {
+            for m in 0..spec.members {
+                let (g, dna) = ms(|| synth::member(&spec, f, m));
+                gen_ms += g;
+                let name = RefName::parse(&synth::member_name(f, m)).unwrap();
+                let r = db.push(&dna, Some(&name), BTreeMap::new()).unwrap();
+                vdna_db::query::index_pushed(&db, &r.digest).unwrap();
+            }
+        }
+    });
+    let push_rate = n as f64 / ((push_ms - gen_ms) / 1e3);
+    let (reindex_ms, _) = ms(|| vdna_db::query::reindex(&db).unwrap());
+    (
+        Catalogue {
+            _dir: dir,
+            db,
+            spec,
+        },
+        push_rate,
+        reindex_ms,
+    )
+}
+
+fn query_section(label: &str, spec: synth::CatalogueSpec, naive_queries: usize) {
+    let n = spec.families * spec.members;
+    println!("\n### Top-5 queries, N = {n} DNAs, {label}\n");
+    let (cat, push_rate, reindex_ms) = build(spec);
+    let db = &cat.db;
+    let layer = cat.spec.layers[cat.spec.layers.len() / 2].name.clone();
+    let mut rng = synth::Rng::new(5);
+    let total: u32 = cat.spec.layers.iter().map(|l| l.neurons).sum();
+    let random100: Vec<String> = {
+        let mut picks: Vec<u32> = (0..100).map(|_| rng.below(total as u64) as u32).collect();
+        picks.sort();
+        picks.dedup();
+        let mut out = Vec::new();
+        for p in picks {
+            let mut base = 0;
+            for l in &cat.spec.layers {
+                if p < base + l.neurons {
+                    out.push(format!("{}:{}", l.name, p - base));
+                    break;
+                }
+                base += l.neurons;
+            }
+        }
+        out
+    };
+    let masks = [
+        ("all neurons".to_string(), "all".to_string()),
+        (format!("one layer ({layer})"), layer.clone()),
+        ("100 random neurons".to_string(), random100.join(" ")),
+    ];
+    let probes: Vec<AnyDna> = (0..12)
+        .map(|i| {
+            AnyDna::Owned(synth::member(
+                &synth::CatalogueSpec {
+                    seed: cat.spec.seed + 1000 + i as u64,
+                    ..cat.spec.clone()
+                },
+                i % cat.spec.families,
+                0,
+            ))
+        })
+        .collect();
+    println!("| mask | exact p50 ms | exact p95 ms | naive scan p50 ms | speed-up | exact distances / query | approx p50 ms | approx recall@5 |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (label, mask) in &masks {
+        let req = QueryRequest {
+            mask: mask.clone(),
+            k: 5,
+            ..Default::default()
+        };
+        let approx = QueryRequest {
+            mode: Mode::Approx,
+            ..req.clone()
+        };
+        let (mut ex, mut ap, mut exact_n, mut recall) = (Vec::new(), Vec::new(), 0usize, 0.0);
+        for q in &probes {
+            let (t, r) = ms(|| query(db, q, &req).unwrap());
+            ex.push(t);
+            exact_n += r.plan.exact_computed;
+            let (ta, ra) = ms(|| query(db, q, &approx).unwrap());
+            ap.push(ta);
+            let truth: Vec<&str> = r.results.iter().map(|h| h.reference.as_str()).collect();
+            recall += ra
+                .results
+                .iter()
+                .filter(|h| truth.contains(&h.reference.as_str()))
+                .count() as f64
+                / truth.len() as f64;
+        }
+        let mut naive: Vec<f64> = probes
+            .iter()
+            .take(naive_queries)
+            .map(|q| ms(|| brute_force(db, q, &req).unwrap()).0)
+            .collect();
+        let (p50, p95, nv) = (
+            pct(&mut ex.clone(), 0.5),
+            pct(&mut ex, 0.95),
+            pct(&mut naive, 0.5),
+        );
+        println!(
+            "| {label} | {p50:.1} | {p95:.1} | {nv:.0} | {:.0}x | {:.1} | {:.1} | {:.3} |",
+            nv / p50,
+            exact_n as f64 / probes.len() as f64,
+            pct(&mut ap, 0.5),
+            recall / probes.len() as f64
+        );
+    }
+    let (rss, hwm) = rss_mb();
+    println!("\npush: {push_rate:.1} DNAs/s into store + index; reindex: {:.2} s; resident set {rss:.0} MB (peak {hwm:.0} MB, includes the generator)", reindex_ms / 1e3);
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    println!(
+        "## vdna-db benchmark report ({} threads)",
+        rayon::current_num_threads()
+    );
+    distance_section();
+    store_section();
+    let n: usize = std::env::var("VDNA_DB_BENCH_N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2000);
+    query_section(
+        "2,048 neurons x 256 bins (8 layers), clustered: 10 members per family",
+        synth::CatalogueSpec {
+            seed: 9,
+            families: n / 10,
+            members: 10,
+            layers: synth::uniform_layers(8, 256),
+            dist: DistKind::Histogram { bins: 256 },
+            extractor: "bench".into(),
+            images: 16,
+            positions: 49,
+            spread: 1.0,
+        },
+        3,
+    );
+    if std::env::var("VDNA_DB_BENCH_BIG").is_ok() {
+        query_section(
+            "rand_resnet50 size (15,104 neurons x 1,000 bins), stored compressed",
+            synth::CatalogueSpec {
+                families: 100,
+                members: 10,
+                ..resnet_spec(21)
+            },
+            2,
+        );
+    }
+}
