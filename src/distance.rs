@@ -138,6 +138,9 @@ pub fn nfd_neuron(m1: f64, v1: f64, m2: f64, v2: f64) -> f64 {
     d * d + v1 + v2 - 2.0 * (v1 * v2).sqrt()
 }
 
+/// One layer's (sum over neurons, layer distance, per-neuron distances when asked).
+type LayerPart = (f64, f64, Vec<(u32, f64)>);
+
 /// Compares two DNAs of `space` under `mask`. `layers[i]` holds the views of the two DNAs
 /// for `mask.layers[i]`. `top_n` > 0 also reports the neurons that differ most.
 pub fn compare(
@@ -154,26 +157,24 @@ pub fn compare(
         .layers
         .par_iter()
         .zip(layers.par_iter())
-        .map(
-            |(lm, (a, b))| -> Result<(f64, f64, Vec<(u32, f64)>), Error> {
-                let mut each = Vec::new();
-                let (sum, layer_distance) = match metric {
-                    Metric::Emd | Metric::Nfd => {
-                        let sum = neuron_sum(metric, lm, a, b, &mut |i, d| {
-                            if top_n > 0 {
-                                each.push((i, d))
-                            }
-                        })?;
-                        (sum, sum / lm.count as f64)
-                    }
-                    Metric::Fd => {
-                        let fd = fd_layer(lm, a, b)?;
-                        (fd, fd)
-                    }
-                };
-                Ok((sum, layer_distance, each))
-            },
-        )
+        .map(|(lm, (a, b))| -> Result<LayerPart, Error> {
+            let mut each = Vec::new();
+            let (sum, layer_distance) = match metric {
+                Metric::Emd | Metric::Nfd => {
+                    let sum = neuron_sum(metric, lm, a, b, &mut |i, d| {
+                        if top_n > 0 {
+                            each.push((i, d))
+                        }
+                    })?;
+                    (sum, sum / lm.count as f64)
+                }
+                Metric::Fd => {
+                    let fd = fd_layer(lm, a, b)?;
+                    (fd, fd)
+                }
+            };
+            Ok((sum, layer_distance, each))
+        })
         .collect::<Result<Vec<_>, Error>>()?;
     let mut per_layer = Vec::with_capacity(mask.layers.len());
     let mut total = 0f64;

@@ -232,12 +232,26 @@ fn synced_segment(
     Ok(Some(seg))
 }
 
-/// Adds a just-pushed DNA to its space's index.
+/// Adds a just-pushed DNA to its space's index (one row; a no-op when present).
 pub fn index_pushed(db: &Db, digest: &Digest) -> Result<(), Error> {
     let dna = db.open_dna(digest)?;
     let sd = dna.manifest.space;
-    let space = dna.space.clone();
-    synced_segment(db, &sd, &space).map(|_| ())
+    let Some(kind) = seg_kind(dna.space.dist) else {
+        return Ok(());
+    };
+    let dir = index_dir(db, &sd);
+    let neurons = dna.space.total_neurons() as usize;
+    match Segment::open(&dir, sd, kind, neurons) {
+        Ok(mut seg) => {
+            if !seg.rows().contains(digest) {
+                let (a, b) = summary_row(&AnyDna::Stored(dna))?;
+                seg.append(digest, &a, &b).map_err(|e| Error::io(&dir, e))?;
+            }
+            Ok(())
+        }
+        // A damaged segment is rebuilt from the catalogue, this DNA included.
+        Err(_) => synced_segment(db, &sd, &dna.space).map(|_| ()),
+    }
 }
 
 /// What `reindex` did.

@@ -2,6 +2,7 @@
 //! a temporary directory; CLI tests run the real binary.
 
 mod cli;
+mod compat;
 mod crash;
 mod golden;
 mod properties;
