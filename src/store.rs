@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use rkyv::util::AlignedVec;
 
 use crate::format::{
-    decode_layer, decode_object, decode_object_header, Digest, FormatError, LayerBuf,
+    decode_layer, decode_object, decode_object_header, is_compressed, Digest, FormatError, LayerBuf,
 };
 use crate::Error;
 
@@ -339,9 +339,19 @@ impl ObjectStore {
         self.check(digest, &enc)
     }
 
-    /// A layer blob, digest-checked and validated, read in place afterwards.
+    /// A layer blob for the query path: decoded with its integrity checks (header check
+    /// and zstd content checksum; the SHA-256 too when stored uncompressed), validated,
+    /// read in place afterwards.
     pub fn get_layer(&self, digest: &Digest) -> Result<LayerBuf, Error> {
-        Ok(decode_layer(self.get_raw(digest)?)?)
+        let enc = self.read(digest)?;
+        let h = decode_object_header(&enc, "blob")?;
+        let raw = if is_compressed(h.codec) {
+            decode_object(&enc, "blob")
+                .map_err(|e| Error::Invalid(format!("blob {digest}: {e}")))?
+        } else {
+            self.check(digest, &enc)?
+        };
+        Ok(decode_layer(raw)?)
     }
 
     /// Reads the header only, to report the codec.

@@ -14,7 +14,7 @@ mod space;
 
 pub use bundle::{decode_bundle, encode_bundle, Bundle, BUNDLE_MAGIC};
 pub use codec::{
-    bench_unshuffle4, decode_object, decode_object_header, encode_object, Codec, ObjectHeader,
+    decode_object, decode_object_header, encode_object, is_compressed, Codec, ObjectHeader,
     OBJECT_MAGIC,
 };
 pub use digest::Digest;

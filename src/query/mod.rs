@@ -207,6 +207,7 @@ fn synced_segment(
     db: &Db,
     space_digest: &Digest,
     space: &SpaceConfig,
+    stored: &[Digest],
 ) -> Result<Option<Segment>, Error> {
     let Some(kind) = seg_kind(space.dist) else {
         return Ok(None);
@@ -222,11 +223,20 @@ fn synced_segment(
         }
     };
     let have: BTreeSet<Digest> = seg.rows().iter().copied().collect();
-    for (d, rec) in db.catalogue().dnas()? {
-        if rec.space == *space_digest && !have.contains(&d) {
-            let dna = AnyDna::Stored(db.open_dna(&d)?);
-            let (a, b) = summary_row(&dna)?;
-            seg.append(&d, &a, &b).map_err(|e| Error::io(&dir, e))?;
+    let missing: Vec<Digest> = stored
+        .iter()
+        .filter(|d| !have.contains(d))
+        .copied()
+        .collect();
+    // Summaries of missing DNAs in parallel batches, appended in order.
+    for chunk in missing.chunks(64) {
+        use rayon::prelude::*;
+        let rows = chunk
+            .par_iter()
+            .map(|d| summary_row(&AnyDna::Stored(db.open_dna(d)?)))
+            .collect::<Result<Vec<_>, Error>>()?;
+        for (d, (a, b)) in chunk.iter().zip(rows) {
+            seg.append(d, &a, &b).map_err(|e| Error::io(&dir, e))?;
         }
     }
     Ok(Some(seg))
@@ -250,8 +260,21 @@ pub fn index_pushed(db: &Db, digest: &Digest) -> Result<(), Error> {
             Ok(())
         }
         // A damaged segment is rebuilt from the catalogue, this DNA included.
-        Err(_) => synced_segment(db, &sd, &dna.space).map(|_| ()),
+        Err(_) => {
+            let stored = stored_in_space(db, &sd)?;
+            synced_segment(db, &sd, &dna.space, &stored).map(|_| ())
+        }
     }
+}
+
+fn stored_in_space(db: &Db, sd: &Digest) -> Result<Vec<Digest>, Error> {
+    Ok(db
+        .catalogue()
+        .dnas()?
+        .into_iter()
+        .filter(|(_, r)| r.space == *sd)
+        .map(|(d, _)| d)
+        .collect())
 }
 
 /// What `reindex` did.
@@ -269,15 +292,13 @@ pub fn reindex(db: &Db) -> Result<ReindexReport, Error> {
         std::fs::remove_dir_all(&root).map_err(|e| Error::io(&root, e))?;
     }
     let mut report = ReindexReport::default();
-    let spaces: BTreeSet<Digest> = db
-        .catalogue()
-        .dnas()?
-        .into_iter()
-        .map(|(_, r)| r.space)
-        .collect();
-    for sd in spaces {
+    let mut spaces: BTreeMap<Digest, Vec<Digest>> = BTreeMap::new();
+    for (d, r) in db.catalogue().dnas()? {
+        spaces.entry(r.space).or_default().push(d);
+    }
+    for (sd, stored) in spaces {
         let space = db.space_config(&sd)?;
-        if let Some(seg) = synced_segment(db, &sd, &space)? {
+        if let Some(seg) = synced_segment(db, &sd, &space, &stored)? {
             report.spaces += 1;
             report.dnas += seg.rows().len();
             report.summary_bytes += seg.mapped_bytes();
@@ -425,10 +446,11 @@ pub fn query(db: &Db, q: &AnyDna, req: &QueryRequest) -> Result<QueryResult, Err
     };
 
     let t = Instant::now();
+    let stored: Vec<Digest> = in_space.keys().copied().collect();
     let seg = if metric == Metric::Fd {
         None
     } else {
-        synced_segment(db, &space_digest, &space)?
+        synced_segment(db, &space_digest, &space, &stored)?
     };
     if seg.is_some() {
         plan.stages.push(Stage {
