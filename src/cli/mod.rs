@@ -77,7 +77,16 @@ pub enum Command {
     /// Remove objects no name reaches
     Gc,
     /// Rebuild the query index (derived state) from the objects and the catalogue
-    Reindex,
+    Reindex {
+        /// Build HNSW graphs (for `query --approx`) in spaces with at least this many DNAs
+        #[arg(
+            long,
+            value_name = "N",
+            env = "VDNA_DB_HNSW_MIN_ROWS",
+            default_value_t = 2000
+        )]
+        graphs_min: usize,
+    },
     /// Build a demo catalogue (reference fixtures plus synthetic datasets) and query it
     Demo(DemoArgs),
 }
@@ -425,15 +434,16 @@ fn run(cli: Cli, out: &mut Out) -> Result<i32> {
                 r.objects_kept
             ))?;
         }
-        Command::Reindex => {
+        Command::Reindex { graphs_min } => {
             let db = open_db(&cli.home)?;
             let t = std::time::Instant::now();
-            let r = crate::query::reindex(&db)?;
+            let r = crate::query::reindex_with(&db, graphs_min)?;
             out.json(&r)?;
             out.line(&format!(
-                "reindexed {} DNAs in {} spaces in {:.2} s",
+                "reindexed {} DNAs in {} spaces ({} HNSW graphs) in {:.2} s",
                 r.dnas,
                 r.spaces,
+                r.graphs,
                 t.elapsed().as_secs_f64()
             ))?;
         }

@@ -6,6 +6,7 @@
 //! The answer of the exact path equals a brute-force scan (tested), ties broken by
 //! (distance, name:tag).
 
+pub mod hnsw;
 pub mod segment;
 pub mod sketch;
 
@@ -283,10 +284,18 @@ pub struct ReindexReport {
     pub spaces: usize,
     pub dnas: usize,
     pub summary_bytes: u64,
+    /// HNSW graphs built (spaces with at least `hnsw::min_rows()` DNAs).
+    pub graphs: usize,
 }
 
-/// Rebuilds every space's segment from the catalogue and the objects.
+/// Rebuilds every space's segment from the catalogue and the objects, and the HNSW graphs
+/// of spaces with at least `hnsw::min_rows()` DNAs.
 pub fn reindex(db: &Db) -> Result<ReindexReport, Error> {
+    reindex_with(db, hnsw::min_rows())
+}
+
+/// [`reindex`] with an explicit graph threshold.
+pub fn reindex_with(db: &Db, graph_min_rows: usize) -> Result<ReindexReport, Error> {
     let root = db.home().join("index");
     if root.exists() {
         std::fs::remove_dir_all(&root).map_err(|e| Error::io(&root, e))?;
@@ -302,6 +311,7 @@ pub fn reindex(db: &Db) -> Result<ReindexReport, Error> {
             report.spaces += 1;
             report.dnas += seg.rows().len();
             report.summary_bytes += seg.mapped_bytes();
+            report.graphs += hnsw::build(&index_dir(db, &sd), &seg, &space, graph_min_rows)?;
         }
     }
     Ok(report)
@@ -433,7 +443,7 @@ pub fn query(db: &Db, q: &AnyDna, req: &QueryRequest) -> Result<QueryResult, Err
 
     let mut top = TopK::new(req.k);
     let mut comparisons: HashMap<Digest, Comparison> = HashMap::new();
-    let cands: Vec<Digest> = by_dna.keys().copied().collect();
+    let mut cands: Vec<Digest> = by_dna.keys().copied().collect();
     let mut exact = |d: &Digest, top: &mut TopK, plan: &mut Plan| -> Result<(), Error> {
         let stored = db.open_dna(d)?;
         let c = exact_distance(&space, &qheld, &stored, &mask, metric)?;
@@ -512,6 +522,21 @@ pub fn query(db: &Db, q: &AnyDna, req: &QueryRequest) -> Result<QueryResult, Err
                 ms: ms(t),
             });
 
+            if req.mode == Mode::Approx {
+                let qv: Vec<f32> = qmean.iter().map(|x| *x as f32).collect();
+                if let Some((key, found)) =
+                    graph_candidates(db, seg, &space_digest, &mask, &space, &qv, &by_dna, req.k)?
+                {
+                    plan.stages.push(Stage {
+                        name: format!("hnsw graph ({key})"),
+                        candidates_in: cands.len(),
+                        candidates_out: found.len(),
+                        ms: ms(t),
+                    });
+                    plan.strategy = format!("approx: HNSW graph over means ({key}) -> bounds -> exact re-rank of the best");
+                    cands = found;
+                }
+            }
             // Stage 1: mean bound for every candidate.
             let t = Instant::now();
             let mut lb1: Vec<(f64, Digest)> = {
@@ -634,6 +659,24 @@ pub fn query(db: &Db, q: &AnyDna, req: &QueryRequest) -> Result<QueryResult, Err
                     }
                 }
             }
+            if req.mode == Mode::Approx {
+                let qv: Vec<f32> = qms
+                    .iter()
+                    .flat_map(|(m, sd)| [*m as f32, *sd as f32])
+                    .collect();
+                if let Some((key, found)) =
+                    graph_candidates(db, seg, &space_digest, &mask, &space, &qv, &by_dna, req.k)?
+                {
+                    plan.strategy =
+                        format!("approx: HNSW graph over (mean, sd) ({key}) -> exact re-rank");
+                    cands = found;
+                }
+            }
+            let budget = if req.mode == Mode::Approx {
+                (req.k * 2).max(8)
+            } else {
+                usize::MAX
+            };
             let mut est: Vec<(f64, f64, Digest)> = cands
                 .iter()
                 .map(|d| {
@@ -665,7 +708,7 @@ pub fn query(db: &Db, q: &AnyDna, req: &QueryRequest) -> Result<QueryResult, Err
             let t = Instant::now();
             let mut done = 0;
             for (s, slack, d) in &est {
-                if top.full() && *s - slack > top.threshold() * n_masked {
+                if top.full() && *s - slack > top.threshold() * n_masked || done >= budget {
                     break;
                 }
                 exact(d, &mut top, &mut plan)?;
@@ -723,6 +766,57 @@ pub fn query(db: &Db, q: &AnyDna, req: &QueryRequest) -> Result<QueryResult, Err
         neurons: mask.neurons(),
         plan,
     })
+}
+
+/// The graph key of a mask that is exactly a graph's mask: `all`, or one whole layer.
+fn graph_key(mask: &Mask, space: &SpaceConfig) -> Option<String> {
+    if mask.is_all(space) {
+        return Some("all".into());
+    }
+    match mask.layers.as_slice() {
+        [l] if l.full => Some(space.layers[l.layer].name.clone()),
+        _ => None,
+    }
+}
+
+/// Candidates from the mask's HNSW graph (eligible DNAs only), plus every eligible row
+/// appended after the graph was built; `None` when no graph applies or too few eligible
+/// DNAs were found (the caller then scans all candidates).
+#[allow(clippy::too_many_arguments)]
+fn graph_candidates(
+    db: &Db,
+    seg: &Segment,
+    space_digest: &Digest,
+    mask: &Mask,
+    space: &SpaceConfig,
+    query: &[f32],
+    eligible: &BTreeMap<Digest, Vec<RefName>>,
+    k: usize,
+) -> Result<Option<(String, Vec<Digest>)>, Error> {
+    let Some(key) = graph_key(mask, space) else {
+        return Ok(None);
+    };
+    let n = (k * 10).max(50);
+    let Some((rows, covered)) =
+        hnsw::search(&index_dir(db, space_digest), seg, &key, query, n, n.max(64))?
+    else {
+        return Ok(None);
+    };
+    let all = seg.rows();
+    let mut found: Vec<Digest> = rows
+        .iter()
+        .filter_map(|r| all.get(*r))
+        .filter(|d| eligible.contains_key(d))
+        .copied()
+        .collect();
+    found.extend(
+        all[covered.min(all.len())..]
+            .iter()
+            .filter(|d| eligible.contains_key(d)),
+    );
+    found.sort();
+    found.dedup();
+    Ok((found.len() >= k).then_some((key, found)))
 }
 
 fn ms(t: Instant) -> f64 {
