@@ -158,7 +158,7 @@ impl AnyDna {
     /// The DNA's digest (computed for in-memory DNAs).
     pub fn digest(&self) -> Digest {
         match self {
-            AnyDna::Owned(d) => d.encode(1).manifest_digest,
+            AnyDna::Owned(d) => d.digest(),
             AnyDna::Stored(s) => s.digest,
         }
     }

@@ -223,6 +223,39 @@ impl Dna {
         })
     }
 
+    /// The DNA's digest (its manifest's), computed from canonical bytes without compressing.
+    pub fn digest(&self) -> Digest {
+        let layers: Vec<(Digest, u64)> = self
+            .layers
+            .par_iter()
+            .map(|l| {
+                let raw = encode_layer(&l.to_blob());
+                (Digest::of(&raw), raw.len() as u64)
+            })
+            .collect();
+        self.manifest_for(&layers).digest()
+    }
+
+    fn manifest_for(&self, layers: &[(Digest, u64)]) -> Manifest {
+        Manifest {
+            schema: MANIFEST_SCHEMA.into(),
+            space: self.space.digest(),
+            dist: self.space.dist.name(),
+            images: self.images,
+            layers: self
+                .space
+                .layers
+                .iter()
+                .zip(layers)
+                .map(|(s, l)| LayerRef {
+                    name: s.name.clone(),
+                    digest: l.0,
+                    size: l.1,
+                })
+                .collect(),
+        }
+    }
+
     /// Encodes every object at zstd `level`; the digests do not depend on the level.
     pub fn encode(&self, level: i32) -> EncodedDna {
         let space_raw = self.space.to_canonical();
@@ -239,23 +272,8 @@ impl Dna {
                 )
             })
             .collect();
-        let manifest = Manifest {
-            schema: MANIFEST_SCHEMA.into(),
-            space: space_digest,
-            dist: self.space.dist.name(),
-            images: self.images,
-            layers: self
-                .space
-                .layers
-                .iter()
-                .zip(&layers)
-                .map(|(s, l)| LayerRef {
-                    name: s.name.clone(),
-                    digest: l.0,
-                    size: l.1,
-                })
-                .collect(),
-        };
+        let ids: Vec<(Digest, u64)> = layers.iter().map(|l| (l.0, l.1)).collect();
+        let manifest = self.manifest_for(&ids);
         let manifest_raw = manifest.to_canonical();
         let manifest_digest = Digest::of(&manifest_raw);
         let raw_bytes = layers.iter().map(|l| l.1).sum();

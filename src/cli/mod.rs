@@ -789,24 +789,25 @@ fn demo(home: &Option<PathBuf>, out: &mut Out, a: DemoArgs) -> Result<i32> {
             })
             .collect(),
     )?;
-    if imported.len() >= 2 {
-        let (a_name, b_name) = (
-            &imported[0].0,
-            &imported
-                .iter()
-                .find(|i| i.1 == imported[0].1 && i.0 != imported[0].0)
-                .map(|i| i.0.clone()),
-        );
-        if let Some(b_name) = b_name {
-            let (da, _) = load_any(&db, &a_name.to_string())?;
-            let (dbb, _) = load_any(&db, &b_name.to_string())?;
-            let c = db.compare(&da, &dbb, "all", None, 3)?;
-            out.line(&format!(
-                "\n$ vdna-db compare {a_name} {b_name}\n{} {:.6} over {} neurons",
-                c.metric.name(),
-                c.distance,
-                c.neurons
-            ))?;
+    // Compare two imported DNAs of one space, preferring 1000-bin histograms.
+    let pair = imported
+        .iter()
+        .enumerate()
+        .flat_map(|(i, a)| imported[i + 1..].iter().map(move |b| (a, b)))
+        .filter(|(a, b)| a.1 == b.1)
+        .max_by_key(|(a, _)| matches!(a.1.dist, DistKind::Histogram { bins: 1000 }));
+    if let Some(((a_name, _), (b_name, _))) = pair {
+        let (da, _) = load_any(&db, &a_name.to_string())?;
+        let (dbb, _) = load_any(&db, &b_name.to_string())?;
+        let c = db.compare(&da, &dbb, "all", None, 3)?;
+        out.line(&format!(
+            "\n$ vdna-db compare {a_name} {b_name} --top-neurons 3\n{} {:.6} over {} neurons",
+            c.metric.name(),
+            c.distance,
+            c.neurons
+        ))?;
+        for n in &c.top_neurons {
+            out.line(&format!("  {}#{}  {:.4}", n.layer, n.index, n.distance))?;
         }
     }
     let probe = crate::synth::member_name(0, 0);

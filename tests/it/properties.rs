@@ -104,6 +104,7 @@ proptest! {
     fn digest_ignores_compression_level(seed in 0u64..200, level in 1i32..12) {
         let dna = synth::member(&small_spec(seed, DistKind::Histogram { bins: 16 }), 0, 0);
         prop_assert_eq!(dna.encode(level).manifest_digest, dna.encode(3).manifest_digest);
+        prop_assert_eq!(dna.digest(), dna.encode(level).manifest_digest);
     }
 
     #[test]
