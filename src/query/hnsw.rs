@@ -167,15 +167,21 @@ fn load(dir: &Path, kind: SegKind) -> Result<Option<Arc<(Graph, usize)>>, Error>
     // The loaded graph borrows its loader, so the loader lives for the process; one is
     // leaked per graph build seen by this process (the cache keys on the build's mtime).
     let io: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(dir, &base)));
-    let bad = |e: anyhow::Error| {
+    let bad = |e: String| {
         Error::Invalid(format!(
             "graph {}: {e} (run vdna-db reindex)",
             dir.display()
         ))
     };
     let g = match kind {
-        SegKind::Histogram { .. } => Graph::L1(io.load_hnsw::<f32, DistL1>().map_err(bad)?),
-        SegKind::Gaussian => Graph::L2(io.load_hnsw::<f32, DistL2>().map_err(bad)?),
+        SegKind::Histogram { .. } => Graph::L1(
+            io.load_hnsw::<f32, DistL1>()
+                .map_err(|e| bad(e.to_string()))?,
+        ),
+        SegKind::Gaussian => Graph::L2(
+            io.load_hnsw::<f32, DistL2>()
+                .map_err(|e| bad(e.to_string()))?,
+        ),
     };
     let g = Arc::new((g, rows));
     c.insert(dir.to_path_buf(), (mtime, g.clone()));

@@ -10,7 +10,8 @@ pub mod hnsw;
 pub mod segment;
 pub mod sketch;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -579,60 +580,70 @@ pub fn query(db: &Db, q: &AnyDna, req: &QueryRequest) -> Result<QueryResult, Err
                 ms: ms(t),
             });
 
-            // Stage 2: sketch bound for those the mean bound cannot rule out.
-            let t = Instant::now();
-            let tau = top.threshold();
-            let survivors: Vec<Digest> = lb1[seed..]
-                .iter()
-                .filter(|(lb, _)| *lb - slack <= tau * n_masked)
-                .map(|(_, d)| *d)
-                .collect();
-            let mut lb2: Vec<(f64, Digest)> = survivors
-                .iter()
-                .map(|d| {
-                    let s = seg.sketches(row_of[d]);
-                    let mut sum = 0f64;
-                    let mut qi = 0;
-                    for &(off, len) in &offsets {
-                        for j in 0..len {
-                            let q = &qsk[(qi + j) * SKETCH_Q..(qi + j + 1) * SKETCH_Q];
-                            let c = &s[(off + j) * SKETCH_Q..(off + j + 1) * SKETCH_Q];
-                            sum += sketch::sketch_bound(q, c);
-                        }
-                        qi += len;
-                    }
-                    (sum, *d)
-                })
-                .collect();
-            lb2.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-            plan.summary_bytes += (survivors.len() * seg.means(0).len() * 4 * SKETCH_Q) as u64;
-            plan.stages.push(Stage {
-                name: "sketch bound (mean survivors)".into(),
-                candidates_in: lb1.len() - seed,
-                candidates_out: survivors.len(),
-                ms: ms(t),
-            });
-
-            // Stage 3: exact distances in bound order until the bound passes the k-th best.
+            // Stages 2 and 3 interleaved: visit candidates in mean-bound order, compute
+            // their sketch bound lazily, and compute exact distances in sketch-bound order
+            // while the smallest bound left (heap or frontier) can still reach the k-th
+            // best (docs/QUERY.md). Sketch bounds are never smaller than mean bounds.
             let t = Instant::now();
             let budget = if req.mode == Mode::Approx {
                 (req.k * 2).max(8)
             } else {
                 usize::MAX
             };
-            let mut done = 0;
-            for (lb, d) in &lb2 {
-                if *lb - slack > top.threshold() * n_masked || done >= budget {
-                    break;
+            let sketch_bound = |d: &Digest| -> f64 {
+                let s = seg.sketches(row_of[d]);
+                let mut sum = 0f64;
+                let mut qi = 0;
+                for &(off, len) in &offsets {
+                    for j in 0..len {
+                        let q = &qsk[(qi + j) * SKETCH_Q..(qi + j + 1) * SKETCH_Q];
+                        let c = &s[(off + j) * SKETCH_Q..(off + j + 1) * SKETCH_Q];
+                        sum += sketch::sketch_bound(q, c);
+                    }
+                    qi += len;
                 }
-                exact(d, &mut top, &mut plan)?;
-                done += 1;
+                sum
+            };
+            let mut heap: BinaryHeap<Reverse<(TotalF64, Digest)>> = BinaryHeap::new();
+            let (mut next, mut sketched, mut done) = (seed, 0usize, 0usize);
+            let mut sketch_ms = 0.0;
+            loop {
+                let frontier = lb1.get(next).map_or(f64::INFINITY, |x| x.0);
+                let limit = top.threshold() * n_masked + slack;
+                match heap.peek() {
+                    Some(Reverse((b, _))) if b.0 <= frontier => {
+                        if b.0 > limit || done >= budget {
+                            break;
+                        }
+                        if let Some(Reverse((_, d))) = heap.pop() {
+                            exact(&d, &mut top, &mut plan)?;
+                            done += 1;
+                        }
+                    }
+                    // Everything left is at least the frontier (heap entries exceed it).
+                    _ if next >= lb1.len() || frontier > limit => break,
+                    _ => {
+                        let ts = Instant::now();
+                        let d = lb1[next].1;
+                        next += 1;
+                        heap.push(Reverse((TotalF64(sketch_bound(&d)), d)));
+                        sketched += 1;
+                        sketch_ms += ms(ts);
+                    }
+                }
             }
+            plan.summary_bytes += (sketched * seg.means(0).len() * 4 * SKETCH_Q) as u64;
             plan.stages.push(Stage {
-                name: "exact EMD (bound order)".into(),
-                candidates_in: lb2.len(),
+                name: "sketch bound (lazy, mean order)".into(),
+                candidates_in: lb1.len() - seed,
+                candidates_out: sketched,
+                ms: sketch_ms,
+            });
+            plan.stages.push(Stage {
+                name: "exact EMD (sketch order)".into(),
+                candidates_in: sketched,
                 candidates_out: done,
-                ms: ms(t),
+                ms: ms(t) - sketch_ms,
             });
         }
         (Some(seg), _) if metric == Metric::Nfd => {
@@ -796,7 +807,7 @@ fn graph_candidates(
     let Some(key) = graph_key(mask, space) else {
         return Ok(None);
     };
-    let n = (k * 10).max(50);
+    let n = (k * 40).max(200);
     let Some((rows, covered)) =
         hnsw::search(&index_dir(db, space_digest), seg, &key, query, n, n.max(64))?
     else {
@@ -821,6 +832,24 @@ fn graph_candidates(
 
 fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
+}
+
+/// An f64 ordered by `total_cmp`, for heaps of bounds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct TotalF64(f64);
+
+impl Eq for TotalF64 {}
+
+impl PartialOrd for TotalF64 {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for TotalF64 {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
 }
 
 /// The k best (distance, ref) pairs, ties broken by ref name.
