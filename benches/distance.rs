@@ -2,51 +2,17 @@
 //! bins), against a straightforward f64 implementation and a plain scan that only reads
 //! both DNAs (the memory-bandwidth floor), in the same run.
 
+#[path = "common.rs"]
+mod common;
+
+use common::{counts, naive_emd};
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use vdna_db::db::{compare_dnas, AnyDna};
-use vdna_db::dna::LayerData;
-use vdna_db::format::DistKind;
 use vdna_db::mask::Mask;
 use vdna_db::synth;
 
 fn spec() -> synth::CatalogueSpec {
-    synth::CatalogueSpec {
-        seed: 1,
-        families: 2,
-        members: 1,
-        layers: synth::resnet50_layers(),
-        dist: DistKind::Histogram { bins: 1000 },
-        extractor: "rand_resnet50".into(),
-        images: 32,
-        positions: 196,
-        spread: 1.0,
-    }
-}
-
-/// The reference's definition written plainly: normalise, cumsum the difference, abs-sum.
-pub fn naive_emd(a: &[u32], b: &[u32], bins: usize) -> f64 {
-    let mut total = 0.0;
-    for (x, y) in a.chunks(bins).zip(b.chunks(bins)) {
-        let sx: f64 = x.iter().map(|v| *v as f64).sum();
-        let sy: f64 = y.iter().map(|v| *v as f64).sum();
-        let p: Vec<f64> = x.iter().map(|v| *v as f64 / sx).collect();
-        let q: Vec<f64> = y.iter().map(|v| *v as f64 / sy).collect();
-        let mut c = 0.0;
-        let mut s = 0.0;
-        for k in 0..bins {
-            c += p[k] - q[k];
-            s += f64::abs(c);
-        }
-        total += s;
-    }
-    total
-}
-
-fn counts(l: &LayerData) -> &[u32] {
-    match l {
-        LayerData::Histogram { counts, .. } => counts,
-        _ => &[],
-    }
+    synth::resnet50_spec(1)
 }
 
 fn bench(c: &mut Criterion) {

@@ -4,12 +4,15 @@
 //! `VDNA_DB_BENCH_N=10000` sets the query catalogue size (default 2,000),
 //! `VDNA_DB_BENCH_BIG=1` adds the N = 1,000 rand_resnet50-size catalogue.
 
+#[path = "common.rs"]
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
+use common::{counts, naive_emd};
 use vdna_db::db::{compare_dnas, AnyDna};
-use vdna_db::dna::LayerData;
 use vdna_db::format::{decode_layer, decode_object, Digest, DistKind};
 use vdna_db::mask::Mask;
 use vdna_db::query::{brute_force, query, Mode, QueryRequest};
@@ -44,42 +47,8 @@ fn rss_mb() -> (f64, f64) {
     (get("VmRSS:"), get("VmHWM:"))
 }
 
-fn counts(l: &LayerData) -> &[u32] {
-    match l {
-        LayerData::Histogram { counts, .. } => counts,
-        _ => &[],
-    }
-}
-
-fn naive_emd(a: &[u32], b: &[u32], bins: usize) -> f64 {
-    let mut total = 0.0;
-    for (x, y) in a.chunks(bins).zip(b.chunks(bins)) {
-        let sx: f64 = x.iter().map(|v| *v as f64).sum();
-        let sy: f64 = y.iter().map(|v| *v as f64).sum();
-        let p: Vec<f64> = x.iter().map(|v| *v as f64 / sx).collect();
-        let q: Vec<f64> = y.iter().map(|v| *v as f64 / sy).collect();
-        let (mut c, mut s) = (0.0, 0.0);
-        for k in 0..bins {
-            c += p[k] - q[k];
-            s += f64::abs(c);
-        }
-        total += s;
-    }
-    total
-}
-
 fn resnet_spec(seed: u64) -> synth::CatalogueSpec {
-    synth::CatalogueSpec {
-        seed,
-        families: 2,
-        members: 1,
-        layers: synth::resnet50_layers(),
-        dist: DistKind::Histogram { bins: 1000 },
-        extractor: "rand_resnet50".into(),
-        images: 32,
-        positions: 196,
-        spread: 1.0,
-    }
+    synth::resnet50_spec(seed)
 }
 
 fn distance_section() {

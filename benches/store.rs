@@ -6,22 +6,12 @@ use std::collections::BTreeMap;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use vdna_db::db::{compare_dnas, AnyDna};
-use vdna_db::format::{decode_layer, decode_object, DistKind};
+use vdna_db::format::{decode_layer, decode_object};
 use vdna_db::refname::RefName;
 use vdna_db::{synth, Db};
 
 fn bench(c: &mut Criterion) {
-    let s = synth::CatalogueSpec {
-        seed: 3,
-        families: 2,
-        members: 1,
-        layers: synth::resnet50_layers(),
-        dist: DistKind::Histogram { bins: 1000 },
-        extractor: "rand_resnet50".into(),
-        images: 32,
-        positions: 196,
-        spread: 1.0,
-    };
+    let s = synth::resnet50_spec(3);
     let dna = synth::member(&s, 0, 0);
     let enc = dna.encode(3);
     // The largest layer (layer4_*: 2048 x 1000 counts, 8 MB raw).

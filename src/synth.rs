@@ -63,6 +63,22 @@ pub fn resnet50_layers() -> Vec<LayerSpec> {
     v
 }
 
+/// A catalogue spec of rand_resnet50 size: 15,104 neurons x 1,000 bins, 32 images of
+/// 196 positions (two families of one member unless changed).
+pub fn resnet50_spec(seed: u64) -> CatalogueSpec {
+    CatalogueSpec {
+        seed,
+        families: 2,
+        members: 1,
+        layers: resnet50_layers(),
+        dist: DistKind::Histogram { bins: 1000 },
+        extractor: "rand_resnet50".into(),
+        images: 32,
+        positions: 196,
+        spread: 1.0,
+    }
+}
+
 /// `layers` layers of `neurons` neurons named `block_0`...
 pub fn uniform_layers(layers: usize, neurons: u32) -> Vec<LayerSpec> {
     (0..layers)

@@ -305,30 +305,7 @@ fn run(cli: Cli, out: &mut Out) -> Result<i32> {
                 });
             }
             out.json(&rows)?;
-            out.table(
-                &[
-                    "NAME",
-                    "TAG",
-                    "DIGEST",
-                    "EXTRACTOR",
-                    "KIND",
-                    "IMAGES",
-                    "SIZE",
-                ],
-                rows.iter()
-                    .map(|r| {
-                        vec![
-                            r.name.clone(),
-                            r.tag.clone(),
-                            r.digest.short(),
-                            r.extractor.clone(),
-                            r.dist.clone(),
-                            r.images.to_string(),
-                            human_bytes(r.stored_bytes),
-                        ]
-                    })
-                    .collect(),
-            )?;
+            print_listing(out, &rows)?;
         }
         Command::Show(a) => show(&cli.home, out, &a.reference)?,
         Command::Tag { source, target } => {
@@ -450,6 +427,33 @@ fn run(cli: Cli, out: &mut Out) -> Result<i32> {
         Command::Demo(a) => return demo(&cli.home, out, a),
     }
     Ok(0)
+}
+
+fn print_listing(out: &mut Out, rows: &[db::Listing]) -> std::io::Result<()> {
+    out.table(
+        &[
+            "NAME",
+            "TAG",
+            "DIGEST",
+            "EXTRACTOR",
+            "KIND",
+            "IMAGES",
+            "SIZE",
+        ],
+        rows.iter()
+            .map(|r| {
+                vec![
+                    r.name.clone(),
+                    r.tag.clone(),
+                    r.digest.short(),
+                    r.extractor.clone(),
+                    r.dist.clone(),
+                    r.images.to_string(),
+                    human_bytes(r.stored_bytes),
+                ]
+            })
+            .collect(),
+    )
 }
 
 fn push(home: &Option<PathBuf>, out: &mut Out, a: PushArgs, require_name: bool) -> Result<()> {
@@ -774,21 +778,7 @@ fn demo(home: &Option<PathBuf>, out: &mut Out, a: DemoArgs) -> Result<i32> {
     ))?;
     let rows = db.list()?;
     out.line(&format!("\n$ vdna-db ls   ({} DNAs)", rows.len()))?;
-    out.table(
-        &["NAME", "TAG", "DIGEST", "KIND", "IMAGES", "SIZE"],
-        rows.iter()
-            .map(|r| {
-                vec![
-                    r.name.clone(),
-                    r.tag.clone(),
-                    r.digest.short(),
-                    r.dist.clone(),
-                    r.images.to_string(),
-                    human_bytes(r.stored_bytes),
-                ]
-            })
-            .collect(),
-    )?;
+    print_listing(out, &rows)?;
     // Compare two imported DNAs of one space, preferring 1000-bin histograms.
     let pair = imported
         .iter()
