@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::catalogue::{Catalogue, DnaRecord, RefRecord, SpaceRecord};
 use crate::distance::{self, Comparison, Metric};
-use crate::dna::{check_layer_shape, Dna, EncodedDna, LayerData};
+use crate::dna::{check_layer, check_layer_shape, Dna, EncodedDna, LayerData};
 use crate::format::{
     decode_bundle, decode_layer, decode_object, encode_bundle, Bundle, Digest, LayerBuf, LayerView,
     Manifest, SpaceConfig,
@@ -372,7 +372,7 @@ impl Db {
             let raw = decode_object(enc, "bundle entry")?;
             raw_bytes += raw.len() as u64;
             let buf = decode_layer(raw)?;
-            check_layer_shape(&bundle.space, i, &buf.view())?;
+            check_layer(&bundle.space, i, &buf.view())?;
         }
         for (k, v) in &bundle.annotations {
             annotations.entry(k.clone()).or_insert_with(|| v.clone());
@@ -679,7 +679,7 @@ pub fn read_dna_file(path: &Path) -> Result<(Dna, BTreeMap<String, String>), Err
         let mut layers = Vec::with_capacity(b.manifest.layers.len());
         for (i, (_, enc)) in b.objects.iter().skip(2).enumerate() {
             let buf = decode_layer(decode_object(enc, "bundle entry")?)?;
-            check_layer_shape(&b.space, i, &buf.view())?;
+            check_layer(&b.space, i, &buf.view())?;
             layers.push(LayerData::from_view(buf.view()));
         }
         return Ok((

@@ -131,6 +131,45 @@ pub fn check_layer_shape(space: &SpaceConfig, idx: usize, v: &LayerView<'_>) -> 
     }
 }
 
+/// Checks a layer's shape and values: every histogram neuron has at least one count (an
+/// empty one has no distance), every Gaussian value is finite.
+pub fn check_layer(space: &SpaceConfig, idx: usize, v: &LayerView<'_>) -> Result<(), Error> {
+    check_layer_shape(space, idx, v)?;
+    let name = &space.layers[idx].name;
+    match *v {
+        LayerView::Histogram { bins, counts, .. } => {
+            if let Some(n) = counts
+                .chunks_exact(bins)
+                .position(|h| h.iter().all(|c| *c == 0))
+            {
+                return Err(Error::Invalid(format!(
+                    "layer {name} neuron {n}: empty histogram (no activation was counted)"
+                )));
+            }
+        }
+        LayerView::Gaussian { mean, var } => {
+            if let Some(n) = mean
+                .iter()
+                .zip(var)
+                .position(|(m, v)| !m.is_finite() || !v.is_finite() || *v < 0.0)
+            {
+                return Err(Error::Invalid(format!(
+                    "layer {name} neuron {n}: mean or variance is not finite or the variance is negative"
+                )));
+            }
+        }
+        LayerView::LayerGaussian { mean, cov, .. } => {
+            if mean.iter().chain(cov).any(|x| !x.is_finite()) {
+                return Err(Error::Invalid(format!(
+                    "layer {name}: non-finite mean or covariance"
+                )));
+            }
+        }
+        LayerView::Ranges { .. } => {}
+    }
+    Ok(())
+}
+
 fn kind_of_view(v: &LayerView<'_>) -> &'static str {
     match v {
         LayerView::Histogram { .. } => "histogram",

@@ -51,7 +51,7 @@ pub struct Cli {
 pub enum Command {
     /// Create an empty store (other commands create it on first use too)
     Init,
-    /// Store a DNA from a .vdna bundle or a reference .json/.npz pair, optionally naming it
+    /// Store a DNA from a .vdna bundle or a reference .json/.npz pair (named after the file unless --name)
     Import(PushArgs),
     /// Store a DNA and name it (same inputs as import; --name is required)
     Push(PushArgs),
@@ -95,7 +95,7 @@ pub enum Command {
 pub struct PushArgs {
     /// A .vdna bundle, or a reference pair (path to its .json, its .npz, or their common stem)
     pub path: PathBuf,
-    /// Name to give it: name[:tag], tag defaults to latest
+    /// Name to give it: name[:tag], tag defaults to latest [import default: the file's stem]
     #[arg(long, short)]
     pub name: Option<String>,
     /// Annotation to attach (repeatable): --meta source=flickr --meta split=val
@@ -429,6 +429,33 @@ fn run(cli: Cli, out: &mut Out) -> Result<i32> {
     Ok(0)
 }
 
+/// A ref name from a file name: its stem, lowercased, other characters turned into '-'.
+fn default_name(path: &Path) -> Result<RefName> {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    let stem = stem
+        .strip_suffix(".json")
+        .or_else(|| stem.strip_suffix(".npz"))
+        .unwrap_or(&stem)
+        .to_string();
+    let cleaned: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let cleaned = cleaned
+        .trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_string();
+    Ok(RefName::parse(&cleaned)?)
+}
+
 fn print_listing(out: &mut Out, rows: &[db::Listing]) -> std::io::Result<()> {
     out.table(
         &[
@@ -460,7 +487,16 @@ fn push(home: &Option<PathBuf>, out: &mut Out, a: PushArgs, require_name: bool) 
     if require_name && a.name.is_none() {
         bail!("push needs --name NAME[:TAG] (use import to store without a name)");
     }
-    let name = a.name.as_deref().map(RefName::parse).transpose()?;
+    // Without --name, import names the DNA after its file (gc removes unnamed DNAs).
+    let name = match a.name.as_deref() {
+        Some(n) => Some(RefName::parse(n)?),
+        None => Some(default_name(&a.path).with_context(|| {
+            format!(
+                "cannot derive a name from {}; give --name NAME[:TAG]",
+                a.path.display()
+            )
+        })?),
+    };
     let mut ann = parse_meta(&a.meta)?;
     let db = open_db(home)?;
     let path = &a.path;

@@ -308,3 +308,16 @@ fn help_teaches_the_mask_grammar() {
         "{s}"
     );
 }
+
+#[test]
+fn import_without_a_name_names_the_dna_after_its_file() {
+    let h = tmp();
+    let v = json(
+        h.path(),
+        &["import", fixture("checker", "gaussian").to_str().unwrap()],
+    );
+    assert_eq!(v["ref"], "checker-gaussian:latest");
+    // Named, so gc keeps it.
+    ok(h.path(), &["gc"]);
+    assert_eq!(json(h.path(), &["show", "checker-gaussian"])["images"], 28);
+}
