@@ -549,9 +549,7 @@ pub fn query(db: &Db, q: &AnyDna, req: &QueryRequest) -> Result<QueryResult, Err
                         let mut s = 0f64;
                         let mut qi = 0;
                         for &(off, len) in &offsets {
-                            for (x, y) in qmean[qi..qi + len].iter().zip(&m[off..off + len]) {
-                                s += (x - *y as f64).abs();
-                            }
+                            s += sketch::l1(&qmean[qi..qi + len], &m[off..off + len]);
                             qi += len;
                         }
                         (s, *d)
@@ -594,15 +592,14 @@ pub fn query(db: &Db, q: &AnyDna, req: &QueryRequest) -> Result<QueryResult, Err
                 let s = seg.sketches(row_of[d]);
                 let mut sum = 0f64;
                 let mut qi = 0;
+                // A run of neurons has contiguous sketches in both the query and the row.
                 for &(off, len) in &offsets {
-                    for j in 0..len {
-                        let q = &qsk[(qi + j) * SKETCH_Q..(qi + j + 1) * SKETCH_Q];
-                        let c = &s[(off + j) * SKETCH_Q..(off + j + 1) * SKETCH_Q];
-                        sum += sketch::sketch_bound(q, c);
-                    }
+                    let q = &qsk[qi * SKETCH_Q..(qi + len) * SKETCH_Q];
+                    let c = &s[off * SKETCH_Q..(off + len) * SKETCH_Q];
+                    sum += sketch::l1(q, c);
                     qi += len;
                 }
-                sum
+                sum / SKETCH_Q as f64
             };
             let mut heap: BinaryHeap<Reverse<(TotalF64, Digest)>> = BinaryHeap::new();
             let (mut next, mut sketched, mut done) = (seed, 0usize, 0usize);
