@@ -25,6 +25,27 @@ const MASK_HELP: &str = "Mask grammar (which neurons count):
   -layer1_*               exclusion; a spec opening with one starts from all neurons
 Terms combine left to right, separated by spaces or commas: 'all -layer1_* layer1_2:0-9'.";
 
+const COMPARE_HELP: &str = "Examples:
+  vdna-db compare cityscapes:v2 mine.vdna --mask 'layer4_*' --per-layer
+  vdna-db compare a b --top-neurons 10 --json
+
+Mask grammar (which neurons count):
+  all | *                 every neuron (the default)
+  layer3_*                every neuron of the layers matching a glob (* and ?)
+  layer3_2:17,40-59       neurons 17 and 40..59 of layer3_2
+  @weather                a named mask stored with `vdna-db mask add`
+  -layer1_*               exclusion; a spec opening with one starts from all neurons";
+
+const QUERY_HELP: &str = "Examples:
+  vdna-db query mine.vdna --top 5
+  vdna-db query cityscapes:v2 --mask @weather --exclude-self --filter domain=driving
+  vdna-db query mine:v1 --approx --explain --json
+
+The exact path (default) returns what a brute-force scan would, pruning with provable
+lower bounds; --approx may use an HNSW graph built by `vdna-db reindex` for the
+all-neurons and whole-layer masks and re-ranks its candidates exactly.
+Masks: see `vdna-db compare --help` or `vdna-db --help`.";
+
 /// vdna-db: a registry and database of Visual DNAs.
 ///
 /// A Visual DNA summarises an image dataset as per-neuron activation distributions of a
@@ -66,8 +87,10 @@ pub enum Command {
     /// Remove a name (objects stay until `gc`)
     Rm { reference: String },
     /// Distance between two DNAs under a mask
+    #[command(after_help = COMPARE_HELP)]
     Compare(CompareArgs),
     /// Rank the stored DNAs closest to a DNA under a mask
+    #[command(after_help = QUERY_HELP)]
     Query(QueryArgs),
     /// Manage named masks
     #[command(subcommand)]
