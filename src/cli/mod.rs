@@ -479,6 +479,24 @@ fn default_name(path: &Path) -> Result<RefName> {
     Ok(RefName::parse(&cleaned)?)
 }
 
+fn print_hits(out: &mut Out, hits: &[crate::query::Hit]) -> std::io::Result<()> {
+    out.table(
+        &["RANK", "NAME", "DIGEST", "DISTANCE", "IMAGES"],
+        hits.iter()
+            .enumerate()
+            .map(|(i, r)| {
+                vec![
+                    (i + 1).to_string(),
+                    r.reference.clone(),
+                    r.digest.short(),
+                    format!("{:.6}", r.distance),
+                    r.images.to_string(),
+                ]
+            })
+            .collect(),
+    )
+}
+
 fn print_listing(out: &mut Out, rows: &[db::Listing]) -> std::io::Result<()> {
     out.table(
         &[
@@ -719,22 +737,7 @@ fn query(home: &Option<PathBuf>, out: &mut Out, a: QueryArgs) -> Result<i32> {
         res.metric.name(),
         res.neurons
     ))?;
-    out.table(
-        &["RANK", "NAME", "DIGEST", "DISTANCE", "IMAGES"],
-        res.results
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                vec![
-                    (i + 1).to_string(),
-                    r.reference.clone(),
-                    r.digest.short(),
-                    format!("{:.6}", r.distance),
-                    r.images.to_string(),
-                ]
-            })
-            .collect(),
-    )?;
+    print_hits(out, &res.results)?;
     if a.per_layer {
         for r in &res.results {
             out.line(&format!("{}:", r.reference))?;
@@ -871,20 +874,7 @@ fn demo(home: &Option<PathBuf>, out: &mut Out, a: DemoArgs) -> Result<i32> {
         out.line(&format!(
             "\n$ vdna-db query {probe} --top 5 --mask '{mask}'"
         ))?;
-        out.table(
-            &["RANK", "NAME", "DISTANCE"],
-            res.results
-                .iter()
-                .enumerate()
-                .map(|(i, r)| {
-                    vec![
-                        (i + 1).to_string(),
-                        r.reference.clone(),
-                        format!("{:.4}", r.distance),
-                    ]
-                })
-                .collect(),
-        )?;
+        print_hits(out, &res.results)?;
         out.line(&format!(
             "({} candidates, {} exact distances, {:.1} ms)",
             res.plan.candidates, res.plan.exact_computed, res.plan.total_ms

@@ -92,32 +92,11 @@ pub fn build(
         let data: Vec<Vec<f32>> = (0..n).map(|r| row_vector(seg, r, &runs)).collect();
         let refs: Vec<(&Vec<f32>, usize)> = data.iter().zip(0..n).collect();
         // hnsw_rs dumps only graphs built with its maximum of 16 layers.
-        let layers = 16;
         let tmp = root.join(format!(".{key}.tmp"));
         std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
         let dumped = match seg.kind() {
-            SegKind::Histogram { .. } => {
-                let h = Hnsw::<f32, DistL1>::new(
-                    MAX_CONNECTIONS,
-                    n,
-                    layers,
-                    EF_CONSTRUCTION,
-                    DistL1 {},
-                );
-                h.parallel_insert(&refs);
-                h.file_dump(&tmp, BASENAME)
-            }
-            SegKind::Gaussian => {
-                let h = Hnsw::<f32, DistL2>::new(
-                    MAX_CONNECTIONS,
-                    n,
-                    layers,
-                    EF_CONSTRUCTION,
-                    DistL2 {},
-                );
-                h.parallel_insert(&refs);
-                h.file_dump(&tmp, BASENAME)
-            }
+            SegKind::Histogram { .. } => build_one(DistL1 {}, n, &refs, &tmp),
+            SegKind::Gaussian => build_one(DistL2 {}, n, &refs, &tmp),
         };
         let name = dumped.map_err(|e| Error::Invalid(format!("writing the {key} graph: {e}")))?;
         std::fs::write(
@@ -130,6 +109,19 @@ pub fn build(
         built += 1;
     }
     Ok(built)
+}
+
+/// Builds one graph with distance `dist` and dumps it into `dir`; returns the basename.
+fn build_one<D: Distance<f32> + Send + Sync>(
+    dist: D,
+    n: usize,
+    refs: &[(&Vec<f32>, usize)],
+    dir: &Path,
+) -> Result<String, String> {
+    // hnsw_rs dumps only graphs built with its maximum of 16 layers.
+    let h = Hnsw::<f32, D>::new(MAX_CONNECTIONS, n, 16, EF_CONSTRUCTION, dist);
+    h.parallel_insert(refs);
+    h.file_dump(dir, BASENAME).map_err(|e| e.to_string())
 }
 
 /// A loaded graph of either distance.
