@@ -163,8 +163,13 @@ fn cli_compare_json_matches_the_reference() {
 #[test]
 fn reference_round_trip_keeps_every_array_identical() {
     let h = tmp();
-    for dist in ["histogram-100", "gaussian"] {
-        let src = import_pair(&fixture("gradients", dist)).unwrap();
+    let lg = root().join("fixtures/layer-gaussian/a");
+    for (dist, path) in [
+        ("histogram-100", fixture("gradients", "histogram-100")),
+        ("gaussian", fixture("gradients", "gaussian")),
+        ("layer-gaussian", lg),
+    ] {
+        let src = import_pair(&path).unwrap();
         let out = h.path().join(format!("rt-{dist}"));
         export_pair(&src.dna, &src.annotations, &out).unwrap();
         let back = import_pair(&out).unwrap();
@@ -263,4 +268,54 @@ fn bundle_round_trip_through_the_cli_keeps_the_digest() {
         .unwrap()
         .manifest_digest;
     assert_eq!(d1, d2, "digest independent of level and annotations");
+}
+
+/// FD and NFD on layer-gaussian DNAs against values numpy computed independently
+/// (tests/py/make_layer_gaussian_golden.py: eigenvalues of the non-symmetric S1 S2, while
+/// vdna-db uses the symmetric S1^1/2 S2 S1^1/2), a rank-deficient layer included.
+#[test]
+fn fd_and_nfd_on_layer_gaussians_equal_an_independent_numpy_computation() {
+    let dir = root().join("fixtures/layer-gaussian");
+    let g: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("distances.json")).unwrap())
+            .unwrap();
+    let a = AnyDna::Owned(import_pair(&dir.join("a")).unwrap().dna);
+    let b = AnyDna::Owned(import_pair(&dir.join("b")).unwrap().dna);
+    let space = a.space().clone();
+    let all = Mask::all(&space);
+    let fd = compare_dnas(&a, &b, &all, Some(Metric::Fd), 0).unwrap();
+    assert!(
+        rel(fd.distance, g["fd_all"].as_f64().unwrap()) < 1e-6,
+        "fd {}",
+        fd.distance
+    );
+    for l in &fd.per_layer {
+        let want = g["fd_per_layer"][&l.layer].as_f64().unwrap();
+        assert!(
+            rel(l.distance, want) < 1e-6,
+            "fd {}: {} vs {want}",
+            l.layer,
+            l.distance
+        );
+    }
+    let nfd = compare_dnas(&a, &b, &all, None, 0).unwrap();
+    assert_eq!(
+        nfd.metric,
+        Metric::Nfd,
+        "nfd is the default for layer-gaussian"
+    );
+    assert!(rel(nfd.distance, g["nfd_all"].as_f64().unwrap()) < 1e-9);
+    for l in &nfd.per_layer {
+        assert!(
+            rel(l.distance, g["nfd_per_layer"][&l.layer].as_f64().unwrap()) < 1e-9,
+            "nfd {}",
+            l.layer
+        );
+    }
+    // FD is symmetric and zero on itself.
+    let ba = compare_dnas(&b, &a, &all, Some(Metric::Fd), 0).unwrap();
+    assert!(rel(ba.distance, fd.distance) < 1e-9);
+    let aa = compare_dnas(&a, &a, &all, Some(Metric::Fd), 0).unwrap();
+    // Zero up to the rounding of square roots of near-zero eigenvalues (rank-deficient layer).
+    assert!(aa.distance.abs() < 1e-6, "self fd {}", aa.distance);
 }
