@@ -96,7 +96,11 @@ pub enum Command {
     #[command(subcommand)]
     Mask(MaskCommand),
     /// Re-hash every object and check every name; exit 1 if anything is wrong
-    Verify,
+    Verify {
+        /// Also rebuild derived state (summary segments, HNSW graphs) from the objects
+        #[arg(long)]
+        repair: bool,
+    },
     /// Remove objects no name reaches
     Gc,
     /// Rebuild the query index (derived state) from the objects and the catalogue
@@ -402,10 +406,21 @@ fn run(cli: Cli, out: &mut Out) -> Result<i32> {
                 }
             }
         }
-        Command::Verify => {
+        Command::Verify { repair } => {
             let db = open_db(&cli.home)?;
             let r = db.verify()?;
-            out.json(&r)?;
+            let rebuilt = if repair {
+                Some(crate::query::reindex(&db)?)
+            } else {
+                None
+            };
+            out.json(&serde_json::json!({ "objects_checked": r.objects_checked, "refs_checked": r.refs_checked, "problems": r.problems, "reindexed": rebuilt }))?;
+            if let Some(x) = &rebuilt {
+                out.line(&format!(
+                    "rebuilt derived state: {} DNAs in {} spaces",
+                    x.dnas, x.spaces
+                ))?;
+            }
             for p in &r.problems {
                 out.line(&format!("BAD {}: {}", p.object, p.problem))?;
             }
@@ -420,6 +435,7 @@ fn run(cli: Cli, out: &mut Out) -> Result<i32> {
                 }
             ))?;
             if !r.problems.is_empty() {
+                out.line("damaged objects cannot be rebuilt from others: re-import or pull the DNAs named above")?;
                 return Ok(1);
             }
         }

@@ -363,7 +363,21 @@ fn cli_reindex_builds_graphs_and_query_approx_uses_them() {
         "{v}"
     );
     assert_eq!(v["results"][0]["ref"], "synth/family-02-01:latest");
-    // The index is derived state: deleting it loses nothing.
+    // The index is derived state: damaging or deleting it loses nothing.
+    let rows = std::fs::read_dir(home.join("index"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+        .join("a.bin");
+    let mut b = std::fs::read(&rows).unwrap();
+    b[3] ^= 0xff;
+    std::fs::write(&rows, b).unwrap();
+    let r = json(home, &["verify", "--repair"]);
+    assert_eq!(r["reindexed"]["dnas"], 12);
+    let v = json(home, &["query", "synth/family-02-01", "--top", "3"]);
+    assert_eq!(v["results"][0]["ref"], "synth/family-02-01:latest");
     std::fs::remove_dir_all(home.join("index")).unwrap();
     let v = json(home, &["query", "synth/family-02-01", "--top", "3"]);
     assert_eq!(v["results"][0]["ref"], "synth/family-02-01:latest");
