@@ -1,6 +1,10 @@
-//! Helpers shared by the benches: the competitor implementations they measure against.
+//! Helpers shared by the benches: the competitor implementations they measure against,
+//! and the seeded catalogue they query. Each bench uses a subset.
+#![allow(dead_code)]
 
 use vdna_db::dna::LayerData;
+use vdna_db::format::DistKind;
+use vdna_db::synth;
 
 /// The reference's EMD definition written plainly: normalise each histogram, cumsum the
 /// difference, abs-sum; summed over the neurons of a flat neuron-major array.
@@ -26,5 +30,21 @@ pub fn counts(l: &LayerData) -> &[u32] {
     match l {
         LayerData::Histogram { counts, .. } => counts,
         _ => &[],
+    }
+}
+
+/// The clustered query catalogue: `families` families of 10 members, 2,048 neurons
+/// (8 layers of 256) x 256 bins.
+pub fn clustered_spec(seed: u64, families: usize) -> synth::CatalogueSpec {
+    synth::CatalogueSpec {
+        seed,
+        families,
+        members: 10,
+        layers: synth::uniform_layers(8, 256),
+        dist: DistKind::Histogram { bins: 256 },
+        extractor: "bench".into(),
+        images: 16,
+        positions: 49,
+        spread: 1.0,
     }
 }

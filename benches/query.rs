@@ -2,27 +2,20 @@
 //! bins) against the naive exact scan (decode every candidate, full distance), in the same
 //! run. The larger configurations live in the report bench (`cargo bench --bench report`).
 
+#[path = "common.rs"]
+mod common;
+
 use std::collections::BTreeMap;
 
+use common::clustered_spec;
 use criterion::{criterion_group, criterion_main, Criterion};
 use vdna_db::db::AnyDna;
-use vdna_db::format::DistKind;
 use vdna_db::query::{brute_force, query, QueryRequest};
 use vdna_db::refname::RefName;
 use vdna_db::{synth, Db};
 
 fn bench(c: &mut Criterion) {
-    let s = synth::CatalogueSpec {
-        seed: 9,
-        families: 40,
-        members: 10,
-        layers: synth::uniform_layers(8, 256),
-        dist: DistKind::Histogram { bins: 256 },
-        extractor: "bench".into(),
-        images: 16,
-        positions: 49,
-        spread: 1.0,
-    };
+    let s = clustered_spec(9, 40);
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(dir.path()).unwrap();
     for f in 0..s.families {

@@ -11,9 +11,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use common::{counts, naive_emd};
+use common::{clustered_spec, counts, naive_emd};
 use vdna_db::db::{compare_dnas, AnyDna};
-use vdna_db::format::{decode_layer, decode_object, Digest, DistKind};
+use vdna_db::format::{decode_layer, decode_object, Digest};
 use vdna_db::mask::Mask;
 use vdna_db::query::{brute_force, query, Mode, QueryRequest};
 use vdna_db::refname::RefName;
@@ -350,17 +350,7 @@ fn main() {
         .unwrap_or(2000);
     query_section(
         "2,048 neurons x 256 bins (8 layers), clustered: 10 members per family",
-        synth::CatalogueSpec {
-            seed: 9,
-            families: n / 10,
-            members: 10,
-            layers: synth::uniform_layers(8, 256),
-            dist: DistKind::Histogram { bins: 256 },
-            extractor: "bench".into(),
-            images: 16,
-            positions: 49,
-            spread: 1.0,
-        },
+        clustered_spec(9, n / 10),
         3,
     );
     if std::env::var("VDNA_DB_BENCH_BIG").is_ok() {
