@@ -13,6 +13,8 @@ pub mod cli;
 pub mod db;
 pub mod distance;
 pub mod dna;
+#[cfg(feature = "extract")]
+pub mod extract;
 pub mod format;
 pub mod mask;
 pub mod query;
@@ -39,6 +41,9 @@ pub enum Error {
     Reference(#[from] reference::ReferenceError),
     #[error(transparent)]
     RefName(#[from] refname::RefNameError),
+    #[cfg(feature = "extract")]
+    #[error(transparent)]
+    Extract(#[from] extract::ExtractError),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]

@@ -2,6 +2,7 @@
 //! output, and the mapping from errors to exit codes. Handlers call [`crate::db::Db`]
 //! and format what it returns; no storage logic lives here.
 
+mod extract;
 mod output;
 
 use std::collections::BTreeMap;
@@ -116,11 +117,19 @@ pub enum Command {
     },
     /// Build a demo catalogue (reference fixtures plus synthetic datasets) and query it
     Demo(DemoArgs),
+    /// Turn an image source into a DNA file (.vdna bundle or reference pair)
+    Extract(extract::ExtractArgs),
+    /// Compute per-neuron activation ranges over calibration images (reference JSON layout)
+    Ranges(extract::RangesArgs),
+    /// Write an extractor's default weights as safetensors
+    Weights(extract::WeightsArgs),
 }
 
 #[derive(Args, Debug)]
+#[command(after_help = extract::EXTRACT_HELP)]
 pub struct PushArgs {
-    /// A .vdna bundle, or a reference pair (path to its .json, its .npz, or their common stem)
+    /// A .vdna bundle, a reference pair (path to its .json, its .npz, or their common stem),
+    /// or an image source (directory, image, .txt list, .zip, .tar) to extract first
     pub path: PathBuf,
     /// Name to give it: name[:tag], tag defaults to latest [import default: the file's stem]
     #[arg(long, short)]
@@ -128,6 +137,8 @@ pub struct PushArgs {
     /// Annotation to attach (repeatable): --meta source=flickr --meta split=val
     #[arg(long = "meta", value_name = "KEY=VALUE")]
     pub meta: Vec<String>,
+    #[command(flatten)]
+    pub extract: extract::ExtractFlags,
 }
 
 #[derive(Args, Debug)]
@@ -156,7 +167,7 @@ pub struct ShowArgs {
 
 #[derive(Args, Debug)]
 pub struct CompareArgs {
-    /// First DNA: a stored name:tag or digest, a .vdna bundle or a reference pair
+    /// First DNA: a stored name:tag or digest, a .vdna bundle, a reference pair or an image source
     pub a: String,
     /// Second DNA, same forms
     pub b: String,
@@ -172,11 +183,14 @@ pub struct CompareArgs {
     /// Print the N neurons that differ most
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub top_neurons: usize,
+    #[command(flatten)]
+    pub extract: extract::ExtractFlags,
 }
 
 #[derive(Args, Debug)]
 pub struct QueryArgs {
-    /// The query DNA: a stored name:tag or digest, a .vdna bundle or a reference pair
+    /// The query DNA: a stored name:tag or digest, a .vdna bundle, a reference pair or an
+    /// image source (extracted first)
     pub source: String,
     /// How many results
     #[arg(long, short = 'k', default_value_t = 5)]
@@ -208,6 +222,8 @@ pub struct QueryArgs {
     /// Print the per-layer distances of each hit
     #[arg(long)]
     pub per_layer: bool,
+    #[command(flatten)]
+    pub extract: extract::ExtractFlags,
 }
 
 #[derive(Subcommand, Debug)]
@@ -293,6 +309,30 @@ fn load_any(db: &Db, spec: &str) -> Result<(AnyDna, String)> {
         AnyDna::Stored(stored),
         name.map_or(digest.to_string(), |n| n.to_string()),
     ))
+}
+
+/// True when `path` names images to extract rather than a DNA file.
+fn is_image_input(path: &Path) -> bool {
+    path.exists()
+        && !db::is_bundle(path)
+        && !crate::reference::looks_like_pair(path)
+        && crate::extract::looks_like_image_source(path)
+}
+
+/// Like [`load_any`], but an image source is extracted first with `flags`.
+fn load_input(
+    db: &Db,
+    spec: &str,
+    out: &mut Out,
+    flags: &extract::ExtractFlags,
+) -> Result<(AnyDna, String)> {
+    let p = Path::new(spec);
+    if is_image_input(p) {
+        let (dna, _) = extract::extract_source(out, p, flags)
+            .with_context(|| format!("extracting a DNA from {spec}"))?;
+        return Ok((AnyDna::Owned(dna), spec.to_string()));
+    }
+    load_any(db, spec)
 }
 
 fn run(cli: Cli, out: &mut Out) -> Result<i32> {
@@ -464,6 +504,9 @@ fn run(cli: Cli, out: &mut Out) -> Result<i32> {
             ))?;
         }
         Command::Demo(a) => return demo(&cli.home, out, a),
+        Command::Extract(a) => extract::run_extract(out, a)?,
+        Command::Ranges(a) => extract::run_ranges(out, a)?,
+        Command::Weights(a) => extract::run_weights(out, a)?,
     }
     Ok(0)
 }
@@ -557,7 +600,18 @@ fn push(home: &Option<PathBuf>, out: &mut Out, a: PushArgs, require_name: bool) 
     let mut ann = parse_meta(&a.meta)?;
     let db = open_db(home)?;
     let path = &a.path;
-    let report = if db::is_bundle(path) {
+    let report = if is_image_input(path) {
+        let (dna, rep) = extract::extract_source(out, path, &a.extract)
+            .with_context(|| format!("extracting a DNA from {}", path.display()))?;
+        ann.entry("source".into())
+            .or_insert_with(|| path.display().to_string());
+        ann.entry("extractor".into())
+            .or_insert_with(|| dna.space.extractor.name.clone());
+        out.progress(&format!("storing the DNA of {} images", rep.images));
+        let r = db.push(&dna, name.as_ref(), ann)?;
+        crate::query::index_pushed(&db, &r.digest)?;
+        r
+    } else if db::is_bundle(path) {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let bundle = crate::format::decode_bundle(&bytes)
             .map_err(|e| crate::Error::Invalid(format!("{}: {e}", path.display())))?;
@@ -573,7 +627,7 @@ fn push(home: &Option<PathBuf>, out: &mut Out, a: PushArgs, require_name: bool) 
         crate::query::index_pushed(&db, &r.digest)?;
         r
     };
-    if db::is_bundle(path) {
+    if db::is_bundle(path) && !is_image_input(path) {
         crate::query::index_pushed(&db, &report.digest)?;
     }
     out.json(&report)?;
@@ -669,8 +723,8 @@ fn parse_metric(m: &Option<String>) -> Result<Option<Metric>> {
 
 fn compare(home: &Option<PathBuf>, out: &mut Out, a: CompareArgs) -> Result<()> {
     let db = open_db(home)?;
-    let (da, la) = load_any(&db, &a.a)?;
-    let (db_, lb) = load_any(&db, &a.b)?;
+    let (da, la) = load_input(&db, &a.a, out, &a.extract)?;
+    let (db_, lb) = load_input(&db, &a.b, out, &a.extract)?;
     let metric = parse_metric(&a.metric)?;
     let c = db.compare(&da, &db_, &a.mask, metric, a.top_neurons)?;
     let per_layer: serde_json::Map<String, serde_json::Value> = c
@@ -726,7 +780,7 @@ fn compare(home: &Option<PathBuf>, out: &mut Out, a: CompareArgs) -> Result<()> 
 
 fn query(home: &Option<PathBuf>, out: &mut Out, a: QueryArgs) -> Result<i32> {
     let db = open_db(home)?;
-    let (q, label) = load_any(&db, &a.source)?;
+    let (q, label) = load_input(&db, &a.source, out, &a.extract)?;
     let filters = parse_meta(&a.filters).context("--filter")?;
     let req = crate::query::QueryRequest {
         mask: a.mask.clone(),

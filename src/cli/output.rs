@@ -46,6 +46,18 @@ impl Out {
         }
     }
 
+    /// A warning on stderr (kept with --json, dropped with --quiet).
+    pub fn warn(&mut self, s: &str) {
+        if !self.quiet {
+            eprintln!("warning: {s}");
+        }
+    }
+
+    /// Whether live progress (bars, notes) should be drawn.
+    pub fn shows_progress(&self) -> bool {
+        self.progress && !self.json
+    }
+
     /// An aligned table (suppressed with --json).
     pub fn table(&mut self, head: &[&str], rows: Vec<Vec<String>>) -> std::io::Result<()> {
         if self.json {

@@ -198,7 +198,9 @@ impl SpaceConfig {
 
     /// True when weights and ranges are pinned by digest.
     pub fn is_pinned(&self) -> bool {
-        self.extractor.weights.is_some() && self.extractor.ranges.is_some()
+        // Ranges only matter where activations are normalised: histograms.
+        self.extractor.weights.is_some()
+            && (self.extractor.ranges.is_some() || !matches!(self.dist, DistKind::Histogram { .. }))
     }
 
     /// A one-line description for people: `rand_resnet50 histogram-1000 (16 layers, 15104 neurons)`.

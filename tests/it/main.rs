@@ -4,6 +4,7 @@
 mod cli;
 mod compat;
 mod crash;
+mod extract;
 mod golden;
 mod properties;
 mod query;

@@ -1,0 +1,386 @@
+//! CLI glue for extraction: the shared extraction flags, the progress bar, and the
+//! `extract`, `ranges` and `weights` commands. Image sources given to `push`, `compare`
+//! and `query` come through [`extract_source`].
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::output::{human_bytes, Out};
+use crate::dna::Dna;
+use crate::extract::{
+    self, Crop, ExtractOptions, Extractor, ExtractorKind, Ranges, Report, Selection,
+};
+use crate::format::DistKind;
+
+pub const EXTRACT_HELP: &str =
+    "Image sources: a directory (recursive; png, jpeg, webp, bmp, gif, tiff, pgm/ppm),
+a .txt list of paths (relative to the list's folder), one image, or a .zip / .tar archive.
+Images are taken in sorted order; unreadable ones are skipped and reported (--strict fails).
+
+Preprocessing is the reference's \"clean\" mode: bicubic resize of float channels (Pillow
+semantics) to the extractor's input size, clipped, not re-quantised, then mean/std.
+
+Extractors:
+  efficientnet_lite0   ImageNet weights embedded in the binary (default), 17 layers, 2,472 neurons
+  rand_resnet50        the reference's random ResNet-50: 16 layers, 15,104 neurons; weights from
+                       --weights (torch state-dict layout) or the portable seeded init (--init-seed)
+
+Examples:
+  vdna-db extract photos/ -o photos.vdna
+  vdna-db extract data.zip -o d.vdna --dist gaussian --max-images 500 --shuffle --seed 1
+  vdna-db extract big/ -o part0.vdna --shard 0/4      # merge the 4 parts with `vdna-db merge`
+  vdna-db push photos/ --name photos:v1 --meta source=phone
+  vdna-db query photos/ --top 5";
+
+/// Flags that say how to turn images into a DNA (used by extract, push, compare, query).
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Extraction (when an input is an image source)")]
+pub struct ExtractFlags {
+    /// Network: efficientnet_lite0 (embedded ImageNet weights) or rand_resnet50
+    #[arg(long, default_value = "efficientnet_lite0", value_name = "NAME")]
+    pub extractor: String,
+    /// Weights file (safetensors or PyTorch .pth zip, torch state-dict names)
+    #[arg(long, value_name = "FILE")]
+    pub weights: Option<PathBuf>,
+    /// Seed of rand_resnet50's portable initialisation when no --weights is given
+    #[arg(long, value_name = "N", default_value_t = extract::DEFAULT_SEED)]
+    pub init_seed: u64,
+    /// Activation ranges JSON (reference layout) [default: the ones shipped for the default weights]
+    #[arg(long, value_name = "FILE")]
+    pub ranges: Option<PathBuf>,
+    /// Distribution: histogram-B (e.g. histogram-1000), gaussian, layer-gaussian
+    #[arg(long, default_value = "histogram-1000", value_name = "KIND")]
+    pub dist: String,
+    /// Images per network batch
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub batch: usize,
+    /// Worker threads [default: all cores]
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Crop to a centred square before resizing
+    #[arg(long, value_parser = ["none", "center"], default_value = "none")]
+    pub crop: String,
+    /// Use at most N images (after --shuffle)
+    #[arg(long, value_name = "N")]
+    pub max_images: Option<usize>,
+    /// Shuffle the image list before --max-images (deterministic with --seed)
+    #[arg(long)]
+    pub shuffle: bool,
+    /// Seed for --shuffle
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub seed: u64,
+    /// Process only shard i of n (images at positions p with p % n == i); merging the n
+    /// shard DNAs gives the DNA of the whole source
+    #[arg(long, value_name = "i/n", value_parser = parse_shard_arg)]
+    pub shard: Option<(usize, usize)>,
+    /// Fail on the first unreadable image instead of skipping it
+    #[arg(long)]
+    pub strict: bool,
+}
+
+fn parse_shard_arg(s: &str) -> std::result::Result<(usize, usize), String> {
+    extract::parse_shard(s)
+}
+
+impl ExtractFlags {
+    pub fn kind(&self) -> Result<ExtractorKind> {
+        Ok(ExtractorKind::parse(&self.extractor)?)
+    }
+
+    pub fn dist(&self) -> Result<DistKind> {
+        match DistKind::parse(&self.dist) {
+            Some(d) => Ok(d),
+            None => bail!(
+                "--dist {:?}: use histogram-B (1 <= B <= 65536), gaussian, layer-gaussian or activation-ranges",
+                self.dist
+            ),
+        }
+    }
+
+    fn selection(&self) -> Selection {
+        Selection {
+            shuffle: self.shuffle.then_some(self.seed),
+            max_images: self.max_images,
+            shard: self.shard,
+        }
+    }
+
+    fn load_extractor(&self) -> Result<Extractor> {
+        let kind = self.kind()?;
+        Ok(Extractor::load(
+            kind,
+            self.weights.as_deref(),
+            self.init_seed,
+        )?)
+    }
+
+    /// The ranges for histograms: --ranges, else the shipped ones when the weights are the
+    /// defaults they were computed for.
+    fn ranges(&self, ext: &Extractor) -> Result<Option<Ranges>> {
+        if let Some(p) = &self.ranges {
+            return Ok(Some(Ranges::from_file(p)?));
+        }
+        let default_weights = self.weights.is_none()
+            && (ext.kind != ExtractorKind::RandResNet50 || self.init_seed == extract::DEFAULT_SEED);
+        if default_weights {
+            return Ok(Some(Ranges::embedded(ext.kind)?));
+        }
+        Ok(None)
+    }
+}
+
+/// A progress bar on stderr with images/s and ETA; hidden when stderr is not a terminal,
+/// with --quiet or with --json.
+fn progress_bar(out: &Out, total: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    if !out.shows_progress() {
+        pb.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    pb.set_style(
+        ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} images  {per_sec}  eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// Runs `f` on a rayon pool of `threads` workers when asked, else on the global pool.
+fn with_threads<R: Send>(threads: Option<usize>, f: impl FnOnce() -> R + Send) -> Result<R> {
+    match threads {
+        Some(0) => bail!("--threads must be at least 1"),
+        Some(n) => {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .context("starting the worker threads")?;
+            Ok(pool.install(f))
+        }
+        None => Ok(f()),
+    }
+}
+
+/// Extracts a DNA from an image source with the given flags.
+pub fn extract_source(out: &mut Out, source: &Path, flags: &ExtractFlags) -> Result<(Dna, Report)> {
+    let dist = flags.dist()?;
+    let items = extract::list_images(source)?;
+    let found = items.len();
+    let items = flags.selection().apply(items);
+    if items.is_empty() {
+        bail!(
+            "image source {}: no images{} (looked for {})",
+            source.display(),
+            if found > 0 {
+                format!(" left after selection ({found} found)")
+            } else {
+                String::new()
+            },
+            extract::source::IMAGE_EXTENSIONS.join(", ")
+        );
+    }
+    let ext = flags.load_extractor()?;
+    let ranges = if matches!(dist, DistKind::Histogram { .. }) {
+        match flags.ranges(&ext)? {
+            Some(r) => Some(r),
+            None => bail!(
+                "histograms need activation ranges for these weights: compute them with \
+                 `vdna-db ranges SOURCE --extractor {} --weights ... -o ranges.json` and pass --ranges",
+                ext.kind.name()
+            ),
+        }
+    } else {
+        None
+    };
+    let opts = ExtractOptions {
+        dist,
+        batch: flags.batch,
+        crop: if flags.crop == "center" {
+            Crop::Center
+        } else {
+            Crop::None
+        },
+        strict: flags.strict,
+    };
+    let pb = progress_bar(
+        out,
+        items.len() as u64,
+        &format!("{} {}", ext.kind.name(), dist.name()),
+    );
+    let cb = |done: u64, _total: u64| pb.set_position(done);
+    let res = with_threads(flags.threads, || {
+        extract::extract(&ext, ranges.as_ref(), &items, &opts, &cb)
+    })?;
+    pb.finish_and_clear();
+    let (dna, report) = res?;
+    if !report.skipped.is_empty() {
+        let first: Vec<String> = report
+            .skipped
+            .iter()
+            .take(3)
+            .map(|(n, e)| format!("{n} ({e})"))
+            .collect();
+        out.warn(&format!(
+            "skipped {} unreadable image(s): {}{}",
+            report.skipped.len(),
+            first.join("; "),
+            if report.skipped.len() > 3 {
+                "; ..."
+            } else {
+                ""
+            }
+        ));
+    }
+    if report.nonfinite > 0 {
+        out.warn(&format!(
+            "{} NaN or infinite activations were left out of the distributions",
+            report.nonfinite
+        ));
+    }
+    Ok((dna, report))
+}
+
+fn timing_line(r: &Report) -> String {
+    let t = &r.timings;
+    format!(
+        "{} images in {:.1} s ({:.1} images/s; network {:.1} s, accumulate {:.1} s, decode {:.1} s and resize {:.1} s of CPU time)",
+        r.images,
+        t.wall_s,
+        r.images as f64 / t.wall_s.max(1e-9),
+        t.network_s,
+        t.accumulate_s,
+        t.decode_s,
+        t.resize_s
+    )
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = EXTRACT_HELP)]
+pub struct ExtractArgs {
+    /// Image source: directory, image, .txt list, .zip or .tar
+    pub source: PathBuf,
+    /// Output: a .vdna bundle, or with --format reference the stem of a .json/.npz pair
+    #[arg(long, short)]
+    pub output: PathBuf,
+    /// Output format
+    #[arg(long, value_parser = ["vdna", "reference"], default_value = "vdna")]
+    pub format: String,
+    #[command(flatten)]
+    pub flags: ExtractFlags,
+}
+
+pub fn run_extract(out: &mut Out, a: ExtractArgs) -> Result<()> {
+    let (dna, report) = extract_source(out, &a.source, &a.flags)?;
+    let mut ann = std::collections::BTreeMap::new();
+    ann.insert("source".to_string(), a.source.display().to_string());
+    let written: Vec<PathBuf> = if a.format == "vdna" {
+        let bytes = crate::db::bundle_of(&dna, &ann, 3);
+        crate::store::write_file_atomic(&a.output, &bytes)
+            .with_context(|| format!("writing {}", a.output.display()))?;
+        vec![a.output.clone()]
+    } else {
+        let (j, n) = crate::reference::export_pair(&dna, &ann, &a.output)?;
+        vec![j, n]
+    };
+    out.json(&serde_json::json!({
+        "written": written,
+        "digest": dna.digest(),
+        "space": dna.space.digest(),
+        "extractor": dna.space.extractor,
+        "dist": dna.space.dist.name(),
+        "report": report,
+    }))?;
+    out.line(&timing_line(&report))?;
+    for w in &written {
+        let size = std::fs::metadata(w).map(|m| m.len()).unwrap_or(0);
+        out.line(&format!("wrote {} ({})", w.display(), human_bytes(size)))?;
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Computes per-neuron min / max activations over a calibration source (the reference's
+`activation-ranges`), written in the reference's JSON layout (mins_per_neuron / maxs_per_neuron).
+Histograms normalise activations with these ranges scaled by 1.2.
+
+Example:
+  vdna-db ranges calibration/ --extractor rand_resnet50 --weights w.safetensors -o ranges.json"
+)]
+pub struct RangesArgs {
+    /// Calibration image source
+    pub source: PathBuf,
+    /// Output JSON
+    #[arg(long, short)]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub flags: ExtractFlags,
+}
+
+pub fn run_ranges(out: &mut Out, mut a: RangesArgs) -> Result<()> {
+    a.flags.dist = "activation-ranges".into();
+    let t0 = Instant::now();
+    let (dna, report) = extract_source(out, &a.source, &a.flags)?;
+    let ranges = Ranges::from_dna(&dna).context("ranges extraction produced no ranges")?;
+    crate::store::write_file_atomic(&a.output, ranges.to_json().as_bytes())
+        .with_context(|| format!("writing {}", a.output.display()))?;
+    out.json(&serde_json::json!({
+        "written": a.output,
+        "ranges_digest": ranges.digest(),
+        "weights": dna.space.extractor.weights,
+        "report": report,
+    }))?;
+    out.line(&timing_line(&report))?;
+    out.line(&format!(
+        "wrote {} ({} layers, digest {}) in {:.1} s",
+        a.output.display(),
+        ranges.layers.len(),
+        ranges.digest().short(),
+        t0.elapsed().as_secs_f64()
+    ))?;
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Writes an extractor's default weights as safetensors with torch state-dict names, so
+the same network can be loaded elsewhere (e.g. into PyTorch) and checked against vdna-db.
+
+Example:
+  vdna-db weights rand_resnet50 --init-seed 0 -o rand_resnet50-seed0.safetensors"
+)]
+pub struct WeightsArgs {
+    /// Extractor: rand_resnet50 (seeded init) or efficientnet_lite0 (embedded weights)
+    pub extractor: String,
+    /// Seed of rand_resnet50's portable initialisation
+    #[arg(long, default_value_t = extract::DEFAULT_SEED)]
+    pub init_seed: u64,
+    /// Output safetensors file
+    #[arg(long, short)]
+    pub output: PathBuf,
+}
+
+pub fn run_weights(out: &mut Out, a: WeightsArgs) -> Result<()> {
+    let kind = ExtractorKind::parse(&a.extractor)?;
+    match kind {
+        ExtractorKind::RandResNet50 => {
+            let bytes = extract::resnet::seeded_safetensors(a.init_seed)?;
+            crate::store::write_file_atomic(&a.output, &bytes)
+                .with_context(|| format!("writing {}", a.output.display()))?;
+        }
+        ExtractorKind::EfficientNetLite0 => {
+            crate::store::write_file_atomic(&a.output, extract::efficientnet::EMBEDDED_WEIGHTS)
+                .with_context(|| format!("writing {}", a.output.display()))?;
+        }
+    }
+    let ext = Extractor::load(kind, Some(&a.output), a.init_seed)?;
+    out.json(&serde_json::json!({ "written": a.output, "weights_digest": ext.weights_digest() }))?;
+    out.line(&format!(
+        "wrote {} (weights digest {})",
+        a.output.display(),
+        ext.weights_digest()
+    ))?;
+    Ok(())
+}

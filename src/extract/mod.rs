@@ -1,0 +1,453 @@
+//! Extraction: a source of images to a DNA, on CPU, with candle.
+//!
+//! The pipeline is streaming: a producer thread lists, reads, decodes and resizes one
+//! batch of images in parallel (rayon) while the network runs the previous one; each
+//! batch's activations are folded into the accumulators ([`accum`]) and dropped, so memory
+//! is bounded by the batch. The result is a [`Dna`] whose space pins the extractor, the
+//! digest of its exact weights, the digest of the activation ranges and the
+//! preprocessing, so DNAs from different weights or ranges never compare.
+//!
+//! Semantics follow the reference library (`vdna` 0.1.1): `histogram-B` counts every
+//! spatial position of every image after normalising with the scaled ranges;
+//! `gaussian` and `layer-gaussian` are fitted to the per-image spatial means of the raw
+//! activations (unbiased variance / covariance over images); `activation-ranges` keeps
+//! the raw per-neuron min / max over all positions.
+//!
+//! Owns: everything candle, image decoding and resizing. Must not: touch the store.
+
+pub mod accum;
+pub mod efficientnet;
+pub mod ops;
+pub mod preprocess;
+pub mod ranges;
+pub mod resnet;
+pub mod source;
+pub mod weights;
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use candle_core::{Device, Tensor};
+use rayon::prelude::*;
+
+use crate::dna::Dna;
+use crate::format::{
+    Digest, DistKind, Extractor as ExtractorSpec, LayerSpec, Preprocessing, SpaceConfig,
+    SPACE_SCHEMA,
+};
+pub use preprocess::Crop;
+pub use ranges::Ranges;
+pub use source::{list as list_images, looks_like_image_source, parse_shard, ImageItem, Selection};
+
+/// Errors of extraction; each names its object and the next step.
+#[derive(Debug, thiserror::Error)]
+pub enum ExtractError {
+    #[error("weights {origin}: {msg}")]
+    Weights { origin: String, msg: String },
+    #[error("image source {source_path}: {msg}")]
+    Source { source_path: String, msg: String },
+    #[error("activation ranges {origin}: {msg}")]
+    Ranges { origin: String, msg: String },
+    #[error("image {name}: {msg} (drop --strict to skip unreadable images)")]
+    Image { name: String, msg: String },
+    #[error("extraction: {0}")]
+    Network(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl From<candle_core::Error> for ExtractError {
+    fn from(e: candle_core::Error) -> Self {
+        ExtractError::Network(e.to_string())
+    }
+}
+
+/// The architectures vdna-db can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExtractorKind {
+    EfficientNetLite0,
+    RandResNet50,
+}
+
+impl ExtractorKind {
+    pub const ALL: [ExtractorKind; 2] = [
+        ExtractorKind::EfficientNetLite0,
+        ExtractorKind::RandResNet50,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ExtractorKind::EfficientNetLite0 => "efficientnet_lite0",
+            ExtractorKind::RandResNet50 => "rand_resnet50",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<ExtractorKind, ExtractError> {
+        ExtractorKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                ExtractError::Invalid(format!(
+                    "unknown extractor {s:?}: choose one of {}",
+                    ExtractorKind::ALL.map(|k| k.name()).join(", ")
+                ))
+            })
+    }
+
+    pub fn input_size(self) -> usize {
+        match self {
+            ExtractorKind::EfficientNetLite0 => efficientnet::INPUT_SIZE,
+            ExtractorKind::RandResNet50 => resnet::INPUT_SIZE,
+        }
+    }
+
+    pub fn mean_std(self) -> ([f64; 3], [f64; 3]) {
+        match self {
+            ExtractorKind::EfficientNetLite0 => (efficientnet::MEAN, efficientnet::STD),
+            ExtractorKind::RandResNet50 => (resnet::MEAN, resnet::STD),
+        }
+    }
+}
+
+enum Net {
+    Eff(efficientnet::EfficientNetLite0),
+    Res(resnet::ResNet50),
+}
+
+/// A loaded network with the digest of its weights.
+pub struct Extractor {
+    pub kind: ExtractorKind,
+    net: Net,
+    weights: Digest,
+    /// Where the weights came from, for messages.
+    pub origin: String,
+}
+
+/// The seed of the default `rand_resnet50` initialisation.
+pub const DEFAULT_SEED: u64 = 0;
+
+impl Extractor {
+    /// Loads `kind` from a weights file, or its default: the embedded ImageNet weights for
+    /// `efficientnet_lite0`, the seeded initialisation (seed `seed`) for `rand_resnet50`.
+    pub fn load(
+        kind: ExtractorKind,
+        weights: Option<&Path>,
+        seed: u64,
+    ) -> Result<Extractor, ExtractError> {
+        let mut p = match (weights, kind) {
+            (Some(path), _) => weights::Params::from_file(path)?,
+            (None, ExtractorKind::EfficientNetLite0) => weights::Params::from_safetensors_bytes(
+                efficientnet::EMBEDDED_WEIGHTS,
+                "embedded efficientnet_lite0",
+            )?,
+            (None, ExtractorKind::RandResNet50) => weights::Params::from_map(
+                resnet::seeded(seed),
+                &format!("rand_resnet50 seed {seed}"),
+            ),
+        };
+        let net = match kind {
+            ExtractorKind::EfficientNetLite0 => {
+                Net::Eff(efficientnet::EfficientNetLite0::load(&mut p)?)
+            }
+            ExtractorKind::RandResNet50 => Net::Res(resnet::ResNet50::load(&mut p)?),
+        };
+        let origin = match weights {
+            Some(w) => w.display().to_string(),
+            None => match kind {
+                ExtractorKind::EfficientNetLite0 => "embedded".into(),
+                ExtractorKind::RandResNet50 => format!("seeded init (seed {seed})"),
+            },
+        };
+        Ok(Extractor {
+            kind,
+            net,
+            weights: p.digest(),
+            origin,
+        })
+    }
+
+    pub fn layers(&self) -> &[LayerSpec] {
+        match &self.net {
+            Net::Eff(n) => n.layers(),
+            Net::Res(n) => n.layers(),
+        }
+    }
+
+    pub fn weights_digest(&self) -> Digest {
+        self.weights
+    }
+
+    /// Runs a normalised NHWC batch; returns the recorded layers, NHWC.
+    pub fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>, ExtractError> {
+        Ok(match &self.net {
+            Net::Eff(n) => n.forward(x)?,
+            Net::Res(n) => n.forward(x)?,
+        })
+    }
+
+    /// ImageNet logits, for extractors with a classifier (efficientnet_lite0).
+    pub fn classify(&self, x: &Tensor) -> Result<Option<Tensor>, ExtractError> {
+        match &self.net {
+            Net::Eff(n) => {
+                let layers = n.forward(x)?;
+                let head = layers
+                    .last()
+                    .ok_or_else(|| ExtractError::Network("no head".into()))?;
+                Ok(Some(n.classify(head)?))
+            }
+            Net::Res(_) => Ok(None),
+        }
+    }
+}
+
+/// What to extract and how.
+#[derive(Clone, Debug)]
+pub struct ExtractOptions {
+    pub dist: DistKind,
+    pub batch: usize,
+    pub crop: Crop,
+    /// Fail on the first unreadable image instead of skipping it.
+    pub strict: bool,
+}
+
+impl Default for ExtractOptions {
+    fn default() -> Self {
+        ExtractOptions {
+            dist: DistKind::Histogram { bins: 1000 },
+            batch: 16,
+            crop: Crop::None,
+            strict: false,
+        }
+    }
+}
+
+/// Where the time went, summed over batches (decode / resize is CPU time across workers).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Timings {
+    pub decode_s: f64,
+    pub resize_s: f64,
+    pub network_s: f64,
+    pub accumulate_s: f64,
+    pub wall_s: f64,
+}
+
+/// What an extraction did besides its DNA.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Report {
+    pub images: u64,
+    /// Unreadable images: `(name, reason)`.
+    pub skipped: Vec<(String, String)>,
+    /// NaN / infinite activations left out of the distributions.
+    pub nonfinite: u64,
+    pub timings: Timings,
+}
+
+/// Progress after each batch: images done, images in total.
+pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Sync);
+
+/// The space an extraction produces.
+pub fn space_for(
+    ext: &Extractor,
+    ranges: Option<&Ranges>,
+    dist: DistKind,
+    crop: Crop,
+) -> SpaceConfig {
+    let hist = matches!(dist, DistKind::Histogram { .. });
+    let (mean, std) = ext.kind.mean_std();
+    let size = ext.kind.input_size() as u32;
+    SpaceConfig {
+        schema: SPACE_SCHEMA.into(),
+        extractor: ExtractorSpec {
+            name: ext.kind.name().into(),
+            weights: Some(ext.weights_digest()),
+            ranges: if hist {
+                ranges.map(|r| r.digest())
+            } else {
+                None
+            },
+        },
+        layers: ext.layers().to_vec(),
+        dist,
+        hist_range: hist.then_some([-1.0, 1.0]),
+        range_scale: hist.then_some(ranges::RANGE_SCALE),
+        preprocessing: Some(Preprocessing {
+            resize: "clean".into(),
+            crop: crop.name().into(),
+            input_size: [size, size],
+            mean,
+            std,
+        }),
+    }
+}
+
+struct Batch {
+    /// `(n, size, size, 3)` normalised values.
+    pixels: Vec<f32>,
+    n: usize,
+    skipped: Vec<(String, String)>,
+    decode: Duration,
+    resize: Duration,
+}
+
+/// Reads, decodes and resizes `items` in parallel into one batch.
+fn load_batch(items: &[ImageItem], kind: ExtractorKind, crop: Crop) -> Batch {
+    let size = kind.input_size() as u32;
+    let (mean, std) = kind.mean_std();
+    let per = (size * size * 3) as usize;
+    let results: Vec<(Result<Vec<f32>, String>, Duration, Duration)> = items
+        .par_iter()
+        .map(|it| {
+            let t0 = Instant::now();
+            let img = it
+                .read()
+                .map_err(|e| e.to_string())
+                .and_then(|b| preprocess::decode_rgb(&b))
+                .map(|img| preprocess::crop(img, crop));
+            let t1 = Instant::now();
+            let out = img.and_then(|img| {
+                let planes = preprocess::clean_resize(&img, size)?;
+                let mut v = vec![0f32; per];
+                preprocess::normalise_hwc(&planes, mean, std, &mut v);
+                Ok(v)
+            });
+            (out, t1 - t0, t1.elapsed())
+        })
+        .collect();
+    let mut b = Batch {
+        pixels: Vec::with_capacity(per * items.len()),
+        n: 0,
+        skipped: Vec::new(),
+        decode: Duration::ZERO,
+        resize: Duration::ZERO,
+    };
+    for (it, (r, d, z)) in items.iter().zip(results) {
+        b.decode += d;
+        b.resize += z;
+        match r {
+            Ok(v) => {
+                b.pixels.extend_from_slice(&v);
+                b.n += 1;
+            }
+            Err(e) => b.skipped.push((it.name.clone(), e)),
+        }
+    }
+    b
+}
+
+/// Extracts the DNA of `items`.
+///
+/// `ranges` is required for histograms (the normalisation); ignored otherwise.
+pub fn extract(
+    ext: &Extractor,
+    ranges: Option<&Ranges>,
+    items: &[ImageItem],
+    opts: &ExtractOptions,
+    progress: Progress<'_>,
+) -> Result<(Dna, Report), ExtractError> {
+    let started = Instant::now();
+    if items.is_empty() {
+        return Err(ExtractError::Invalid(
+            "the image source holds no images".into(),
+        ));
+    }
+    if opts.batch == 0 {
+        return Err(ExtractError::Invalid(
+            "batch size must be at least 1".into(),
+        ));
+    }
+    let layers = ext.layers().to_vec();
+    let hist = matches!(opts.dist, DistKind::Histogram { .. });
+    let norms = if hist {
+        let r = ranges.ok_or_else(|| {
+            ExtractError::Invalid("histograms need activation ranges (--ranges FILE)".into())
+        })?;
+        Some(r.norms_for(&layers, ranges::RANGE_SCALE)?)
+    } else {
+        None
+    };
+    let pooled = matches!(opts.dist, DistKind::Gaussian | DistKind::LayerGaussian);
+    let mut accs: Vec<accum::LayerAcc> = layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            accum::LayerAcc::new(
+                opts.dist,
+                l.neurons as usize,
+                norms.as_ref().map(|n| n[i].clone()),
+            )
+        })
+        .collect();
+
+    let total = items.len() as u64;
+    let mut report = Report::default();
+    let size = ext.kind.input_size();
+    let (kind, crop, batch) = (ext.kind, opts.crop, opts.batch);
+    let (tx, rx) = mpsc::sync_channel::<Batch>(1);
+    let mut done = 0u64;
+    std::thread::scope(|s| -> Result<(), ExtractError> {
+        s.spawn(move || {
+            for chunk in items.chunks(batch) {
+                if tx.send(load_batch(chunk, kind, crop)).is_err() {
+                    break; // the consumer stopped on an error
+                }
+            }
+        });
+        for b in rx {
+            report.timings.decode_s += b.decode.as_secs_f64();
+            report.timings.resize_s += b.resize.as_secs_f64();
+            done += (b.n + b.skipped.len()) as u64;
+            if let (true, Some((name, msg))) = (opts.strict, b.skipped.first()) {
+                return Err(ExtractError::Image {
+                    name: name.clone(),
+                    msg: msg.clone(),
+                });
+            }
+            report.skipped.extend(b.skipped);
+            if b.n > 0 {
+                let t0 = Instant::now();
+                let x = Tensor::from_vec(b.pixels, (b.n, size, size, 3), &Device::Cpu)?;
+                let outs = ext.forward(&x)?;
+                let t1 = Instant::now();
+                report.timings.network_s += (t1 - t0).as_secs_f64();
+                for ((acc, out), l) in accs.iter_mut().zip(&outs).zip(&layers) {
+                    let c = l.neurons as usize;
+                    let bad = if pooled {
+                        let p = ops::global_avg_pool(out)?;
+                        let v = p.flatten_all()?.to_vec1::<f32>()?;
+                        acc.add(&v, c)
+                    } else {
+                        ops::with_values(out, |v| acc.add(v, c))?
+                    };
+                    report.nonfinite += bad;
+                }
+                report.timings.accumulate_s += t1.elapsed().as_secs_f64();
+                report.images += b.n as u64;
+            }
+            progress(done, total);
+        }
+        Ok(())
+    })?;
+    if report.images == 0 {
+        return Err(ExtractError::Invalid(format!(
+            "none of the {} images could be read (first: {})",
+            report.skipped.len(),
+            report
+                .skipped
+                .first()
+                .map(|(n, m)| format!("{n}: {m}"))
+                .unwrap_or_default()
+        )));
+    }
+    let mut out = Vec::with_capacity(accs.len());
+    for a in accs {
+        out.push(a.finish().map_err(ExtractError::Invalid)?);
+    }
+    let dna = Dna {
+        space: space_for(ext, ranges, opts.dist, opts.crop),
+        images: report.images,
+        layers: out,
+    };
+    report.timings.wall_s = started.elapsed().as_secs_f64();
+    Ok((dna, report))
+}

@@ -1,0 +1,674 @@
+//! The convolution path of the extractors: NHWC tensors on candle, with the few kernels
+//! candle's CPU backend lacks or runs slowly written here as candle custom ops.
+//!
+//! Layout choice: activations are `(N, H, W, C)` contiguous f32. A 1x1 convolution is then
+//! one matrix product `(N*H*W, Cin) x (Cin, Cout)` on candle's gemm with no copy; a k x k
+//! convolution is an NHWC im2col (each copied run is a whole channel vector) followed by
+//! the same product; batch-norm is folded into the weights at load time, and bias,
+//! activation and residual additions are fused in place into one pass over the output.
+//! Depthwise convolution and max-pooling are direct kernels vectorised across channels.
+//!
+//! Owns: the numeric kernels. Must not: know about models, files or DNAs.
+
+use candle_core::{
+    bail, CpuStorage, CustomOp1, DType, Device, InplaceOp1, InplaceOp2, Layout, Result, Shape,
+    Tensor,
+};
+use rayon::prelude::*;
+
+/// Activation applied after a convolution (fused with its bias).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Act {
+    None,
+    Relu,
+    Relu6,
+}
+
+impl Act {
+    #[inline(always)]
+    fn apply(self, x: f32) -> f32 {
+        match self {
+            Act::None => x,
+            Act::Relu => x.max(0.0),
+            Act::Relu6 => x.clamp(0.0, 6.0),
+        }
+    }
+}
+
+/// Explicit zero padding `(top, left, bottom, right)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pad {
+    pub top: usize,
+    pub left: usize,
+    pub bottom: usize,
+    pub right: usize,
+}
+
+impl Pad {
+    pub const ZERO: Pad = Pad::same(0);
+
+    /// The same padding on every side (PyTorch's `padding=p`).
+    pub const fn same(p: usize) -> Pad {
+        Pad {
+            top: p,
+            left: p,
+            bottom: p,
+            right: p,
+        }
+    }
+
+    /// TensorFlow's SAME padding for a square input of side `size`: the output has
+    /// `ceil(size / stride)` positions and any odd extra pixel goes to the bottom / right.
+    pub fn tf_same(size: usize, k: usize, stride: usize) -> Pad {
+        let out = size.div_ceil(stride);
+        let total = ((out - 1) * stride + k).saturating_sub(size);
+        Pad {
+            top: total / 2,
+            left: total / 2,
+            bottom: total - total / 2,
+            right: total - total / 2,
+        }
+    }
+
+    fn out_size(&self, h: usize, w: usize, k: usize, stride: usize) -> Result<(usize, usize)> {
+        let (ph, pw) = (h + self.top + self.bottom, w + self.left + self.right);
+        if ph < k || pw < k || stride == 0 {
+            bail!("input {h}x{w} too small for a {k}x{k} window")
+        }
+        Ok(((ph - k) / stride + 1, (pw - k) / stride + 1))
+    }
+}
+
+/// The contiguous f32 slice of a CPU storage, or an error naming the op.
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        bail!("{op}: expected f32 input")
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => bail!("{op}: input must be contiguous"),
+    }
+}
+
+fn f32_slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout, op: &str) -> Result<&'a mut [f32]> {
+    let CpuStorage::F32(v) = s else {
+        bail!("{op}: expected f32 input")
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&mut v[a..b]),
+        None => bail!("{op}: input must be contiguous"),
+    }
+}
+
+fn nhwc(l: &Layout, op: &str) -> Result<(usize, usize, usize, usize)> {
+    match l.shape().dims() {
+        &[n, h, w, c] => Ok((n, h, w, c)),
+        d => bail!("{op}: expected an NHWC tensor, got shape {d:?}"),
+    }
+}
+
+/// im2col for NHWC input: `(N, H, W, C)` to `(N*Ho*Wo, k*k*C)`, columns ordered
+/// `(ky, kx, c)`, zeros where the window leaves the padded input.
+struct Im2Col {
+    k: usize,
+    stride: usize,
+    pad: Pad,
+}
+
+impl CustomOp1 for Im2Col {
+    fn name(&self) -> &'static str {
+        "im2col-nhwc"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, self.name())?;
+        let (n, h, w, c) = nhwc(l, self.name())?;
+        let (k, st, pad) = (self.k, self.stride, self.pad);
+        let (ho, wo) = pad.out_size(h, w, k, st)?;
+        let cols = k * k * c;
+        let mut out = vec![0f32; n * ho * wo * cols];
+        // One task per output row of one image: wo * cols floats.
+        out.par_chunks_mut(wo * cols)
+            .enumerate()
+            .for_each(|(row, dst)| {
+                let (b, oy) = (row / ho, row % ho);
+                let img = &x[b * h * w * c..(b + 1) * h * w * c];
+                for ox in 0..wo {
+                    let d = &mut dst[ox * cols..(ox + 1) * cols];
+                    for ky in 0..k {
+                        let iy = (oy * st + ky) as isize - pad.top as isize;
+                        if iy < 0 || iy >= h as isize {
+                            continue; // stays zero
+                        }
+                        let src_row = &img[iy as usize * w * c..(iy as usize + 1) * w * c];
+                        for kx in 0..k {
+                            let ix = (ox * st + kx) as isize - pad.left as isize;
+                            if ix < 0 || ix >= w as isize {
+                                continue;
+                            }
+                            let o = (ky * k + kx) * c;
+                            d[o..o + c]
+                                .copy_from_slice(&src_row[ix as usize * c..(ix as usize + 1) * c]);
+                        }
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from((n * ho * wo, cols))))
+    }
+}
+
+/// Adds a per-channel bias and applies an activation, in place, over a `(rows, C)` tensor.
+struct BiasAct<'a> {
+    bias: &'a [f32],
+    act: Act,
+}
+
+impl InplaceOp1 for BiasAct<'_> {
+    fn name(&self) -> &'static str {
+        "bias-act"
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
+        let x = f32_slice_mut(s, l, "bias-act")?;
+        let c = self.bias.len();
+        if c == 0 || x.len() % c != 0 {
+            bail!(
+                "bias-act: {} values do not split into {c} channels",
+                x.len()
+            )
+        }
+        let (bias, act) = (self.bias, self.act);
+        x.par_chunks_mut(c * 64.max(4096 / c)).for_each(|chunk| {
+            for row in chunk.chunks_exact_mut(c) {
+                for (v, b) in row.iter_mut().zip(bias) {
+                    *v = act.apply(*v + b);
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+/// `x = act(x + y)` in place (residual connections).
+struct AddAct {
+    act: Act,
+}
+
+impl InplaceOp2 for AddAct {
+    fn name(&self) -> &'static str {
+        "add-act"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        let y = f32_slice(s2, l2, "add-act")?;
+        let x = f32_slice_mut(s1, l1, "add-act")?;
+        if x.len() != y.len() {
+            bail!("add-act: shapes differ ({} vs {} values)", x.len(), y.len())
+        }
+        let act = self.act;
+        x.par_chunks_mut(1 << 14)
+            .zip(y.par_chunks(1 << 14))
+            .for_each(|(a, b)| {
+                for (u, v) in a.iter_mut().zip(b) {
+                    *u = act.apply(*u + v);
+                }
+            });
+        Ok(())
+    }
+}
+
+/// Depthwise k x k convolution over NHWC with bias and activation fused.
+struct Depthwise<'a> {
+    k: usize,
+    stride: usize,
+    pad: Pad,
+    /// `(ky, kx, c)` order.
+    weight: &'a [f32],
+    bias: &'a [f32],
+    act: Act,
+}
+
+impl CustomOp1 for Depthwise<'_> {
+    fn name(&self) -> &'static str {
+        "depthwise-nhwc"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, self.name())?;
+        let (n, h, w, c) = nhwc(l, self.name())?;
+        let (k, st, pad) = (self.k, self.stride, self.pad);
+        if self.weight.len() != k * k * c || self.bias.len() != c {
+            bail!("depthwise: weights do not match {c} channels")
+        }
+        let (ho, wo) = pad.out_size(h, w, k, st)?;
+        let mut out = vec![0f32; n * ho * wo * c];
+        out.par_chunks_mut(wo * c)
+            .enumerate()
+            .for_each(|(row, dst)| {
+                let (b, oy) = (row / ho, row % ho);
+                let img = &x[b * h * w * c..(b + 1) * h * w * c];
+                for ox in 0..wo {
+                    let d = &mut dst[ox * c..(ox + 1) * c];
+                    d.copy_from_slice(self.bias);
+                    for ky in 0..k {
+                        let iy = (oy * st + ky) as isize - pad.top as isize;
+                        if iy < 0 || iy >= h as isize {
+                            continue;
+                        }
+                        for kx in 0..k {
+                            let ix = (ox * st + kx) as isize - pad.left as isize;
+                            if ix < 0 || ix >= w as isize {
+                                continue;
+                            }
+                            let src = &img[(iy as usize * w + ix as usize) * c..][..c];
+                            let wt = &self.weight[(ky * k + kx) * c..][..c];
+                            for ((o, a), b) in d.iter_mut().zip(src).zip(wt) {
+                                *o += a * b;
+                            }
+                        }
+                    }
+                    for o in d.iter_mut() {
+                        *o = self.act.apply(*o);
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from((n, ho, wo, c))))
+    }
+}
+
+/// k x k max-pooling over NHWC; padded positions never win (PyTorch semantics).
+struct MaxPool {
+    k: usize,
+    stride: usize,
+    pad: usize,
+}
+
+impl CustomOp1 for MaxPool {
+    fn name(&self) -> &'static str {
+        "maxpool-nhwc"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, self.name())?;
+        let (n, h, w, c) = nhwc(l, self.name())?;
+        let (k, st, p) = (self.k, self.stride, self.pad);
+        let (ho, wo) = Pad::same(p).out_size(h, w, k, st)?;
+        let mut out = vec![f32::NEG_INFINITY; n * ho * wo * c];
+        out.par_chunks_mut(wo * c)
+            .enumerate()
+            .for_each(|(row, dst)| {
+                let (b, oy) = (row / ho, row % ho);
+                let img = &x[b * h * w * c..(b + 1) * h * w * c];
+                for ox in 0..wo {
+                    let d = &mut dst[ox * c..(ox + 1) * c];
+                    for ky in 0..k {
+                        let iy = (oy * st + ky) as isize - p as isize;
+                        if iy < 0 || iy >= h as isize {
+                            continue;
+                        }
+                        for kx in 0..k {
+                            let ix = (ox * st + kx) as isize - p as isize;
+                            if ix < 0 || ix >= w as isize {
+                                continue;
+                            }
+                            let src = &img[(iy as usize * w + ix as usize) * c..][..c];
+                            for (o, a) in d.iter_mut().zip(src) {
+                                // NaN propagates as in PyTorch.
+                                if *a > *o || a.is_nan() {
+                                    *o = *a;
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from((n, ho, wo, c))))
+    }
+}
+
+/// A convolution with batch-norm folded in: `weight` is `(k*k*Cin, Cout)` for the gemm,
+/// rows ordered `(ky, kx, cin)` like the im2col columns.
+pub struct Conv {
+    pub k: usize,
+    pub stride: usize,
+    pub cin: usize,
+    pub cout: usize,
+    pub weight: Tensor,
+    pub bias: Vec<f32>,
+}
+
+impl Conv {
+    /// Folds an inference-mode batch-norm into a bias-free convolution, in f64:
+    /// `w' = w * g / sqrt(v + eps)`, `b' = beta - m * g / sqrt(v + eps)`.
+    /// `w` is PyTorch's `(Cout, Cin, k, k)` layout.
+    pub fn fold(w: &[f32], dims: [usize; 4], bn: &BatchNorm, stride: usize) -> Result<Conv> {
+        let [cout, cin, kh, kw] = dims;
+        if kh != kw || w.len() != cout * cin * kh * kw || bn.len() != cout {
+            bail!(
+                "conv {dims:?} does not match its batch-norm of {} channels",
+                bn.len()
+            )
+        }
+        let k = kh;
+        let (scale, bias) = bn.scale_shift();
+        let mut g = vec![0f32; k * k * cin * cout];
+        for o in 0..cout {
+            for i in 0..cin {
+                for ky in 0..k {
+                    for kx in 0..k {
+                        let v = w[((o * cin + i) * k + ky) * k + kx] as f64 * scale[o];
+                        g[((ky * k + kx) * cin + i) * cout + o] = v as f32;
+                    }
+                }
+            }
+        }
+        Ok(Conv {
+            k,
+            stride,
+            cin,
+            cout,
+            weight: Tensor::from_vec(g, (k * k * cin, cout), &Device::Cpu)?,
+            bias: bias.iter().map(|&b| b as f32).collect(),
+        })
+    }
+
+    /// Runs the convolution on an NHWC tensor and applies `act`.
+    pub fn forward(&self, x: &Tensor, pad: Pad, act: Act) -> Result<Tensor> {
+        let (n, h, w, c) = x.dims4()?;
+        if c != self.cin {
+            bail!("conv expects {} input channels, got {c}", self.cin)
+        }
+        let (ho, wo) = pad.out_size(h, w, self.k, self.stride)?;
+        let cols = if self.k == 1 && self.stride == 1 && pad == Pad::ZERO {
+            x.reshape((n * h * w, c))?
+        } else {
+            x.apply_op1_no_bwd(&Im2Col {
+                k: self.k,
+                stride: self.stride,
+                pad,
+            })?
+        };
+        let y = cols.matmul(&self.weight)?;
+        y.inplace_op1(&BiasAct {
+            bias: &self.bias,
+            act,
+        })?;
+        y.reshape((n, ho, wo, self.cout))
+    }
+}
+
+/// A depthwise convolution with batch-norm folded in.
+pub struct DepthwiseConv {
+    pub k: usize,
+    pub stride: usize,
+    pub channels: usize,
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl DepthwiseConv {
+    /// `w` is PyTorch's `(C, 1, k, k)` layout.
+    pub fn fold(w: &[f32], dims: [usize; 4], bn: &BatchNorm, stride: usize) -> Result<Self> {
+        let [c, one, kh, kw] = dims;
+        if one != 1 || kh != kw || w.len() != c * kh * kw || bn.len() != c {
+            bail!("depthwise conv {dims:?} does not match its batch-norm")
+        }
+        let k = kh;
+        let (scale, bias) = bn.scale_shift();
+        let mut g = vec![0f32; k * k * c];
+        for ch in 0..c {
+            for t in 0..k * k {
+                g[t * c + ch] = (w[ch * k * k + t] as f64 * scale[ch]) as f32;
+            }
+        }
+        Ok(DepthwiseConv {
+            k,
+            stride,
+            channels: c,
+            weight: g,
+            bias: bias.iter().map(|&b| b as f32).collect(),
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, pad: Pad, act: Act) -> Result<Tensor> {
+        x.apply_op1_no_bwd(&Depthwise {
+            k: self.k,
+            stride: self.stride,
+            pad,
+            weight: &self.weight,
+            bias: &self.bias,
+            act,
+        })
+    }
+}
+
+/// Inference-mode batch-norm parameters.
+pub struct BatchNorm {
+    pub gamma: Vec<f32>,
+    pub beta: Vec<f32>,
+    pub mean: Vec<f32>,
+    pub var: Vec<f32>,
+    pub eps: f64,
+}
+
+impl BatchNorm {
+    pub fn len(&self) -> usize {
+        self.gamma.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.gamma.is_empty()
+    }
+
+    /// `(scale, shift)` per channel, in f64.
+    fn scale_shift(&self) -> (Vec<f64>, Vec<f64>) {
+        let scale: Vec<f64> = (0..self.len())
+            .map(|i| self.gamma[i] as f64 / (self.var[i] as f64 + self.eps).sqrt())
+            .collect();
+        let shift = (0..self.len())
+            .map(|i| self.beta[i] as f64 - self.mean[i] as f64 * scale[i])
+            .collect();
+        (scale, shift)
+    }
+}
+
+/// `x = act(x + y)` in place; both NHWC of one shape.
+pub fn add_act(x: &Tensor, y: &Tensor, act: Act) -> Result<()> {
+    if x.dims() != y.dims() {
+        bail!("residual shapes differ: {:?} vs {:?}", x.dims(), y.dims())
+    }
+    x.inplace_op2(y, &AddAct { act })
+}
+
+/// k x k max-pooling with stride and symmetric padding.
+pub fn max_pool(x: &Tensor, k: usize, stride: usize, pad: usize) -> Result<Tensor> {
+    x.apply_op1_no_bwd(&MaxPool { k, stride, pad })
+}
+
+/// Mean over the spatial positions: `(N, H, W, C)` to `(N, C)`.
+pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
+    let (n, h, w, c) = x.dims4()?;
+    x.reshape((n, h * w, c))?.to_dtype(DType::F32)?.mean(1)
+}
+
+/// Borrows a contiguous f32 CPU tensor's values and hands them to `f`.
+pub fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(s) => Ok(f(f32_slice(s, layout, "read")?)),
+        _ => bail!("activations must be on the CPU to be accumulated"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Direct NCHW convolution with f64 sums: the independent oracle for im2col + gemm.
+    fn conv_direct(
+        x: &[f32],
+        (n, h, w, c): (usize, usize, usize, usize),
+        wt: &[f32],
+        cout: usize,
+        k: usize,
+        st: usize,
+        pad: Pad,
+    ) -> Vec<f64> {
+        let (ho, wo) = pad.out_size(h, w, k, st).unwrap();
+        let mut out = vec![0f64; n * ho * wo * cout];
+        for b in 0..n {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    for o in 0..cout {
+                        let mut s = 0f64;
+                        for i in 0..c {
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    let iy = (oy * st + ky) as isize - pad.top as isize;
+                                    let ix = (ox * st + kx) as isize - pad.left as isize;
+                                    if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                        continue;
+                                    }
+                                    let xv = x[((b * h + iy as usize) * w + ix as usize) * c + i];
+                                    s += xv as f64 * wt[((o * c + i) * k + ky) * k + kx] as f64;
+                                }
+                            }
+                        }
+                        out[((b * ho + oy) * wo + ox) * cout + o] = s;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn seq(n: usize, seed: u64) -> Vec<f32> {
+        let mut r = crate::synth::Rng::new(seed);
+        (0..n).map(|_| (r.f64() * 2.0 - 1.0) as f32).collect()
+    }
+
+    fn identity_bn(c: usize) -> BatchNorm {
+        BatchNorm {
+            gamma: vec![1.0; c],
+            beta: vec![0.0; c],
+            mean: vec![0.0; c],
+            var: vec![1.0; c],
+            eps: 0.0,
+        }
+    }
+
+    #[test]
+    fn conv_matches_direct_computation_for_odd_shapes_strides_and_pads() {
+        for &(k, st, pad, h, w) in &[
+            (3, 1, Pad::same(1), 7, 5),
+            (3, 2, Pad::tf_same(8, 3, 2), 8, 8),
+            (5, 2, Pad::tf_same(9, 5, 2), 9, 9),
+            (7, 2, Pad::same(3), 11, 10),
+            (1, 2, Pad::ZERO, 6, 6),
+            (1, 1, Pad::ZERO, 3, 4),
+        ] {
+            let (n, c, cout) = (2, 3, 4);
+            let x = seq(n * h * w * c, 1);
+            let wt = seq(cout * c * k * k, 2);
+            let conv = Conv::fold(&wt, [cout, c, k, k], &identity_bn(cout), st).unwrap();
+            let xt = Tensor::from_vec(x.clone(), (n, h, w, c), &Device::Cpu).unwrap();
+            let y = conv.forward(&xt, pad, Act::None).unwrap();
+            let got = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let want = conv_direct(&x, (n, h, w, c), &wt, cout, k, st, pad);
+            assert_eq!(got.len(), want.len(), "k={k} st={st}");
+            for (g, w) in got.iter().zip(&want) {
+                assert!((*g as f64 - w).abs() < 1e-5, "k={k} st={st}: {g} vs {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn batch_norm_folding_matches_normalising_after_the_conv() {
+        let (n, h, w, c, cout, k) = (1, 5, 5, 2, 3, 3);
+        let x = seq(n * h * w * c, 3);
+        let wt = seq(cout * c * k * k, 4);
+        let bn = BatchNorm {
+            gamma: vec![0.5, 2.0, -1.0],
+            beta: vec![0.1, -0.2, 0.3],
+            mean: vec![0.05, 0.5, -0.25],
+            var: vec![0.9, 1.5, 0.01],
+            eps: 1e-3,
+        };
+        let conv = Conv::fold(&wt, [cout, c, k, k], &bn, 1).unwrap();
+        let xt = Tensor::from_vec(x.clone(), (n, h, w, c), &Device::Cpu).unwrap();
+        let got = conv.forward(&xt, Pad::same(1), Act::Relu6).unwrap();
+        let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let raw = conv_direct(&x, (n, h, w, c), &wt, cout, k, 1, Pad::same(1));
+        for (i, r) in raw.iter().enumerate() {
+            let o = i % cout;
+            let bnv = (r - bn.mean[o] as f64) / (bn.var[o] as f64 + bn.eps).sqrt()
+                * bn.gamma[o] as f64
+                + bn.beta[o] as f64;
+            let want = bnv.clamp(0.0, 6.0);
+            assert!((got[i] as f64 - want).abs() < 1e-5, "{} vs {want}", got[i]);
+        }
+    }
+
+    #[test]
+    fn depthwise_matches_a_grouped_direct_convolution() {
+        let (n, h, w, c, k) = (2, 9, 9, 5, 5);
+        let x = seq(n * h * w * c, 5);
+        let wt = seq(c * k * k, 6);
+        for st in [1, 2] {
+            let pad = Pad::tf_same(h, k, st);
+            let dw = DepthwiseConv::fold(&wt, [c, 1, k, k], &identity_bn(c), st).unwrap();
+            let xt = Tensor::from_vec(x.clone(), (n, h, w, c), &Device::Cpu).unwrap();
+            let got = dw.forward(&xt, pad, Act::None).unwrap();
+            let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            // Each channel alone is a 1-in, 1-out convolution.
+            for ch in 0..c {
+                let xc: Vec<f32> = x.iter().skip(ch).step_by(c).copied().collect();
+                let wc = &wt[ch * k * k..(ch + 1) * k * k];
+                let want = conv_direct(&xc, (n, h, w, 1), wc, 1, k, st, pad);
+                for (i, wv) in want.iter().enumerate() {
+                    assert!((got[i * c + ch] as f64 - wv).abs() < 1e-5);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn max_pool_ignores_padding_even_when_everything_is_negative() {
+        let x: Vec<f32> = (0..16).map(|i| -(i as f32) - 1.0).collect();
+        let xt = Tensor::from_vec(x, (1, 4, 4, 1), &Device::Cpu).unwrap();
+        let y = max_pool(&xt, 3, 2, 1).unwrap();
+        assert_eq!(y.dims(), &[1, 2, 2, 1]);
+        // Windows: rows/cols {0,1} -> -1; {0,1}x{1,2,3} -> -2; {1,2,3}x{0,1} -> -5; -> -6.
+        let got = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(got, vec![-1.0, -2.0, -5.0, -6.0]);
+    }
+
+    #[test]
+    fn tf_same_padding_puts_the_extra_pixel_bottom_right() {
+        assert_eq!(
+            Pad::tf_same(224, 3, 2),
+            Pad {
+                top: 0,
+                left: 0,
+                bottom: 1,
+                right: 1
+            }
+        );
+        assert_eq!(
+            Pad::tf_same(56, 5, 2),
+            Pad {
+                top: 1,
+                left: 1,
+                bottom: 2,
+                right: 2
+            }
+        );
+        assert_eq!(Pad::tf_same(14, 5, 1), Pad::same(2));
+    }
+}
