@@ -82,6 +82,27 @@ pub struct ExtractFlags {
     pub strict: bool,
 }
 
+impl Default for ExtractFlags {
+    /// The same defaults as the command line's.
+    fn default() -> Self {
+        ExtractFlags {
+            extractor: "efficientnet_lite0".into(),
+            weights: None,
+            init_seed: extract::DEFAULT_SEED,
+            ranges: None,
+            dist: "histogram-1000".into(),
+            batch: 16,
+            threads: None,
+            crop: "none".into(),
+            max_images: None,
+            shuffle: false,
+            seed: 0,
+            shard: None,
+            strict: false,
+        }
+    }
+}
+
 fn parse_shard_arg(s: &str) -> std::result::Result<(usize, usize), String> {
     extract::parse_shard(s)
 }

@@ -119,6 +119,15 @@ pub enum Command {
     Demo(DemoArgs),
     /// Turn an image source into a DNA file (.vdna bundle or reference pair)
     Extract(extract::ExtractArgs),
+    /// Merge DNAs of one space (e.g. the shards of an extraction) into one
+    #[command(
+        after_help = "Histograms add, Gaussians combine exactly from image counts, ranges take min / max.
+
+Examples:
+  vdna-db merge part0.vdna part1.vdna part2.vdna part3.vdna -o whole.vdna
+  vdna-db merge photos:v1 new-photos.vdna --name photos:v2"
+    )]
+    Merge(MergeArgs),
     /// Compute per-neuron activation ranges over calibration images (reference JSON layout)
     Ranges(extract::RangesArgs),
     /// Write an extractor's default weights as safetensors
@@ -139,6 +148,19 @@ pub struct PushArgs {
     pub meta: Vec<String>,
     #[command(flatten)]
     pub extract: extract::ExtractFlags,
+}
+
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// DNAs to merge: stored name:tag or digests, .vdna bundles or reference pairs
+    #[arg(required = true, num_args = 2..)]
+    pub inputs: Vec<String>,
+    /// Write the merged DNA to this .vdna bundle
+    #[arg(long, short, required_unless_present = "name")]
+    pub output: Option<PathBuf>,
+    /// Store the merged DNA under this name[:tag]
+    #[arg(long, short)]
+    pub name: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -238,6 +260,10 @@ pub enum MaskCommand {
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
+    /// Images generated per scene dataset (sky, forest, city, night, beach) and extracted
+    /// with the embedded efficientnet_lite0; 0 skips extraction
+    #[arg(long, default_value_t = 48)]
+    pub images: u64,
     /// Folder of reference .json/.npz pairs to import first
     #[arg(long, default_value = "fixtures/reference")]
     pub fixtures: PathBuf,
@@ -505,6 +531,7 @@ fn run(cli: Cli, out: &mut Out) -> Result<i32> {
         }
         Command::Demo(a) => return demo(&cli.home, out, a),
         Command::Extract(a) => extract::run_extract(out, a)?,
+        Command::Merge(a) => merge(&cli.home, out, a)?,
         Command::Ranges(a) => extract::run_ranges(out, a)?,
         Command::Weights(a) => extract::run_weights(out, a)?,
     }
@@ -645,6 +672,67 @@ fn push(home: &Option<PathBuf>, out: &mut Out, a: PushArgs, require_name: bool) 
         human_bytes(report.raw_bytes),
         report.new_objects
     ))?;
+    Ok(())
+}
+
+fn merge(home: &Option<PathBuf>, out: &mut Out, a: MergeArgs) -> Result<()> {
+    let name = a.name.as_deref().map(RefName::parse).transpose()?;
+    // Stored inputs need the store; files alone do not.
+    let needs_store = name.is_some()
+        || a.inputs.iter().any(|i| {
+            let p = Path::new(i);
+            !(p.is_file() || crate::reference::looks_like_pair(p))
+        });
+    let db = if needs_store {
+        Some(open_db(home)?)
+    } else {
+        None
+    };
+    let mut merged: Option<crate::dna::Dna> = None;
+    for spec in &a.inputs {
+        let p = Path::new(spec);
+        let dna = if p.is_file() || crate::reference::looks_like_pair(p) {
+            db::read_dna_file(p)
+                .with_context(|| format!("reading DNA file {spec}"))?
+                .0
+        } else {
+            let db = db.as_ref().context("a store is needed for stored inputs")?;
+            let (digest, _) = db.resolve(spec)?;
+            db.open_dna(&digest)?.load()?
+        };
+        merged = Some(match merged {
+            None => dna,
+            Some(m) => m.merge(&dna).with_context(|| format!("merging {spec}"))?,
+        });
+    }
+    let dna = merged.context("nothing to merge")?;
+    let mut ann = BTreeMap::new();
+    ann.insert("merged_from".to_string(), a.inputs.join(" "));
+    if let Some(o) = &a.output {
+        let bytes = db::bundle_of(&dna, &ann, 3);
+        crate::store::write_file_atomic(o, &bytes)
+            .with_context(|| format!("writing {}", o.display()))?;
+        out.line(&format!("wrote {} ({} images)", o.display(), dna.images))?;
+    }
+    let stored = match (&name, &db) {
+        (Some(n), Some(db)) => {
+            let r = db.push(&dna, Some(n), ann)?;
+            crate::query::index_pushed(db, &r.digest)?;
+            out.line(&format!(
+                "stored {} as {n} ({} images)",
+                r.digest.short(),
+                dna.images
+            ))?;
+            Some(r.digest)
+        }
+        _ => None,
+    };
+    out.json(&serde_json::json!({
+        "digest": dna.digest(),
+        "images": dna.images,
+        "written": a.output,
+        "stored": stored,
+    }))?;
     Ok(())
 }
 
@@ -833,8 +921,80 @@ fn query(home: &Option<PathBuf>, out: &mut Out, a: QueryArgs) -> Result<i32> {
     Ok(0)
 }
 
+/// The demo's first part: generated scene datasets extracted into DNAs, pushed, and a
+/// new sample of one scene queried against them.
+fn demo_scenes(db: &Db, out: &mut Out, per_family: u64) -> Result<()> {
+    use crate::extract::scenes;
+    let dir = std::env::temp_dir().join(format!("vdna-db-demo-{}", std::process::id()));
+    let _cleanup = RemoveOnDrop(dir.clone());
+    let flags = extract::ExtractFlags::default();
+    let t0 = std::time::Instant::now();
+    let mut images = 0;
+    out.line(&format!(
+        "generating {} scene datasets of {per_family} images and extracting them with {} ({})",
+        scenes::FAMILIES.len(),
+        flags.extractor,
+        flags.dist
+    ))?;
+    for family in scenes::FAMILIES {
+        let d = dir.join(family);
+        scenes::write_family(&d, family, 2023, per_family, 256, 192)
+            .with_context(|| format!("writing demo images to {}", d.display()))?;
+        let (dna, rep) = extract::extract_source(out, &d, &flags)?;
+        images += rep.images;
+        let name = RefName::parse(&format!("scenes/{family}:v1"))?;
+        let mut ann = BTreeMap::new();
+        ann.insert("scene".to_string(), family.to_string());
+        ann.insert("generator".to_string(), "procedural".to_string());
+        let r = db.push(&dna, Some(&name), ann)?;
+        crate::query::index_pushed(db, &r.digest)?;
+        out.line(&format!(
+            "  pushed {name:<22} {} ({} images, {:.0} images/s)",
+            r.digest.short(),
+            rep.images,
+            rep.images as f64 / rep.timings.wall_s.max(1e-9)
+        ))?;
+    }
+    // A fresh sample of skies, never stored: which stored dataset looks like it?
+    let q = dir.join("new-skies");
+    scenes::write_family(&q, "sky", 7, (per_family / 2).max(1), 256, 192)?;
+    let (qdna, rep) = extract::extract_source(out, &q, &flags)?;
+    images += rep.images;
+    out.line(&format!(
+        "extracted {images} images in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    ))?;
+    let qdna = AnyDna::Owned(qdna);
+    for mask in ["all", "blocks_1*", "head"] {
+        let req = crate::query::QueryRequest {
+            mask: mask.into(),
+            k: 3,
+            ..Default::default()
+        };
+        let res = crate::query::query(db, &qdna, &req)?;
+        out.line(&format!(
+            "\n$ vdna-db query new-skies/ --top 3 --mask '{mask}'"
+        ))?;
+        print_hits(out, &res.results)?;
+    }
+    Ok(())
+}
+
+/// Removes a scratch directory when dropped.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn demo(home: &Option<PathBuf>, out: &mut Out, a: DemoArgs) -> Result<i32> {
     let db = open_db(home)?;
+    if a.images > 0 {
+        demo_scenes(&db, out, a.images)?;
+        out.line("")?;
+    }
     let t0 = std::time::Instant::now();
     let mut imported = Vec::new();
     if a.fixtures.is_dir() {

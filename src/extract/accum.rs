@@ -118,17 +118,23 @@ impl LayerAcc {
                         let gc = cnt.len() / b;
                         let mut bad = 0u64;
                         let bf = b as f64;
+                        let (mid, half) = (&norm.mid[c0..c0 + gc], &norm.half[c0..c0 + gc]);
+                        // Bin indices of a row first (a loop the compiler vectorises),
+                        // then the increments; u32::MAX marks a non-finite value.
+                        let mut idx = vec![0u32; gc];
                         for r in 0..rows {
                             let row = &x[r * c + c0..r * c + c0 + gc];
                             for (j, &v) in row.iter().enumerate() {
-                                if !v.is_finite() {
+                                let xn = ((v as f64 - mid[j]) / half[j]).clamp(-1.0, 1.0);
+                                let k = (((xn + 1.0) * bf / 2.0) as u32).min(b as u32 - 1);
+                                idx[j] = if v.is_finite() { k } else { u32::MAX };
+                            }
+                            for (j, &k) in idx.iter().enumerate() {
+                                if k == u32::MAX {
                                     bad += 1;
-                                    continue;
+                                } else {
+                                    cnt[j * b + k as usize] += 1;
                                 }
-                                let xn = ((v as f64 - norm.mid[c0 + j]) / norm.half[c0 + j])
-                                    .clamp(-1.0, 1.0);
-                                let k = (((xn + 1.0) * bf / 2.0) as usize).min(b - 1);
-                                cnt[j * b + k] += 1;
                             }
                         }
                         bad

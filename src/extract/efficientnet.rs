@@ -10,7 +10,7 @@
 
 use candle_core::{Result, Tensor};
 
-use super::ops::{add_act, global_avg_pool, Act, BatchNorm, Conv, DepthwiseConv, Pad};
+use super::ops::{global_avg_pool, Act, BatchNorm, Conv, DepthwiseConv, Pad};
 use super::weights::Params;
 use super::ExtractError;
 use crate::format::LayerSpec;
@@ -180,10 +180,9 @@ impl EfficientNetLite0 {
                 Pad::tf_same(side, b.depthwise.k, b.depthwise.stride),
                 Act::Relu6,
             )?;
-            h = b.project.forward(&h, Pad::ZERO, Act::None)?;
-            if b.skip {
-                add_act(&h, &inp, Act::None)?;
-            }
+            h = b
+                .project
+                .forward_residual(&h, Pad::ZERO, b.skip.then_some(&inp), Act::None)?;
             out.push(h.clone());
             x = h;
         }

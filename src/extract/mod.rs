@@ -21,6 +21,7 @@ pub mod ops;
 pub mod preprocess;
 pub mod ranges;
 pub mod resnet;
+pub mod scenes;
 pub mod source;
 pub mod weights;
 
@@ -346,6 +347,7 @@ pub fn extract(
     progress: Progress<'_>,
 ) -> Result<(Dna, Report), ExtractError> {
     let started = Instant::now();
+    ops::tune_allocator();
     if items.is_empty() {
         return Err(ExtractError::Invalid(
             "the image source holds no images".into(),

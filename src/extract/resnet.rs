@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use candle_core::{Result, Tensor};
 
-use super::ops::{add_act, max_pool, Act, BatchNorm, Conv, Pad};
+use super::ops::{max_pool, Act, BatchNorm, Conv, Pad};
 use super::weights::{kaiming_normal_fan_out, tensor, Params};
 use super::ExtractError;
 use crate::format::LayerSpec;
@@ -184,12 +184,13 @@ impl ResNet50 {
         for b in &self.blocks {
             let h = b.conv1.forward(&x, Pad::ZERO, Act::Relu)?;
             let h = b.conv2.forward(&h, Pad::same(1), Act::Relu)?;
-            let h = b.conv3.forward(&h, Pad::ZERO, Act::None)?;
             let identity = match &b.downsample {
                 Some(d) => d.forward(&x, Pad::ZERO, Act::None)?,
                 None => x,
             };
-            add_act(&h, &identity, Act::Relu)?;
+            let h = b
+                .conv3
+                .forward_residual(&h, Pad::ZERO, Some(&identity), Act::Relu)?;
             out.push(h.clone());
             x = h;
         }

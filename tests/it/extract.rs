@@ -502,3 +502,79 @@ fn push_and_query_take_an_image_source() {
     assert_eq!(o.status.code(), Some(1));
     assert!(util::stderr(&o).contains("space"), "{}", util::stderr(&o));
 }
+
+#[test]
+fn cli_shards_merge_into_the_dna_of_the_whole_source() {
+    let dir = util::tmp();
+    let home = dir.path().join("home");
+    let src = images();
+    let s = src.to_str().unwrap();
+    let part = |i: usize| {
+        let out = dir.path().join(format!("p{i}.vdna"));
+        let shard = format!("{i}/3");
+        util::ok(
+            &home,
+            &[
+                "extract",
+                s,
+                "-o",
+                out.to_str().unwrap(),
+                "--dist",
+                "histogram-30",
+                "--shard",
+                &shard,
+            ],
+        );
+        out.to_str().unwrap().to_string()
+    };
+    let parts: Vec<String> = (0..3).map(part).collect();
+    let whole = dir.path().join("whole.vdna");
+    let w = util::json(
+        &home,
+        &[
+            "extract",
+            s,
+            "-o",
+            whole.to_str().unwrap(),
+            "--dist",
+            "histogram-30",
+        ],
+    );
+    let merged = dir.path().join("merged.vdna");
+    let mut args = vec!["merge"];
+    args.extend(parts.iter().map(String::as_str));
+    args.extend(["-o", merged.to_str().unwrap()]);
+    let m = util::json(&home, &args);
+    assert_eq!(m["digest"], w["digest"]);
+    assert_eq!(m["images"], 4);
+}
+
+#[test]
+fn demo_extracts_scene_datasets_and_finds_the_sky_for_new_skies() {
+    let dir = util::tmp();
+    let home = dir.path().join("home");
+    // Small scene sets keep the test quick; the README's demo uses 48 images each.
+    let o = util::ok(
+        &home,
+        &[
+            "demo",
+            "--images",
+            "6",
+            "--fixtures",
+            "none",
+            "--families",
+            "1",
+            "--members",
+            "1",
+        ],
+    );
+    let first_hit = o
+        .lines()
+        .skip_while(|l| !l.starts_with("$ vdna-db query new-skies/ --top 3 --mask 'all'"))
+        .nth(2)
+        .unwrap_or_default()
+        .to_string();
+    assert!(first_hit.starts_with("1     scenes/sky:v1"), "{o}");
+    let ls = util::json(&home, &["ls", "scenes/*"]);
+    assert_eq!(ls.as_array().unwrap().len(), 5);
+}

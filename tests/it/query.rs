@@ -193,6 +193,8 @@ fn cli_query_json_filters_and_errors() {
         home,
         &[
             "demo",
+            "--images",
+            "0",
             "--fixtures",
             root().join("fixtures/reference").to_str().unwrap(),
             "--families",
@@ -344,6 +346,8 @@ fn cli_reindex_builds_graphs_and_query_approx_uses_them() {
         home,
         &[
             "demo",
+            "--images",
+            "0",
             "--fixtures",
             "none",
             "--families",

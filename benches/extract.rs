@@ -1,0 +1,217 @@
+//! Extraction throughput, with its competitors measured in the same run.
+//!
+//! `cargo bench --bench extract` prints, for each extractor at batch 16 on CPU:
+//! - the whole pipeline (read, decode, resize, network, histogram-1000) in images/s on
+//!   generated 640x480 JPEGs, and the share of time in each stage;
+//! - the network alone in images/s, beside candle's stock NCHW `conv2d` running the same
+//!   ResNet-50 (the outputs are compared too, so both run the same network);
+//! - with `VDNA_DB_TORCH_PYTHON=/path/to/python` (a Python with torch and numpy), PyTorch
+//!   on the same weights through tools/bench_torch.py, and the ratio.
+//!
+//! `VDNA_DB_BENCH_IMAGES` sets the number of images (default 64).
+
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use vdna_db::extract::{self, ExtractOptions, Extractor, ExtractorKind, Ranges};
+use vdna_db::format::DistKind;
+
+const BATCH: usize = 16;
+
+fn write_images(dir: &Path, n: usize) {
+    let mut r = vdna_db::synth::Rng::new(5);
+    for i in 0..n {
+        let (fx, fy, ph) = (r.f64() * 0.1, r.f64() * 0.1, r.f64() * 6.0);
+        let img = image::RgbImage::from_fn(640, 480, |x, y| {
+            let v = ((x as f64 * fx + y as f64 * fy + ph).sin() * 100.0 + 128.0) as u8;
+            image::Rgb([v, (x / 3) as u8, ((y as usize * (i + 1)) % 256) as u8])
+        });
+        img.save(dir.join(format!("{i:04}.jpg")))
+            .expect("writing a bench image");
+    }
+}
+
+fn best_secs(n: usize, mut f: impl FnMut()) -> f64 {
+    (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// ResNet-50 on candle's stock NCHW ops (conv2d, broadcast batch-norm, relu, max-pool):
+/// the path our NHWC kernels replace. Returns the last block's output, NCHW.
+fn stock_resnet(
+    w: &std::collections::HashMap<String, Tensor>,
+    x: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let bn = |x: &Tensor, name: &str| -> candle_core::Result<Tensor> {
+        let g = &w[&format!("{name}.weight")];
+        let b = &w[&format!("{name}.bias")];
+        let m = &w[&format!("{name}.running_mean")];
+        let v = &w[&format!("{name}.running_var")];
+        let scale = (g / (v + 1e-5)?.sqrt()?)?;
+        let shift = (b - (m * &scale)?)?;
+        let c = scale.dim(0)?;
+        x.broadcast_mul(&scale.reshape((1, c, 1, 1))?)?
+            .broadcast_add(&shift.reshape((1, c, 1, 1))?)
+    };
+    let conv = |x: &Tensor, name: &str, pad: usize, stride: usize| {
+        x.conv2d(&w[&format!("{name}.weight")], pad, stride, 1, 1)
+    };
+    let mut x = bn(&conv(x, "conv1", 3, 2)?, "bn1")?.relu()?;
+    // After a ReLU every value is >= 0, so zero padding is neutral for the max.
+    x = x
+        .pad_with_zeros(2, 1, 1)?
+        .pad_with_zeros(3, 1, 1)?
+        .max_pool2d_with_stride(3, 2)?;
+    for (s, n) in [3usize, 4, 6, 3].into_iter().enumerate() {
+        for b in 0..n {
+            let p = format!("layer{}.{b}", s + 1);
+            let stride = if s > 0 && b == 0 { 2 } else { 1 };
+            let h = bn(&conv(&x, &format!("{p}.conv1"), 0, 1)?, &format!("{p}.bn1"))?.relu()?;
+            let h = bn(
+                &conv(&h, &format!("{p}.conv2"), 1, stride)?,
+                &format!("{p}.bn2"),
+            )?
+            .relu()?;
+            let h = bn(&conv(&h, &format!("{p}.conv3"), 0, 1)?, &format!("{p}.bn3"))?;
+            let id = if b == 0 {
+                bn(
+                    &conv(&x, &format!("{p}.downsample.0"), 0, stride)?,
+                    &format!("{p}.downsample.1"),
+                )?
+            } else {
+                x.clone()
+            };
+            x = (h + id)?.relu()?;
+        }
+    }
+    Ok(x)
+}
+
+fn main() {
+    let n: usize = std::env::var("VDNA_DB_BENCH_IMAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_images(dir.path(), n);
+    let items = extract::list_images(dir.path()).expect("listing");
+    println!(
+        "\n### Extraction on CPU ({} threads), batch {BATCH}, {n} generated 640x480 JPEGs\n",
+        rayon::current_num_threads()
+    );
+    println!("| extractor | pipeline images/s | network | accumulate | decode + resize (CPU s) | network alone images/s |");
+    println!("|---|---|---|---|---|---|");
+    let mut ours_net = std::collections::BTreeMap::new();
+    for kind in ExtractorKind::ALL {
+        let ext = Extractor::load(kind, None, 0).expect("extractor");
+        let ranges = Ranges::embedded(kind).expect("ranges");
+        let opts = ExtractOptions {
+            dist: DistKind::Histogram { bins: 1000 },
+            batch: BATCH,
+            ..Default::default()
+        };
+        let (_, rep) =
+            extract::extract(&ext, Some(&ranges), &items, &opts, &|_, _| {}).expect("extract");
+        let t = &rep.timings;
+        let x = Tensor::randn(0f32, 1.0, (BATCH, 224, 224, 3), &Device::Cpu).expect("input");
+        let net = best_secs(3, || {
+            std::hint::black_box(ext.forward(&x).expect("forward"));
+        });
+        ours_net.insert(kind.name(), BATCH as f64 / net);
+        println!(
+            "| {} | {:.1} | {:.0}% | {:.0}% | {:.1} + {:.1} | {:.1} |",
+            kind.name(),
+            rep.images as f64 / t.wall_s,
+            100.0 * t.network_s / t.wall_s,
+            100.0 * t.accumulate_s / t.wall_s,
+            t.decode_s,
+            t.resize_s,
+            BATCH as f64 / net
+        );
+    }
+
+    // Candle's stock conv2d on the same ResNet-50, same input; outputs compared.
+    let weights = extract::resnet::seeded(0);
+    let ext = Extractor::load(ExtractorKind::RandResNet50, None, 0).expect("extractor");
+    let x = Tensor::randn(0f32, 1.0, (BATCH, 224, 224, 3), &Device::Cpu).expect("input");
+    let x_nchw = x
+        .permute((0, 3, 1, 2))
+        .and_then(|t| t.contiguous())
+        .expect("nchw");
+    let stock = best_secs(2, || {
+        std::hint::black_box(stock_resnet(&weights, &x_nchw).expect("stock forward"));
+    });
+    let a = ext.forward(&x).expect("forward").pop().expect("layer4_2");
+    let b = stock_resnet(&weights, &x_nchw)
+        .expect("stock")
+        .permute((0, 2, 3, 1))
+        .expect("nhwc");
+    let diff = (a - b)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.flatten_all())
+        .and_then(|d| d.max(0))
+        .and_then(|d| d.to_dtype(DType::F32))
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("diff");
+    let ours = ours_net["rand_resnet50"];
+    println!(
+        "\nrand_resnet50 network: vdna-db {:.2} images/s, candle stock conv2d {:.2} images/s: {:.1}x (max |difference| of layer4_2 {:.1e})",
+        ours,
+        BATCH as f64 / stock,
+        ours * stock / BATCH as f64,
+        diff
+    );
+
+    // PyTorch on the same weights, when a Python with torch is named.
+    if let Ok(py) = std::env::var("VDNA_DB_TORCH_PYTHON") {
+        let rw = dir.path().join("resnet.safetensors");
+        let ew = dir.path().join("effnet.safetensors");
+        std::fs::write(
+            &rw,
+            extract::resnet::seeded_safetensors(0).expect("weights"),
+        )
+        .expect("write");
+        std::fs::write(&ew, extract::efficientnet::EMBEDDED_WEIGHTS).expect("write");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/bench_torch.py");
+        let out = std::process::Command::new(py)
+            .arg(script)
+            .arg(&rw)
+            .arg(&ew)
+            .args([
+                "--batch",
+                &BATCH.to_string(),
+                "--threads",
+                &rayon::current_num_threads().to_string(),
+            ])
+            .output()
+            .expect("running tools/bench_torch.py");
+        if !out.status.success() {
+            println!(
+                "PyTorch bench failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bench_torch JSON");
+        println!(
+            "\n| network alone, batch {BATCH} | vdna-db images/s | PyTorch {} images/s | ratio |",
+            v["torch"].as_str().unwrap_or("?")
+        );
+        println!("|---|---|---|---|");
+        for (name, ours) in &ours_net {
+            let theirs = v[*name].as_f64().unwrap_or(f64::NAN);
+            println!(
+                "| {name} | {ours:.2} | {theirs:.2} | {:.2}x |",
+                ours / theirs
+            );
+        }
+    } else {
+        println!("\n(set VDNA_DB_TORCH_PYTHON to a Python with torch to measure PyTorch in the same run)");
+    }
+}

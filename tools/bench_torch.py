@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""PyTorch CPU throughput of the same networks vdna-db runs, for the extraction bench.
+
+    python3 tools/bench_torch.py RESNET_WEIGHTS.safetensors EFFNET_WEIGHTS.safetensors \
+        [--batch 16] [--batches 3] [--threads N]
+
+Prints one JSON object: images/s of the network forward alone (no decoding), for
+rand_resnet50 (torchvision ResNet-50 layout, the reference's stem padding) and
+efficientnet_lite0 (TensorFlow SAME padding, ReLU6, batch-norm eps 1e-3), at the given
+batch size, best of --batches timed batches after one warm-up batch. Needs torch and numpy.
+"""
+
+import argparse
+import json
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def load_safetensors(path):
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        data = f.read()
+    out = {}
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        a, b = meta["data_offsets"]
+        dtype = {"F32": np.float32, "I64": np.int64}[meta["dtype"]]
+        out[name] = torch.from_numpy(np.frombuffer(data[a:b], dtype=dtype).reshape(meta["shape"]).copy())
+    return out
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, cin, width, stride, down):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, width * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(width * 4)
+        self.downsample = nn.Sequential(nn.Conv2d(cin, width * 4, 1, stride, bias=False), nn.BatchNorm2d(width * 4)) if down else None
+
+    def forward(self, x):
+        o = F.relu(self.bn1(self.conv1(x)))
+        o = F.relu(self.bn2(self.conv2(o)))
+        o = self.bn3(self.conv3(o))
+        return F.relu(o + (self.downsample(x) if self.downsample is not None else x))
+
+
+class ResNet50(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 2, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        cin = 64
+        for i, (n, w) in enumerate([(3, 64), (4, 128), (6, 256), (3, 512)]):
+            blocks = []
+            for b in range(n):
+                blocks.append(Bottleneck(cin, w, 2 if (i > 0 and b == 0) else 1, b == 0))
+                cin = w * 4
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(F.pad(x, (1, 1, 1, 1)))))
+        x = F.max_pool2d(x, 3, 2, 1)
+        feats = []
+        for l in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for blk in l:
+                x = blk(x)
+                feats.append(x)
+        return feats
+
+
+def same_pad(x, k, s):
+    size = x.shape[-1]
+    out = math.ceil(size / s)
+    total = max((out - 1) * s + k - size, 0)
+    return F.pad(x, (total // 2, total - total // 2, total // 2, total - total // 2))
+
+
+class EffLite0(nn.Module):
+    STRIDES = [1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1, 1, 1, 1]
+
+    def __init__(self, sd):
+        super().__init__()
+        self.sd = {k: v for k, v in sd.items()}
+
+    def bn(self, x, name):
+        sd = self.sd
+        return F.batch_norm(x, sd[name + ".running_mean"], sd[name + ".running_var"], sd[name + ".weight"], sd[name + ".bias"], False, 0.0, 1e-3)
+
+    def forward(self, x):
+        sd = self.sd
+        w = sd["_conv_stem.weight"]
+        x = F.relu6(self.bn(F.conv2d(same_pad(x, 3, 2), w, stride=2), "_bn0"))
+        feats = []
+        for i, s in enumerate(self.STRIDES):
+            p = f"_blocks.{i}."
+            h = x
+            if p + "_expand_conv.weight" in sd:
+                h = F.relu6(self.bn(F.conv2d(h, sd[p + "_expand_conv.weight"]), p + "_bn0"))
+            dw = sd[p + "_depthwise_conv.weight"]
+            k = dw.shape[-1]
+            h = F.relu6(self.bn(F.conv2d(same_pad(h, k, s), dw, stride=s, groups=dw.shape[0]), p + "_bn1"))
+            h = self.bn(F.conv2d(h, sd[p + "_project_conv.weight"]), p + "_bn2")
+            if s == 1 and h.shape == x.shape:
+                h = h + x
+            feats.append(h)
+            x = h
+        feats.append(F.relu6(self.bn(F.conv2d(x, sd["_conv_head.weight"]), "_bn1")))
+        return feats
+
+
+def bench(model, batch, batches):
+    x = torch.randn(batch, 3, 224, 224)
+    with torch.no_grad():
+        model(x)
+        best = float("inf")
+        for _ in range(batches):
+            t = time.perf_counter()
+            model(x)
+            best = min(best, time.perf_counter() - t)
+    return batch / best
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("resnet_weights")
+    ap.add_argument("effnet_weights")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--batches", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0)
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    r = ResNet50().eval()
+    r.load_state_dict(load_safetensors(a.resnet_weights), strict=False)
+    e = EffLite0(load_safetensors(a.effnet_weights)).eval()
+    print(json.dumps({
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "batch": a.batch,
+        "rand_resnet50": bench(r, a.batch, a.batches),
+        "efficientnet_lite0": bench(e, a.batch, a.batches),
+    }))
+
+
+if __name__ == "__main__":
+    main()
