@@ -56,6 +56,17 @@ pub struct SpaceRecord {
     pub description: String,
 }
 
+/// An API token as stored: only the SHA-256 of the secret is kept.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: String,
+    /// `push` (write DNAs and refs) or `admin` (also delete refs).
+    pub scope: String,
+    pub hash: Digest,
+    pub label: String,
+    pub created: u64,
+}
+
 /// The sled-backed catalogue.
 pub struct Catalogue {
     db: sled::Db,
@@ -63,6 +74,7 @@ pub struct Catalogue {
     dnas: sled::Tree,
     masks: sled::Tree,
     spaces: sled::Tree,
+    tokens: sled::Tree,
 }
 
 fn db_err(e: sled::Error) -> Error {
@@ -102,6 +114,7 @@ impl Catalogue {
             dnas: tree("dnas")?,
             masks: tree("masks")?,
             spaces: tree("spaces")?,
+            tokens: tree("tokens")?,
             db,
         })
     }
@@ -266,6 +279,31 @@ impl Catalogue {
             .remove(name.as_bytes())
             .map_err(db_err)?
             .is_some();
+        self.flush()?;
+        Ok(had)
+    }
+
+    /// Stores a token record (keyed by its id), then flushes.
+    pub fn put_token(&self, t: &TokenRecord) -> Result<(), Error> {
+        self.tokens
+            .insert(t.id.as_bytes(), enc(t))
+            .map_err(db_err)?;
+        self.flush()
+    }
+
+    pub fn tokens(&self) -> Result<Vec<TokenRecord>, Error> {
+        self.tokens
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv.map_err(db_err)?;
+                dec(&k, &v)
+            })
+            .collect()
+    }
+
+    /// Revokes a token; true when it existed.
+    pub fn remove_token(&self, id: &str) -> Result<bool, Error> {
+        let had = self.tokens.remove(id.as_bytes()).map_err(db_err)?.is_some();
         self.flush()?;
         Ok(had)
     }

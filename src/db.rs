@@ -22,6 +22,7 @@ use crate::mask::Mask;
 use crate::refname::RefName;
 use crate::store::{FsBackend, ObjectStore};
 use crate::{now_secs, Error};
+use rkyv::util::AlignedVec;
 
 /// The zstd level used for new objects: level 19 saves 2-5% for 30-100x the CPU.
 pub const DEFAULT_LEVEL: i32 = 3;
@@ -64,7 +65,7 @@ pub struct PushReport {
 }
 
 /// One line of `ls`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct Listing {
     #[serde(rename = "ref")]
     pub reference: String,
@@ -388,6 +389,68 @@ impl Db {
         )
     }
 
+    /// Stores one encoded object received from elsewhere after checking it: the header
+    /// and checksums decode, and the SHA-256 of the canonical bytes is `digest`. Returns
+    /// whether it was new. Nothing is written when a check fails.
+    pub fn put_verified_object(&self, digest: &Digest, encoded: &[u8]) -> Result<bool, Error> {
+        let raw = decode_object(encoded, "uploaded object")?;
+        let got = Digest::of(&raw);
+        if got != *digest {
+            return Err(Error::Invalid(format!(
+                "object {digest}: its content hashes to {got} (corrupted in transit? send it again)"
+            )));
+        }
+        self.objects.put(digest, encoded)
+    }
+
+    /// Gathers a stored DNA's objects (manifest, space, layers, each verified) as a bundle.
+    pub fn bundle_from_store(&self, manifest: &Digest) -> Result<Bundle, Error> {
+        let get = |d: &Digest, what: &str| -> Result<(Vec<u8>, AlignedVec<16>), Error> {
+            if !self.objects.contains(d)? {
+                return Err(Error::NotFound(format!(
+                    "{what} {d} is not stored (upload it first)"
+                )));
+            }
+            let enc = self.objects.get_encoded(d)?;
+            let raw = decode_object(&enc, "stored object")?;
+            if Digest::of(&raw) != *d {
+                return Err(Error::Invalid(format!(
+                    "{what} {d}: content does not match its digest (run vdna-db verify)"
+                )));
+            }
+            Ok((enc, raw))
+        };
+        let (menc, mraw) = get(manifest, "manifest")?;
+        let m = Manifest::from_bytes(&mraw)?;
+        let (senc, sraw) = get(&m.space, "space config")?;
+        let space = SpaceConfig::from_bytes(&sraw)?;
+        m.check_against(&space)?;
+        let mut objects = vec![(*manifest, menc), (m.space, senc)];
+        for l in &m.layers {
+            let (enc, _) = get(&l.digest, &format!("layer {}", l.name))?;
+            objects.push((l.digest, enc));
+        }
+        Ok(Bundle {
+            manifest: m,
+            manifest_digest: *manifest,
+            space,
+            objects,
+            annotations: BTreeMap::new(),
+        })
+    }
+
+    /// Commits a DNA whose objects are all in the store (uploaded one by one) and, with
+    /// `name`, refs it: every object is re-verified and every layer validated first.
+    pub fn commit_stored(
+        &self,
+        manifest: &Digest,
+        name: Option<&RefName>,
+        annotations: BTreeMap<String, String>,
+    ) -> Result<PushReport, Error> {
+        let bundle = self.bundle_from_store(manifest)?;
+        self.push_bundle(&bundle, name, annotations)
+    }
+
     /// Resolves `name[:tag]`, a full digest or a unique digest prefix (`sha256:3fa9c1…`,
     /// at least 8 hex digits) to a stored DNA.
     pub fn resolve(&self, spec: &str) -> Result<(Digest, Option<RefName>), Error> {
@@ -674,25 +737,30 @@ pub fn compare_dnas(
 pub fn read_dna_file(path: &Path) -> Result<(Dna, BTreeMap<String, String>), Error> {
     if is_bundle(path) {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let b = decode_bundle(&bytes)
-            .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
-        let mut layers = Vec::with_capacity(b.manifest.layers.len());
-        for (i, (_, enc)) in b.objects.iter().skip(2).enumerate() {
-            let buf = decode_layer(decode_object(enc, "bundle entry")?)?;
-            check_layer(&b.space, i, &buf.view())?;
-            layers.push(LayerData::from_view(buf.view()));
-        }
-        return Ok((
-            Dna {
-                space: b.space,
-                images: b.manifest.images,
-                layers,
-            },
-            b.annotations,
-        ));
+        return dna_of_bundle_bytes(&bytes)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())));
     }
     let imported = crate::reference::import_pair(path)?;
     Ok((imported.dna, imported.annotations))
+}
+
+/// Decodes and validates a `.vdna` bundle into an owned DNA and its annotations.
+pub fn dna_of_bundle_bytes(bytes: &[u8]) -> Result<(Dna, BTreeMap<String, String>), Error> {
+    let b = decode_bundle(bytes)?;
+    let mut layers = Vec::with_capacity(b.manifest.layers.len());
+    for (i, (_, enc)) in b.objects.iter().skip(2).enumerate() {
+        let buf = decode_layer(decode_object(enc, "bundle entry")?)?;
+        check_layer(&b.space, i, &buf.view())?;
+        layers.push(LayerData::from_view(buf.view()));
+    }
+    Ok((
+        Dna {
+            space: b.space,
+            images: b.manifest.images,
+            layers,
+        },
+        b.annotations,
+    ))
 }
 
 /// True when the file opens with the bundle magic.

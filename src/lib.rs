@@ -20,6 +20,8 @@ pub mod mask;
 pub mod query;
 pub mod reference;
 pub mod refname;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod store;
 pub mod synth;
 

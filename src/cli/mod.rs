@@ -4,6 +4,7 @@
 
 mod extract;
 mod output;
+mod remote;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -65,6 +66,18 @@ pub struct Cli {
     /// Print nothing but results and errors
     #[arg(long, short, global = true)]
     pub quiet: bool,
+    /// Talk to a vdna-db server instead of the local store (push, pull, ls, show, query, compare)
+    #[arg(long, global = true, env = "VDNA_DB_REMOTE", value_name = "URL")]
+    pub remote: Option<String>,
+    /// API token for --remote writes (or private servers)
+    #[arg(
+        long,
+        global = true,
+        env = "VDNA_DB_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -132,6 +145,13 @@ Examples:
     Ranges(extract::RangesArgs),
     /// Write an extractor's default weights as safetensors
     Weights(extract::WeightsArgs),
+    /// Serve the store over HTTP (JSON API under /v1)
+    Serve(remote::ServeArgs),
+    /// Manage API tokens of this store's server
+    #[command(subcommand)]
+    Token(remote::TokenCommand),
+    /// Fetch a DNA from a server (--remote) into the local store, verifying every digest
+    Pull(remote::PullArgs),
 }
 
 #[derive(Args, Debug)]
@@ -361,7 +381,154 @@ fn load_input(
     load_any(db, spec)
 }
 
+/// The `--remote` forms of push, import, ls, show, query and compare; `None` when the
+/// command has no remote form (it then runs locally).
+fn run_remote(cli: &Cli, url: &str, out: &mut Out) -> Result<Option<i32>> {
+    let c = remote::client(url, &cli.token);
+    match &cli.command {
+        Command::Push(a) | Command::Import(a) => {
+            let name = match a.name.as_deref() {
+                Some(n) => RefName::parse(n)?,
+                None => default_name(&a.path)?,
+            };
+            let mut ann = parse_meta(&a.meta)?;
+            let objects = if db::is_bundle(&a.path) {
+                let bytes = std::fs::read(&a.path)
+                    .with_context(|| format!("reading {}", a.path.display()))?;
+                let b = crate::format::decode_bundle(&bytes)
+                    .map_err(|e| crate::Error::Invalid(format!("{}: {e}", a.path.display())))?;
+                for (k, v) in b.annotations {
+                    ann.entry(k).or_insert(v);
+                }
+                b.objects
+            } else {
+                let dna = if is_image_input(&a.path) {
+                    ann.entry("source".into())
+                        .or_insert_with(|| a.path.display().to_string());
+                    extract::extract_source(out, &a.path, &a.extract)?.0
+                } else {
+                    let (d, extra) = db::read_dna_file(&a.path)
+                        .with_context(|| format!("reading DNA file {}", a.path.display()))?;
+                    for (k, v) in extra {
+                        ann.entry(k).or_insert(v);
+                    }
+                    d
+                };
+                dna.encode(3).objects
+            };
+            remote::push_remote(out, &c, &objects, &name, &ann)?;
+        }
+        Command::Ls(a) => {
+            let v = c.get_json("/v1/datasets?limit=1000")?;
+            let mut rows: Vec<db::Listing> = serde_json::from_value(v["items"].clone())
+                .context("reading the server's dataset list")?;
+            if let Some(p) = &a.pattern {
+                rows.retain(|r| {
+                    crate::mask::glob_match(p, &r.name) || crate::mask::glob_match(p, &r.reference)
+                });
+            }
+            out.json(&rows)?;
+            print_listing(out, &rows)?;
+        }
+        Command::Show(a) => {
+            let v = c.get_json(&format!("/v1/datasets/{}", a.reference))?;
+            out.json(&v)?;
+            out.line(&format!(
+                "{}\n  digest   {}\n  space    {}\n  images   {}\n  layers   {}",
+                v["ref"].as_str().unwrap_or(&a.reference),
+                v["digest"].as_str().unwrap_or("?"),
+                v["space_digest"].as_str().unwrap_or("?"),
+                v["images"],
+                v["layers"].as_array().map_or(0, |l| l.len())
+            ))?;
+        }
+        Command::Query(a) => {
+            let mut body = serde_json::json!({
+                "mask": a.mask, "k": a.top, "metric": a.metric, "filters": parse_meta(&a.filters)?,
+                "tag": a.tag, "exclude_self": a.exclude_self, "approx": a.approx, "per_layer": a.per_layer,
+            });
+            let flags = a.extract.clone();
+            let input = remote::remote_input(&a.source, |p| {
+                if is_image_input(p) {
+                    Ok(extract::extract_source(&mut Out::new(false, true), p, &flags)?.0)
+                } else {
+                    Ok(db::read_dna_file(p)?.0)
+                }
+            })?;
+            let v = match input {
+                remote::RemoteInput::Ref(r) => {
+                    body["ref"] = serde_json::Value::String(r);
+                    c.post_json("/v1/query", &body)?
+                }
+                remote::RemoteInput::Bundle(b) => {
+                    let mut q = format!("mask={}&k={}", urlencode(&a.mask), a.top);
+                    if let Some(m) = &a.metric {
+                        q.push_str(&format!("&metric={}", urlencode(m)));
+                    }
+                    if a.approx {
+                        q.push_str("&approx=true");
+                    }
+                    if a.exclude_self {
+                        q.push_str("&exclude_self=true");
+                    }
+                    if let Some(t) = &a.tag {
+                        q.push_str(&format!("&tag={}", urlencode(t)));
+                    }
+                    c.query_bundle(&b, &q)?
+                }
+            };
+            out.json(&v)?;
+            let hits: Vec<crate::query::Hit> = v["results"]
+                .as_array()
+                .map(|a| a.iter().filter_map(hit_of).collect())
+                .unwrap_or_default();
+            print_hits(out, &hits)?;
+            return Ok(Some(if hits.is_empty() { 1 } else { 0 }));
+        }
+        Command::Compare(a) => {
+            let body = serde_json::json!({"a": a.a, "b": a.b, "mask": a.mask, "metric": a.metric, "top_neurons": a.top_neurons});
+            let v = c.post_json("/v1/compare", &body)?;
+            out.json(&v)?;
+            out.line(&format!(
+                "{} {:.6} over {} neurons",
+                v["metric"].as_str().unwrap_or("?"),
+                v["distance"].as_f64().unwrap_or(f64::NAN),
+                v["neurons"]
+            ))?;
+        }
+        _ => return Ok(None),
+    }
+    Ok(Some(0))
+}
+
+fn hit_of(v: &serde_json::Value) -> Option<crate::query::Hit> {
+    Some(crate::query::Hit {
+        reference: v["ref"].as_str()?.to_string(),
+        digest: v["digest"].as_str()?.parse().ok()?,
+        distance: v["distance"].as_f64()?,
+        images: v["images"].as_u64()?,
+        per_layer: Vec::new(),
+    })
+}
+
+/// Percent-encodes a query-string value.
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 fn run(cli: Cli, out: &mut Out) -> Result<i32> {
+    if let Some(url) = cli.remote.clone() {
+        if let Some(code) = run_remote(&cli, &url, out)? {
+            return Ok(code);
+        }
+    }
     match cli.command {
         Command::Init => {
             let db = open_db(&cli.home)?;
@@ -534,6 +701,15 @@ fn run(cli: Cli, out: &mut Out) -> Result<i32> {
         Command::Merge(a) => merge(&cli.home, out, a)?,
         Command::Ranges(a) => extract::run_ranges(out, a)?,
         Command::Weights(a) => extract::run_weights(out, a)?,
+        Command::Serve(a) => remote::run_serve(open_db(&cli.home)?, out, a)?,
+        Command::Token(t) => remote::run_token(&open_db(&cli.home)?, out, t)?,
+        Command::Pull(a) => {
+            let Some(url) = &cli.remote else {
+                bail!("pull needs --remote URL (or VDNA_DB_REMOTE)");
+            };
+            let c = remote::client(url, &cli.token);
+            remote::run_pull(&open_db(&cli.home)?, out, &c, a)?
+        }
     }
     Ok(0)
 }

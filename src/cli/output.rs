@@ -46,6 +46,11 @@ impl Out {
         }
     }
 
+    /// True with --json.
+    pub fn is_json(&self) -> bool {
+        self.json
+    }
+
     /// A warning on stderr (kept with --json, dropped with --quiet).
     pub fn warn(&mut self, s: &str) {
         if !self.quiet {

@@ -37,10 +37,33 @@ impl Params {
             b[..n].to_vec()
         };
         let map: HashMap<String, Tensor> = if head.starts_with(b"PK") {
-            candle_core::pickle::read_all(path)
-                .map_err(|e| bad(format!("not a readable PyTorch zip checkpoint: {e}")))?
-                .into_iter()
-                .collect()
+            // A plain state dict, or one nested in a training checkpoint.
+            let mut found = None;
+            let mut last_err = None;
+            for key in [
+                None,
+                Some("model_state_dict"),
+                Some("state_dict"),
+                Some("model"),
+            ] {
+                match candle_core::pickle::read_all_with_key(path, key) {
+                    Ok(v) if !v.is_empty() => {
+                        found = Some(v);
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(e) => last_err = Some(e),
+                }
+            }
+            match found {
+                Some(v) => v.into_iter().collect(),
+                None => {
+                    return Err(bad(format!(
+                        "no tensors found in this PyTorch zip checkpoint{}",
+                        last_err.map(|e| format!(" ({e})")).unwrap_or_default()
+                    )))
+                }
+            }
         } else if head.len() >= 2 && head[0] == 0x80 {
             return Err(bad(
                 "legacy (non-zip) PyTorch serialisation; convert it with \
@@ -233,6 +256,30 @@ pub fn tensor(v: Vec<f32>, dims: &[usize]) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fixture(name: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/extract")
+            .join(name)
+    }
+
+    #[test]
+    fn pth_checkpoints_load_nested_or_prefixed() {
+        for f in ["tiny-checkpoint.pth", "tiny-state-dict.pth"] {
+            let mut p = Params::from_file(&fixture(f)).unwrap();
+            p.detect_prefix("conv1.weight");
+            let w = p.get("conv1.weight", &[2, 3]).unwrap();
+            assert_eq!(w, vec![0.0, 0.25, 0.5, 0.75, 1.0, 1.25], "{f}");
+            assert_eq!(p.get("bn1.bias", &[2]).unwrap(), vec![0.5, -1.5], "{f}");
+            let e = p.get("bn1.bias", &[3]).unwrap_err().to_string();
+            assert!(e.contains("bn1.bias") && e.contains("[2]"), "{e}");
+        }
+        let e = Params::from_file(&fixture("README.md"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("README.md"), "{e}");
+    }
 
     #[test]
     fn portable_ln_agrees_with_libm() {

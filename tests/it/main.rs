@@ -8,4 +8,5 @@ mod extract;
 mod golden;
 mod properties;
 mod query;
+mod server;
 mod util;

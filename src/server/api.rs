@@ -1,0 +1,405 @@
+//! The `/v1` handlers. Each parses and checks its input, runs the store work on the
+//! blocking pool and maps the result; the storage logic is `Db`'s.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{Access, ApiError, AppState, Caller};
+use crate::db::{AnyDna, Db};
+use crate::distance::Metric;
+use crate::format::Digest;
+use crate::query::{Mode, QueryRequest};
+use crate::refname::RefName;
+
+type Res<T> = Result<T, ApiError>;
+
+/// Runs store work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    st: &Arc<AppState>,
+    f: impl FnOnce(&Db) -> Res<T> + Send + 'static,
+) -> Res<T> {
+    let st = st.clone();
+    tokio::task::spawn_blocking(move || f(&st.db))
+        .await
+        .map_err(ApiError::internal)?
+}
+
+fn need(caller: Caller, level: Access) -> Res<()> {
+    match (caller.0, level) {
+        (Access::Anonymous, _) => Err(ApiError::unauthorized(
+            "writing needs a token: send Authorization: Bearer <token> (vdna-db token create)",
+        )),
+        (Access::Push, Access::Admin) => Err(ApiError::forbidden("this needs an admin token")),
+        _ => Ok(()),
+    }
+}
+
+fn digest(s: &str) -> Res<Digest> {
+    s.parse::<Digest>().map_err(|_| {
+        ApiError::bad_request(format!(
+            "{s:?} is not a digest (expected sha256:<64 hex digits>)"
+        ))
+    })
+}
+
+fn refname(s: &str) -> Res<RefName> {
+    RefName::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+/// Parses a JSON body, refusing it with a JSON 400 (not axum's plain-text rejection).
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Res<T> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("request body: {e}")))
+}
+
+fn parse_query<T>(q: Result<Query<T>, QueryRejection>) -> Res<T> {
+    q.map(|Query(v)| v)
+        .map_err(|e| ApiError::bad_request(format!("query string: {}", e.body_text())))
+}
+
+fn metric(m: &Option<String>) -> Res<Option<Metric>> {
+    m.as_deref()
+        .map(|s| {
+            Metric::parse(s)
+                .ok_or_else(|| ApiError::bad_request(format!("metric {s:?}: use emd, nfd or fd")))
+        })
+        .transpose()
+}
+
+pub async fn health(State(st): State<Arc<AppState>>) -> Res<Json<Value>> {
+    let n = blocking(&st, |db| Ok(db.catalogue().refs()?.len())).await?;
+    Ok(Json(
+        json!({"status": "ok", "version": env!("CARGO_PKG_VERSION"), "refs": n}),
+    ))
+}
+
+pub async fn head_blob(State(st): State<Arc<AppState>>, Path(d): Path<String>) -> Res<Response> {
+    let d = digest(&d)?;
+    let size = blocking(&st, move |db| Ok(db.objects().stored_size(&d)?)).await?;
+    Ok(match size {
+        Some(n) => (StatusCode::OK, [(header::CONTENT_LENGTH, n.to_string())]).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    })
+}
+
+pub async fn get_blob(State(st): State<Arc<AppState>>, Path(d): Path<String>) -> Res<Response> {
+    let d = digest(&d)?;
+    let bytes = blocking(&st, move |db| {
+        if !db.objects().contains(&d)? {
+            return Err(ApiError::not_found(format!("no blob {d}")));
+        }
+        Ok(db.objects().get_encoded(&d)?)
+    })
+    .await?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+pub async fn put_blob(
+    State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(d): Path<String>,
+    body: Body,
+) -> Res<Response> {
+    need(caller, Access::Push)?;
+    let d = digest(&d)?;
+    // The limit holds for streamed bodies too: reading stops past it.
+    let bytes = axum::body::to_bytes(body, st.limits.max_body)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("blob over the {}-byte limit", st.limits.max_body),
+            )
+        })?;
+    let created = blocking(&st, move |db| {
+        db.put_verified_object(&d, &bytes).map_err(|e| match e {
+            crate::Error::Invalid(m) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "digest_mismatch", m)
+            }
+            other => other.into(),
+        })
+    })
+    .await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(json!({"digest": d, "created": created}))).into_response())
+}
+
+pub async fn list_refs(State(st): State<Arc<AppState>>) -> Res<Json<Value>> {
+    blocking(&st, |db| {
+        let refs = db.catalogue().refs()?;
+        Ok(Json(Value::Array(
+            refs.into_iter()
+                .map(|(n, r)| json!({"ref": n.to_string(), "digest": r.digest, "created": r.created, "annotations": r.annotations}))
+                .collect(),
+        )))
+    })
+    .await
+}
+
+pub async fn get_ref(
+    State(st): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Res<Json<Value>> {
+    let n = refname(&name)?;
+    blocking(&st, move |db| match db.catalogue().get_ref(&n)? {
+        Some(r) => Ok(Json(json!({"ref": n.to_string(), "digest": r.digest, "created": r.created, "annotations": r.annotations}))),
+        None => Err(ApiError::not_found(format!("no ref {n}"))),
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+pub struct SetRef {
+    digest: String,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+}
+
+pub async fn put_ref(
+    State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Res<Response> {
+    need(caller, Access::Push)?;
+    let body: SetRef = parse_json(&body)?;
+    let n = refname(&name)?;
+    let d = digest(&body.digest)?;
+    let report = blocking(&st, move |db| {
+        let r = db.commit_stored(&d, Some(&n), body.annotations)?;
+        crate::query::index_pushed(db, &r.digest)?;
+        Ok(r)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(report)).into_response())
+}
+
+pub async fn delete_ref(
+    State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Res<Json<Value>> {
+    need(caller, Access::Admin)?;
+    let n = refname(&name)?;
+    blocking(&st, move |db| {
+        let (name, d) = db.remove(&n.to_string())?;
+        Ok(Json(json!({"removed": name.to_string(), "digest": d})))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+pub struct DatasetQuery {
+    /// Text to find in names and annotations (case-insensitive).
+    q: Option<String>,
+    /// Space digest or a prefix of it.
+    space: Option<String>,
+    #[serde(default)]
+    offset: usize,
+    limit: Option<usize>,
+}
+
+pub async fn datasets(
+    State(st): State<Arc<AppState>>,
+    p: Result<Query<DatasetQuery>, QueryRejection>,
+) -> Res<Json<Value>> {
+    let p = parse_query(p)?;
+    let limit = p.limit.unwrap_or(50).min(1000);
+    blocking(&st, move |db| {
+        let mut rows = db.list()?;
+        if let Some(q) =
+            p.q.as_deref()
+                .map(str::to_lowercase)
+                .filter(|q| !q.is_empty())
+        {
+            rows.retain(|r| {
+                r.reference.to_lowercase().contains(&q)
+                    || r.annotations
+                        .values()
+                        .any(|v| v.to_lowercase().contains(&q))
+            });
+        }
+        if let Some(sp) = p.space.as_deref().filter(|s| !s.is_empty()) {
+            rows.retain(|r| {
+                r.space.to_string().starts_with(sp) || r.space.to_string()[7..].starts_with(sp)
+            });
+        }
+        let total = rows.len();
+        let items: Vec<_> = rows.into_iter().skip(p.offset).take(limit).collect();
+        Ok(Json(
+            json!({"total": total, "offset": p.offset, "limit": limit, "items": items}),
+        ))
+    })
+    .await
+}
+
+pub async fn dataset(
+    State(st): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Res<Json<Value>> {
+    blocking(&st, move |db| {
+        let (d, n) = db.resolve(&name)?;
+        let stored = db.open_dna(&d)?;
+        let ann = db.annotations(n.as_ref())?;
+        let rec = db.catalogue().dna(&d)?;
+        Ok(Json(json!({
+            "ref": n.map(|n| n.to_string()),
+            "digest": d,
+            "space_digest": stored.manifest.space,
+            "space": stored.space,
+            "images": stored.manifest.images,
+            "dist": stored.manifest.dist,
+            "layers": stored.manifest.layers,
+            "stored_bytes": rec.as_ref().map(|r| r.stored_bytes),
+            "raw_bytes": rec.as_ref().map(|r| r.raw_bytes),
+            "annotations": ann,
+        })))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+pub struct CompareBody {
+    a: String,
+    b: String,
+    #[serde(default = "all")]
+    mask: String,
+    metric: Option<String>,
+    #[serde(default)]
+    top_neurons: usize,
+}
+
+fn all() -> String {
+    "all".into()
+}
+
+fn five() -> usize {
+    5
+}
+
+pub async fn compare(State(st): State<Arc<AppState>>, body: Bytes) -> Res<Json<Value>> {
+    let b: CompareBody = parse_json(&body)?;
+    let m = metric(&b.metric)?;
+    blocking(&st, move |db| {
+        let open = |s: &str| -> Res<AnyDna> {
+            let (d, _) = db.resolve(s)?;
+            Ok(AnyDna::Stored(db.open_dna(&d)?))
+        };
+        let (x, y) = (open(&b.a)?, open(&b.b)?);
+        let c = db.compare(&x, &y, &b.mask, m, b.top_neurons.min(1000))?;
+        Ok(Json(serde_json::to_value(c).map_err(ApiError::internal)?))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+pub struct QueryBody {
+    /// A stored ref or digest (for `/v1/query`).
+    #[serde(rename = "ref")]
+    reference: Option<String>,
+    #[serde(default = "all")]
+    mask: String,
+    #[serde(default = "five")]
+    k: usize,
+    metric: Option<String>,
+    #[serde(default)]
+    filters: BTreeMap<String, String>,
+    tag: Option<String>,
+    #[serde(default)]
+    exclude_self: bool,
+    #[serde(default)]
+    approx: bool,
+    #[serde(default)]
+    per_layer: bool,
+}
+
+fn request(q: &QueryBody) -> Res<QueryRequest> {
+    if q.k == 0 || q.k > 1000 {
+        return Err(ApiError::bad_request("k must be between 1 and 1000"));
+    }
+    Ok(QueryRequest {
+        mask: q.mask.clone(),
+        k: q.k,
+        metric: metric(&q.metric)?,
+        mode: if q.approx { Mode::Approx } else { Mode::Exact },
+        filters: q.filters.clone(),
+        tag: q.tag.clone(),
+        exclude_self: q.exclude_self,
+        per_layer: q.per_layer,
+    })
+}
+
+pub async fn query(State(st): State<Arc<AppState>>, body: Bytes) -> Res<Json<Value>> {
+    let q: QueryBody = parse_json(&body)?;
+    let req = request(&q)?;
+    let Some(spec) = q.reference.clone() else {
+        return Err(ApiError::bad_request(
+            "give \"ref\" (a stored name or digest), or POST a .vdna bundle to /v1/query/bundle",
+        ));
+    };
+    blocking(&st, move |db| {
+        let (d, _) = db.resolve(&spec)?;
+        let dna = AnyDna::Stored(db.open_dna(&d)?);
+        let r = crate::query::query(db, &dna, &req)?;
+        Ok(Json(serde_json::to_value(r).map_err(ApiError::internal)?))
+    })
+    .await
+}
+
+pub async fn query_bundle(
+    State(st): State<Arc<AppState>>,
+    q: Result<Query<QueryBody>, QueryRejection>,
+    body: Bytes,
+) -> Res<Json<Value>> {
+    let q = parse_query(q)?;
+    let req = request(&q)?;
+    blocking(&st, move |db| {
+        let (dna, _) = crate::db::dna_of_bundle_bytes(&body).map_err(|e| {
+            ApiError::bad_request(format!("request body is not a valid .vdna bundle: {e}"))
+        })?;
+        let r = crate::query::query(db, &AnyDna::Owned(dna), &req)?;
+        Ok(Json(serde_json::to_value(r).map_err(ApiError::internal)?))
+    })
+    .await
+}
+
+pub async fn masks(State(st): State<Arc<AppState>>) -> Res<Json<Value>> {
+    blocking(&st, |db| {
+        Ok(Json(Value::Array(
+            db.catalogue()
+                .masks()?
+                .into_iter()
+                .map(|(n, s)| json!({"name": n, "spec": s}))
+                .collect(),
+        )))
+    })
+    .await
+}
+
+pub async fn spaces(State(st): State<Arc<AppState>>) -> Res<Json<Value>> {
+    blocking(&st, |db| {
+        Ok(Json(Value::Array(
+            db.catalogue()
+                .spaces()?
+                .into_iter()
+                .map(
+                    |(d, s)| json!({"digest": d, "description": s.description, "config": s.config}),
+                )
+                .collect(),
+        )))
+    })
+    .await
+}

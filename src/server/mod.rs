@@ -1,0 +1,280 @@
+//! The HTTP server: a JSON API under `/v1` over one store (the server owns it: sled admits
+//! one process), token auth for writes, request limits, structured logs with request ids,
+//! and graceful shutdown. The OpenAPI document is `schema/openapi.json`; a test checks it
+//! against [`paths`].
+//!
+//! Transfers are OCI-style: objects are content-addressed blobs (`HEAD` tells whether the
+//! server has one, `PUT` verifies the digest on receipt), and a DNA is committed by setting
+//! a ref to a manifest whose objects are all present; the server re-verifies every object
+//! and validates every layer before the commit, so nothing half-uploaded is ever named.
+//!
+//! Owns: everything HTTP. Must not: contain storage logic (that is `Db`'s).
+
+mod api;
+pub mod client;
+pub mod error;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderName, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use sha2::{Digest as _, Sha256};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::catalogue::TokenRecord;
+use crate::format::Digest;
+use crate::Db;
+pub use error::ApiError;
+
+/// Every route, one constant each, so the OpenAPI drift test can enumerate them.
+pub mod paths {
+    pub const HEALTH: &str = "/v1/health";
+    pub const BLOB: &str = "/v1/blobs/{digest}";
+    pub const REFS: &str = "/v1/refs";
+    pub const REF: &str = "/v1/refs/{*name}";
+    pub const DATASETS: &str = "/v1/datasets";
+    pub const DATASET: &str = "/v1/datasets/{*name}";
+    pub const COMPARE: &str = "/v1/compare";
+    pub const QUERY: &str = "/v1/query";
+    pub const QUERY_BUNDLE: &str = "/v1/query/bundle";
+    pub const MASKS: &str = "/v1/masks";
+    pub const SPACES: &str = "/v1/spaces";
+    /// `(method, path)` of every operation.
+    pub const ALL: &[(&str, &str)] = &[
+        ("get", HEALTH),
+        ("head", BLOB),
+        ("get", BLOB),
+        ("put", BLOB),
+        ("get", REFS),
+        ("get", REF),
+        ("put", REF),
+        ("delete", REF),
+        ("get", DATASETS),
+        ("get", DATASET),
+        ("post", COMPARE),
+        ("post", QUERY),
+        ("post", QUERY_BUNDLE),
+        ("get", MASKS),
+        ("get", SPACES),
+    ];
+}
+
+/// Server settings.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest request body, streamed or not.
+    pub max_body: usize,
+    pub timeout: Duration,
+    /// Requests handled at once; more wait.
+    pub concurrency: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body: 256 << 20,
+            timeout: Duration::from_secs(120),
+            concurrency: 64,
+        }
+    }
+}
+
+/// Shared state of the handlers.
+pub struct AppState {
+    pub db: Db,
+    /// Reads need a token too.
+    pub private: bool,
+    pub limits: Limits,
+}
+
+/// What a request may do, from its token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Access {
+    Anonymous,
+    Push,
+    Admin,
+}
+
+/// SHA-256 of a token secret, as stored.
+pub fn token_hash(secret: &str) -> Digest {
+    Digest(Sha256::digest(secret.as_bytes()).into())
+}
+
+/// Equality of two digests in time independent of where they differ.
+fn ct_eq(a: &Digest, b: &Digest) -> bool {
+    a.0.iter()
+        .zip(b.0.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+/// Creates a token: returns the secret (shown once) and the stored record.
+pub fn new_token(scope: &str, label: &str) -> Result<(String, TokenRecord), crate::Error> {
+    if scope != "push" && scope != "admin" {
+        return Err(crate::Error::Invalid(format!(
+            "token scope {scope:?}: use push or admin"
+        )));
+    }
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| crate::Error::Invalid(format!("no randomness for a token: {e}")))?;
+    let secret = format!("vdna_{}", hex::encode(bytes));
+    let id = hex::encode(&Sha256::digest(secret.as_bytes())[..6]);
+    Ok((
+        secret.clone(),
+        TokenRecord {
+            id,
+            scope: scope.into(),
+            hash: token_hash(&secret),
+            label: label.into(),
+            created: crate::now_secs(),
+        },
+    ))
+}
+
+impl AppState {
+    /// The access a bearer token grants; every stored hash is compared in constant time.
+    fn access(&self, bearer: Option<&str>) -> Result<Access, ApiError> {
+        let Some(secret) = bearer else {
+            return Ok(Access::Anonymous);
+        };
+        let h = token_hash(secret);
+        let tokens = self.db.catalogue().tokens().map_err(ApiError::from)?;
+        let mut found = None;
+        for t in &tokens {
+            if ct_eq(&t.hash, &h) {
+                found = Some(if t.scope == "admin" {
+                    Access::Admin
+                } else {
+                    Access::Push
+                });
+            }
+        }
+        found.ok_or_else(|| ApiError::unauthorized("unknown or revoked token"))
+    }
+}
+
+/// Request extension: the caller's access.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller(pub Access);
+
+async fn auth(
+    State(st): State<Arc<AppState>>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let bearer = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    let st2 = st.clone();
+    let access = tokio::task::spawn_blocking(move || st2.access(bearer.as_deref()))
+        .await
+        .map_err(ApiError::internal)??;
+    if st.private && access == Access::Anonymous && req.uri().path() != paths::HEALTH {
+        return Err(ApiError::unauthorized(
+            "this server is private: send Authorization: Bearer <token>",
+        ));
+    }
+    req.extensions_mut().insert(Caller(access));
+    Ok(next.run(req).await)
+}
+
+async fn fallback() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_route",
+        "no such endpoint (see /v1 in schema/openapi.json)",
+    )
+}
+
+/// The application: every route, auth, limits, request ids and tracing.
+pub fn app(state: Arc<AppState>) -> Router {
+    let limits = state.limits.clone();
+    let request_id = HeaderName::from_static("x-request-id");
+    Router::new()
+        .route(paths::HEALTH, get(api::health))
+        .route(
+            paths::BLOB,
+            get(api::get_blob).head(api::head_blob).put(api::put_blob),
+        )
+        .route(paths::REFS, get(api::list_refs))
+        .route(
+            paths::REF,
+            get(api::get_ref).put(api::put_ref).delete(api::delete_ref),
+        )
+        .route(paths::DATASETS, get(api::datasets))
+        .route(paths::DATASET, get(api::dataset))
+        .route(paths::COMPARE, post(api::compare))
+        .route(paths::QUERY, post(api::query))
+        .route(paths::QUERY_BUNDLE, post(api::query_bundle))
+        .route(paths::MASKS, get(api::masks))
+        .route(paths::SPACES, get(api::spaces))
+        .fallback(fallback)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
+        .layer(DefaultBodyLimit::max(limits.max_body))
+        .layer(tower::limit::ConcurrencyLimitLayer::new(limits.concurrency))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            limits.timeout,
+        ))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                let id = req
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-");
+                // Never the headers: the Authorization header holds a secret.
+                tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path())
+            }),
+        )
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .with_state(state)
+}
+
+/// Serves `state` on `addr` until SIGTERM or Ctrl-C; in-flight requests finish first.
+/// `ready` receives the bound address (port 0 picks a free one).
+pub async fn serve(
+    state: Arc<AppState>,
+    addr: SocketAddr,
+    ready: impl FnOnce(SocketAddr),
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    ready(listener.local_addr()?);
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}

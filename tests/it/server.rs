@@ -1,0 +1,655 @@
+//! The HTTP server: the router through `oneshot` (auth, bad requests, transfers), the
+//! OpenAPI document against the routes, and the real binary end to end on loopback.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+use vdna_db::format::Digest;
+use vdna_db::server::{self, AppState, Limits};
+use vdna_db::{synth, Db};
+
+use crate::util::{self, root};
+
+fn small_dna(family: usize, member: usize) -> vdna_db::dna::Dna {
+    let spec = synth::CatalogueSpec {
+        seed: 5,
+        families: 2,
+        members: 2,
+        layers: synth::uniform_layers(2, 8),
+        dist: vdna_db::format::DistKind::Histogram { bins: 16 },
+        extractor: "rand_resnet50".into(),
+        images: 8,
+        positions: 16,
+        spread: 1.0,
+    };
+    synth::member(&spec, family, member)
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    state: Arc<AppState>,
+    push: String,
+    admin: String,
+}
+
+fn fixture(private: bool, max_body: usize) -> Fixture {
+    let dir = util::tmp();
+    let db = Db::open(dir.path()).unwrap();
+    let (push, rec) = server::new_token("push", "tests").unwrap();
+    db.catalogue().put_token(&rec).unwrap();
+    let (admin, rec) = server::new_token("admin", "tests").unwrap();
+    db.catalogue().put_token(&rec).unwrap();
+    let state = Arc::new(AppState {
+        db,
+        private,
+        limits: Limits {
+            max_body,
+            ..Default::default()
+        },
+    });
+    Fixture {
+        _dir: dir,
+        state,
+        push,
+        admin,
+    }
+}
+
+async fn call(
+    f: &Fixture,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Body,
+) -> (StatusCode, Vec<u8>) {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let res = server::app(f.state.clone())
+        .oneshot(req.body(body).unwrap())
+        .await
+        .unwrap();
+    let status = res.status();
+    let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (status, bytes.to_vec())
+}
+
+fn error_code(body: &[u8]) -> String {
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    v["error"]["code"].as_str().unwrap_or("").to_string()
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn blob_uploads_are_verified_and_need_a_token() {
+    rt().block_on(async {
+        let f = fixture(false, 1 << 20);
+        let enc = small_dna(0, 0).encode(3);
+        let (d, bytes) = &enc.objects[1];
+        let path = format!("/v1/blobs/{d}");
+        assert_eq!(
+            call(&f, Method::HEAD, &path, None, Body::empty()).await.0,
+            StatusCode::NOT_FOUND
+        );
+        // No token, then a wrong one: refused, nothing stored.
+        let (s, b) = call(&f, Method::PUT, &path, None, Body::from(bytes.clone())).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        assert_eq!(error_code(&b), "unauthorized");
+        let (s, _) = call(
+            &f,
+            Method::PUT,
+            &path,
+            Some("vdna_nope"),
+            Body::from(bytes.clone()),
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        assert!(!f.state.db.objects().contains(d).unwrap());
+        // Malformed digest; content under another object's digest.
+        let (s, _) = call(
+            &f,
+            Method::PUT,
+            "/v1/blobs/sha256:xyz",
+            Some(&f.push),
+            Body::from(bytes.clone()),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        let other = &enc.objects[2].0;
+        let (s, b) = call(
+            &f,
+            Method::PUT,
+            &format!("/v1/blobs/{other}"),
+            Some(&f.push),
+            Body::from(bytes.clone()),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert_eq!(error_code(&b), "digest_mismatch");
+        assert!(!f.state.db.objects().contains(other).unwrap());
+        // Garbage bytes.
+        let (s, _) = call(
+            &f,
+            Method::PUT,
+            &path,
+            Some(&f.push),
+            Body::from(vec![7u8; 100]),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        // The real thing, twice.
+        let (s, _) = call(
+            &f,
+            Method::PUT,
+            &path,
+            Some(&f.push),
+            Body::from(bytes.clone()),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED);
+        let (s, _) = call(
+            &f,
+            Method::PUT,
+            &path,
+            Some(&f.push),
+            Body::from(bytes.clone()),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(
+            call(&f, Method::HEAD, &path, None, Body::empty()).await.0,
+            StatusCode::OK
+        );
+        let (s, got) = call(&f, Method::GET, &path, None, Body::empty()).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(&got, bytes);
+    });
+}
+
+#[test]
+fn oversized_bodies_are_refused_streamed_or_not() {
+    rt().block_on(async {
+        let f = fixture(false, 1000);
+        let d = Digest::of(b"x");
+        let path = format!("/v1/blobs/{d}");
+        let (s, _) = call(
+            &f,
+            Method::PUT,
+            &path,
+            Some(&f.push),
+            Body::from(vec![0u8; 5000]),
+        )
+        .await;
+        assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(!f.state.db.objects().contains(&d).unwrap());
+    });
+}
+
+#[test]
+fn a_dna_pushed_blob_by_blob_is_committed_queried_and_compared() {
+    rt().block_on(async {
+        let f = fixture(false, 1 << 24);
+        let mut names = Vec::new();
+        for (fam, mem) in [(0, 0), (0, 1), (1, 0)] {
+            let enc = small_dna(fam, mem).encode(3);
+            let name = format!("lab/set-{fam}-{mem}:v1");
+            // Setting a ref before the objects exist: 404, nothing named.
+            let body = json!({"digest": enc.manifest_digest}).to_string();
+            if fam == 0 && mem == 0 {
+                let (s, b) = call(
+                    &f,
+                    Method::PUT,
+                    &format!("/v1/refs/{name}"),
+                    Some(&f.push),
+                    json_body(&body),
+                )
+                .await;
+                assert_eq!(s, StatusCode::NOT_FOUND, "{}", String::from_utf8_lossy(&b));
+                assert!(f.state.db.catalogue().refs().unwrap().is_empty());
+            }
+            for (d, bytes) in &enc.objects {
+                let (s, _) = call(
+                    &f,
+                    Method::PUT,
+                    &format!("/v1/blobs/{d}"),
+                    Some(&f.push),
+                    Body::from(bytes.clone()),
+                )
+                .await;
+                assert!(s.is_success());
+            }
+            let body =
+                json!({"digest": enc.manifest_digest, "annotations": {"site": format!("s{fam}")}})
+                    .to_string();
+            let (s, b) = call(
+                &f,
+                Method::PUT,
+                &format!("/v1/refs/{name}"),
+                Some(&f.push),
+                json_body(&body),
+            )
+            .await;
+            assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&b));
+            names.push(name);
+        }
+        let (s, b) = call(&f, Method::GET, "/v1/datasets?q=s1", None, Body::empty()).await;
+        assert_eq!(s, StatusCode::OK);
+        let v: Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["total"], 1);
+        assert_eq!(v["items"][0]["ref"], "lab/set-1-0:v1");
+        let (_, b) = call(
+            &f,
+            Method::GET,
+            "/v1/datasets?limit=2&offset=2",
+            None,
+            Body::empty(),
+        )
+        .await;
+        let v: Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(
+            (v["total"].as_u64(), v["items"].as_array().unwrap().len()),
+            (Some(3), 1)
+        );
+        // Query by ref: the same family ranks first after the DNA itself.
+        let q = json!({"ref": "lab/set-0-0:v1", "k": 3}).to_string();
+        let (s, b) = call(&f, Method::POST, "/v1/query", None, json_body(&q)).await;
+        assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+        let v: Value = serde_json::from_slice(&b).unwrap();
+        let refs: Vec<&str> = v["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["ref"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            refs,
+            vec!["lab/set-0-0:v1", "lab/set-0-1:v1", "lab/set-1-0:v1"]
+        );
+        // The same query with an uploaded bundle gives the same ranking and distances.
+        let bundle = vdna_db::db::bundle_of(&small_dna(0, 0), &Default::default(), 3);
+        let (s, b2) = call(
+            &f,
+            Method::POST,
+            "/v1/query/bundle?k=3",
+            None,
+            Body::from(bundle),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        let v2: Value = serde_json::from_slice(&b2).unwrap();
+        assert_eq!(v2["results"], v["results"]);
+        // Compare agrees with the query's distance.
+        let c = json!({"a": "lab/set-0-0:v1", "b": "lab/set-1-0:v1"}).to_string();
+        let (s, b) = call(&f, Method::POST, "/v1/compare", None, json_body(&c)).await;
+        assert_eq!(s, StatusCode::OK);
+        let cv: Value = serde_json::from_slice(&b).unwrap();
+        assert!(
+            util::rel(
+                cv["distance"].as_f64().unwrap(),
+                v["results"][2]["distance"].as_f64().unwrap()
+            ) < 1e-12
+        );
+        // Bad requests: mask, k, metric, bundle, unknown ref.
+        for (body, code) in [
+            (
+                json!({"ref": "lab/set-0-0:v1", "mask": "nope_*"}),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                json!({"ref": "lab/set-0-0:v1", "k": 0}),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                json!({"ref": "lab/set-0-0:v1", "metric": "cosine"}),
+                StatusCode::BAD_REQUEST,
+            ),
+            (json!({"ref": "lab/none:v9"}), StatusCode::NOT_FOUND),
+        ] {
+            let (s, b) = call(
+                &f,
+                Method::POST,
+                "/v1/query",
+                None,
+                json_body(&body.to_string()),
+            )
+            .await;
+            assert_eq!(s, code, "{body}: {}", String::from_utf8_lossy(&b));
+            assert!(!error_code(&b).is_empty());
+        }
+        let (s, _) = call(
+            &f,
+            Method::POST,
+            "/v1/query/bundle",
+            None,
+            Body::from(b"VDNABDL\0junk".to_vec()),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        // Deleting needs admin.
+        let (s, _) = call(
+            &f,
+            Method::DELETE,
+            "/v1/refs/lab/set-1-0:v1",
+            Some(&f.push),
+            Body::empty(),
+        )
+        .await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        let (s, _) = call(
+            &f,
+            Method::DELETE,
+            "/v1/refs/lab/set-1-0:v1",
+            Some(&f.admin),
+            Body::empty(),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        let (s, _) = call(
+            &f,
+            Method::GET,
+            "/v1/refs/lab/set-1-0:v1",
+            None,
+            Body::empty(),
+        )
+        .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+    });
+}
+
+fn json_body(s: &str) -> Body {
+    Body::from(s.to_string())
+}
+
+#[test]
+fn a_private_server_needs_a_token_to_read() {
+    rt().block_on(async {
+        let f = fixture(true, 1 << 20);
+        let (s, b) = call(&f, Method::GET, "/v1/datasets", None, Body::empty()).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        assert_eq!(error_code(&b), "unauthorized");
+        let (s, _) = call(
+            &f,
+            Method::GET,
+            "/v1/datasets",
+            Some(&f.push),
+            Body::empty(),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(
+            call(&f, Method::GET, "/v1/health", None, Body::empty())
+                .await
+                .0,
+            StatusCode::OK
+        );
+    });
+}
+
+/// The OpenAPI document and the router list the same operations.
+#[test]
+fn openapi_document_matches_the_routes() {
+    let doc: Value =
+        serde_json::from_slice(&std::fs::read(root().join("schema/openapi.json")).unwrap())
+            .unwrap();
+    let mut documented = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for m in ["get", "put", "post", "delete", "head", "patch"] {
+            if item.get(m).is_some() {
+                documented.insert((m.to_string(), path.clone()));
+            }
+        }
+    }
+    let routed: BTreeSet<(String, String)> = server::paths::ALL
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.replace("{*", "{")))
+        .collect();
+    assert_eq!(documented, routed);
+    // And every documented operation reaches a handler, not the fallback.
+    rt().block_on(async {
+        let f = fixture(false, 1 << 20);
+        for (m, p) in &routed {
+            let path = p
+                .replace("{digest}", &Digest::of(b"probe").to_string())
+                .replace("{name}", "probe/x:v1");
+            let method = Method::from_bytes(m.to_uppercase().as_bytes()).unwrap();
+            let (_, b) = call(&f, method, &path, Some(&f.admin), Body::from("{}")).await;
+            assert_ne!(error_code(&b), "no_route", "{m} {p}");
+        }
+        let (s, b) = call(&f, Method::GET, "/v1/nothing", None, Body::empty()).await;
+        assert_eq!(
+            (s, error_code(&b).as_str()),
+            (StatusCode::NOT_FOUND, "no_route")
+        );
+    });
+}
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(home: &std::path::Path, extra: &[&str]) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vdna-db"))
+        .args([
+            "--home",
+            home.to_str().unwrap(),
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+        ])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line.trim().trim_start_matches("listening on ").to_string();
+    assert!(url.starts_with("http://127.0.0.1:"), "{line}");
+    Server { child, url }
+}
+
+#[test]
+fn cli_pushes_pulls_and_queries_through_a_real_server() {
+    let dir = util::tmp();
+    let server_home = dir.path().join("server");
+    let token = {
+        let v = util::json(&server_home, &["token", "create", "--scope", "push"]);
+        v["token"].as_str().unwrap().to_string()
+    };
+    let srv = start_server(&server_home, &[]);
+    let client_home = dir.path().join("client");
+    let remote = |args: &[&str]| -> Vec<String> {
+        let mut v = vec![
+            "--remote".to_string(),
+            srv.url.clone(),
+            "--token".into(),
+            token.clone(),
+        ];
+        v.extend(args.iter().map(|s| s.to_string()));
+        v
+    };
+    let run = |args: Vec<String>| {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        util::run(&client_home, &a)
+    };
+    let fix = root().join("fixtures/reference");
+    let g = fix.join("gradients-histogram-100.json");
+    let c = fix.join("checker-histogram-100.json");
+    // Without a token: refused.
+    let o = util::run(
+        &client_home,
+        &[
+            "--remote",
+            &srv.url,
+            "push",
+            g.to_str().unwrap(),
+            "--name",
+            "g:v1",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", util::stderr(&o));
+    assert!(util::stderr(&o).contains("401"), "{}", util::stderr(&o));
+    let o = run(remote(&[
+        "push",
+        g.to_str().unwrap(),
+        "--name",
+        "g:v1",
+        "--json",
+    ]));
+    assert!(o.status.success(), "{}", util::stderr(&o));
+    let first: Value = serde_json::from_str(&util::stdout(&o)).unwrap();
+    assert_eq!(first["uploaded"], 18); // 16 layers, the space config and the manifest
+                                       // Pushing the same DNA under another name moves no blob.
+    let o = run(remote(&[
+        "push",
+        g.to_str().unwrap(),
+        "--name",
+        "g:v2",
+        "--json",
+    ]));
+    let again: Value = serde_json::from_str(&util::stdout(&o)).unwrap();
+    assert_eq!(
+        (again["uploaded"].as_u64(), again["skipped"].as_u64()),
+        (Some(0), Some(18))
+    );
+    assert!(
+        run(remote(&["push", c.to_str().unwrap(), "--name", "c:v1"]))
+            .status
+            .success()
+    );
+    // ls and query over the server.
+    let o = run(remote(&["ls", "--json"]));
+    let rows: Value = serde_json::from_str(&util::stdout(&o)).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 3);
+    let o = run(remote(&["query", "c:v1", "--top", "2", "--json"]));
+    assert!(o.status.success(), "{}", util::stderr(&o));
+    let q: Value = serde_json::from_str(&util::stdout(&o)).unwrap();
+    assert_eq!(q["results"][0]["ref"], "c:v1");
+    // The server's distance for (checker, gradients) is the reference library's.
+    let o = run(remote(&["compare", "c:v1", "g:v1", "--json"]));
+    let cmp: Value = serde_json::from_str(&util::stdout(&o)).unwrap();
+    let refd: Value = serde_json::from_slice(
+        &std::fs::read(root().join("fixtures/reference-distances.json")).unwrap(),
+    )
+    .unwrap();
+    let want = refd["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["dist"] == "histogram-100")
+        .unwrap()["all"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        util::rel(cmp["distance"].as_f64().unwrap(), want) < 1e-9,
+        "{cmp} vs {want}"
+    );
+    // Pull into the local store: same digest, usable offline.
+    let o = run(remote(&["pull", "g:v1", "--json"]));
+    assert!(o.status.success(), "{}", util::stderr(&o));
+    let local = util::json(&client_home, &["show", "g:v1"]);
+    assert_eq!(local["digest"], first["digest"]);
+    // A load burst: 32 clients, 25 queries each, no errors, nothing lost.
+    let url = srv.url.clone();
+    let errors = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for i in 0..32 {
+            let (url, errors) = (&url, &errors);
+            s.spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .build()
+                    .into();
+                for j in 0..25 {
+                    let who = if (i + j) % 2 == 0 { "g:v1" } else { "c:v1" };
+                    let r = agent
+                        .post(&format!("{url}/v1/query"))
+                        .send_json(json!({"ref": who, "k": 3}));
+                    match r {
+                        Ok(mut r) if r.status() == 200 => {
+                            let v: Value = r.body_mut().read_json().unwrap_or(Value::Null);
+                            if v["results"][0]["ref"] != who {
+                                errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                        }
+                        _ => {
+                            errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(errors.load(std::sync::atomic::Ordering::Relaxed), 0);
+    let o = run(remote(&["ls", "--json"]));
+    let rows: Value = serde_json::from_str(&util::stdout(&o)).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 3);
+    // SIGTERM: a graceful exit.
+    let mut srv = srv;
+    let pid = srv.child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = srv.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+/// A chunked body (no Content-Length) over the limit is cut off and nothing is stored.
+#[test]
+fn a_streamed_body_over_the_limit_is_refused() {
+    use std::io::{Read, Write};
+    let dir = util::tmp();
+    let home = dir.path().join("server");
+    let v = util::json(&home, &["token", "create", "--scope", "push"]);
+    let token = v["token"].as_str().unwrap().to_string();
+    let srv = start_server(&home, &["--max-body", "4096"]);
+    let addr = srv.url.trim_start_matches("http://").to_string();
+    let d = Digest::of(b"never stored");
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let head = format!(
+        "PUT /v1/blobs/{d} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    for _ in 0..16 {
+        // 1 KiB chunks; the server may stop reading after the limit.
+        if s.write_all(format!("400\r\n{}\r\n", "a".repeat(1024)).as_bytes())
+            .is_err()
+        {
+            break;
+        }
+    }
+    let _ = s.write_all(b"0\r\n\r\n");
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
+    drop(srv);
+    assert!(!Db::open(&home).unwrap().objects().contains(&d).unwrap());
+}
