@@ -54,15 +54,15 @@ pub fn run_serve(db: Db, out: &mut Out, a: ServeArgs) -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .try_init();
-    let state = Arc::new(AppState {
+    let state = Arc::new(AppState::new(
         db,
-        private: a.private,
-        limits: Limits {
+        a.private,
+        Limits {
             max_body: a.max_body,
             timeout: std::time::Duration::from_secs(a.timeout),
             concurrency: a.concurrency.max(1),
         },
-    });
+    ));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -22,6 +22,15 @@ use crate::refname::RefName;
 
 type Res<T> = Result<T, ApiError>;
 
+/// Runs a query or comparison on the blocking pool once a core is free.
+async fn heavy<T: Send + 'static>(
+    st: &Arc<AppState>,
+    f: impl FnOnce(&Db) -> Res<T> + Send + 'static,
+) -> Res<T> {
+    let _permit = st.heavy.acquire().await.map_err(ApiError::internal)?;
+    blocking(st, f).await
+}
+
 /// Runs store work on the blocking pool.
 async fn blocking<T: Send + 'static>(
     st: &Arc<AppState>,
@@ -293,7 +302,7 @@ fn five() -> usize {
 pub async fn compare(State(st): State<Arc<AppState>>, body: Bytes) -> Res<Json<Value>> {
     let b: CompareBody = parse_json(&body)?;
     let m = metric(&b.metric)?;
-    blocking(&st, move |db| {
+    heavy(&st, move |db| {
         let open = |s: &str| -> Res<AnyDna> {
             let (d, _) = db.resolve(s)?;
             Ok(AnyDna::Stored(db.open_dna(&d)?))
@@ -350,7 +359,7 @@ pub async fn query(State(st): State<Arc<AppState>>, body: Bytes) -> Res<Json<Val
             "give \"ref\" (a stored name or digest), or POST a .vdna bundle to /v1/query/bundle",
         ));
     };
-    blocking(&st, move |db| {
+    heavy(&st, move |db| {
         let (d, _) = db.resolve(&spec)?;
         let dna = AnyDna::Stored(db.open_dna(&d)?);
         let r = crate::query::query(db, &dna, &req)?;
@@ -366,7 +375,7 @@ pub async fn query_bundle(
 ) -> Res<Json<Value>> {
     let q = parse_query(q)?;
     let req = request(&q)?;
-    blocking(&st, move |db| {
+    heavy(&st, move |db| {
         let (dna, _) = crate::db::dna_of_bundle_bytes(&body).map_err(|e| {
             ApiError::bad_request(format!("request body is not a valid .vdna bundle: {e}"))
         })?;

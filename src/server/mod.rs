@@ -13,6 +13,7 @@
 mod api;
 pub mod client;
 pub mod error;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -92,6 +93,22 @@ pub struct AppState {
     /// Reads need a token too.
     pub private: bool,
     pub limits: Limits,
+    /// Queries and comparisons each use every core (rayon); running more of them at once
+    /// than there are cores only multiplies memory and tail latency, so they queue here
+    /// (first come, first served).
+    pub heavy: tokio::sync::Semaphore,
+}
+
+impl AppState {
+    pub fn new(db: Db, private: bool, limits: Limits) -> AppState {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        AppState {
+            db,
+            private,
+            limits,
+            heavy: tokio::sync::Semaphore::new(cores),
+        }
+    }
 }
 
 /// What a request may do, from its token.
@@ -219,6 +236,12 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route(paths::QUERY_BUNDLE, post(api::query_bundle))
         .route(paths::MASKS, get(api::masks))
         .route(paths::SPACES, get(api::spaces))
+        .route("/", get(web::catalogue))
+        .route("/d/{*name}", get(web::dataset))
+        .route("/compare", get(web::compare))
+        .route("/query", get(web::query_page))
+        .route("/query/upload", post(web::query_upload))
+        .route("/favicon.ico", get(web::favicon))
         .fallback(fallback)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
         .layer(DefaultBodyLimit::max(limits.max_body))

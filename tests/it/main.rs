@@ -10,3 +10,4 @@ mod properties;
 mod query;
 mod server;
 mod util;
+mod web;

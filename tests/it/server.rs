@@ -45,14 +45,14 @@ fn fixture(private: bool, max_body: usize) -> Fixture {
     db.catalogue().put_token(&rec).unwrap();
     let (admin, rec) = server::new_token("admin", "tests").unwrap();
     db.catalogue().put_token(&rec).unwrap();
-    let state = Arc::new(AppState {
+    let state = Arc::new(AppState::new(
         db,
         private,
-        limits: Limits {
+        Limits {
             max_body,
             ..Default::default()
         },
-    });
+    ));
     Fixture {
         _dir: dir,
         state,
@@ -441,9 +441,9 @@ fn openapi_document_matches_the_routes() {
     });
 }
 
-struct Server {
-    child: Child,
-    url: String,
+pub struct Server {
+    pub child: Child,
+    pub url: String,
 }
 
 impl Drop for Server {
@@ -453,7 +453,7 @@ impl Drop for Server {
     }
 }
 
-fn start_server(home: &std::path::Path, extra: &[&str]) -> Server {
+pub fn start_server(home: &std::path::Path, extra: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_vdna-db"))
         .args([
             "--home",
@@ -652,4 +652,30 @@ fn a_streamed_body_over_the_limit_is_refused() {
     assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
     drop(srv);
     assert!(!Db::open(&home).unwrap().objects().contains(&d).unwrap());
+}
+
+/// The web query page takes a bundle as a raw body or as a browser's multipart form.
+#[test]
+fn web_upload_queries_with_a_bundle_raw_or_multipart() {
+    rt().block_on(async {
+        let f = fixture(false, 1 << 24);
+        let dna = small_dna(1, 1);
+        f.state
+            .db
+            .push(&small_dna(1, 0), Some(&vdna_db::refname::RefName::parse("lab/b:v1").unwrap()), Default::default())
+            .unwrap();
+        let bundle = vdna_db::db::bundle_of(&dna, &Default::default(), 3);
+        let (s, page) = call(&f, Method::POST, "/query/upload?k=2", None, Body::from(bundle.clone())).await;
+        assert_eq!(s, StatusCode::OK);
+        assert!(String::from_utf8_lossy(&page).contains("/d/lab/b:v1"));
+        let mut form = b"--XyZ\r\nContent-Disposition: form-data; name=\"bundle\"; filename=\"m.vdna\"\r\nContent-Type: application/octet-stream\r\n\r\n".to_vec();
+        form.extend_from_slice(&bundle);
+        form.extend_from_slice(b"\r\n--XyZ--\r\n");
+        let (s, page) = call(&f, Method::POST, "/query/upload?k=2", None, Body::from(form)).await;
+        assert_eq!(s, StatusCode::OK);
+        assert!(String::from_utf8_lossy(&page).contains("/d/lab/b:v1"));
+        let (s, page) = call(&f, Method::POST, "/query/upload", None, Body::from(b"not a bundle".to_vec())).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert!(String::from_utf8_lossy(&page).contains("not a valid .vdna bundle"));
+    });
 }
