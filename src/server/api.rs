@@ -146,6 +146,18 @@ pub async fn put_blob(
     Ok((status, Json(json!({"digest": d, "created": created}))).into_response())
 }
 
+/// A manifest decoded and checked against its digest, with its space config.
+pub async fn manifest(State(st): State<Arc<AppState>>, Path(d): Path<String>) -> Res<Json<Value>> {
+    let d = digest(&d)?;
+    blocking(&st, move |db| {
+        let b = db.bundle_from_store(&d)?;
+        Ok(Json(
+            json!({"digest": d, "manifest": b.manifest, "space": b.space}),
+        ))
+    })
+    .await
+}
+
 pub async fn list_refs(State(st): State<Arc<AppState>>) -> Res<Json<Value>> {
     blocking(&st, |db| {
         let refs = db.catalogue().refs()?;

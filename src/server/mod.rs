@@ -38,6 +38,7 @@ pub use error::ApiError;
 pub mod paths {
     pub const HEALTH: &str = "/v1/health";
     pub const BLOB: &str = "/v1/blobs/{digest}";
+    pub const MANIFEST: &str = "/v1/manifests/{digest}";
     pub const REFS: &str = "/v1/refs";
     pub const REF: &str = "/v1/refs/{*name}";
     pub const DATASETS: &str = "/v1/datasets";
@@ -53,6 +54,7 @@ pub mod paths {
         ("head", BLOB),
         ("get", BLOB),
         ("put", BLOB),
+        ("get", MANIFEST),
         ("get", REFS),
         ("get", REF),
         ("put", REF),
@@ -224,6 +226,7 @@ pub fn app(state: Arc<AppState>) -> Router {
             paths::BLOB,
             get(api::get_blob).head(api::head_blob).put(api::put_blob),
         )
+        .route(paths::MANIFEST, get(api::manifest))
         .route(paths::REFS, get(api::list_refs))
         .route(
             paths::REF,

@@ -250,6 +250,20 @@ fn a_dna_pushed_blob_by_blob_is_committed_queried_and_compared() {
             assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&b));
             names.push(name);
         }
+        // The manifest endpoint decodes what was uploaded.
+        let last = small_dna(1, 0).encode(3);
+        let (s, b) = call(
+            &f,
+            Method::GET,
+            &format!("/v1/manifests/{}", last.manifest_digest),
+            None,
+            Body::empty(),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        let v: Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["manifest"]["layers"].as_array().unwrap().len(), 2);
+        assert_eq!(v["manifest"]["images"], 8);
         let (s, b) = call(&f, Method::GET, "/v1/datasets?q=s1", None, Body::empty()).await;
         assert_eq!(s, StatusCode::OK);
         let v: Value = serde_json::from_slice(&b).unwrap();
@@ -577,26 +591,37 @@ fn cli_pushes_pulls_and_queries_through_a_real_server() {
     assert!(o.status.success(), "{}", util::stderr(&o));
     let local = util::json(&client_home, &["show", "g:v1"]);
     assert_eq!(local["digest"], first["digest"]);
-    // A load burst: 32 clients, 25 queries each, no errors, nothing lost.
+    // A load burst on small DNAs: 32 clients, 64 queries each, no errors, nothing lost.
+    let c = vdna_db::server::client::Client::new(&srv.url, Some(token.clone()));
+    for (fam, mem) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+        let name = vdna_db::refname::RefName::parse(&format!("small/s{fam}{mem}:v1")).unwrap();
+        c.push_objects(
+            &small_dna(fam, mem).encode(3).objects,
+            &name,
+            &Default::default(),
+        )
+        .unwrap();
+    }
     let url = srv.url.clone();
     let errors = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|s| {
         for i in 0..32 {
             let (url, errors) = (&url, &errors);
+            // 32 clients x 64 queries = 2,048 queries.
             s.spawn(move || {
                 let agent: ureq::Agent = ureq::Agent::config_builder()
                     .http_status_as_error(false)
                     .build()
                     .into();
-                for j in 0..25 {
-                    let who = if (i + j) % 2 == 0 { "g:v1" } else { "c:v1" };
+                for j in 0..64 {
+                    let who = format!("small/s{}{}:v1", (i + j) % 2, j % 2);
                     let r = agent
                         .post(&format!("{url}/v1/query"))
-                        .send_json(json!({"ref": who, "k": 3}));
+                        .send_json(json!({"ref": who, "k": 2}));
                     match r {
                         Ok(mut r) if r.status() == 200 => {
                             let v: Value = r.body_mut().read_json().unwrap_or(Value::Null);
-                            if v["results"][0]["ref"] != who {
+                            if v["results"][0]["ref"] != who.as_str() {
                                 errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             }
                         }
@@ -611,7 +636,7 @@ fn cli_pushes_pulls_and_queries_through_a_real_server() {
     assert_eq!(errors.load(std::sync::atomic::Ordering::Relaxed), 0);
     let o = run(remote(&["ls", "--json"]));
     let rows: Value = serde_json::from_str(&util::stdout(&o)).unwrap();
-    assert_eq!(rows.as_array().unwrap().len(), 3);
+    assert_eq!(rows.as_array().unwrap().len(), 7);
     // SIGTERM: a graceful exit.
     let mut srv = srv;
     let pid = srv.child.id().to_string();
