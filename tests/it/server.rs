@@ -704,3 +704,46 @@ fn web_upload_queries_with_a_bundle_raw_or_multipart() {
         assert!(String::from_utf8_lossy(&page).contains("not a valid .vdna bundle"));
     });
 }
+
+/// Every write operation of the route table refuses a missing or unknown token, and names
+/// or digests that try to leave the store are refused before anything is touched.
+#[test]
+fn every_write_route_needs_a_token_and_paths_cannot_escape() {
+    rt().block_on(async {
+        let f = fixture(false, 1 << 20);
+        let digest = Digest::of(b"probe").to_string();
+        let writes: Vec<&(&str, &str)> = server::paths::ALL
+            .iter()
+            .filter(|(m, _)| *m == "put" || *m == "delete")
+            .collect();
+        assert_eq!(writes.len(), 3, "blob PUT, ref PUT, ref DELETE");
+        for (m, p) in writes {
+            let path = p
+                .replace("{digest}", &digest)
+                .replace("{*name}", "probe/x:v1");
+            let method = Method::from_bytes(m.to_uppercase().as_bytes()).unwrap();
+            for token in [None, Some("vdna_0000")] {
+                let (s, b) = call(&f, method.clone(), &path, token, Body::from("{}")).await;
+                assert_eq!(s, StatusCode::UNAUTHORIZED, "{m} {p} with {token:?}");
+                assert_eq!(error_code(&b), "unauthorized");
+            }
+        }
+        for path in [
+            "/v1/blobs/..%2F..%2Fcatalogue",
+            "/v1/blobs/sha256:..%2F..%2F..%2Fetc%2Fpasswd",
+            "/v1/refs/..%2F..%2Fetc:v1",
+            "/v1/refs/a/../../b:v1",
+            "/v1/datasets/..%2Fsecret",
+        ] {
+            let (s, _) = call(&f, Method::GET, path, Some(&f.admin), Body::empty()).await;
+            assert!(
+                s == StatusCode::BAD_REQUEST || s == StatusCode::NOT_FOUND,
+                "{path}: {s}"
+            );
+            let (s, _) = call(&f, Method::PUT, path, Some(&f.admin), Body::from("{}")).await;
+            assert!(s.is_client_error(), "{path}: {s}");
+        }
+        assert!(f.state.db.catalogue().refs().unwrap().is_empty());
+        assert!(f.state.db.objects().list().unwrap().is_empty());
+    });
+}
