@@ -48,3 +48,23 @@ pub fn clustered_spec(seed: u64, families: usize) -> synth::CatalogueSpec {
         spread: 1.0,
     }
 }
+
+/// Resident set and its peak, in MB (Linux; zeros elsewhere).
+pub fn rss_mb() -> (f64, f64) {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let get = |k: &str| {
+        s.lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    (get("VmRSS:"), get("VmHWM:"))
+}
+
+/// The `p` quantile (0..1) of `v`, sorting it.
+pub fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}

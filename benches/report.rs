@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use common::{clustered_spec, counts, naive_emd};
+use common::{clustered_spec, counts, naive_emd, pct, rss_mb};
 use vdna_db::db::{compare_dnas, AnyDna};
 use vdna_db::format::{decode_layer, decode_object, Digest};
 use vdna_db::mask::Mask;
@@ -27,24 +27,6 @@ fn ms<T>(f: impl FnOnce() -> T) -> (f64, T) {
 
 fn best_of<T>(n: usize, mut f: impl FnMut() -> T) -> f64 {
     (0..n).map(|_| ms(&mut f).0).fold(f64::INFINITY, f64::min)
-}
-
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[((v.len() - 1) as f64 * p).round() as usize]
-}
-
-fn rss_mb() -> (f64, f64) {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let get = |k: &str| {
-        s.lines()
-            .find(|l| l.starts_with(k))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
-    };
-    (get("VmRSS:"), get("VmHWM:"))
 }
 
 fn resnet_spec(seed: u64) -> synth::CatalogueSpec {

@@ -7,6 +7,9 @@
 //! queries/s, p50/p99 latency and the process's resident memory; the in-process query
 //! engine on the same catalogue is the baseline for the HTTP overhead.
 
+#[path = "common.rs"]
+mod common;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,23 +21,7 @@ use vdna_db::server::client::Client;
 use vdna_db::server::{self, AppState, Limits};
 use vdna_db::{synth, Db};
 
-fn rss_mb() -> (f64, f64) {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let get = |k: &str| {
-        s.lines()
-            .find(|l| l.starts_with(k))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
-    };
-    (get("VmRSS:"), get("VmHWM:"))
-}
-
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[((v.len() - 1) as f64 * p).round() as usize]
-}
+use common::{pct, rss_mb};
 
 fn env(k: &str, d: usize) -> usize {
     std::env::var(k)

@@ -818,7 +818,9 @@ fn push(home: &Option<PathBuf>, out: &mut Out, a: PushArgs, require_name: bool) 
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let bundle = crate::format::decode_bundle(&bytes)
             .map_err(|e| crate::Error::Invalid(format!("{}: {e}", path.display())))?;
-        db.push_bundle(&bundle, name.as_ref(), ann)?
+        let r = db.push_bundle(&bundle, name.as_ref(), ann)?;
+        crate::query::index_pushed(&db, &r.digest)?;
+        r
     } else {
         out.progress(&format!("reading {}", path.display()));
         let imported = crate::reference::import_pair(path)?;
@@ -830,9 +832,6 @@ fn push(home: &Option<PathBuf>, out: &mut Out, a: PushArgs, require_name: bool) 
         crate::query::index_pushed(&db, &r.digest)?;
         r
     };
-    if db::is_bundle(path) && !is_image_input(path) {
-        crate::query::index_pushed(&db, &report.digest)?;
-    }
     out.json(&report)?;
     out.line(&format!(
         "stored {}{} ({}, {} images, {} at rest for {} raw, {} new objects)",

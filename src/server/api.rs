@@ -158,13 +158,15 @@ pub async fn manifest(State(st): State<Arc<AppState>>, Path(d): Path<String>) ->
     .await
 }
 
+fn ref_json(n: &RefName, r: &crate::catalogue::RefRecord) -> Value {
+    json!({"ref": n.to_string(), "digest": r.digest, "created": r.created, "annotations": r.annotations})
+}
+
 pub async fn list_refs(State(st): State<Arc<AppState>>) -> Res<Json<Value>> {
     blocking(&st, |db| {
         let refs = db.catalogue().refs()?;
         Ok(Json(Value::Array(
-            refs.into_iter()
-                .map(|(n, r)| json!({"ref": n.to_string(), "digest": r.digest, "created": r.created, "annotations": r.annotations}))
-                .collect(),
+            refs.iter().map(|(n, r)| ref_json(n, r)).collect(),
         )))
     })
     .await
@@ -176,7 +178,7 @@ pub async fn get_ref(
 ) -> Res<Json<Value>> {
     let n = refname(&name)?;
     blocking(&st, move |db| match db.catalogue().get_ref(&n)? {
-        Some(r) => Ok(Json(json!({"ref": n.to_string(), "digest": r.digest, "created": r.created, "annotations": r.annotations}))),
+        Some(r) => Ok(Json(ref_json(&n, &r))),
         None => Err(ApiError::not_found(format!("no ref {n}"))),
     })
     .await

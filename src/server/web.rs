@@ -143,17 +143,14 @@ pub struct CatalogueParams {
 pub async fn catalogue(
     State(st): State<Arc<AppState>>,
     Query(p): Query<CatalogueParams>,
-) -> Response {
+) -> Result<Response, Response> {
     let res = blocking(&st, move |db| {
         let rows = db.list()?;
         let spaces = db.catalogue().spaces()?;
         Ok((rows, spaces))
     })
     .await;
-    let (rows, spaces) = match res {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+    let (rows, spaces) = res?;
     let q = p.q.clone().unwrap_or_default();
     let space = p.space.clone().unwrap_or_default();
     let ql = q.to_lowercase();
@@ -211,7 +208,7 @@ pub async fn catalogue(
         b.push_str("<tr><td colspan=5 class=muted>No dataset matches.</td></tr>");
     }
     b.push_str("</tbody></table></div>");
-    page("Catalogue", &b).into_response()
+    Ok(page("Catalogue", &b).into_response())
 }
 
 /// Where a layer's neurons sit: quantiles of the per-neuron means and the mean spread.
@@ -390,7 +387,10 @@ fn hits_table(r: &QueryResult) -> String {
     s
 }
 
-pub async fn dataset(State(st): State<Arc<AppState>>, Path(name): Path<String>) -> Response {
+pub async fn dataset(
+    State(st): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Response, Response> {
     let res = blocking(&st, move |db| {
         let (d, n) = db.resolve(&name)?;
         let stored = db.open_dna(&d)?;
@@ -421,10 +421,7 @@ pub async fn dataset(State(st): State<Arc<AppState>>, Path(name): Path<String>) 
         ))
     })
     .await;
-    let (d, label, stored, ann, layers, q) = match res {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+    let (d, label, stored, ann, layers, q) = res?;
     let hist = matches!(stored.space.dist, DistKind::Histogram { .. });
     let mut b = String::new();
     let _ = write!(
@@ -466,7 +463,7 @@ pub async fn dataset(State(st): State<Arc<AppState>>, Path(name): Path<String>) 
             .map(|(l, s)| format!("<tr><td class=mono>{}</td><td class=num>{}</td><td class=mono>{}</td></tr>", esc(&l.name), s.neurons, esc(&l.digest.to_string())))
             .collect::<String>()
     );
-    page(&label, &b).into_response()
+    Ok(page(&label, &b).into_response())
 }
 
 #[derive(Deserialize, Default)]
@@ -493,7 +490,10 @@ fn dataset_options(rows: &[Listing], selected: &str) -> String {
         .collect()
 }
 
-pub async fn compare(State(st): State<Arc<AppState>>, Query(p): Query<CompareParams>) -> Response {
+pub async fn compare(
+    State(st): State<Arc<AppState>>,
+    Query(p): Query<CompareParams>,
+) -> Result<Response, Response> {
     let (a, bb, mask) = (
         p.a.unwrap_or_default(),
         p.b.unwrap_or_default(),
@@ -513,10 +513,7 @@ pub async fn compare(State(st): State<Arc<AppState>>, Query(p): Query<ComparePar
         Ok((rows, Some(c)))
     })
     .await;
-    let (rows, cmp) = match res {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+    let (rows, cmp) = res?;
     let mut b = String::from("<h1>Compare two datasets</h1>");
     let _ = write!(
         b,
@@ -537,7 +534,7 @@ pub async fn compare(State(st): State<Arc<AppState>>, Query(p): Query<ComparePar
             bars(&c.top_neurons.iter().map(|n| (format!("{}#{}", n.layer, n.index), n.distance)).collect::<Vec<_>>())
         );
     }
-    page("Compare", &b).into_response()
+    Ok(page("Compare", &b).into_response())
 }
 
 #[derive(Deserialize, Default)]
@@ -561,7 +558,10 @@ fn query_form(rows: &[Listing], p: &QueryParams) -> String {
     )
 }
 
-pub async fn query_page(State(st): State<Arc<AppState>>, Query(p): Query<QueryParams>) -> Response {
+pub async fn query_page(
+    State(st): State<Arc<AppState>>,
+    Query(p): Query<QueryParams>,
+) -> Result<Response, Response> {
     let (r2, m2, k) = (
         p.reference.clone(),
         p.mask.clone().unwrap_or_else(|| "all".into()),
@@ -587,16 +587,13 @@ pub async fn query_page(State(st): State<Arc<AppState>>, Query(p): Query<QueryPa
         Ok((rows, Some(q)))
     })
     .await;
-    let (rows, q) = match res {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+    let (rows, q) = res?;
     let mut b = String::from("<h1>Which datasets look like this one?</h1>");
     b.push_str(&query_form(&rows, &p));
     if let Some(q) = q {
         let _ = write!(b, "<div class=card><p class=muted>{} distance over {} neurons, mask <code>{}</code>; {} exact distances in {:.1} ms.</p>{}</div>", q.metric.name(), q.neurons, esc(&q.mask), q.plan.exact_computed, q.plan.total_ms, hits_table(&q));
     }
-    page("Query", &b).into_response()
+    Ok(page("Query", &b).into_response())
 }
 
 /// A bundle posted as the raw body (or a single-file multipart form) to query with.
@@ -604,7 +601,7 @@ pub async fn query_upload(
     State(st): State<Arc<AppState>>,
     Query(p): Query<QueryParams>,
     body: Bytes,
-) -> Response {
+) -> Result<Response, Response> {
     let bytes = strip_multipart(&body).unwrap_or(&body).to_vec();
     let (m2, k) = (
         p.mask.clone().unwrap_or_else(|| "all".into()),
@@ -629,14 +626,11 @@ pub async fn query_upload(
         Ok((rows, q))
     })
     .await;
-    let (rows, q) = match res {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+    let (rows, q) = res?;
     let mut b = String::from("<h1>Results for the uploaded DNA</h1>");
     b.push_str(&query_form(&rows, &p));
     let _ = write!(b, "<div class=card>{}</div>", hits_table(&q));
-    page("Query", &b).into_response()
+    Ok(page("Query", &b).into_response())
 }
 
 /// The file part of a `multipart/form-data` body with one file field, if `body` is one.
