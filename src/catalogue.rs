@@ -18,7 +18,7 @@ use crate::Error;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CatalogueError {
-    #[error("store {0} is in use by another vdna-db process (a running `vdna-db serve`?): wait for it to finish, stop it, or talk to the server with --remote")]
+    #[error("store {0} is busy: another vdna-db process holds it (a running `vdna-db serve`?); retry later, raise --lock-wait, stop that process, or talk to its server with --remote")]
     Busy(String),
     #[error("catalogue: {0} (run vdna-db verify; the objects are intact and vdna-db reindex rebuilds derived state)")]
     Db(String),
@@ -95,19 +95,34 @@ fn dec<T: DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T, Error> {
 }
 
 impl Catalogue {
-    /// Opens or creates the catalogue at `path`.
+    /// Opens or creates the catalogue at `path`, failing at once with
+    /// [`CatalogueError::Busy`] when another process holds it.
     pub fn open(path: &Path) -> Result<Catalogue, Error> {
-        let db = sled::Config::new()
-            .path(path)
-            .open()
-            .map_err(|e| match &e {
-                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
-                    Error::Catalogue(CatalogueError::Busy(
-                        path.parent().unwrap_or(path).display().to_string(),
-                    ))
+        Catalogue::open_wait(path, std::time::Duration::ZERO)
+    }
+
+    /// Opens the catalogue, retrying for up to `wait` while another process holds its
+    /// lock (sled admits one process at a time), then failing with
+    /// [`CatalogueError::Busy`]. Never blocks longer than `wait`.
+    pub fn open_wait(path: &Path, wait: std::time::Duration) -> Result<Catalogue, Error> {
+        let deadline = std::time::Instant::now() + wait;
+        let mut pause = std::time::Duration::from_millis(5);
+        let db = loop {
+            match sled::Config::new().path(path).open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(io)) if io.to_string().contains("could not acquire lock") => {
+                    let now = std::time::Instant::now();
+                    if now >= deadline {
+                        return Err(Error::Catalogue(CatalogueError::Busy(
+                            path.parent().unwrap_or(path).display().to_string(),
+                        )));
+                    }
+                    std::thread::sleep(pause.min(deadline - now));
+                    pause = (pause * 2).min(std::time::Duration::from_millis(200));
                 }
-                _ => db_err(e),
-            })?;
+                Err(e) => return Err(db_err(e)),
+            }
+        };
         let tree = |n: &str| db.open_tree(n).map_err(db_err);
         Ok(Catalogue {
             refs: tree("refs")?,

@@ -47,7 +47,31 @@ pub struct Db {
     fs: Arc<FsBackend>,
     catalogue: Catalogue,
     level: i32,
+    /// Commits hold it shared, `gc` exclusively: a sweep never sees a DNA half committed.
+    commit_gate: std::sync::RwLock<()>,
 }
+
+/// How to open a store.
+#[derive(Clone, Debug)]
+pub struct OpenOptions {
+    /// zstd level for new objects.
+    pub level: i32,
+    /// How long to wait for another process to release the store before failing as busy.
+    pub lock_wait: std::time::Duration,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            level: DEFAULT_LEVEL,
+            lock_wait: std::time::Duration::ZERO,
+        }
+    }
+}
+
+/// Objects younger than this are never collected by `gc` unless asked: an upload in
+/// progress (objects first, the manifest last) is not yet reachable from any ref.
+pub const DEFAULT_GC_GRACE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 /// What a push stored.
 #[derive(Clone, Debug, Serialize)]
@@ -225,6 +249,8 @@ pub struct VerifyReport {
 pub struct GcReport {
     pub objects_kept: usize,
     pub objects_removed: usize,
+    /// Unreachable objects spared because they are younger than the grace period.
+    pub objects_recent: usize,
     pub bytes_freed: u64,
     pub records_removed: usize,
     pub tmp_files_removed: usize,
@@ -238,6 +264,18 @@ impl Db {
 
     /// Opens the store, writing new objects at zstd `level`.
     pub fn open_with_level(home: &Path, level: i32) -> Result<Db, Error> {
+        Db::open_with(
+            home,
+            &OpenOptions {
+                level,
+                ..OpenOptions::default()
+            },
+        )
+    }
+
+    /// Opens the store with explicit options.
+    pub fn open_with(home: &Path, opts: &OpenOptions) -> Result<Db, Error> {
+        let level = opts.level;
         std::fs::create_dir_all(home).map_err(|e| Error::io(home, e))?;
         let marker = home.join(STORE_MARKER);
         match std::fs::read_to_string(&marker) {
@@ -263,7 +301,7 @@ impl Db {
             }
             Err(e) => return Err(Error::io(&marker, e)),
         }
-        let catalogue = Catalogue::open(&home.join("catalogue"))?;
+        let catalogue = Catalogue::open_wait(&home.join("catalogue"), opts.lock_wait)?;
         let fs = Arc::new(
             FsBackend::open(&home.join("objects"), &home.join("tmp"))
                 .map_err(|e| Error::io(home, e))?,
@@ -274,6 +312,7 @@ impl Db {
             fs,
             catalogue,
             level,
+            commit_gate: std::sync::RwLock::new(()),
         })
     }
 
@@ -320,6 +359,9 @@ impl Db {
         name: Option<&RefName>,
         annotations: BTreeMap<String, String>,
     ) -> Result<PushReport, Error> {
+        // Objects are put under the gate too, so gc cannot sweep them between the put and
+        // the catalogue commit.
+        let _gate = self.commit_gate.read().unwrap_or_else(|p| p.into_inner());
         // Layers first, then the space and the manifest: a manifest is never durable before
         // the blobs it names.
         let mut new_objects = 0;
@@ -592,6 +634,7 @@ impl Db {
 
     /// Points `new` at what `src` resolves to, keeping the source ref's annotations.
     pub fn tag(&self, src: &str, new: &str) -> Result<(Digest, RefName), Error> {
+        let _gate = self.commit_gate.read().unwrap_or_else(|p| p.into_inner());
         let (digest, from) = self.resolve(src)?;
         let name = RefName::parse(new)?;
         let annotations = self.annotations(from.as_ref())?;
@@ -656,8 +699,17 @@ impl Db {
         Ok(report)
     }
 
-    /// Removes every object and DNA record that no ref reaches, and stale temporary files.
+    /// Removes every object and DNA record that no ref reaches, and stale temporary files,
+    /// sparing objects younger than [`DEFAULT_GC_GRACE`].
     pub fn gc(&self) -> Result<GcReport, Error> {
+        self.gc_with_grace(DEFAULT_GC_GRACE)
+    }
+
+    /// [`Db::gc`] with an explicit grace period: unreachable objects modified less than
+    /// `grace` ago are kept (an upload that sends objects before its manifest is not yet
+    /// reachable). Commits in this process wait while it runs.
+    pub fn gc_with_grace(&self, grace: std::time::Duration) -> Result<GcReport, Error> {
+        let _gate = self.commit_gate.write().unwrap_or_else(|p| p.into_inner());
         let mut report = GcReport::default();
         let mut live_dnas = BTreeSet::new();
         let mut live = BTreeSet::new();
@@ -680,9 +732,18 @@ impl Db {
                 report.records_removed += 1;
             }
         }
+        let now = std::time::SystemTime::now();
         for d in self.objects.list()? {
             if live.contains(&d) {
                 report.objects_kept += 1;
+                continue;
+            }
+            let recent = match self.objects.modified(&d)? {
+                Some(t) => now.duration_since(t).map_or(true, |age| age < grace),
+                None => continue,
+            };
+            if recent {
+                report.objects_recent += 1;
                 continue;
             }
             report.bytes_freed += self.objects.stored_size(&d)?.unwrap_or(0);
@@ -691,7 +752,7 @@ impl Db {
         }
         report.tmp_files_removed = self
             .fs
-            .clean_tmp()
+            .clean_tmp(grace)
             .map_err(|e| Error::io(self.home.join("tmp"), e))?;
         Ok(report)
     }

@@ -45,6 +45,8 @@ pub trait Backend: Send + Sync {
     fn delete(&self, key: &str) -> io::Result<()>;
     /// Every key.
     fn list(&self) -> io::Result<Vec<String>>;
+    /// When an object was last written, `None` when absent.
+    fn modified(&self, key: &str) -> io::Result<Option<std::time::SystemTime>>;
 }
 
 /// Objects as files under a directory.
@@ -110,12 +112,18 @@ impl FsBackend {
         self.root.join(key)
     }
 
-    /// Removes temporary files left by interrupted writes.
-    pub fn clean_tmp(&self) -> io::Result<usize> {
+    /// Removes temporary files left by interrupted writes, sparing those younger than
+    /// `grace` (a write of another thread may still be under way).
+    pub fn clean_tmp(&self, grace: std::time::Duration) -> io::Result<usize> {
         let mut n = 0;
+        let now = std::time::SystemTime::now();
         for e in std::fs::read_dir(&self.tmp)? {
             let e = e?;
-            if e.file_name().to_string_lossy().ends_with(".tmp") {
+            let young = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .map_or(true, |t| now.duration_since(t).map_or(true, |a| a < grace));
+            if e.file_name().to_string_lossy().ends_with(".tmp") && !young {
                 std::fs::remove_file(e.path())?;
                 n += 1;
             }
@@ -181,6 +189,14 @@ impl Backend for FsBackend {
         }
     }
 
+    fn modified(&self, key: &str) -> io::Result<Option<std::time::SystemTime>> {
+        match std::fs::metadata(self.path(key)) {
+            Ok(m) => m.modified().map(Some),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     fn list(&self) -> io::Result<Vec<String>> {
         let mut out = Vec::new();
         let algo = self.root.join("sha256");
@@ -209,25 +225,26 @@ impl Backend for FsBackend {
 /// Objects in memory, for tests.
 #[derive(Default)]
 pub struct MemBackend {
-    map: Mutex<HashMap<String, Vec<u8>>>,
+    map: Mutex<HashMap<String, (Vec<u8>, std::time::SystemTime)>>,
 }
 
 impl MemBackend {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<u8>>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Vec<u8>, std::time::SystemTime)>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 impl Backend for MemBackend {
     fn read(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
-        Ok(self.map().get(key).cloned())
+        Ok(self.map().get(key).map(|e| e.0.clone()))
     }
     fn write_durable(&self, key: &str, bytes: &[u8]) -> io::Result<()> {
-        self.map().insert(key.into(), bytes.to_vec());
+        self.map()
+            .insert(key.into(), (bytes.to_vec(), std::time::SystemTime::now()));
         Ok(())
     }
     fn size(&self, key: &str) -> io::Result<Option<u64>> {
-        Ok(self.map().get(key).map(|b| b.len() as u64))
+        Ok(self.map().get(key).map(|e| e.0.len() as u64))
     }
     fn delete(&self, key: &str) -> io::Result<()> {
         self.map().remove(key);
@@ -237,6 +254,9 @@ impl Backend for MemBackend {
         let mut k: Vec<String> = self.map().keys().cloned().collect();
         k.sort();
         Ok(k)
+    }
+    fn modified(&self, key: &str) -> io::Result<Option<std::time::SystemTime>> {
+        Ok(self.map().get(key).map(|e| e.1))
     }
 }
 
@@ -369,6 +389,13 @@ impl ObjectStore {
             })
         })?;
         Ok(keys.iter().filter_map(|k| digest_of_key(k)).collect())
+    }
+
+    /// When an object was written, `None` when absent.
+    pub fn modified(&self, digest: &Digest) -> Result<Option<std::time::SystemTime>, Error> {
+        self.backend
+            .modified(&key_of(digest))
+            .map_err(|e| Self::io(digest, e))
     }
 
     /// Removes an object.

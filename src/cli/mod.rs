@@ -78,6 +78,16 @@ pub struct Cli {
         value_name = "TOKEN"
     )]
     pub token: Option<String>,
+    /// Seconds to wait for another vdna-db process to release the local store before
+    /// failing as busy (one process opens a store at a time)
+    #[arg(
+        long,
+        global = true,
+        env = "VDNA_DB_LOCK_WAIT",
+        value_name = "SECS",
+        default_value_t = 10.0
+    )]
+    pub lock_wait: f64,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -116,7 +126,12 @@ pub enum Command {
         repair: bool,
     },
     /// Remove objects no name reaches
-    Gc,
+    Gc {
+        /// Spare unreachable objects younger than this many seconds (an upload sends its
+        /// objects before the manifest that makes them reachable)
+        #[arg(long, value_name = "SECS", default_value_t = 900)]
+        grace: u64,
+    },
     /// Rebuild the query index (derived state) from the objects and the catalogue
     Reindex {
         /// Build HNSW graphs (for `query --approx`) in spaces with at least this many DNAs
@@ -323,9 +338,25 @@ pub fn main() -> i32 {
     }
 }
 
-fn open_db(cli_home: &Option<PathBuf>) -> Result<Db> {
-    let home = cli_home.clone().unwrap_or_else(db::default_home);
-    Db::open(&home).with_context(|| format!("opening store {}", home.display()))
+/// Where the local store is and how to open it (from the global flags).
+pub struct StoreAt {
+    home: Option<PathBuf>,
+    lock_wait: f64,
+}
+
+fn open_db(at: &StoreAt) -> Result<Db> {
+    let home = at.home.clone().unwrap_or_else(db::default_home);
+    if !(at.lock_wait.is_finite() && at.lock_wait >= 0.0) {
+        bail!(
+            "--lock-wait {}: expected a number of seconds >= 0",
+            at.lock_wait
+        );
+    }
+    let opts = db::OpenOptions {
+        lock_wait: std::time::Duration::from_secs_f64(at.lock_wait.min(86_400.0)),
+        ..db::OpenOptions::default()
+    };
+    Db::open_with(&home, &opts).with_context(|| format!("opening store {}", home.display()))
 }
 
 fn parse_meta(items: &[String]) -> Result<BTreeMap<String, String>> {
@@ -529,16 +560,20 @@ fn run(cli: Cli, out: &mut Out) -> Result<i32> {
             return Ok(code);
         }
     }
+    let store = StoreAt {
+        home: cli.home.clone(),
+        lock_wait: cli.lock_wait,
+    };
     match cli.command {
         Command::Init => {
-            let db = open_db(&cli.home)?;
+            let db = open_db(&store)?;
             out.line(&format!("store ready at {}", db.home().display()))?;
             out.json(&serde_json::json!({ "home": db.home() }))?;
         }
-        Command::Import(a) => push(&cli.home, out, a, false)?,
-        Command::Push(a) => push(&cli.home, out, a, true)?,
+        Command::Import(a) => push(&store, out, a, false)?,
+        Command::Push(a) => push(&store, out, a, true)?,
         Command::Export(a) => {
-            let db = open_db(&cli.home)?;
+            let db = open_db(&store)?;
             let (digest, name) = db.resolve(&a.reference)?;
             let ann = db.annotations(name.as_ref())?;
             let written: Vec<PathBuf> = if a.format == "vdna" {
@@ -557,7 +592,7 @@ fn run(cli: Cli, out: &mut Out) -> Result<i32> {
             out.json(&serde_json::json!({ "digest": digest, "written": written }))?;
         }
         Command::Ls(a) => {
-            let db = open_db(&cli.home)?;
+            let db = open_db(&store)?;
             let mut rows = db.list()?;
             if let Some(p) = &a.pattern {
                 rows.retain(|r| {
@@ -567,15 +602,15 @@ fn run(cli: Cli, out: &mut Out) -> Result<i32> {
             out.json(&rows)?;
             print_listing(out, &rows)?;
         }
-        Command::Show(a) => show(&cli.home, out, &a.reference)?,
+        Command::Show(a) => show(&store, out, &a.reference)?,
         Command::Tag { source, target } => {
-            let db = open_db(&cli.home)?;
+            let db = open_db(&store)?;
             let (digest, name) = db.tag(&source, &target)?;
             out.line(&format!("{name} -> {digest}"))?;
             out.json(&serde_json::json!({ "ref": name.to_string(), "digest": digest }))?;
         }
         Command::Rm { reference } => {
-            let db = open_db(&cli.home)?;
+            let db = open_db(&store)?;
             let (name, digest) = db.remove(&reference)?;
             out.line(&format!(
                 "removed {name} (was {}; run vdna-db gc to free its objects)",
@@ -583,10 +618,10 @@ fn run(cli: Cli, out: &mut Out) -> Result<i32> {
             ))?;
             out.json(&serde_json::json!({ "removed": name.to_string(), "digest": digest }))?;
         }
-        Command::Compare(a) => compare(&cli.home, out, a)?,
-        Command::Query(a) => return query(&cli.home, out, a),
+        Command::Compare(a) => compare(&store, out, a)?,
+        Command::Query(a) => return query(&store, out, a),
         Command::Mask(m) => {
-            let db = open_db(&cli.home)?;
+            let db = open_db(&store)?;
             match m {
                 MaskCommand::Add { name, spec } => {
                     if !crate::format::valid_layer_name(&name) {
@@ -640,22 +675,40 @@ fn run(cli: Cli, out: &mut Out) -> Result<i32> {
             }
         }
         Command::Verify { repair } => {
-            let db = open_db(&cli.home)?;
+            let db = open_db(&store)?;
             let r = db.verify()?;
+            let index_problems: Vec<db::VerifyProblem> = crate::query::verify_index(&db)?
+                .into_iter()
+                .map(|(object, problem)| db::VerifyProblem { object, problem })
+                .collect();
             let rebuilt = if repair {
                 Some(crate::query::reindex(&db)?)
             } else {
                 None
             };
-            out.json(&serde_json::json!({ "objects_checked": r.objects_checked, "refs_checked": r.refs_checked, "problems": r.problems, "reindexed": rebuilt }))?;
+            out.json(&serde_json::json!({
+                "objects_checked": r.objects_checked,
+                "refs_checked": r.refs_checked,
+                "problems": r.problems,
+                "index_problems": index_problems,
+                "reindexed": rebuilt,
+            }))?;
+            for p in &r.problems {
+                out.line(&format!("BAD {}: {}", p.object, p.problem))?;
+            }
+            for p in &index_problems {
+                out.line(&format!(
+                    "{} {}: {}",
+                    if repair { "REPAIRED" } else { "DAMAGED" },
+                    p.object,
+                    p.problem
+                ))?;
+            }
             if let Some(x) = &rebuilt {
                 out.line(&format!(
                     "rebuilt derived state: {} DNAs in {} spaces",
                     x.dnas, x.spaces
                 ))?;
-            }
-            for p in &r.problems {
-                out.line(&format!("BAD {}: {}", p.object, p.problem))?;
             }
             out.line(&format!(
                 "checked {} objects and {} names: {}",
@@ -671,20 +724,32 @@ fn run(cli: Cli, out: &mut Out) -> Result<i32> {
                 out.line("damaged objects cannot be rebuilt from others: re-import or pull the DNAs named above")?;
                 return Ok(1);
             }
+            if !index_problems.is_empty() && !repair {
+                out.line("the index is derived state: vdna-db verify --repair rebuilds it")?;
+                return Ok(1);
+            }
         }
-        Command::Gc => {
-            let db = open_db(&cli.home)?;
-            let r = db.gc()?;
+        Command::Gc { grace } => {
+            let db = open_db(&store)?;
+            let r = db.gc_with_grace(std::time::Duration::from_secs(grace))?;
             out.json(&r)?;
             out.line(&format!(
-                "removed {} objects ({}), kept {}",
+                "removed {} objects ({}), kept {}{}",
                 r.objects_removed,
                 human_bytes(r.bytes_freed),
-                r.objects_kept
+                r.objects_kept,
+                if r.objects_recent > 0 {
+                    format!(
+                        "; spared {} unreachable objects younger than {grace} s (--grace 0 removes them)",
+                        r.objects_recent
+                    )
+                } else {
+                    String::new()
+                }
             ))?;
         }
         Command::Reindex { graphs_min } => {
-            let db = open_db(&cli.home)?;
+            let db = open_db(&store)?;
             let t = std::time::Instant::now();
             let r = crate::query::reindex_with(&db, graphs_min)?;
             out.json(&r)?;
@@ -696,19 +761,19 @@ fn run(cli: Cli, out: &mut Out) -> Result<i32> {
                 t.elapsed().as_secs_f64()
             ))?;
         }
-        Command::Demo(a) => return demo(&cli.home, out, a),
+        Command::Demo(a) => return demo(&store, out, a),
         Command::Extract(a) => extract::run_extract(out, a)?,
-        Command::Merge(a) => merge(&cli.home, out, a)?,
+        Command::Merge(a) => merge(&store, out, a)?,
         Command::Ranges(a) => extract::run_ranges(out, a)?,
         Command::Weights(a) => extract::run_weights(out, a)?,
-        Command::Serve(a) => remote::run_serve(open_db(&cli.home)?, out, a)?,
-        Command::Token(t) => remote::run_token(&open_db(&cli.home)?, out, t)?,
+        Command::Serve(a) => remote::run_serve(open_db(&store)?, out, a)?,
+        Command::Token(t) => remote::run_token(&open_db(&store)?, out, t)?,
         Command::Pull(a) => {
             let Some(url) = &cli.remote else {
                 bail!("pull needs --remote URL (or VDNA_DB_REMOTE)");
             };
             let c = remote::client(url, &cli.token);
-            remote::run_pull(&open_db(&cli.home)?, out, &c, a)?
+            remote::run_pull(&open_db(&store)?, out, &c, a)?
         }
     }
     Ok(0)
@@ -786,7 +851,7 @@ fn print_listing(out: &mut Out, rows: &[db::Listing]) -> std::io::Result<()> {
     )
 }
 
-fn push(home: &Option<PathBuf>, out: &mut Out, a: PushArgs, require_name: bool) -> Result<()> {
+fn push(home: &StoreAt, out: &mut Out, a: PushArgs, require_name: bool) -> Result<()> {
     if require_name && a.name.is_none() {
         bail!("push needs --name NAME[:TAG] (use import to store without a name)");
     }
@@ -850,7 +915,7 @@ fn push(home: &Option<PathBuf>, out: &mut Out, a: PushArgs, require_name: bool) 
     Ok(())
 }
 
-fn merge(home: &Option<PathBuf>, out: &mut Out, a: MergeArgs) -> Result<()> {
+fn merge(home: &StoreAt, out: &mut Out, a: MergeArgs) -> Result<()> {
     let name = a.name.as_deref().map(RefName::parse).transpose()?;
     // Stored inputs need the store; files alone do not.
     let needs_store = name.is_some()
@@ -911,7 +976,7 @@ fn merge(home: &Option<PathBuf>, out: &mut Out, a: MergeArgs) -> Result<()> {
     Ok(())
 }
 
-fn show(home: &Option<PathBuf>, out: &mut Out, spec: &str) -> Result<()> {
+fn show(home: &StoreAt, out: &mut Out, spec: &str) -> Result<()> {
     let db = open_db(home)?;
     let (dna, label) = load_any(&db, spec)?;
     let ann = match &dna {
@@ -984,7 +1049,7 @@ fn parse_metric(m: &Option<String>) -> Result<Option<Metric>> {
         .transpose()
 }
 
-fn compare(home: &Option<PathBuf>, out: &mut Out, a: CompareArgs) -> Result<()> {
+fn compare(home: &StoreAt, out: &mut Out, a: CompareArgs) -> Result<()> {
     let db = open_db(home)?;
     let (da, la) = load_input(&db, &a.a, out, &a.extract)?;
     let (db_, lb) = load_input(&db, &a.b, out, &a.extract)?;
@@ -1041,7 +1106,7 @@ fn compare(home: &Option<PathBuf>, out: &mut Out, a: CompareArgs) -> Result<()> 
     Ok(())
 }
 
-fn query(home: &Option<PathBuf>, out: &mut Out, a: QueryArgs) -> Result<i32> {
+fn query(home: &StoreAt, out: &mut Out, a: QueryArgs) -> Result<i32> {
     let db = open_db(home)?;
     let (q, label) = load_input(&db, &a.source, out, &a.extract)?;
     let filters = parse_meta(&a.filters).context("--filter")?;
@@ -1164,7 +1229,7 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-fn demo(home: &Option<PathBuf>, out: &mut Out, a: DemoArgs) -> Result<i32> {
+fn demo(home: &StoreAt, out: &mut Out, a: DemoArgs) -> Result<i32> {
     let db = open_db(home)?;
     if a.images > 0 {
         demo_scenes(&db, out, a.images)?;

@@ -99,16 +99,86 @@ pub fn build(
             SegKind::Gaussian => build_one(DistL2 {}, n, &refs, &tmp),
         };
         let name = dumped.map_err(|e| Error::Invalid(format!("writing the {key} graph: {e}")))?;
-        std::fs::write(
-            tmp.join("meta.json"),
-            serde_json::json!({ "rows": n, "basename": name }).to_string(),
-        )
-        .map_err(|e| Error::io(&tmp, e))?;
+        let files = checksums(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let mut meta = serde_json::json!({ "rows": n, "basename": name, "crc32": files });
+        meta["check"] = meta_crc(&meta).into();
+        std::fs::write(tmp.join("meta.json"), meta.to_string()).map_err(|e| Error::io(&tmp, e))?;
         let dest = graph_dir(index_dir, &key);
         std::fs::rename(&tmp, &dest).map_err(|e| Error::io(&dest, e))?;
         built += 1;
     }
     Ok(built)
+}
+
+/// The CRC-32 of every file of a graph directory but `meta.json`, by name.
+fn checksums(dir: &Path) -> std::io::Result<std::collections::BTreeMap<String, u32>> {
+    let mut out = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name != "meta.json" && e.file_type()?.is_file() {
+            out.insert(name, crc32fast::hash(&std::fs::read(e.path())?));
+        }
+    }
+    Ok(out)
+}
+
+/// The CRC-32 of a graph's metadata without its `check` field.
+fn meta_crc(meta: &serde_json::Value) -> u32 {
+    let mut m = meta.clone();
+    if let Some(o) = m.as_object_mut() {
+        o.remove("check");
+    }
+    crc32fast::hash(m.to_string().as_bytes())
+}
+
+/// Checks a graph directory against the checksums its `meta.json` records (and the
+/// metadata against its own); the problem found, if any. Run before hnsw_rs reads a byte.
+fn check_graph(dir: &Path, meta: &serde_json::Value) -> Option<String> {
+    if meta["check"].as_u64() != Some(u64::from(meta_crc(meta))) {
+        return Some("meta.json fails its checksum".into());
+    }
+    let Some(want) = meta["crc32"].as_object() else {
+        return Some("no checksums recorded".into());
+    };
+    let got = match checksums(dir) {
+        Ok(g) => g,
+        Err(e) => return Some(e.to_string()),
+    };
+    if got.len() != want.len() {
+        return Some(format!("{} files, {} recorded", got.len(), want.len()));
+    }
+    for (name, crc) in &got {
+        if want.get(name).and_then(|v| v.as_u64()) != Some(u64::from(*crc)) {
+            return Some(format!("{name} fails its checksum"));
+        }
+    }
+    None
+}
+
+/// Problems of the graphs under a space's index directory (for `verify`).
+pub fn verify(index_dir: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(index_dir.join("hnsw")) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let dir = e.path();
+        if e.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let meta = std::fs::read(dir.join("meta.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+        let problem = match &meta {
+            None => Some("meta.json is missing or unreadable".to_string()),
+            Some(m) => check_graph(&dir, m),
+        };
+        if let Some(p) = problem {
+            out.push((dir.display().to_string(), p));
+        }
+    }
+    out
 }
 
 /// Builds one graph with distance `dist` and dumps it into `dir`; returns the basename.
@@ -154,6 +224,11 @@ fn load(dir: &Path, kind: SegKind) -> Result<Option<Arc<(Graph, usize)>>, Error>
             .map_err(|e| {
                 Error::Invalid(format!("{}: {e} (run vdna-db reindex)", meta_p.display()))
             })?;
+    // A graph that fails its checksums is not read: the caller scans instead, which is
+    // always correct, and `verify` reports it.
+    if check_graph(dir, &meta).is_some() {
+        return Ok(None);
+    }
     let rows = meta["rows"].as_u64().unwrap_or(0) as usize;
     let base = meta["basename"].as_str().unwrap_or(BASENAME).to_string();
     // The loaded graph borrows its loader, so the loader lives for the process; one is

@@ -279,6 +279,60 @@ fn stored_in_space(db: &Db, sd: &Digest) -> Result<Vec<Digest>, Error> {
         .collect())
 }
 
+/// Checks the derived index against its checksums and the catalogue, without changing
+/// it: (what, problem) pairs. `reindex` (or `verify --repair`) rebuilds what is damaged;
+/// queries never trust a damaged part (they rebuild or scan instead).
+pub fn verify_index(db: &Db) -> Result<Vec<(String, String)>, Error> {
+    let mut out = Vec::new();
+    let root = db.home().join("index");
+    let Ok(rd) = std::fs::read_dir(&root) else {
+        return Ok(out);
+    };
+    let spaces: BTreeSet<Digest> = db
+        .catalogue()
+        .dnas()?
+        .into_iter()
+        .map(|(_, r)| r.space)
+        .collect();
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let dir = e.path();
+        let what = format!("index {name}");
+        let Some(sd) = spaces.iter().find(|d| d.hex() == name).copied() else {
+            // A space whose DNAs are all gone: stale, harmless, removed by reindex.
+            continue;
+        };
+        let space = db.space_config(&sd)?;
+        let Some(kind) = seg_kind(space.dist) else {
+            continue;
+        };
+        if !dir.join("rows.bin").exists() {
+            out.push((what, "segment files are missing".into()));
+            continue;
+        }
+        match Segment::open(&dir, sd, kind, space.total_neurons() as usize) {
+            Err(e) => out.push((what.clone(), format!("summary segment: {e}"))),
+            Ok(seg) => {
+                let bad = seg.damaged_sketches();
+                if !bad.is_empty() {
+                    out.push((
+                        what.clone(),
+                        format!(
+                            "{} rows' sketches fail their checksum (first: row {})",
+                            bad.len(),
+                            bad[0]
+                        ),
+                    ));
+                }
+            }
+        }
+        for (g, p) in hnsw::verify(&dir) {
+            out.push((format!("graph {g}"), p));
+        }
+    }
+    Ok(out)
+}
+
 /// What `reindex` did.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ReindexReport {
@@ -589,7 +643,11 @@ pub fn query(db: &Db, q: &AnyDna, req: &QueryRequest) -> Result<QueryResult, Err
                 usize::MAX
             };
             let sketch_bound = |d: &Digest| -> f64 {
-                let s = seg.sketches(row_of[d]);
+                // A row whose sketches fail their checksum bounds nothing: its exact
+                // distance is computed.
+                let Some(s) = seg.sketches(row_of[d]) else {
+                    return 0.0;
+                };
                 let mut sum = 0f64;
                 let mut qi = 0;
                 // A run of neurons has contiguous sketches in both the query and the row.

@@ -5,13 +5,18 @@
 //! Files in `index/<space hex>/`, each opening with a 64-byte header (`b"VDNASUM\0"`,
 //! version u32, file kind u8, 3 zero bytes, neurons u32, values per neuron u32, the space
 //! digest, 8 zero bytes), then rows:
-//! - `rows.bin`: one 32-byte DNA digest per row; its length decides how many rows exist.
+//! - `rows.bin`: per row, the 32-byte DNA digest, the CRC-32 of the digest and the row's
+//!   `a.bin` bytes, and the CRC-32 of its `b.bin` bytes (u32 LE each; 40 bytes a row); its
+//!   length decides how many rows exist.
 //! - `a.bin`: histograms: the mean (bin units) per neuron as f32; Gaussians: mean and
 //!   standard deviation per neuron as f64.
 //! - `b.bin`: histograms only: the quantile sketch, `SKETCH_Q` f32 per neuron.
 //!
 //! An append writes `a.bin` and `b.bin` first and `rows.bin` last, each fsynced, so a
-//! counted row always has its data.
+//! counted row always has its data. Opening checks every row's `a` checksum (a damaged
+//! segment is rebuilt by the caller); a row's sketches are checked when read, and a
+//! damaged one is withheld (the caller then bounds nothing and computes the exact
+//! distance), so a flipped byte never changes an answer.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -22,7 +27,8 @@ use memmap2::Mmap;
 use crate::format::Digest;
 
 const MAGIC: &[u8; 8] = b"VDNASUM\0";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
+const ROW: usize = 40;
 const HEADER: usize = 64;
 
 /// What a segment summarises.
@@ -41,6 +47,8 @@ pub struct Segment {
     neurons: usize,
     space: Digest,
     rows: Vec<Digest>,
+    /// Per row, the CRC-32 of its sketches.
+    crc_b: Vec<u32>,
     a: Option<Mmap>,
     b: Option<Mmap>,
 }
@@ -96,6 +104,7 @@ impl Segment {
             neurons,
             space,
             rows: Vec::new(),
+            crc_b: Vec::new(),
             a: None,
             b: None,
         };
@@ -119,15 +128,8 @@ impl Segment {
     fn load(&mut self) -> io::Result<()> {
         let [(rows_p, ..), (a_p, ..), (b_p, ..)] = self.files();
         let rows = std::fs::read(&rows_p)?;
-        let n = (rows.len() - HEADER) / 32;
-        self.rows = rows[HEADER..HEADER + 32 * n]
-            .chunks_exact(32)
-            .map(|c| {
-                let mut d = [0u8; 32];
-                d.copy_from_slice(c);
-                Digest(d)
-            })
-            .collect();
+        // A partial last row (an append cut short) is not counted.
+        let n = (rows.len() - HEADER) / ROW;
         let (ra, rb) = self.row_bytes();
         let map = |p: &Path, row: usize| -> io::Result<Option<Mmap>> {
             if row == 0 {
@@ -143,6 +145,25 @@ impl Segment {
         };
         self.a = map(&a_p, ra)?;
         self.b = map(&b_p, rb)?;
+        self.rows.clear();
+        self.crc_b.clear();
+        let a_all = self.a.as_ref().map_or(&[][..], |m| &m[..]);
+        for (r, row) in rows[HEADER..HEADER + ROW * n].chunks_exact(ROW).enumerate() {
+            let mut d = [0u8; 32];
+            d.copy_from_slice(&row[..32]);
+            let want_a = u32::from_le_bytes([row[32], row[33], row[34], row[35]]);
+            let a_row = if ra == 0 {
+                &[][..]
+            } else {
+                &a_all[HEADER + r * ra..HEADER + (r + 1) * ra]
+            };
+            if crc_a(&d, a_row) != want_a {
+                return Err(bad(&rows_p, &format!("row {r} fails its checksum")));
+            }
+            self.rows.push(Digest(d));
+            self.crc_b
+                .push(u32::from_le_bytes([row[36], row[37], row[38], row[39]]));
+        }
         Ok(())
     }
 
@@ -163,10 +184,14 @@ impl Segment {
             f.write_all(bytes)?;
             f.sync_all()?;
         }
+        let mut row = [0u8; ROW];
+        row[..32].copy_from_slice(&digest.0);
+        row[32..36].copy_from_slice(&crc_a(&digest.0, a).to_le_bytes());
+        row[36..40].copy_from_slice(&crc32fast::hash(b).to_le_bytes());
         let mut f = OpenOptions::new().write(true).open(&rows_p)?;
-        f.set_len((HEADER + 32 * n) as u64)?;
+        f.set_len((HEADER + ROW * n) as u64)?;
         io::Seek::seek(&mut f, io::SeekFrom::End(0))?;
-        f.write_all(&digest.0)?;
+        f.write_all(&row)?;
         f.sync_all()?;
         self.load()
     }
@@ -197,12 +222,20 @@ impl Segment {
         )
     }
 
-    /// Histogram sketches of row `r`, `q` per neuron.
-    pub fn sketches(&self, r: usize) -> &[f32] {
+    /// Histogram sketches of row `r`, `q` per neuron, checked against the row's checksum:
+    /// `None` when they fail it (the caller must not bound with them).
+    pub fn sketches(&self, r: usize) -> Option<&[f32]> {
         let (_, rb) = self.row_bytes();
-        cast_f32(
-            &self.b.as_ref().map_or(&[][..], |m| &m[..])[HEADER + r * rb..HEADER + (r + 1) * rb],
-        )
+        let b =
+            &self.b.as_ref().map_or(&[][..], |m| &m[..])[HEADER + r * rb..HEADER + (r + 1) * rb];
+        (crc32fast::hash(b) == self.crc_b[r]).then(|| cast_f32(b))
+    }
+
+    /// Rows whose sketches fail their checksum (for `verify`).
+    pub fn damaged_sketches(&self) -> Vec<usize> {
+        (0..self.rows.len())
+            .filter(|&r| self.row_bytes().1 > 0 && self.sketches(r).is_none())
+            .collect()
     }
 
     /// Gaussian (mean, sd) pairs of row `r`.
@@ -212,6 +245,14 @@ impl Segment {
             &self.a.as_ref().map_or(&[][..], |m| &m[..])[HEADER + r * ra..HEADER + (r + 1) * ra],
         )
     }
+}
+
+/// The checksum of a row's digest and `a` bytes.
+fn crc_a(digest: &[u8; 32], a: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(digest);
+    h.update(a);
+    h.finalize()
 }
 
 fn cast_f32(b: &[u8]) -> &[f32] {

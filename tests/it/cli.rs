@@ -43,7 +43,11 @@ fn push_ls_show_tag_rm_gc_keep_the_catalogue_consistent() {
     let gc = json(home, &["gc"]);
     assert_eq!(gc["objects_removed"], 0);
     ok(home, &["rm", "team/gradients:2026"]);
+    // Unreachable now, but younger than the default grace period: spared.
     let gc = json(home, &["gc"]);
+    assert_eq!(gc["objects_removed"], 0);
+    assert_eq!(gc["objects_recent"], 18);
+    let gc = json(home, &["gc", "--grace", "0"]);
     assert_eq!(gc["objects_removed"], 18, "manifest + space + 16 layers");
     assert_eq!(
         json(home, &["verify"])["problems"]
@@ -61,7 +65,7 @@ fn gc_never_removes_a_referenced_blob() {
     push_fixture(home, "gradients", "histogram-100", "a");
     push_fixture(home, "checker", "histogram-100", "b");
     ok(home, &["rm", "a"]);
-    ok(home, &["gc"]);
+    ok(home, &["gc", "--grace", "0"]);
     let v = json(home, &["verify"]);
     assert_eq!(v["problems"].as_array().unwrap().len(), 0);
     // b is intact and comparable.
@@ -288,10 +292,13 @@ fn a_second_process_gets_a_busy_error_not_a_hang() {
     let home = h.path();
     ok(home, &["init"]);
     let db = vdna_db::Db::open(home).unwrap();
-    let o = run(home, &["ls"]);
+    let t = std::time::Instant::now();
+    let o = run(home, &["ls", "--lock-wait", "0.3"]);
     assert_eq!(o.status.code(), Some(1));
+    // It waited for the lock as long as asked, and not forever.
+    assert!(t.elapsed() >= std::time::Duration::from_millis(300));
     assert!(
-        stderr(&o).contains("in use by another vdna-db process"),
+        stderr(&o).contains("is busy: another vdna-db process holds it"),
         "{}",
         stderr(&o)
     );

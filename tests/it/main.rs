@@ -8,6 +8,7 @@ mod extract;
 mod golden;
 mod properties;
 mod query;
+mod reliability;
 mod server;
 mod util;
 mod web;

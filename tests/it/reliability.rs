@@ -1,0 +1,374 @@
+//! Reliability: model-based sequences of push / tag / rm / gc / reindex / reopen against a
+//! `BTreeMap` model, and single-byte corruption of every stored file. Long modes:
+//! `VDNA_DB_MODEL_STEPS` (steps per sequence) and `VDNA_DB_FLIP_ALL=1` (every byte of
+//! every file instead of a stride).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use vdna_db::db::{compare_dnas, AnyDna};
+use vdna_db::format::DistKind;
+use vdna_db::mask::Mask;
+use vdna_db::query::{query, reindex_with, verify_index, Mode, QueryRequest};
+use vdna_db::refname::RefName;
+use vdna_db::{synth, Db};
+
+use crate::util::*;
+
+fn spec(seed: u64, dist: DistKind) -> synth::CatalogueSpec {
+    synth::CatalogueSpec {
+        seed,
+        families: 3,
+        members: 3,
+        layers: synth::uniform_layers(2, 6),
+        dist,
+        extractor: "x".into(),
+        images: 6,
+        positions: 9,
+        spread: 1.0,
+    }
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The model's answer to a top-k query: exact distances from the model's own DNAs by
+/// pairwise comparison (no index, no bounds), sorted by (distance, name).
+fn model_top(
+    model: &BTreeMap<String, usize>,
+    dnas: &[vdna_db::dna::Dna],
+    q: &vdna_db::dna::Dna,
+    k: usize,
+) -> Vec<(f64, String)> {
+    let mask = Mask::all(&q.space);
+    let mut all: Vec<(f64, String)> = model
+        .iter()
+        .map(|(name, &i)| {
+            let c = compare_dnas(
+                &AnyDna::Owned(q.clone()),
+                &AnyDna::Owned(dnas[i].clone()),
+                &mask,
+                None,
+                0,
+            )
+            .unwrap();
+            (c.distance, name.clone())
+        })
+        .collect();
+    all.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    all.truncate(k);
+    all
+}
+
+fn check_against_model(
+    db: &Db,
+    model: &BTreeMap<String, usize>,
+    dnas: &[vdna_db::dna::Dna],
+    rng: &mut synth::Rng,
+    step: usize,
+) {
+    let refs: Vec<String> = db
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|l| l.reference)
+        .collect();
+    assert_eq!(
+        refs,
+        model.keys().cloned().collect::<Vec<_>>(),
+        "step {step}: refs"
+    );
+    for (name, &i) in model {
+        let (d, _) = db.resolve(name).unwrap();
+        let got = db.open_dna(&d).unwrap().load().unwrap();
+        assert_eq!(got, dnas[i], "step {step}: {name} holds another DNA");
+    }
+    if model.is_empty() {
+        return;
+    }
+    let q = &dnas[rng.below(dnas.len() as u64) as usize];
+    let k = 1 + rng.below(4) as usize;
+    let want = model_top(model, dnas, q, k);
+    let exact = query(
+        db,
+        &AnyDna::Owned(q.clone()),
+        &QueryRequest {
+            k,
+            mode: Mode::Exact,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let got: Vec<(f64, String)> = exact
+        .results
+        .iter()
+        .map(|h| (h.distance, h.reference.clone()))
+        .collect();
+    assert_eq!(got.len(), want.len(), "step {step}: exact k");
+    for ((gd, gn), (wd, wn)) in got.iter().zip(&want) {
+        assert!(
+            (gd - wd).abs() <= 1e-9 * wd.abs().max(1e-9),
+            "step {step}: {gn} {gd} vs {wn} {wd}"
+        );
+        // Names may swap only between equal distances (tags of one DNA).
+        if gn != wn {
+            assert_eq!(model[gn], model[wn], "step {step}: {gn} vs {wn}");
+        }
+    }
+    // The approximate path re-ranks exactly: every hit is a live ref at its true distance.
+    let approx = query(
+        db,
+        &AnyDna::Owned(q.clone()),
+        &QueryRequest {
+            k,
+            mode: Mode::Approx,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let all = model_top(model, dnas, q, usize::MAX);
+    for h in &approx.results {
+        let (d, _) = all
+            .iter()
+            .find(|(_, n)| *n == h.reference)
+            .unwrap_or_else(|| panic!("step {step}: approx returned {} (gone)", h.reference));
+        assert!((h.distance - d).abs() <= 1e-9 * d.abs().max(1e-9));
+    }
+}
+
+fn model_sequence(seed: u64, dist: DistKind, steps: usize) {
+    let h = tmp();
+    let s = spec(seed, dist);
+    let dnas: Vec<_> = (0..9).map(|i| synth::member(&s, i / 3, i % 3)).collect();
+    let mut model: BTreeMap<String, usize> = BTreeMap::new();
+    let mut rng = synth::Rng::new(seed);
+    let mut db = Some(Db::open(h.path()).unwrap());
+    let pick = |model: &BTreeMap<String, usize>, rng: &mut synth::Rng| {
+        model
+            .keys()
+            .nth(rng.below(model.len().max(1) as u64) as usize)
+            .cloned()
+    };
+    for step in 0..steps {
+        let d = db.as_ref().unwrap();
+        match rng.below(10) {
+            0..=2 => {
+                let i = rng.below(9) as usize;
+                let name = format!(
+                    "d{}:{}",
+                    rng.below(4),
+                    ["latest", "v1"][rng.below(2) as usize]
+                );
+                let r = d
+                    .push(
+                        &dnas[i],
+                        Some(&RefName::parse(&name).unwrap()),
+                        BTreeMap::new(),
+                    )
+                    .unwrap();
+                if rng.below(2) == 0 {
+                    vdna_db::query::index_pushed(d, &r.digest).unwrap();
+                }
+                model.insert(name, i);
+            }
+            3 => {
+                if let Some(src) = pick(&model, &mut rng) {
+                    let new = format!("t{}:latest", rng.below(3));
+                    d.tag(&src, &new).unwrap();
+                    model.insert(new, model[&src]);
+                }
+            }
+            4 => {
+                if let Some(name) = pick(&model, &mut rng) {
+                    d.remove(&name).unwrap();
+                    model.remove(&name);
+                }
+            }
+            5 => {
+                d.gc_with_grace(Duration::ZERO).unwrap();
+            }
+            6 => {
+                reindex_with(d, 1 + rng.below(6) as usize).unwrap();
+            }
+            7 => {
+                // Removing a name twice is an error and changes nothing.
+                assert!(d.remove("never-pushed:latest").is_err());
+            }
+            _ => {
+                // Close (releasing sled's lock) before reopening.
+                drop(db.take());
+                db = Some(Db::open(h.path()).unwrap());
+            }
+        }
+        let d = db.as_ref().unwrap();
+        check_against_model(d, &model, &dnas, &mut rng, step);
+    }
+    // At the end gc leaves exactly what the refs reach, and verify is clean.
+    let d = db.as_ref().unwrap();
+    d.gc_with_grace(Duration::ZERO).unwrap();
+    assert!(d.verify().unwrap().problems.is_empty());
+    assert!(verify_index(d).unwrap().is_empty());
+    check_against_model(d, &model, &dnas, &mut synth::Rng::new(0), steps);
+}
+
+#[test]
+fn model_based_histogram_store_and_queries_agree_with_a_btreemap() {
+    let steps = env_usize("VDNA_DB_MODEL_STEPS", 60);
+    for seed in 0..2 {
+        model_sequence(seed, DistKind::Histogram { bins: 8 }, steps);
+    }
+}
+
+#[test]
+fn model_based_gaussian_store_and_queries_agree_with_a_btreemap() {
+    let steps = env_usize("VDNA_DB_MODEL_STEPS", 60);
+    model_sequence(7, DistKind::Gaussian, steps);
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Flips bytes of every object, summary segment and graph file, one at a time: `verify`
+/// reports each, and a query over the damaged store answers exactly as before or fails
+/// with an error, never with another answer.
+#[test]
+fn every_single_byte_flip_is_detected_and_never_changes_an_answer() {
+    let h = tmp();
+    let s = spec(5, DistKind::Histogram { bins: 8 });
+    let db = Db::open(h.path()).unwrap();
+    for i in 0..4 {
+        let name = RefName::parse(&format!("d{i}")).unwrap();
+        db.push(
+            &synth::member(&s, i % 3, i / 3),
+            Some(&name),
+            BTreeMap::new(),
+        )
+        .unwrap();
+    }
+    reindex_with(&db, 1).unwrap();
+    let q = AnyDna::Owned(synth::member(&s, 1, 2));
+    let ask = |db: &Db, mode: Mode| {
+        query(
+            db,
+            &q,
+            &QueryRequest {
+                k: 3,
+                mode,
+                ..Default::default()
+            },
+        )
+        .map(|r| {
+            r.results
+                .into_iter()
+                .map(|h| (h.reference, h.distance))
+                .collect::<Vec<_>>()
+        })
+    };
+    let exact = ask(&db, Mode::Exact).unwrap();
+    let approx = ask(&db, Mode::Approx).unwrap();
+    assert_eq!(exact.len(), 3);
+    let objects = files_under(&h.path().join("objects"));
+    let index = files_under(&h.path().join("index"));
+    assert!(objects.len() >= 4 + 1 + 4 * 2, "{objects:?}");
+    assert!(
+        index.iter().any(|p| p.ends_with("b.bin"))
+            && index.iter().any(|p| p.ends_with("meta.json")),
+        "{index:?}"
+    );
+    let all = std::env::var("VDNA_DB_FLIP_ALL").is_ok();
+    let mut rng = synth::Rng::new(11);
+    let mut flips = 0;
+    for path in objects.iter().chain(&index) {
+        let original = std::fs::read(path).unwrap();
+        let is_object = path.starts_with(h.path().join("objects"));
+        // Short mode: about 40 positions per file, always including the first 64 bytes.
+        let stride = if all { 1 } else { (original.len() / 40).max(1) };
+        let positions: Vec<usize> = (0..original.len())
+            .filter(|p| all || *p < 64 || p % stride == 0)
+            .collect();
+        for pos in positions {
+            let mut bytes = original.clone();
+            bytes[pos] ^= 1 + rng.below(255) as u8;
+            std::fs::write(path, &bytes).unwrap();
+            flips += 1;
+            let what = format!("{} byte {pos}", path.display());
+            if is_object {
+                let v = db.verify().unwrap();
+                assert!(!v.problems.is_empty(), "verify missed {what}");
+            } else {
+                let v = verify_index(&db).unwrap();
+                assert!(!v.is_empty(), "verify missed {what}");
+            }
+            for (mode, want) in [(Mode::Exact, &exact), (Mode::Approx, &approx)] {
+                if let Ok(got) = ask(&db, mode) {
+                    assert_eq!(&got, want, "{what}: {mode:?} answer changed");
+                }
+            }
+            std::fs::write(path, &original).unwrap();
+            // A query may have rebuilt a damaged segment: put the index back as it was
+            // for the next flip by rebuilding it whole.
+            if !is_object {
+                reindex_with(&db, 1).unwrap();
+            }
+        }
+    }
+    assert!(flips > 500, "{flips} flips");
+    assert!(db.verify().unwrap().problems.is_empty());
+    assert!(verify_index(&db).unwrap().is_empty());
+}
+
+/// `verify --repair` rebuilds a damaged index from the objects; `verify` exits 1 and says
+/// how while the damage is there.
+#[test]
+fn verify_repair_rebuilds_a_damaged_index() {
+    let h = tmp();
+    let home = h.path();
+    for (i, set) in ["checker", "gradients"].iter().enumerate() {
+        ok(
+            home,
+            &[
+                "push",
+                fixture(set, "histogram-100").to_str().unwrap(),
+                "--name",
+                &format!("d{i}"),
+            ],
+        );
+    }
+    ok(home, &["reindex"]);
+    let seg = files_under(&home.join("index"))
+        .into_iter()
+        .find(|p| p.ends_with("a.bin"))
+        .unwrap();
+    let mut b = std::fs::read(&seg).unwrap();
+    let last = b.len() - 3;
+    b[last] ^= 0x40;
+    std::fs::write(&seg, &b).unwrap();
+    let o = run(home, &["verify"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stdout(&o).contains("verify --repair"), "{}", stdout(&o));
+    let v = json(home, &["verify", "--repair"]);
+    assert_eq!(v["index_problems"].as_array().unwrap().len(), 1, "{v}");
+    assert!(v["reindexed"]["dnas"].as_u64() == Some(2), "{v}");
+    let v = json(home, &["verify"]);
+    assert_eq!(v["index_problems"].as_array().unwrap().len(), 0, "{v}");
+    assert_eq!(v["problems"].as_array().unwrap().len(), 0, "{v}");
+}
