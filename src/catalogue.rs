@@ -135,6 +135,7 @@ impl Catalogue {
     }
 
     fn flush(&self) -> Result<(), Error> {
+        failpoint!("catalogue::flush", |e| db_err(sled::Error::Io(e)));
         self.db.flush().map_err(db_err).map(|_| ())
     }
 
@@ -147,6 +148,7 @@ impl Catalogue {
         space: &SpaceRecord,
         r: Option<(&RefName, &RefRecord)>,
     ) -> Result<(), Error> {
+        failpoint!("catalogue::commit", |e| db_err(sled::Error::Io(e)));
         let dkey = digest.to_string();
         let skey = record.space.to_string();
         let res: Result<(), TransactionError<()>> = (&self.dnas, &self.spaces, &self.refs)
@@ -164,6 +166,7 @@ impl Catalogue {
 
     /// Points `name` at a stored DNA, then flushes.
     pub fn set_ref(&self, name: &RefName, rec: &RefRecord) -> Result<(), Error> {
+        failpoint!("catalogue::set_ref", |e| db_err(sled::Error::Io(e)));
         self.refs
             .insert(name.to_string().as_bytes(), enc(rec))
             .map_err(db_err)?;
@@ -181,6 +184,7 @@ impl Catalogue {
 
     /// Removes a ref; returns what it pointed to.
     pub fn remove_ref(&self, name: &RefName) -> Result<Option<RefRecord>, Error> {
+        failpoint!("catalogue::remove_ref", |e| db_err(sled::Error::Io(e)));
         let k = name.to_string();
         let old = self.refs.remove(k.as_bytes()).map_err(db_err)?;
         self.flush()?;

@@ -7,6 +7,32 @@
 //! and writes the reference library's files ([`reference`]). [`db::Db`] ties these together
 //! and is what the CLI drives. See docs/ARCHITECTURE.md for the map and the invariants.
 
+/// A fail point (feature `failpoints`): when the `FAILPOINTS` configuration makes site
+/// `$name` return, the enclosing function returns `Err($map(io error))` with EIO, or
+/// ENOSPC when the configured argument is `ENOSPC`. Compiles to nothing otherwise.
+macro_rules! failpoint {
+    ($name:literal) => {
+        failpoint!($name, |e: std::io::Error| e)
+    };
+    ($name:literal, $map:expr) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name, |arg: Option<String>| Err(($map)(
+            $crate::failpoint_error(arg)
+        )));
+    };
+}
+
+/// The error a fail point injects.
+#[cfg(feature = "failpoints")]
+#[doc(hidden)]
+pub fn failpoint_error(arg: Option<String>) -> std::io::Error {
+    // Linux errno values.
+    match arg.as_deref() {
+        Some("ENOSPC") => std::io::Error::from_raw_os_error(28),
+        _ => std::io::Error::from_raw_os_error(5),
+    }
+}
+
 pub mod catalogue;
 #[cfg(feature = "cli")]
 pub mod cli;

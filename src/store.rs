@@ -85,9 +85,13 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = dir.join(format!(".{}", tmp_name()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
+        failpoint!("file::write");
         f.write_all(bytes)?;
+        failpoint!("file::fsync");
         f.sync_all()?;
+        failpoint!("file::rename");
         std::fs::rename(&tmp, path)?;
+        failpoint!("file::dir_fsync");
         sync_dir(&dir)
     })();
     if result.is_err() {
@@ -162,9 +166,13 @@ impl Backend for FsBackend {
         let tmp = self.tmp.join(tmp_name());
         let result = (|| {
             let mut f = std::fs::File::create(&tmp)?;
+            failpoint!("object::write");
             f.write_all(bytes)?;
+            failpoint!("object::fsync");
             f.sync_all()?;
+            failpoint!("object::rename");
             std::fs::rename(&tmp, &dest)?;
+            failpoint!("object::dir_fsync");
             sync_dir(&dir)
         })();
         if result.is_err() {
@@ -182,6 +190,7 @@ impl Backend for FsBackend {
     }
 
     fn delete(&self, key: &str) -> io::Result<()> {
+        failpoint!("object::delete");
         match std::fs::remove_file(self.path(key)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),

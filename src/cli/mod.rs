@@ -312,6 +312,9 @@ pub struct DemoArgs {
 
 /// Runs the CLI; returns the process exit code.
 pub fn main() -> i32 {
+    // Fault-injection builds read their fail points from FAILPOINTS.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     let mut out = Out::new(cli.json, cli.quiet);
     match run(cli, &mut out) {

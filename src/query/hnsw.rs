@@ -102,8 +102,10 @@ pub fn build(
         let files = checksums(&tmp).map_err(|e| Error::io(&tmp, e))?;
         let mut meta = serde_json::json!({ "rows": n, "basename": name, "crc32": files });
         meta["check"] = meta_crc(&meta).into();
+        failpoint!("graph::write", |e| Error::io(&tmp, e));
         std::fs::write(tmp.join("meta.json"), meta.to_string()).map_err(|e| Error::io(&tmp, e))?;
         let dest = graph_dir(index_dir, &key);
+        failpoint!("graph::rename", |e| Error::io(&dest, e));
         std::fs::rename(&tmp, &dest).map_err(|e| Error::io(&dest, e))?;
         built += 1;
     }

@@ -181,7 +181,9 @@ impl Segment {
             // Overwrite any tail a crash left past the counted rows.
             f.set_len((HEADER + width * n) as u64)?;
             io::Seek::seek(&mut f, io::SeekFrom::End(0))?;
+            failpoint!("segment::write");
             f.write_all(bytes)?;
+            failpoint!("segment::fsync");
             f.sync_all()?;
         }
         let mut row = [0u8; ROW];
@@ -191,7 +193,9 @@ impl Segment {
         let mut f = OpenOptions::new().write(true).open(&rows_p)?;
         f.set_len((HEADER + ROW * n) as u64)?;
         io::Seek::seek(&mut f, io::SeekFrom::End(0))?;
+        failpoint!("segment::write_row");
         f.write_all(&row)?;
+        failpoint!("segment::fsync_row");
         f.sync_all()?;
         self.load()
     }
