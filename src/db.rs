@@ -364,11 +364,7 @@ impl Db {
         let _gate = self.commit_gate.read().unwrap_or_else(|p| p.into_inner());
         // Layers first, then the space and the manifest: a manifest is never durable before
         // the blobs it names.
-        let mut new_objects = 0;
-        for (d, bytes) in objects.iter().skip(1) {
-            new_objects += self.objects.put(d, bytes)? as usize;
-        }
-        new_objects += self.objects.put(&objects[0].0, &objects[0].1)? as usize;
+        let new_objects = store_objects(&self.objects, objects)?;
         let stored_bytes: u64 = objects.iter().map(|o| o.1.len() as u64).sum();
         let now = now_secs();
         let record = DnaRecord {
@@ -756,6 +752,21 @@ impl Db {
             .map_err(|e| Error::io(self.home.join("tmp"), e))?;
         Ok(report)
     }
+}
+
+/// Stores a DNA's encoded objects (manifest first in `objects`, as [`Dna::encode`] and
+/// bundles list them) in durability order: every layer and the space first, the manifest
+/// last, so a durable manifest always names durable blobs. Returns how many were new.
+pub fn store_objects(store: &ObjectStore, objects: &[(Digest, Vec<u8>)]) -> Result<usize, Error> {
+    let Some((manifest, rest)) = objects.split_first() else {
+        return Ok(0);
+    };
+    let mut new_objects = 0;
+    for (d, bytes) in rest {
+        new_objects += store.put(d, bytes)? as usize;
+    }
+    new_objects += store.put(&manifest.0, &manifest.1)? as usize;
+    Ok(new_objects)
 }
 
 /// Compares two DNAs under a resolved mask (the spaces must be equal).

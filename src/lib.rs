@@ -48,6 +48,7 @@ pub mod reference;
 pub mod refname;
 #[cfg(feature = "server")]
 pub mod server;
+pub mod simfs;
 pub mod store;
 pub mod synth;
 

@@ -49,8 +49,87 @@ pub trait Backend: Send + Sync {
     fn modified(&self, key: &str) -> io::Result<Option<std::time::SystemTime>>;
 }
 
+/// The file-system calls the object store makes, so a simulated file system
+/// ([`crate::simfs::SimFs`], which loses unsynced writes at a power cut) can stand in for
+/// the real one in tests.
+pub trait Fs: Send + Sync {
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Creates (truncating) a file and writes `bytes`, without syncing.
+    fn write_new(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
+    /// Makes a file's contents durable (fsync).
+    fn sync_file(&self, path: &Path) -> io::Result<()>;
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Makes a directory's entries (creations, renames, removals) durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    fn remove(&self, path: &Path) -> io::Result<()>;
+    fn len(&self, path: &Path) -> io::Result<u64>;
+    fn modified(&self, path: &Path) -> io::Result<std::time::SystemTime>;
+    /// Entries of a directory as (name, is a directory).
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<(String, bool)>>;
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    fn is_dir(&self, path: &Path) -> bool;
+}
+
+/// The operating system's file system.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StdFs;
+
+impl Fs for StdFs {
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        std::fs::read(path)
+    }
+    fn write_new(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        let mut f = std::fs::File::create(path)?;
+        failpoint!("object::write");
+        f.write_all(bytes)
+    }
+    fn sync_file(&self, path: &Path) -> io::Result<()> {
+        failpoint!("object::fsync");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)?
+            .sync_all()
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        failpoint!("object::rename");
+        std::fs::rename(from, to)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        failpoint!("object::dir_fsync");
+        sync_dir(dir)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        failpoint!("object::delete");
+        std::fs::remove_file(path)
+    }
+    fn len(&self, path: &Path) -> io::Result<u64> {
+        Ok(std::fs::metadata(path)?.len())
+    }
+    fn modified(&self, path: &Path) -> io::Result<std::time::SystemTime> {
+        std::fs::metadata(path)?.modified()
+    }
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<(String, bool)>> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir)? {
+            let e = e?;
+            out.push((
+                e.file_name().to_string_lossy().into_owned(),
+                e.file_type()?.is_dir(),
+            ));
+        }
+        Ok(out)
+    }
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(dir)
+    }
+    fn is_dir(&self, path: &Path) -> bool {
+        path.is_dir()
+    }
+}
+
 /// Objects as files under a directory.
-pub struct FsBackend {
+pub struct FsBackend<F: Fs = StdFs> {
+    fs: F,
     root: PathBuf,
     tmp: PathBuf,
 }
@@ -100,16 +179,37 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     result
 }
 
-impl FsBackend {
+impl FsBackend<StdFs> {
     /// Opens (creating if needed) an object directory; temporary files go to `tmp`,
     /// which must be on the same filesystem.
     pub fn open(root: &Path, tmp: &Path) -> io::Result<FsBackend> {
-        std::fs::create_dir_all(root)?;
-        std::fs::create_dir_all(tmp)?;
+        FsBackend::open_on(StdFs, root, tmp)
+    }
+}
+
+fn absent_ok<T>(r: io::Result<T>) -> io::Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+impl<F: Fs> FsBackend<F> {
+    /// Opens an object directory on file system `fs`.
+    pub fn open_on(fs: F, root: &Path, tmp: &Path) -> io::Result<FsBackend<F>> {
+        fs.create_dir_all(root)?;
+        fs.create_dir_all(tmp)?;
         Ok(FsBackend {
+            fs,
             root: root.to_path_buf(),
             tmp: tmp.to_path_buf(),
         })
+    }
+
+    /// The file system underneath.
+    pub fn fs(&self) -> &F {
+        &self.fs
     }
 
     fn path(&self, key: &str) -> PathBuf {
@@ -121,14 +221,14 @@ impl FsBackend {
     pub fn clean_tmp(&self, grace: std::time::Duration) -> io::Result<usize> {
         let mut n = 0;
         let now = std::time::SystemTime::now();
-        for e in std::fs::read_dir(&self.tmp)? {
-            let e = e?;
-            let young = e
-                .metadata()
-                .and_then(|m| m.modified())
+        for (name, is_dir) in self.fs.list_dir(&self.tmp)? {
+            let p = self.tmp.join(&name);
+            let young = self
+                .fs
+                .modified(&p)
                 .map_or(true, |t| now.duration_since(t).map_or(true, |a| a < grace));
-            if e.file_name().to_string_lossy().ends_with(".tmp") && !young {
-                std::fs::remove_file(e.path())?;
+            if !is_dir && name.ends_with(".tmp") && !young {
+                self.fs.remove(&p)?;
                 n += 1;
             }
         }
@@ -136,13 +236,9 @@ impl FsBackend {
     }
 }
 
-impl Backend for FsBackend {
+impl<F: Fs> Backend for FsBackend<F> {
     fn read(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
-        match std::fs::read(self.path(key)) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        absent_ok(self.fs.read(&self.path(key)))
     }
 
     fn write_durable(&self, key: &str, bytes: &[u8]) -> io::Result<()> {
@@ -151,79 +247,57 @@ impl Backend for FsBackend {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| self.root.clone());
-        if !dir.is_dir() {
-            std::fs::create_dir_all(&dir)?;
+        if !self.fs.is_dir(&dir) {
+            self.fs.create_dir_all(&dir)?;
             // Make the new directory entries durable too, from the top down.
             let mut d = dir.as_path();
             while let Some(parent) = d.parent() {
-                sync_dir(parent)?;
+                self.fs.sync_dir(parent)?;
                 if parent == self.root {
                     break;
                 }
                 d = parent;
             }
         }
+        // The protocol: contents durable before the name appears, the name durable
+        // before returning.
         let tmp = self.tmp.join(tmp_name());
         let result = (|| {
-            let mut f = std::fs::File::create(&tmp)?;
-            failpoint!("object::write");
-            f.write_all(bytes)?;
-            failpoint!("object::fsync");
-            f.sync_all()?;
-            failpoint!("object::rename");
-            std::fs::rename(&tmp, &dest)?;
-            failpoint!("object::dir_fsync");
-            sync_dir(&dir)
+            self.fs.write_new(&tmp, bytes)?;
+            self.fs.sync_file(&tmp)?;
+            self.fs.rename(&tmp, &dest)?;
+            self.fs.sync_dir(&dir)
         })();
         if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
+            let _ = self.fs.remove(&tmp);
         }
         result
     }
 
     fn size(&self, key: &str) -> io::Result<Option<u64>> {
-        match std::fs::metadata(self.path(key)) {
-            Ok(m) => Ok(Some(m.len())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        absent_ok(self.fs.len(&self.path(key)))
     }
 
     fn delete(&self, key: &str) -> io::Result<()> {
-        failpoint!("object::delete");
-        match std::fs::remove_file(self.path(key)) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e),
-        }
+        absent_ok(self.fs.remove(&self.path(key))).map(|_| ())
     }
 
     fn modified(&self, key: &str) -> io::Result<Option<std::time::SystemTime>> {
-        match std::fs::metadata(self.path(key)) {
-            Ok(m) => m.modified().map(Some),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        absent_ok(self.fs.modified(&self.path(key)))
     }
 
     fn list(&self) -> io::Result<Vec<String>> {
         let mut out = Vec::new();
         let algo = self.root.join("sha256");
-        if !algo.is_dir() {
+        if !self.fs.is_dir(&algo) {
             return Ok(out);
         }
-        for fan in std::fs::read_dir(&algo)? {
-            let fan = fan?;
-            if !fan.file_type()?.is_dir() {
+        for (fan, is_dir) in self.fs.list_dir(&algo)? {
+            if !is_dir {
                 continue;
             }
-            for f in std::fs::read_dir(fan.path())? {
-                let f = f?;
-                out.push(format!(
-                    "sha256/{}/{}",
-                    fan.file_name().to_string_lossy(),
-                    f.file_name().to_string_lossy()
-                ));
+            for (f, _) in self.fs.list_dir(&algo.join(&fan))? {
+                out.push(format!("sha256/{fan}/{f}"));
             }
         }
         out.sort();
