@@ -42,6 +42,7 @@ pub mod dna;
 #[cfg(feature = "extract")]
 pub mod extract;
 pub mod format;
+pub mod fuzz;
 pub mod mask;
 pub mod query;
 pub mod reference;

@@ -78,11 +78,23 @@ pub struct Imported {
 pub fn import_pair(path: &Path) -> Result<Imported, Error> {
     let (json_path, npz_path) = pair_paths(path);
     let text = std::fs::read(&json_path).map_err(|e| io(&json_path, e))?;
-    let meta: Value = serde_json::from_slice(&text)
+    let file = std::fs::File::open(&npz_path).map_err(|e| io(&npz_path, e))?;
+    import_pair_from(&text, &json_path, file, &npz_path)
+}
+
+/// Decodes a reference pair from the `.json` bytes and a reader of the `.npz`; the paths
+/// only name them in errors.
+pub fn import_pair_from<R: Read + Seek>(
+    text: &[u8],
+    json_path: &Path,
+    npz_file: R,
+    npz_path: &Path,
+) -> Result<Imported, Error> {
+    let (json_path, npz_path) = (json_path.to_path_buf(), npz_path.to_path_buf());
+    let meta: Value = serde_json::from_slice(text)
         .map_err(|e| bad(&json_path, format!("not valid JSON: {e}")))?;
     let (space, images) = space_from_metadata(&meta, &json_path)?;
-    let file = std::fs::File::open(&npz_path).map_err(|e| io(&npz_path, e))?;
-    let mut npz = Npz::open(file, &npz_path)?;
+    let mut npz = Npz::open(npz_file, &npz_path)?;
     let mut layers = Vec::with_capacity(space.layers.len());
     for l in &space.layers {
         let n = l.neurons as usize;

@@ -159,6 +159,14 @@ pub fn decode_object_header(bytes: &[u8], what: &'static str) -> Result<ObjectHe
             format!("raw length {raw_len} exceeds {MAX_RAW_LEN}"),
         ));
     }
+    // zstd expands at most 128 KiB per block of at least 4 bytes: a larger claim is a lie
+    // that would make the reader allocate far beyond what it was given.
+    if codec != Codec::Raw && raw_len > payload_len.saturating_add(1).saturating_mul(128 << 10) {
+        return Err(FormatError::invalid(
+            what,
+            format!("raw length {raw_len} is impossible for a compressed payload of {payload_len} bytes"),
+        ));
+    }
     if codec == Codec::Raw && payload_len != raw_len {
         return Err(FormatError::invalid(
             what,

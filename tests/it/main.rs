@@ -4,6 +4,7 @@
 mod cli;
 mod compat;
 mod crash;
+mod decoders;
 mod extract;
 mod golden;
 mod properties;
@@ -12,3 +13,8 @@ mod reliability;
 mod server;
 mod util;
 mod web;
+
+/// Every allocation of this binary goes through the tracking allocator, so the decoder
+/// tests can measure what a mutated input makes a decoder ask for.
+#[global_allocator]
+static ALLOC: decoders::Tracking = decoders::Tracking;
