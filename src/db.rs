@@ -49,6 +49,9 @@ pub struct Db {
     level: i32,
     /// Commits hold it shared, `gc` exclusively: a sweep never sees a DNA half committed.
     commit_gate: std::sync::RwLock<()>,
+    /// Serialises changes to the derived index (segment appends, rebuilds) between the
+    /// threads of this process; other processes are kept out by sled's lock.
+    index_gate: std::sync::Mutex<()>,
 }
 
 /// How to open a store.
@@ -313,7 +316,13 @@ impl Db {
             catalogue,
             level,
             commit_gate: std::sync::RwLock::new(()),
+            index_gate: std::sync::Mutex::new(()),
         })
+    }
+
+    /// Held while the derived index is opened for change (see `query`).
+    pub(crate) fn index_gate(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.index_gate.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn home(&self) -> &Path {

@@ -246,6 +246,7 @@ fn synced_segment(
 
 /// Adds a just-pushed DNA to its space's index (one row; a no-op when present).
 pub fn index_pushed(db: &Db, digest: &Digest) -> Result<(), Error> {
+    let _gate = db.index_gate();
     let dna = db.open_dna(digest)?;
     let sd = dna.manifest.space;
     let Some(kind) = seg_kind(dna.space.dist) else {
@@ -283,6 +284,7 @@ fn stored_in_space(db: &Db, sd: &Digest) -> Result<Vec<Digest>, Error> {
 /// it: (what, problem) pairs. `reindex` (or `verify --repair`) rebuilds what is damaged;
 /// queries never trust a damaged part (they rebuild or scan instead).
 pub fn verify_index(db: &Db) -> Result<Vec<(String, String)>, Error> {
+    let _gate = db.index_gate();
     let mut out = Vec::new();
     let root = db.home().join("index");
     let Ok(rd) = std::fs::read_dir(&root) else {
@@ -351,6 +353,7 @@ pub fn reindex(db: &Db) -> Result<ReindexReport, Error> {
 
 /// [`reindex`] with an explicit graph threshold.
 pub fn reindex_with(db: &Db, graph_min_rows: usize) -> Result<ReindexReport, Error> {
+    let _gate = db.index_gate();
     let root = db.home().join("index");
     if root.exists() {
         std::fs::remove_dir_all(&root).map_err(|e| Error::io(&root, e))?;
@@ -515,6 +518,8 @@ pub fn query(db: &Db, q: &AnyDna, req: &QueryRequest) -> Result<QueryResult, Err
     let seg = if metric == Metric::Fd {
         None
     } else {
+        // Appends past the mapped rows never disturb a segment another thread reads.
+        let _gate = db.index_gate();
         synced_segment(db, &space_digest, &space, &stored)?
     };
     if seg.is_some() {

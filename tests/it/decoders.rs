@@ -243,8 +243,16 @@ fn npz_of(members: &[(String, Vec<u8>)]) -> Vec<u8> {
     w.finish().unwrap().into_inner()
 }
 
+/// Cases per decoder property: 200, or `VDNA_DB_FUZZ_CASES` (the long mode).
+fn cases() -> u32 {
+    std::env::var("VDNA_DB_FUZZ_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(200))]
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
 
     #[test]
     fn objects_survive_mutations(seed in 0u64..40, d in 0u8..4, muts in prop::collection::vec(mutation(), 1..6)) {

@@ -888,3 +888,68 @@ fn http_bodies_survive_structure_aware_mutations() {
     let (ok, refused) = *seen.borrow();
     assert!(ok > 5 && refused > 5, "{ok} accepted, {refused} refused");
 }
+
+/// Tokens never reach the server's log, even at trace level: not the valid one used for
+/// pushes, not a wrong one that is refused.
+#[test]
+fn server_logs_never_contain_tokens() {
+    let dir = util::tmp();
+    let home = dir.path().join("server");
+    let token = util::json(&home, &["token", "create", "--scope", "push"])["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let log_path = dir.path().join("server.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vdna-db"))
+        .args([
+            "--home",
+            home.to_str().unwrap(),
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line.trim().trim_start_matches("listening on ").to_string();
+    let srv = Server { child, url };
+    let client = dir.path().join("client");
+    let g = root().join("fixtures/reference/gradients-histogram-100.json");
+    let wrong = format!("{}x", &token[..token.len() - 1]);
+    for t in [&token, &wrong] {
+        util::run(
+            &client,
+            &[
+                "--remote",
+                &srv.url,
+                "--token",
+                t,
+                "push",
+                g.to_str().unwrap(),
+                "--name",
+                "g",
+            ],
+        );
+    }
+    drop(srv);
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log.contains("/v1/refs/g"),
+        "the log recorded nothing: {log}"
+    );
+    // No part of either secret past its public prefix appears.
+    for t in [&token, &wrong] {
+        let secret = &t[t.len() - 20..];
+        assert!(!log.contains(secret), "a token leaked into the log");
+    }
+    assert!(
+        !log.to_lowercase().contains("bearer "),
+        "an authorization header was logged"
+    );
+}
