@@ -28,6 +28,10 @@ Extractors:
   efficientnet_lite0   ImageNet weights embedded in the binary (default), 17 layers, 2,472 neurons
   rand_resnet50        the reference's random ResNet-50: 16 layers, 15,104 neurons; weights from
                        --weights (torch state-dict layout) or the portable seeded init (--init-seed)
+  dino_resnet50        the same backbone and layers with DINO weights (--weights, --ranges)
+  mugs_vit_base        Mugs ViT-B/16 (the reference's default): block_0..block_11 + last_norm,
+                       13 x 768 neurons over 197 tokens; --weights FILE and --ranges FILE
+  dino_vit_base        DINO ViT-B/16, same layers as mugs_vit_base; --weights and --ranges
 
 Examples:
   vdna-db extract photos/ -o photos.vdna
@@ -40,7 +44,8 @@ Examples:
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "Extraction (when an input is an image source)")]
 pub struct ExtractFlags {
-    /// Network: efficientnet_lite0 (embedded ImageNet weights) or rand_resnet50
+    /// Network: efficientnet_lite0 (embedded ImageNet weights), rand_resnet50, dino_resnet50,
+    /// mugs_vit_base or dino_vit_base
     #[arg(long, default_value = "efficientnet_lite0", value_name = "NAME")]
     pub extractor: String,
     /// Weights file (safetensors or PyTorch .pth zip, torch state-dict names)
@@ -146,6 +151,7 @@ impl ExtractFlags {
             return Ok(Some(Ranges::from_file(p)?));
         }
         let default_weights = self.weights.is_none()
+            && ext.kind.has_default_weights()
             && (ext.kind != ExtractorKind::RandResNet50 || self.init_seed == extract::DEFAULT_SEED);
         if default_weights {
             return Ok(Some(Ranges::embedded(ext.kind)?));
@@ -395,6 +401,10 @@ pub fn run_weights(out: &mut Out, a: WeightsArgs) -> Result<()> {
             crate::store::write_file_atomic(&a.output, extract::efficientnet::EMBEDDED_WEIGHTS)
                 .with_context(|| format!("writing {}", a.output.display()))?;
         }
+        k => bail!(
+            "extractor {} has no built-in weights to write: use the reference's weight file",
+            k.name()
+        ),
     }
     let ext = Extractor::load(kind, Some(&a.output), a.init_seed)?;
     out.json(&serde_json::json!({ "written": a.output, "weights_digest": ext.weights_digest() }))?;

@@ -23,6 +23,8 @@ pub mod ranges;
 pub mod resnet;
 pub mod scenes;
 pub mod source;
+pub mod transformer;
+pub mod vit;
 pub mod weights;
 
 use std::path::Path;
@@ -69,18 +71,27 @@ impl From<candle_core::Error> for ExtractError {
 pub enum ExtractorKind {
     EfficientNetLite0,
     RandResNet50,
+    DinoResNet50,
+    MugsVitBase,
+    DinoVitBase,
 }
 
 impl ExtractorKind {
-    pub const ALL: [ExtractorKind; 2] = [
+    pub const ALL: [ExtractorKind; 5] = [
         ExtractorKind::EfficientNetLite0,
         ExtractorKind::RandResNet50,
+        ExtractorKind::DinoResNet50,
+        ExtractorKind::MugsVitBase,
+        ExtractorKind::DinoVitBase,
     ];
 
     pub fn name(self) -> &'static str {
         match self {
             ExtractorKind::EfficientNetLite0 => "efficientnet_lite0",
             ExtractorKind::RandResNet50 => "rand_resnet50",
+            ExtractorKind::DinoResNet50 => "dino_resnet50",
+            ExtractorKind::MugsVitBase => "mugs_vit_base",
+            ExtractorKind::DinoVitBase => "dino_vit_base",
         }
     }
 
@@ -99,21 +110,35 @@ impl ExtractorKind {
     pub fn input_size(self) -> usize {
         match self {
             ExtractorKind::EfficientNetLite0 => efficientnet::INPUT_SIZE,
-            ExtractorKind::RandResNet50 => resnet::INPUT_SIZE,
+            ExtractorKind::RandResNet50 | ExtractorKind::DinoResNet50 => resnet::INPUT_SIZE,
+            ExtractorKind::MugsVitBase | ExtractorKind::DinoVitBase => vit::INPUT_SIZE,
         }
     }
 
     pub fn mean_std(self) -> ([f64; 3], [f64; 3]) {
         match self {
             ExtractorKind::EfficientNetLite0 => (efficientnet::MEAN, efficientnet::STD),
-            ExtractorKind::RandResNet50 => (resnet::MEAN, resnet::STD),
+            ExtractorKind::RandResNet50 | ExtractorKind::DinoResNet50 => {
+                (resnet::MEAN, resnet::STD)
+            }
+            ExtractorKind::MugsVitBase | ExtractorKind::DinoVitBase => (vit::MEAN, vit::STD),
         }
+    }
+
+    /// Whether the network ships with default weights (embedded or seeded); the others
+    /// need `--weights FILE` (the reference's own weight files, never downloaded).
+    pub fn has_default_weights(self) -> bool {
+        matches!(
+            self,
+            ExtractorKind::EfficientNetLite0 | ExtractorKind::RandResNet50
+        )
     }
 }
 
 enum Net {
     Eff(efficientnet::EfficientNetLite0),
     Res(resnet::ResNet50),
+    Vit(vit::Vit),
 }
 
 /// A loaded network with the digest of its weights.
@@ -146,18 +171,31 @@ impl Extractor {
                 resnet::seeded(seed),
                 &format!("rand_resnet50 seed {seed}"),
             ),
+            (None, k) => {
+                return Err(ExtractError::Invalid(format!(
+                    "extractor {} has no built-in weights: pass --weights FILE with the \
+                     reference's weights for it (PyTorch .pth or safetensors)",
+                    k.name()
+                )))
+            }
         };
         let net = match kind {
             ExtractorKind::EfficientNetLite0 => {
                 Net::Eff(efficientnet::EfficientNetLite0::load(&mut p)?)
             }
-            ExtractorKind::RandResNet50 => Net::Res(resnet::ResNet50::load(&mut p)?),
+            ExtractorKind::RandResNet50 | ExtractorKind::DinoResNet50 => {
+                Net::Res(resnet::ResNet50::load(&mut p)?)
+            }
+            ExtractorKind::MugsVitBase | ExtractorKind::DinoVitBase => {
+                Net::Vit(vit::Vit::load(&mut p)?)
+            }
         };
         let origin = match weights {
             Some(w) => w.display().to_string(),
             None => match kind {
                 ExtractorKind::EfficientNetLite0 => "embedded".into(),
                 ExtractorKind::RandResNet50 => format!("seeded init (seed {seed})"),
+                k => k.name().into(),
             },
         };
         Ok(Extractor {
@@ -172,6 +210,7 @@ impl Extractor {
         match &self.net {
             Net::Eff(n) => n.layers(),
             Net::Res(n) => n.layers(),
+            Net::Vit(n) => n.layers(),
         }
     }
 
@@ -184,6 +223,7 @@ impl Extractor {
         Ok(match &self.net {
             Net::Eff(n) => n.forward(x)?,
             Net::Res(n) => n.forward(x)?,
+            Net::Vit(n) => n.forward(x)?,
         })
     }
 
@@ -197,7 +237,7 @@ impl Extractor {
                     .ok_or_else(|| ExtractError::Network("no head".into()))?;
                 Ok(Some(n.classify(head)?))
             }
-            Net::Res(_) => Ok(None),
+            Net::Res(_) | Net::Vit(_) => Ok(None),
         }
     }
 }

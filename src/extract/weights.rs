@@ -161,6 +161,11 @@ impl Params {
             .map(|t| t.dims().to_vec())
     }
 
+    /// Where the weights came from, for messages.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
     /// The digest of everything read so far.
     pub fn digest(&self) -> Digest {
         Digest(self.hasher.clone().finalize().into())

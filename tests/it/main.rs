@@ -5,6 +5,7 @@ mod cli;
 mod compat;
 mod crash;
 mod extract;
+mod extractors;
 mod golden;
 mod properties;
 mod query;

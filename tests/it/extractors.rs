@@ -1,0 +1,150 @@
+//! The reference-compatible extractors checked against the reference library's own PyTorch
+//! modules (vdna 0.1.1) run on seeded random weights: tiny configurations whose weights
+//! and outputs are committed (tools/golden_vit.py), and the full-size networks in a slow
+//! test that reads files the same scripts write (`VDNA_FULL_GOLDEN=DIR`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use vdna_db::extract::{Extractor, ExtractorKind};
+
+use crate::util::root;
+
+fn fixture(name: &str) -> PathBuf {
+    root().join("fixtures/extract").join(name)
+}
+
+fn load_golden(path: &Path) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(path, &Device::Cpu).unwrap()
+}
+
+fn values(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+/// Runs `kind` with `weights` on the golden input and compares every recorded layer with
+/// the golden `(N, tokens, dim)` tensors: each value within 1e-4 of the layer's largest
+/// magnitude (float32 in two summation orders).
+fn check_against_golden(kind: ExtractorKind, weights: &Path, golden: &Path) {
+    let g = load_golden(golden);
+    let ext = Extractor::load(kind, Some(weights), 0).unwrap();
+    let outs = ext.forward(&g["input"]).unwrap();
+    assert_eq!(outs.len(), ext.layers().len());
+    for (l, out) in ext.layers().iter().zip(&outs) {
+        let want = &g[&l.name];
+        let (n, t, c) = want.dims3().unwrap();
+        assert_eq!(out.dims(), &[n, t, 1, c], "{} {}", kind.name(), l.name);
+        assert_eq!(l.neurons as usize, c);
+        let (got, want) = (values(out), values(want));
+        let scale = want.iter().fold(1f32, |m, v| m.max(v.abs())) as f64;
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (*a as f64 - *b as f64).abs())
+            .fold(0.0, f64::max);
+        assert!(
+            worst <= 1e-4 * scale,
+            "{} {}: max abs difference {worst} vs scale {scale}",
+            kind.name(),
+            l.name
+        );
+    }
+}
+
+#[test]
+fn mugs_and_dino_vit_match_the_reference_modules_on_a_tiny_configuration() {
+    for kind in [ExtractorKind::MugsVitBase, ExtractorKind::DinoVitBase] {
+        check_against_golden(
+            kind,
+            &fixture("vit-tiny.pth"),
+            &fixture("vit-tiny-golden.safetensors"),
+        );
+    }
+}
+
+/// Full-size ViT-B/16 against the reference's modules. Slow (a 350 MB checkpoint made by
+/// a script): run `python tools/golden_vit.py full DIR`, then
+/// `VDNA_FULL_GOLDEN=DIR cargo test --release --test it full_size -- --ignored`.
+#[test]
+#[ignore = "needs VDNA_FULL_GOLDEN=DIR written by tools/golden_vit.py full DIR"]
+fn full_size_vit_b16_matches_the_reference_modules() {
+    let dir = PathBuf::from(std::env::var("VDNA_FULL_GOLDEN").expect("VDNA_FULL_GOLDEN=DIR"));
+    check_against_golden(
+        ExtractorKind::MugsVitBase,
+        &dir.join("vit-base.pth"),
+        &dir.join("vit-base-golden.safetensors"),
+    );
+}
+
+/// Writes the tiny ViT state dict with one tensor changed by `edit` as safetensors.
+fn edited_vit(dir: &Path, edit: impl FnOnce(&mut HashMap<String, Tensor>)) -> PathBuf {
+    let mut sd: HashMap<String, Tensor> =
+        candle_core::pickle::read_all_with_key(fixture("vit-tiny.pth"), Some("state_dict"))
+            .unwrap()
+            .into_iter()
+            .collect();
+    edit(&mut sd);
+    let p = dir.join("edited.safetensors");
+    candle_core::safetensors::save(&sd, &p).unwrap();
+    p
+}
+
+#[test]
+fn weight_files_with_missing_or_misshaped_tensors_are_refused_naming_the_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = edited_vit(dir.path(), |sd| {
+        sd.remove("blocks.1.mlp.fc2.bias");
+    });
+    let e = Extractor::load(ExtractorKind::MugsVitBase, Some(&p), 0)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("missing tensor blocks.1.mlp.fc2.bias"), "{e}");
+
+    let p = edited_vit(dir.path(), |sd| {
+        let t = Tensor::zeros((128, 129), candle_core::DType::F32, &Device::Cpu).unwrap();
+        sd.insert("blocks.0.attn.proj.weight".into(), t);
+    });
+    let e = Extractor::load(ExtractorKind::DinoVitBase, Some(&p), 0)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("blocks.0.attn.proj.weight") && e.contains("[128, 129]"),
+        "{e}"
+    );
+
+    // Keys the network does not use (Mugs' relation blocks) do not change the digest.
+    let a = Extractor::load(
+        ExtractorKind::MugsVitBase,
+        Some(&fixture("vit-tiny.pth")),
+        0,
+    )
+    .unwrap();
+    let p = edited_vit(dir.path(), |sd| {
+        sd.retain(|k, _| !k.starts_with("relation_"))
+    });
+    let b = Extractor::load(ExtractorKind::MugsVitBase, Some(&p), 0).unwrap();
+    assert_eq!(a.weights_digest(), b.weights_digest());
+
+    // The ViTs have no built-in weights: the error says what to pass.
+    let e = Extractor::load(ExtractorKind::MugsVitBase, None, 0)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("--weights"), "{e}");
+}
+
+#[test]
+fn vit_input_of_the_wrong_size_is_refused() {
+    let ext = Extractor::load(
+        ExtractorKind::MugsVitBase,
+        Some(&fixture("vit-tiny.pth")),
+        0,
+    )
+    .unwrap();
+    let x = Tensor::zeros((1, 64, 64, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let e = ext.forward(&x).err().unwrap().to_string();
+    assert!(e.contains("input size"), "{e}");
+}
