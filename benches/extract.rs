@@ -4,7 +4,8 @@
 //! - the whole pipeline (read, decode, resize, network, histogram-1000) in images/s on
 //!   generated 640x480 JPEGs, and the share of time in each stage;
 //! - the network alone in images/s, beside candle's stock NCHW `conv2d` running the same
-//!   ResNet-50 (the outputs are compared too, so both run the same network);
+//!   ResNet-50 (the outputs are compared too, so both run the same network); the ViT-B/16
+//!   (mugs_vit_base, dino_vit_base) on random weights of the real shapes;
 //! - with `VDNA_DB_TORCH_PYTHON=/path/to/python` (a Python with torch and numpy), PyTorch
 //!   on the same weights through tools/bench_torch.py, and the ratio.
 //!
@@ -93,6 +94,50 @@ fn stock_resnet(
     Ok(x)
 }
 
+/// A ViT-B/16 state dict in the DINO / Mugs layout with random values (std 0.02, LayerNorm
+/// weights 1), as safetensors.
+fn write_random_vit_b16(path: &Path) {
+    let (d, h) = (768usize, 3072usize);
+    let mut shapes: Vec<(String, Vec<usize>)> = vec![
+        ("patch_embed.proj.weight".into(), vec![d, 3, 16, 16]),
+        ("patch_embed.proj.bias".into(), vec![d]),
+        ("cls_token".into(), vec![1, 1, d]),
+        ("pos_embed".into(), vec![1, 197, d]),
+        ("norm.weight".into(), vec![d]),
+        ("norm.bias".into(), vec![d]),
+    ];
+    for i in 0..12 {
+        for (n, s) in [
+            ("norm1.weight", vec![d]),
+            ("norm1.bias", vec![d]),
+            ("attn.qkv.weight", vec![3 * d, d]),
+            ("attn.qkv.bias", vec![3 * d]),
+            ("attn.proj.weight", vec![d, d]),
+            ("attn.proj.bias", vec![d]),
+            ("norm2.weight", vec![d]),
+            ("norm2.bias", vec![d]),
+            ("mlp.fc1.weight", vec![h, d]),
+            ("mlp.fc1.bias", vec![h]),
+            ("mlp.fc2.weight", vec![d, h]),
+            ("mlp.fc2.bias", vec![d]),
+        ] {
+            shapes.push((format!("blocks.{i}.{n}"), s));
+        }
+    }
+    let map: std::collections::HashMap<String, Tensor> = shapes
+        .into_iter()
+        .map(|(n, s)| {
+            let t = if n.contains("norm") && n.ends_with("weight") {
+                Tensor::ones(s, DType::F32, &Device::Cpu)
+            } else {
+                Tensor::randn(0f32, 0.02, s, &Device::Cpu)
+            };
+            (n, t.expect("random tensor"))
+        })
+        .collect();
+    candle_core::safetensors::save(&map, path).expect("writing ViT weights");
+}
+
 fn main() {
     let n: usize = std::env::var("VDNA_DB_BENCH_IMAGES")
         .ok()
@@ -109,6 +154,9 @@ fn main() {
     println!("|---|---|---|---|---|---|");
     let mut ours_net = std::collections::BTreeMap::new();
     for kind in ExtractorKind::ALL {
+        if !kind.has_default_weights() {
+            continue; // measured below on random weights of the real shapes
+        }
         let ext = Extractor::load(kind, None, 0).expect("extractor");
         let ranges = Ranges::embedded(kind).expect("ranges");
         let opts = ExtractOptions {
@@ -135,6 +183,22 @@ fn main() {
             BATCH as f64 / net
         );
     }
+
+    // The ViT-B/16 (mugs_vit_base, dino_vit_base) on random weights of the real shapes;
+    // dino_resnet50 is rand_resnet50's network with other weights.
+    let vit_weights = dir.path().join("vit-b16.safetensors");
+    write_random_vit_b16(&vit_weights);
+    let ext = Extractor::load(ExtractorKind::MugsVitBase, Some(&vit_weights), 0).expect("vit");
+    let x = Tensor::randn(0f32, 1.0, (BATCH, 224, 224, 3), &Device::Cpu).expect("input");
+    std::hint::black_box(ext.forward(&x).expect("forward"));
+    let net = best_secs(3, || {
+        std::hint::black_box(ext.forward(&x).expect("forward"));
+    });
+    ours_net.insert("mugs_vit_base", BATCH as f64 / net);
+    println!(
+        "| mugs_vit_base / dino_vit_base | | | | | {:.2} |",
+        BATCH as f64 / net
+    );
 
     // Candle's stock conv2d on the same ResNet-50, same input; outputs compared.
     let weights = extract::resnet::seeded(0);
@@ -183,6 +247,8 @@ fn main() {
             .arg(script)
             .arg(&rw)
             .arg(&ew)
+            .arg("--vit")
+            .arg(&vit_weights)
             .args([
                 "--batch",
                 &BATCH.to_string(),

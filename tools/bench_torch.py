@@ -2,12 +2,13 @@
 """PyTorch CPU throughput of the same networks vdna-db runs, for the extraction bench.
 
     python3 tools/bench_torch.py RESNET_WEIGHTS.safetensors EFFNET_WEIGHTS.safetensors \
-        [--batch 16] [--batches 3] [--threads N]
+        [--batch 16] [--batches 3] [--threads N] [--vit VIT_B16_WEIGHTS.safetensors]
 
 Prints one JSON object: images/s of the network forward alone (no decoding), for
 rand_resnet50 (torchvision ResNet-50 layout, the reference's stem padding) and
-efficientnet_lite0 (TensorFlow SAME padding, ReLU6, batch-norm eps 1e-3), at the given
-batch size, best of --batches timed batches after one warm-up batch. Needs torch and numpy.
+efficientnet_lite0 (TensorFlow SAME padding, ReLU6, batch-norm eps 1e-3) and, with --vit,
+the DINO / Mugs ViT-B/16 (written as the reference's modules are: explicit q k^T softmax
+attention, exact GELU, LayerNorm eps 1e-6; all 13 outputs kept), at the given batch size, best of --batches timed batches after one warm-up batch. Needs torch and numpy.
 """
 
 import argparse
@@ -118,6 +119,41 @@ class EffLite0(nn.Module):
         return feats
 
 
+class VitB16(nn.Module):
+    """The DINO / Mugs ViT-B/16 forward as the reference writes it, on a state dict."""
+
+    def __init__(self, sd, heads=12, depth=12):
+        super().__init__()
+        self.sd, self.heads, self.depth = sd, heads, depth
+
+    def ln(self, x, name):
+        return F.layer_norm(x, x.shape[-1:], self.sd[name + ".weight"], self.sd[name + ".bias"], 1e-6)
+
+    def lin(self, x, name):
+        return F.linear(x, self.sd[name + ".weight"], self.sd[name + ".bias"])
+
+    def forward(self, x):
+        sd = self.sd
+        x = F.conv2d(x, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=16)
+        x = x.flatten(2).transpose(1, 2)
+        x = torch.cat((sd["cls_token"].expand(x.shape[0], -1, -1), x), dim=1) + sd["pos_embed"]
+        feats = []
+        for i in range(self.depth):
+            p = f"blocks.{i}."
+            B, N, C = x.shape
+            qkv = self.lin(self.ln(x, p + "norm1"), p + "attn.qkv")
+            qkv = qkv.reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv[0], qkv[1], qkv[2]
+            attn = ((q @ k.transpose(-2, -1)) * (C // self.heads) ** -0.5).softmax(dim=-1)
+            y = (attn @ v).transpose(1, 2).reshape(B, N, C)
+            x = x + self.lin(y, p + "attn.proj")
+            h = F.gelu(self.lin(self.ln(x, p + "norm2"), p + "mlp.fc1"))
+            x = x + self.lin(h, p + "mlp.fc2")
+            feats.append(x)
+        feats.append(self.ln(x, "norm"))
+        return feats
+
+
 def bench(model, batch, batches):
     x = torch.randn(batch, 3, 224, 224)
     with torch.no_grad():
@@ -137,19 +173,23 @@ def main():
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--batches", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--vit", default=None)
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     r = ResNet50().eval()
     r.load_state_dict(load_safetensors(a.resnet_weights), strict=False)
     e = EffLite0(load_safetensors(a.effnet_weights)).eval()
-    print(json.dumps({
+    out = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "batch": a.batch,
         "rand_resnet50": bench(r, a.batch, a.batches),
         "efficientnet_lite0": bench(e, a.batch, a.batches),
-    }))
+    }
+    if a.vit:
+        out["mugs_vit_base"] = bench(VitB16(load_safetensors(a.vit)).eval(), a.batch, a.batches)
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

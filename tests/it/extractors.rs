@@ -43,6 +43,12 @@ fn check_against_golden(kind: ExtractorKind, weights: &Path, golden: &Path) {
             .zip(&want)
             .map(|(a, b)| (*a as f64 - *b as f64).abs())
             .fold(0.0, f64::max);
+        eprintln!(
+            "{} {}: max abs difference {worst:.3e}, {:.2e} of the scale {scale:.3}",
+            kind.name(),
+            l.name,
+            worst / scale
+        );
         assert!(
             worst <= 1e-4 * scale,
             "{} {}: max abs difference {worst} vs scale {scale}",
