@@ -32,6 +32,8 @@ Extractors:
   mugs_vit_base        Mugs ViT-B/16 (the reference's default): block_0..block_11 + last_norm,
                        13 x 768 neurons over 197 tokens; --weights FILE and --ranges FILE
   dino_vit_base        DINO ViT-B/16, same layers as mugs_vit_base; --weights and --ranges
+  clip_im_vit_b16      CLIP ViT-B/16 image encoder (OpenAI layout, CLIP's mean / std): block_0..
+                       block_11 over 197 tokens + last_norm (class token); --weights, --ranges
 
 Examples:
   vdna-db extract photos/ -o photos.vdna
@@ -45,7 +47,7 @@ Examples:
 #[command(next_help_heading = "Extraction (when an input is an image source)")]
 pub struct ExtractFlags {
     /// Network: efficientnet_lite0 (embedded ImageNet weights), rand_resnet50, dino_resnet50,
-    /// mugs_vit_base or dino_vit_base
+    /// mugs_vit_base, dino_vit_base or clip_im_vit_b16
     #[arg(long, default_value = "efficientnet_lite0", value_name = "NAME")]
     pub extractor: String,
     /// Weights file (safetensors or PyTorch .pth zip, torch state-dict names)

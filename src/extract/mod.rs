@@ -16,6 +16,7 @@
 //! Owns: everything candle, image decoding and resizing. Must not: touch the store.
 
 pub mod accum;
+pub mod clip;
 pub mod efficientnet;
 pub mod ops;
 pub mod preprocess;
@@ -74,15 +75,17 @@ pub enum ExtractorKind {
     DinoResNet50,
     MugsVitBase,
     DinoVitBase,
+    ClipVitB16,
 }
 
 impl ExtractorKind {
-    pub const ALL: [ExtractorKind; 5] = [
+    pub const ALL: [ExtractorKind; 6] = [
         ExtractorKind::EfficientNetLite0,
         ExtractorKind::RandResNet50,
         ExtractorKind::DinoResNet50,
         ExtractorKind::MugsVitBase,
         ExtractorKind::DinoVitBase,
+        ExtractorKind::ClipVitB16,
     ];
 
     pub fn name(self) -> &'static str {
@@ -92,6 +95,7 @@ impl ExtractorKind {
             ExtractorKind::DinoResNet50 => "dino_resnet50",
             ExtractorKind::MugsVitBase => "mugs_vit_base",
             ExtractorKind::DinoVitBase => "dino_vit_base",
+            ExtractorKind::ClipVitB16 => "clip_im_vit_b16",
         }
     }
 
@@ -112,6 +116,7 @@ impl ExtractorKind {
             ExtractorKind::EfficientNetLite0 => efficientnet::INPUT_SIZE,
             ExtractorKind::RandResNet50 | ExtractorKind::DinoResNet50 => resnet::INPUT_SIZE,
             ExtractorKind::MugsVitBase | ExtractorKind::DinoVitBase => vit::INPUT_SIZE,
+            ExtractorKind::ClipVitB16 => clip::INPUT_SIZE,
         }
     }
 
@@ -122,6 +127,7 @@ impl ExtractorKind {
                 (resnet::MEAN, resnet::STD)
             }
             ExtractorKind::MugsVitBase | ExtractorKind::DinoVitBase => (vit::MEAN, vit::STD),
+            ExtractorKind::ClipVitB16 => (clip::MEAN, clip::STD),
         }
     }
 
@@ -139,6 +145,7 @@ enum Net {
     Eff(efficientnet::EfficientNetLite0),
     Res(resnet::ResNet50),
     Vit(vit::Vit),
+    Clip(clip::ClipVit),
 }
 
 /// A loaded network with the digest of its weights.
@@ -189,6 +196,7 @@ impl Extractor {
             ExtractorKind::MugsVitBase | ExtractorKind::DinoVitBase => {
                 Net::Vit(vit::Vit::load(&mut p)?)
             }
+            ExtractorKind::ClipVitB16 => Net::Clip(clip::ClipVit::load(&mut p)?),
         };
         let origin = match weights {
             Some(w) => w.display().to_string(),
@@ -211,6 +219,17 @@ impl Extractor {
             Net::Eff(n) => n.layers(),
             Net::Res(n) => n.layers(),
             Net::Vit(n) => n.layers(),
+            Net::Clip(n) => n.layers(),
+        }
+    }
+
+    /// The side of the square input: the kind's, except for a ViT whose weights were
+    /// made for another grid (the position embeddings fix it).
+    pub fn input_size(&self) -> usize {
+        match &self.net {
+            Net::Vit(n) => n.input_size(),
+            Net::Clip(n) => n.input_size(),
+            _ => self.kind.input_size(),
         }
     }
 
@@ -224,6 +243,7 @@ impl Extractor {
             Net::Eff(n) => n.forward(x)?,
             Net::Res(n) => n.forward(x)?,
             Net::Vit(n) => n.forward(x)?,
+            Net::Clip(n) => n.forward(x)?,
         })
     }
 
@@ -237,7 +257,7 @@ impl Extractor {
                     .ok_or_else(|| ExtractError::Network("no head".into()))?;
                 Ok(Some(n.classify(head)?))
             }
-            Net::Res(_) | Net::Vit(_) => Ok(None),
+            Net::Res(_) | Net::Vit(_) | Net::Clip(_) => Ok(None),
         }
     }
 }
@@ -296,7 +316,7 @@ pub fn space_for(
 ) -> SpaceConfig {
     let hist = matches!(dist, DistKind::Histogram { .. });
     let (mean, std) = ext.kind.mean_std();
-    let size = ext.kind.input_size() as u32;
+    let size = ext.input_size() as u32;
     SpaceConfig {
         schema: SPACE_SCHEMA.into(),
         extractor: ExtractorSpec {
@@ -332,8 +352,8 @@ struct Batch {
 }
 
 /// Reads, decodes and resizes `items` in parallel into one batch.
-fn load_batch(items: &[ImageItem], kind: ExtractorKind, crop: Crop) -> Batch {
-    let size = kind.input_size() as u32;
+fn load_batch(items: &[ImageItem], kind: ExtractorKind, size: usize, crop: Crop) -> Batch {
+    let size = size as u32;
     let (mean, std) = kind.mean_std();
     let per = (size * size * 3) as usize;
     let results: Vec<(Result<Vec<f32>, String>, Duration, Duration)> = items
@@ -423,14 +443,14 @@ pub fn extract(
 
     let total = items.len() as u64;
     let mut report = Report::default();
-    let size = ext.kind.input_size();
+    let size = ext.input_size();
     let (kind, crop, batch) = (ext.kind, opts.crop, opts.batch);
     let (tx, rx) = mpsc::sync_channel::<Batch>(1);
     let mut done = 0u64;
     std::thread::scope(|s| -> Result<(), ExtractError> {
         s.spawn(move || {
             for chunk in items.chunks(batch) {
-                if tx.send(load_batch(chunk, kind, crop)).is_err() {
+                if tx.send(load_batch(chunk, kind, size, crop)).is_err() {
                     break; // the consumer stopped on an error
                 }
             }

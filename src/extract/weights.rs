@@ -59,7 +59,9 @@ impl Params {
                 Some(v) => v.into_iter().collect(),
                 None => {
                     return Err(bad(format!(
-                        "no tensors found in this PyTorch zip checkpoint{}",
+                        "no tensors found in this PyTorch zip checkpoint{} (a TorchScript \
+                         archive, such as OpenAI's CLIP file, needs converting: \
+                         tools/convert_clip.py)",
                         last_err.map(|e| format!(" ({e})")).unwrap_or_default()
                     )))
                 }

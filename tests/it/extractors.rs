@@ -69,17 +69,32 @@ fn mugs_and_dino_vit_match_the_reference_modules_on_a_tiny_configuration() {
     }
 }
 
-/// Full-size ViT-B/16 against the reference's modules. Slow (a 350 MB checkpoint made by
-/// a script): run `python tools/golden_vit.py full DIR`, then
+#[test]
+fn clip_vit_matches_the_reference_module_on_a_tiny_configuration() {
+    check_against_golden(
+        ExtractorKind::ClipVitB16,
+        &fixture("clip-tiny.pth"),
+        &fixture("clip-tiny-golden.safetensors"),
+    );
+}
+
+/// Full-size ViT-B/16s (Mugs / DINO, CLIP) against the reference's modules. Slow (350 MB
+/// checkpoints made by scripts): run `python tools/golden_vit.py full DIR` and
+/// `python tools/golden_clip.py full DIR`, then
 /// `VDNA_FULL_GOLDEN=DIR cargo test --release --test it full_size -- --ignored`.
 #[test]
-#[ignore = "needs VDNA_FULL_GOLDEN=DIR written by tools/golden_vit.py full DIR"]
+#[ignore = "needs VDNA_FULL_GOLDEN=DIR written by tools/golden_vit.py and golden_clip.py"]
 fn full_size_vit_b16_matches_the_reference_modules() {
     let dir = PathBuf::from(std::env::var("VDNA_FULL_GOLDEN").expect("VDNA_FULL_GOLDEN=DIR"));
     check_against_golden(
         ExtractorKind::MugsVitBase,
         &dir.join("vit-base.pth"),
         &dir.join("vit-base-golden.safetensors"),
+    );
+    check_against_golden(
+        ExtractorKind::ClipVitB16,
+        &dir.join("clip-base.pth"),
+        &dir.join("clip-base-golden.safetensors"),
     );
 }
 
@@ -153,4 +168,64 @@ fn vit_input_of_the_wrong_size_is_refused() {
     let x = Tensor::zeros((1, 64, 64, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
     let e = ext.forward(&x).err().unwrap().to_string();
     assert!(e.contains("input size"), "{e}");
+}
+
+#[test]
+fn a_tiny_vit_extracts_dnas_end_to_end_and_histograms_ask_for_ranges() {
+    let dir = crate::util::tmp();
+    let home = dir.path().join("home");
+    let (imgs, w) = (root().join("fixtures/images"), fixture("vit-tiny.pth"));
+    let (imgs, w) = (imgs.to_str().unwrap(), w.to_str().unwrap());
+    let out = dir.path().join("g.vdna");
+    let base = ["--extractor", "mugs_vit_base", "--weights", w];
+    let mut args = vec!["extract", imgs, "-o", out.to_str().unwrap()];
+    args.extend(base);
+    args.extend(["--dist", "gaussian"]);
+    let v = crate::util::json(&home, &args);
+    assert!(v["report"]["images"].as_u64().unwrap() > 0, "{v}");
+
+    // No shipped ranges for these weights: the error says how to get them.
+    let mut args = vec!["extract", imgs, "-o", out.to_str().unwrap()];
+    args.extend(base);
+    args.extend(["--dist", "histogram-50"]);
+    let o = crate::util::run(&home, &args);
+    assert!(!o.status.success());
+    let e = crate::util::stderr(&o);
+    assert!(
+        e.contains("--ranges") && e.contains("vdna-db ranges"),
+        "{e}"
+    );
+
+    let ranges = dir.path().join("r.json");
+    let mut args = vec!["ranges", imgs, "-o", ranges.to_str().unwrap()];
+    args.extend(base);
+    crate::util::ok(&home, &args);
+    let mut args = vec!["extract", imgs, "-o", out.to_str().unwrap()];
+    args.extend(base);
+    args.extend([
+        "--dist",
+        "histogram-50",
+        "--ranges",
+        ranges.to_str().unwrap(),
+    ]);
+    crate::util::ok(&home, &args);
+}
+
+#[test]
+fn dino_resnet50_is_the_rand_resnet50_backbone_with_weights_from_a_file() {
+    let dir = crate::util::tmp();
+    let w = dir.path().join("w.safetensors");
+    std::fs::write(&w, vdna_db::extract::resnet::seeded_safetensors(3).unwrap()).unwrap();
+    let a = Extractor::load(ExtractorKind::DinoResNet50, Some(&w), 0).unwrap();
+    let b = Extractor::load(ExtractorKind::RandResNet50, None, 3).unwrap();
+    assert_eq!(a.weights_digest(), b.weights_digest());
+    assert_eq!(a.layers(), b.layers());
+    let x = Tensor::randn(0f32, 1.0, (1, 64, 64, 3), &Device::Cpu).unwrap();
+    let (ya, yb) = (a.forward(&x).unwrap(), b.forward(&x).unwrap());
+    assert_eq!(values(&ya[15]), values(&yb[15]));
+    let e = Extractor::load(ExtractorKind::DinoResNet50, None, 0)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("--weights"), "{e}");
 }
