@@ -50,13 +50,15 @@ pub struct ExtractFlags {
     /// mugs_vit_base, dino_vit_base or clip_im_vit_b16
     #[arg(long, default_value = "efficientnet_lite0", value_name = "NAME")]
     pub extractor: String,
-    /// Weights file (safetensors or PyTorch .pth zip, torch state-dict names)
+    /// Weights file (safetensors or PyTorch .pth zip, torch state-dict names); importing
+    /// reference files, pins their DNA's space to these weights
     #[arg(long, value_name = "FILE")]
     pub weights: Option<PathBuf>,
     /// Seed of rand_resnet50's portable initialisation when no --weights is given
     #[arg(long, value_name = "N", default_value_t = extract::DEFAULT_SEED)]
     pub init_seed: u64,
-    /// Activation ranges JSON (reference layout) [default: the ones shipped for the default weights]
+    /// Activation ranges JSON (reference layout) [default: the ones shipped for the default
+    /// weights]; importing reference histogram files, pins their space to these ranges
     #[arg(long, value_name = "FILE")]
     pub ranges: Option<PathBuf>,
     /// Distribution: histogram-B (e.g. histogram-1000), gaussian, layer-gaussian
@@ -190,6 +192,54 @@ fn with_threads<R: Send>(threads: Option<usize>, f: impl FnOnce() -> R + Send) -
         }
         None => Ok(f()),
     }
+}
+
+/// Pins the space of a DNA imported from reference files to `--weights` / `--ranges`
+/// (the network is the one the files name; the crop and resize mode come from their
+/// metadata), so it compares with DNAs extracted here from the same files. Returns false,
+/// leaving the DNA unpinned, when neither flag is given.
+pub fn pin_import(
+    dna: &mut Dna,
+    annotations: &std::collections::BTreeMap<String, String>,
+    flags: &ExtractFlags,
+) -> Result<bool> {
+    if flags.weights.is_none() && flags.ranges.is_none() {
+        return Ok(false);
+    }
+    let name = dna.space.extractor.name.clone();
+    let kind = ExtractorKind::parse(&name).with_context(|| {
+        format!(
+            "the reference DNA was made with {name:?}, which vdna-db does not run: import it \
+             without --weights / --ranges to keep it unpinned"
+        )
+    })?;
+    let meta: serde_json::Value = annotations
+        .get("reference.metadata")
+        .and_then(|m| serde_json::from_str(m).ok())
+        .unwrap_or_default();
+    let setting = |k: &str| {
+        meta.pointer(&format!("/data_settings/{k}"))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
+    let crop = match setting("crop_to_square_pre_resize").as_deref() {
+        None | Some("none") => Crop::None,
+        Some("center") => Crop::Center,
+        Some(other) => bail!(
+            "the reference DNA was made with crop_to_square_pre_resize {other:?}, which \
+             vdna-db does not reproduce (none or center): it cannot be pinned"
+        ),
+    };
+    if let Some(mode) = setting("resize_mode").filter(|m| m != "clean") {
+        bail!(
+            "the reference DNA was made with resize_mode {mode:?}; vdna-db resizes the \
+             \"clean\" way only, so it cannot be pinned to a space of DNAs extracted here"
+        );
+    }
+    let ext = Extractor::load(kind, flags.weights.as_deref(), flags.init_seed)?;
+    let ranges = flags.ranges.as_deref().map(Ranges::from_file).transpose()?;
+    dna.space = extract::pin_imported(&dna.space, &ext, ranges.as_ref(), crop)?;
+    Ok(true)
 }
 
 /// Extracts a DNA from an image source with the given flags.

@@ -342,6 +342,75 @@ pub fn space_for(
     }
 }
 
+/// Pins the space of a DNA imported from the reference library's files to the weights and
+/// activation ranges it was made with, so that it compares with DNAs extracted here from
+/// the same files: the result is exactly the space [`extract`] gives for `ext`, `ranges`,
+/// the DNA's distribution and `crop`. Refused when the extractor's name, the layers (names,
+/// neuron counts, order), the histogram range or range scale, or the ranges' layers do not
+/// match; histogram DNAs need their ranges.
+pub fn pin_imported(
+    space: &SpaceConfig,
+    ext: &Extractor,
+    ranges: Option<&Ranges>,
+    crop: Crop,
+) -> Result<SpaceConfig, ExtractError> {
+    let name = ext.kind.name();
+    if space.extractor.name != name {
+        return Err(ExtractError::Invalid(format!(
+            "the reference DNA was made with extractor {:?}, not {name}: pass \
+             --extractor {:?} with its weights",
+            space.extractor.name, space.extractor.name
+        )));
+    }
+    let ours = ext.layers();
+    if space.layers != ours {
+        let first = space
+            .layers
+            .iter()
+            .zip(ours)
+            .find(|(a, b)| a != b)
+            .map(|(a, b)| {
+                format!(
+                    "; first difference: {} ({} neurons) vs {} ({} neurons)",
+                    a.name, a.neurons, b.name, b.neurons
+                )
+            })
+            .unwrap_or_default();
+        return Err(ExtractError::Invalid(format!(
+            "the reference DNA's layers ({} layers, {} neurons) are not those of {name} with \
+             weights {} ({} layers, {} neurons){first}: are these the weights it was made with?",
+            space.layers.len(),
+            space.layers.iter().map(|l| l.neurons as u64).sum::<u64>(),
+            ext.origin,
+            ours.len(),
+            ours.iter().map(|l| l.neurons as u64).sum::<u64>(),
+        )));
+    }
+    let hist = matches!(space.dist, DistKind::Histogram { .. });
+    let ranges = if hist {
+        let r = ranges.ok_or_else(|| {
+            ExtractError::Invalid(
+                "a histogram DNA is pinned to its activation ranges too: pass --ranges FILE \
+                 (the activation_ranges.json it was made with)"
+                    .into(),
+            )
+        })?;
+        r.norms_for(ours, ranges::RANGE_SCALE)?;
+        Some(r)
+    } else {
+        None
+    };
+    let pinned = space_for(ext, ranges, space.dist, crop);
+    if space.hist_range != pinned.hist_range || space.range_scale != pinned.range_scale {
+        return Err(ExtractError::Invalid(format!(
+            "the reference DNA's histogram range {:?} and range scale {:?} differ from \
+             vdna-db's {:?} and {:?}: its histograms are not comparable",
+            space.hist_range, space.range_scale, pinned.hist_range, pinned.range_scale
+        )));
+    }
+    Ok(pinned)
+}
+
 struct Batch {
     /// `(n, size, size, 3)` normalised values.
     pixels: Vec<f32>,

@@ -229,3 +229,66 @@ fn dino_resnet50_is_the_rand_resnet50_backbone_with_weights_from_a_file() {
         .to_string();
     assert!(e.contains("--weights"), "{e}");
 }
+
+#[test]
+fn imported_reference_dnas_pin_to_their_weights_and_ranges_and_then_compare() {
+    let dir = crate::util::tmp();
+    let home = dir.path().join("home");
+    let w = dir.path().join("w.safetensors");
+    let (w, imgs) = (w.to_str().unwrap(), root().join("fixtures/images"));
+    let imgs = imgs.to_str().unwrap();
+    crate::util::ok(&home, &["weights", "rand_resnet50", "-o", w]);
+    let ranges = root().join("assets/ranges/rand_resnet50-seed0.json");
+    let ranges = ranges.to_str().unwrap();
+    let pair = root().join("fixtures/extract/rand_resnet50/histogram-100.json");
+    let pair = pair.to_str().unwrap();
+    let here = [
+        "--extractor",
+        "rand_resnet50",
+        "--weights",
+        w,
+        "--ranges",
+        ranges,
+        "--dist",
+        "histogram-100",
+    ];
+
+    // Unpinned: comparing with a DNA extracted here is refused, saying how to pin.
+    crate::util::ok(&home, &["import", pair, "--name", "ref:unpinned"]);
+    let mut args = vec!["compare", "ref:unpinned", imgs];
+    args.extend(here);
+    let o = crate::util::run(&home, &args);
+    assert_eq!(o.status.code(), Some(1));
+    let e = crate::util::stderr(&o);
+    assert!(e.contains("--weights and --ranges"), "{e}");
+
+    // Pinned to the files it was made with: it compares, and is close (the reference's
+    // own pipeline on the same images; bin-edge ties aside the histograms agree).
+    let mut args = vec!["import", pair, "--name", "ref:pinned"];
+    args.extend(&here[2..6]);
+    crate::util::ok(&home, &args);
+    let mut args = vec!["compare", "ref:pinned", imgs];
+    args.extend(here);
+    let v = crate::util::json(&home, &args);
+    let d = v["distance"].as_f64().unwrap_or_else(|| panic!("{v}"));
+    assert!((0.0..0.05).contains(&d), "{v}");
+
+    // Wrong files are refused naming what differs.
+    let tiny = fixture("vit-tiny.pth");
+    let o = crate::util::run(
+        &home,
+        &[
+            "import",
+            pair,
+            "--weights",
+            tiny.to_str().unwrap(),
+            "--ranges",
+            ranges,
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(crate::util::stderr(&o).contains("missing tensor conv1.weight"));
+    let o = crate::util::run(&home, &["import", pair, "--weights", w]);
+    assert!(!o.status.success());
+    assert!(crate::util::stderr(&o).contains("--ranges FILE"));
+}
