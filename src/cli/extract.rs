@@ -34,6 +34,7 @@ Extractors:
   dino_vit_base        DINO ViT-B/16, same layers as mugs_vit_base; --weights and --ranges
   clip_im_vit_b16      CLIP ViT-B/16 image encoder (OpenAI layout, CLIP's mean / std): block_0..
                        block_11 over 197 tokens + last_norm (class token); --weights, --ranges
+  vgg16                torchvision's VGG16 (relu_1_1..relu_5_3, 4,224 neurons); --weights, --ranges
 
 Examples:
   vdna-db extract photos/ -o photos.vdna
@@ -47,7 +48,7 @@ Examples:
 #[command(next_help_heading = "Extraction (when an input is an image source)")]
 pub struct ExtractFlags {
     /// Network: efficientnet_lite0 (embedded ImageNet weights), rand_resnet50, dino_resnet50,
-    /// mugs_vit_base, dino_vit_base or clip_im_vit_b16
+    /// mugs_vit_base, dino_vit_base, clip_im_vit_b16 or vgg16
     #[arg(long, default_value = "efficientnet_lite0", value_name = "NAME")]
     pub extractor: String,
     /// Weights file (safetensors or PyTorch .pth zip, torch state-dict names); importing

@@ -25,6 +25,7 @@ pub mod resnet;
 pub mod scenes;
 pub mod source;
 pub mod transformer;
+pub mod vgg;
 pub mod vit;
 pub mod weights;
 
@@ -76,16 +77,18 @@ pub enum ExtractorKind {
     MugsVitBase,
     DinoVitBase,
     ClipVitB16,
+    Vgg16,
 }
 
 impl ExtractorKind {
-    pub const ALL: [ExtractorKind; 6] = [
+    pub const ALL: [ExtractorKind; 7] = [
         ExtractorKind::EfficientNetLite0,
         ExtractorKind::RandResNet50,
         ExtractorKind::DinoResNet50,
         ExtractorKind::MugsVitBase,
         ExtractorKind::DinoVitBase,
         ExtractorKind::ClipVitB16,
+        ExtractorKind::Vgg16,
     ];
 
     pub fn name(self) -> &'static str {
@@ -96,6 +99,7 @@ impl ExtractorKind {
             ExtractorKind::MugsVitBase => "mugs_vit_base",
             ExtractorKind::DinoVitBase => "dino_vit_base",
             ExtractorKind::ClipVitB16 => "clip_im_vit_b16",
+            ExtractorKind::Vgg16 => "vgg16",
         }
     }
 
@@ -117,6 +121,7 @@ impl ExtractorKind {
             ExtractorKind::RandResNet50 | ExtractorKind::DinoResNet50 => resnet::INPUT_SIZE,
             ExtractorKind::MugsVitBase | ExtractorKind::DinoVitBase => vit::INPUT_SIZE,
             ExtractorKind::ClipVitB16 => clip::INPUT_SIZE,
+            ExtractorKind::Vgg16 => vgg::INPUT_SIZE,
         }
     }
 
@@ -128,6 +133,7 @@ impl ExtractorKind {
             }
             ExtractorKind::MugsVitBase | ExtractorKind::DinoVitBase => (vit::MEAN, vit::STD),
             ExtractorKind::ClipVitB16 => (clip::MEAN, clip::STD),
+            ExtractorKind::Vgg16 => (vgg::MEAN, vgg::STD),
         }
     }
 
@@ -146,6 +152,7 @@ enum Net {
     Res(resnet::ResNet50),
     Vit(vit::Vit),
     Clip(clip::ClipVit),
+    Vgg(vgg::Vgg16),
 }
 
 /// A loaded network with the digest of its weights.
@@ -197,6 +204,7 @@ impl Extractor {
                 Net::Vit(vit::Vit::load(&mut p)?)
             }
             ExtractorKind::ClipVitB16 => Net::Clip(clip::ClipVit::load(&mut p)?),
+            ExtractorKind::Vgg16 => Net::Vgg(vgg::Vgg16::load(&mut p)?),
         };
         let origin = match weights {
             Some(w) => w.display().to_string(),
@@ -220,6 +228,7 @@ impl Extractor {
             Net::Res(n) => n.layers(),
             Net::Vit(n) => n.layers(),
             Net::Clip(n) => n.layers(),
+            Net::Vgg(n) => n.layers(),
         }
     }
 
@@ -244,6 +253,7 @@ impl Extractor {
             Net::Res(n) => n.forward(x)?,
             Net::Vit(n) => n.forward(x)?,
             Net::Clip(n) => n.forward(x)?,
+            Net::Vgg(n) => n.forward(x)?,
         })
     }
 
@@ -257,7 +267,7 @@ impl Extractor {
                     .ok_or_else(|| ExtractError::Network("no head".into()))?;
                 Ok(Some(n.classify(head)?))
             }
-            Net::Res(_) | Net::Vit(_) | Net::Clip(_) => Ok(None),
+            Net::Res(_) | Net::Vit(_) | Net::Clip(_) | Net::Vgg(_) => Ok(None),
         }
     }
 }

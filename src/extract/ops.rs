@@ -516,6 +516,25 @@ impl Conv {
         })
     }
 
+    /// A convolution with its own bias and no batch-norm (PyTorch `(Cout, Cin, k, k)`
+    /// weight): the fold with an identity normalisation, which leaves every value exact.
+    pub fn with_bias(
+        w: &[f32],
+        dims: [usize; 4],
+        bias: Option<Vec<f32>>,
+        stride: usize,
+    ) -> Result<Conv> {
+        let c = dims[0];
+        let bn = BatchNorm {
+            gamma: vec![1.0; c],
+            beta: bias.unwrap_or_else(|| vec![0.0; c]),
+            mean: vec![0.0; c],
+            var: vec![1.0; c],
+            eps: 0.0,
+        };
+        Conv::fold(w, dims, &bn, stride)
+    }
+
     /// Runs the convolution on an NHWC tensor and applies `act`.
     pub fn forward(&self, x: &Tensor, pad: Pad, act: Act) -> Result<Tensor> {
         self.forward_residual(x, pad, None, act)

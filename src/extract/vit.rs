@@ -19,7 +19,7 @@
 
 use candle_core::{Device, Result, Tensor};
 
-use super::ops::{Act, BatchNorm, Conv, Pad};
+use super::ops::{Act, Conv, Pad};
 use super::transformer::{Block, LayerNorm, Linear, Mlp};
 use super::weights::Params;
 use super::ExtractError;
@@ -81,14 +81,7 @@ pub(crate) fn patch_conv(
     bias: Option<Vec<f32>>,
     origin: &str,
 ) -> std::result::Result<Conv, ExtractError> {
-    let bn = BatchNorm {
-        gamma: vec![1.0; dim],
-        beta: bias.unwrap_or_else(|| vec![0.0; dim]),
-        mean: vec![0.0; dim],
-        var: vec![1.0; dim],
-        eps: 0.0,
-    };
-    Conv::fold(w, [dim, 3, patch, patch], &bn, patch).map_err(|e| ExtractError::Weights {
+    Conv::with_bias(w, [dim, 3, patch, patch], bias, patch).map_err(|e| ExtractError::Weights {
         origin: origin.into(),
         msg: e.to_string(),
     })

@@ -24,7 +24,7 @@ fn values(t: &Tensor) -> Vec<f32> {
 }
 
 /// Runs `kind` with `weights` on the golden input and compares every recorded layer with
-/// the golden `(N, tokens, dim)` tensors: each value within 1e-4 of the layer's largest
+/// the golden tensors (`(N, tokens, dim)` or NHWC): each value within 1e-4 of the layer's largest
 /// magnitude (float32 in two summation orders).
 fn check_against_golden(kind: ExtractorKind, weights: &Path, golden: &Path) {
     let g = load_golden(golden);
@@ -33,9 +33,13 @@ fn check_against_golden(kind: ExtractorKind, weights: &Path, golden: &Path) {
     assert_eq!(outs.len(), ext.layers().len());
     for (l, out) in ext.layers().iter().zip(&outs) {
         let want = &g[&l.name];
-        let (n, t, c) = want.dims3().unwrap();
-        assert_eq!(out.dims(), &[n, t, 1, c], "{} {}", kind.name(), l.name);
-        assert_eq!(l.neurons as usize, c);
+        // Token outputs are (N, tokens, dim) in the golden, (N, tokens, 1, dim) here.
+        let shape = match want.dims() {
+            &[n, t, c] => vec![n, t, 1, c],
+            d => d.to_vec(),
+        };
+        assert_eq!(out.dims(), &shape[..], "{} {}", kind.name(), l.name);
+        assert_eq!(l.neurons as usize, shape[3]);
         let (got, want) = (values(out), values(want));
         let scale = want.iter().fold(1f32, |m, v| m.max(v.abs())) as f64;
         let worst = got
@@ -78,13 +82,22 @@ fn clip_vit_matches_the_reference_module_on_a_tiny_configuration() {
     );
 }
 
-/// Full-size ViT-B/16s (Mugs / DINO, CLIP) against the reference's modules. Slow (350 MB
-/// checkpoints made by scripts): run `python tools/golden_vit.py full DIR` and
-/// `python tools/golden_clip.py full DIR`, then
+#[test]
+fn vgg16_matches_the_reference_module_on_a_reduced_width_configuration() {
+    check_against_golden(
+        ExtractorKind::Vgg16,
+        &fixture("vgg-tiny.pth"),
+        &fixture("vgg-tiny-golden.safetensors"),
+    );
+}
+
+/// Full-size networks (ViT-B/16 Mugs / DINO and CLIP, VGG16) against the reference's
+/// modules. Slow (checkpoints of 60-350 MB made by scripts): run
+/// `python tools/golden_{vit,clip,vgg16}.py full DIR`, then
 /// `VDNA_FULL_GOLDEN=DIR cargo test --release --test it full_size -- --ignored`.
 #[test]
-#[ignore = "needs VDNA_FULL_GOLDEN=DIR written by tools/golden_vit.py and golden_clip.py"]
-fn full_size_vit_b16_matches_the_reference_modules() {
+#[ignore = "needs VDNA_FULL_GOLDEN=DIR written by tools/golden_{vit,clip,vgg16}.py full DIR"]
+fn full_size_networks_match_the_reference_modules() {
     let dir = PathBuf::from(std::env::var("VDNA_FULL_GOLDEN").expect("VDNA_FULL_GOLDEN=DIR"));
     check_against_golden(
         ExtractorKind::MugsVitBase,
@@ -95,6 +108,11 @@ fn full_size_vit_b16_matches_the_reference_modules() {
         ExtractorKind::ClipVitB16,
         &dir.join("clip-base.pth"),
         &dir.join("clip-base-golden.safetensors"),
+    );
+    check_against_golden(
+        ExtractorKind::Vgg16,
+        &dir.join("vgg-base.pth"),
+        &dir.join("vgg-base-golden.safetensors"),
     );
 }
 
