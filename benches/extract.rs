@@ -5,7 +5,7 @@
 //!   generated 640x480 JPEGs, and the share of time in each stage;
 //! - the network alone in images/s, beside candle's stock NCHW `conv2d` running the same
 //!   ResNet-50 (the outputs are compared too, so both run the same network); the ViT-B/16
-//!   (mugs_vit_base, dino_vit_base) on random weights of the real shapes;
+//!   (mugs_vit_base, dino_vit_base) and VGG16 on random weights of the real shapes;
 //! - with `VDNA_DB_TORCH_PYTHON=/path/to/python` (a Python with torch and numpy), PyTorch
 //!   on the same weights through tools/bench_torch.py, and the ratio.
 //!
@@ -138,6 +138,25 @@ fn write_random_vit_b16(path: &Path) {
     candle_core::safetensors::save(&map, path).expect("writing ViT weights");
 }
 
+/// torchvision's VGG16 feature weights (He-normal, zero biases), as safetensors.
+fn write_random_vgg16(path: &Path) {
+    let widths = [
+        64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512,
+    ];
+    let index = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28];
+    let mut map = std::collections::HashMap::new();
+    let mut cin = 3;
+    for (i, cout) in index.into_iter().zip(widths) {
+        let std = (2.0 / (cin * 9) as f64).sqrt() as f32;
+        let w = Tensor::randn(0f32, std, (cout, cin, 3, 3), &Device::Cpu).expect("w");
+        let b = Tensor::zeros(cout, DType::F32, &Device::Cpu).expect("b");
+        map.insert(format!("features.{i}.weight"), w);
+        map.insert(format!("features.{i}.bias"), b);
+        cin = cout;
+    }
+    candle_core::safetensors::save(&map, path).expect("writing VGG16 weights");
+}
+
 fn main() {
     let n: usize = std::env::var("VDNA_DB_BENCH_IMAGES")
         .ok()
@@ -200,6 +219,17 @@ fn main() {
         BATCH as f64 / net
     );
 
+    // VGG16 on random weights of the real shapes.
+    let vgg_weights = dir.path().join("vgg16.safetensors");
+    write_random_vgg16(&vgg_weights);
+    let ext = Extractor::load(ExtractorKind::Vgg16, Some(&vgg_weights), 0).expect("vgg16");
+    std::hint::black_box(ext.forward(&x).expect("forward"));
+    let net = best_secs(3, || {
+        std::hint::black_box(ext.forward(&x).expect("forward"));
+    });
+    ours_net.insert("vgg16", BATCH as f64 / net);
+    println!("| vgg16 | | | | | {:.2} |", BATCH as f64 / net);
+
     // Candle's stock conv2d on the same ResNet-50, same input; outputs compared.
     let weights = extract::resnet::seeded(0);
     let ext = Extractor::load(ExtractorKind::RandResNet50, None, 0).expect("extractor");
@@ -249,6 +279,8 @@ fn main() {
             .arg(&ew)
             .arg("--vit")
             .arg(&vit_weights)
+            .arg("--vgg")
+            .arg(&vgg_weights)
             .args([
                 "--batch",
                 &BATCH.to_string(),

@@ -2,12 +2,13 @@
 """PyTorch CPU throughput of the same networks vdna-db runs, for the extraction bench.
 
     python3 tools/bench_torch.py RESNET_WEIGHTS.safetensors EFFNET_WEIGHTS.safetensors \
-        [--batch 16] [--batches 3] [--threads N] [--vit VIT_B16_WEIGHTS.safetensors]
+        [--batch 16] [--batches 3] [--threads N] [--vit VIT_B16_WEIGHTS.safetensors] [--vgg VGG16_WEIGHTS.safetensors]
 
 Prints one JSON object: images/s of the network forward alone (no decoding), for
 rand_resnet50 (torchvision ResNet-50 layout, the reference's stem padding) and
 efficientnet_lite0 (TensorFlow SAME padding, ReLU6, batch-norm eps 1e-3) and, with --vit,
-the DINO / Mugs ViT-B/16 (written as the reference's modules are: explicit q k^T softmax
+torchvision's VGG16 features with --vgg (13 ReLU outputs kept), and with --vit the
+DINO / Mugs ViT-B/16 (written as the reference's modules are: explicit q k^T softmax
 attention, exact GELU, LayerNorm eps 1e-6; all 13 outputs kept), at the given batch size, best of --batches timed batches after one warm-up batch. Needs torch and numpy.
 """
 
@@ -154,6 +155,25 @@ class VitB16(nn.Module):
         return feats
 
 
+class Vgg16(nn.Module):
+    """torchvision's VGG16 feature stack, every ReLU output kept, on a state dict."""
+
+    POOL_BEFORE = {5, 10, 17, 24}
+
+    def __init__(self, sd):
+        super().__init__()
+        self.sd = sd
+
+    def forward(self, x):
+        feats = []
+        for i in [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]:
+            if i in self.POOL_BEFORE:
+                x = F.max_pool2d(x, 2, 2)
+            x = F.relu(F.conv2d(x, self.sd[f"features.{i}.weight"], self.sd[f"features.{i}.bias"], padding=1))
+            feats.append(x)
+        return feats
+
+
 def bench(model, batch, batches):
     x = torch.randn(batch, 3, 224, 224)
     with torch.no_grad():
@@ -174,6 +194,7 @@ def main():
     ap.add_argument("--batches", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--vit", default=None)
+    ap.add_argument("--vgg", default=None)
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -189,6 +210,8 @@ def main():
     }
     if a.vit:
         out["mugs_vit_base"] = bench(VitB16(load_safetensors(a.vit)).eval(), a.batch, a.batches)
+    if a.vgg:
+        out["vgg16"] = bench(Vgg16(load_safetensors(a.vgg)).eval(), a.batch, a.batches)
     print(json.dumps(out))
 
 
