@@ -35,6 +35,8 @@ Extractors:
   clip_im_vit_b16      CLIP ViT-B/16 image encoder (OpenAI layout, CLIP's mean / std): block_0..
                        block_11 over 197 tokens + last_norm (class token); --weights, --ranges
   vgg16                torchvision's VGG16 (relu_1_1..relu_5_3, 4,224 neurons); --weights, --ranges
+  inception            the FID Inception-v3 at 299x299: block_0..block_3 (64, 192, 768, 2048);
+                       --weights (pt_inception-2015-12-05); layer-gaussian on block_3 is FID's
 
 Examples:
   vdna-db extract photos/ -o photos.vdna
@@ -48,7 +50,7 @@ Examples:
 #[command(next_help_heading = "Extraction (when an input is an image source)")]
 pub struct ExtractFlags {
     /// Network: efficientnet_lite0 (embedded ImageNet weights), rand_resnet50, dino_resnet50,
-    /// mugs_vit_base, dino_vit_base, clip_im_vit_b16 or vgg16
+    /// mugs_vit_base, dino_vit_base, clip_im_vit_b16, vgg16 or inception
     #[arg(long, default_value = "efficientnet_lite0", value_name = "NAME")]
     pub extractor: String,
     /// Weights file (safetensors or PyTorch .pth zip, torch state-dict names); importing

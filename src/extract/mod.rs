@@ -18,6 +18,7 @@
 pub mod accum;
 pub mod clip;
 pub mod efficientnet;
+pub mod inception;
 pub mod ops;
 pub mod preprocess;
 pub mod ranges;
@@ -78,10 +79,11 @@ pub enum ExtractorKind {
     DinoVitBase,
     ClipVitB16,
     Vgg16,
+    Inception,
 }
 
 impl ExtractorKind {
-    pub const ALL: [ExtractorKind; 7] = [
+    pub const ALL: [ExtractorKind; 8] = [
         ExtractorKind::EfficientNetLite0,
         ExtractorKind::RandResNet50,
         ExtractorKind::DinoResNet50,
@@ -89,6 +91,7 @@ impl ExtractorKind {
         ExtractorKind::DinoVitBase,
         ExtractorKind::ClipVitB16,
         ExtractorKind::Vgg16,
+        ExtractorKind::Inception,
     ];
 
     pub fn name(self) -> &'static str {
@@ -100,6 +103,7 @@ impl ExtractorKind {
             ExtractorKind::DinoVitBase => "dino_vit_base",
             ExtractorKind::ClipVitB16 => "clip_im_vit_b16",
             ExtractorKind::Vgg16 => "vgg16",
+            ExtractorKind::Inception => "inception",
         }
     }
 
@@ -122,6 +126,7 @@ impl ExtractorKind {
             ExtractorKind::MugsVitBase | ExtractorKind::DinoVitBase => vit::INPUT_SIZE,
             ExtractorKind::ClipVitB16 => clip::INPUT_SIZE,
             ExtractorKind::Vgg16 => vgg::INPUT_SIZE,
+            ExtractorKind::Inception => inception::INPUT_SIZE,
         }
     }
 
@@ -134,6 +139,7 @@ impl ExtractorKind {
             ExtractorKind::MugsVitBase | ExtractorKind::DinoVitBase => (vit::MEAN, vit::STD),
             ExtractorKind::ClipVitB16 => (clip::MEAN, clip::STD),
             ExtractorKind::Vgg16 => (vgg::MEAN, vgg::STD),
+            ExtractorKind::Inception => (inception::MEAN, inception::STD),
         }
     }
 
@@ -153,6 +159,7 @@ enum Net {
     Vit(vit::Vit),
     Clip(clip::ClipVit),
     Vgg(vgg::Vgg16),
+    Inception(Box<inception::InceptionV3>),
 }
 
 /// A loaded network with the digest of its weights.
@@ -205,6 +212,9 @@ impl Extractor {
             }
             ExtractorKind::ClipVitB16 => Net::Clip(clip::ClipVit::load(&mut p)?),
             ExtractorKind::Vgg16 => Net::Vgg(vgg::Vgg16::load(&mut p)?),
+            ExtractorKind::Inception => {
+                Net::Inception(Box::new(inception::InceptionV3::load(&mut p)?))
+            }
         };
         let origin = match weights {
             Some(w) => w.display().to_string(),
@@ -229,6 +239,7 @@ impl Extractor {
             Net::Vit(n) => n.layers(),
             Net::Clip(n) => n.layers(),
             Net::Vgg(n) => n.layers(),
+            Net::Inception(n) => n.layers(),
         }
     }
 
@@ -254,6 +265,7 @@ impl Extractor {
             Net::Vit(n) => n.forward(x)?,
             Net::Clip(n) => n.forward(x)?,
             Net::Vgg(n) => n.forward(x)?,
+            Net::Inception(n) => n.forward(x)?,
         })
     }
 
@@ -267,7 +279,7 @@ impl Extractor {
                     .ok_or_else(|| ExtractError::Network("no head".into()))?;
                 Ok(Some(n.classify(head)?))
             }
-            Net::Res(_) | Net::Vit(_) | Net::Clip(_) | Net::Vgg(_) => Ok(None),
+            _ => Ok(None),
         }
     }
 }

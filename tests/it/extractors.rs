@@ -91,12 +91,78 @@ fn vgg16_matches_the_reference_module_on_a_reduced_width_configuration() {
     );
 }
 
-/// Full-size networks (ViT-B/16 Mugs / DINO and CLIP, VGG16) against the reference's
-/// modules. Slow (checkpoints of 60-350 MB made by scripts): run
-/// `python tools/golden_{vit,clip,vgg16}.py full DIR`, then
+/// The portable generator of tools/golden_inception.py: the FID Inception's tensors
+/// (names and shapes from the fixture) with values from SplitMix64 over
+/// `fnv1a64(name) ^ index`, written as safetensors.
+fn portable_inception_weights(path: &Path) {
+    let fnv = |s: &str| {
+        s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    };
+    let uniform = |seed: u64, i: u64| {
+        let mut z = (seed ^ i).wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        (z >> 40) as f64 / 16_777_216.0 * 2.0 - 1.0
+    };
+    let shapes: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(fixture("inception-shapes.json")).unwrap()).unwrap();
+    let mut map = HashMap::new();
+    for (name, shape) in shapes {
+        let shape: Vec<usize> = shape
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect();
+        let n: usize = shape.iter().product();
+        let seed = fnv(&name);
+        let v: Vec<f32> = (0..n as u64)
+            .map(|i| {
+                let u = uniform(seed, i);
+                let x = if name.ends_with("conv.weight") || name == "fc.weight" {
+                    u * (6.0 / shape[1..].iter().product::<usize>() as f64).sqrt()
+                } else if name.ends_with("bn.weight") {
+                    1.0 + 0.2 * u
+                } else if name.ends_with("bn.bias") || name.ends_with("running_mean") {
+                    0.2 * u
+                } else if name.ends_with("running_var") {
+                    1.0 + 0.5 * (u + 1.0)
+                } else {
+                    0.1 * u
+                };
+                x as f32
+            })
+            .collect();
+        map.insert(name, Tensor::from_vec(v, shape, &Device::Cpu).unwrap());
+    }
+    candle_core::safetensors::save(&map, path).unwrap();
+}
+
+#[test]
+fn fid_inception_matches_the_reference_module_on_a_small_input() {
+    let dir = crate::util::tmp();
+    let w = dir.path().join("inception.safetensors");
+    portable_inception_weights(&w);
+    check_against_golden(
+        ExtractorKind::Inception,
+        &w,
+        &fixture("inception-75-golden.safetensors"),
+    );
+    let ext = Extractor::load(ExtractorKind::Inception, Some(&w), 0).unwrap();
+    let widths: Vec<u32> = ext.layers().iter().map(|l| l.neurons).collect();
+    assert_eq!(widths, vec![64, 192, 768, 2048]);
+}
+
+/// Full-size networks (ViT-B/16 Mugs / DINO and CLIP, VGG16; the FID Inception at 299x299)
+/// against the reference's modules. Slow (checkpoints of 60-350 MB made by scripts): run
+/// `python tools/golden_{vit,clip,vgg16}.py full DIR` and
+/// `python tools/golden_inception.py 299 DIR`, then
 /// `VDNA_FULL_GOLDEN=DIR cargo test --release --test it full_size -- --ignored`.
 #[test]
-#[ignore = "needs VDNA_FULL_GOLDEN=DIR written by tools/golden_{vit,clip,vgg16}.py full DIR"]
+#[ignore = "needs VDNA_FULL_GOLDEN=DIR written by tools/golden_*.py (see the doc comment)"]
 fn full_size_networks_match_the_reference_modules() {
     let dir = PathBuf::from(std::env::var("VDNA_FULL_GOLDEN").expect("VDNA_FULL_GOLDEN=DIR"));
     check_against_golden(
@@ -113,6 +179,14 @@ fn full_size_networks_match_the_reference_modules() {
         ExtractorKind::Vgg16,
         &dir.join("vgg-base.pth"),
         &dir.join("vgg-base-golden.safetensors"),
+    );
+    let tmp = crate::util::tmp();
+    let w = tmp.path().join("inception.safetensors");
+    portable_inception_weights(&w);
+    check_against_golden(
+        ExtractorKind::Inception,
+        &w,
+        &dir.join("inception-299-golden.safetensors"),
     );
 }
 
