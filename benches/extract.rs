@@ -5,7 +5,8 @@
 //!   generated 640x480 JPEGs, and the share of time in each stage;
 //! - the network alone in images/s, beside candle's stock NCHW `conv2d` running the same
 //!   ResNet-50 (the outputs are compared too, so both run the same network); the ViT-B/16
-//!   (mugs_vit_base, dino_vit_base) and VGG16 on random weights of the real shapes;
+//!   (mugs_vit_base, dino_vit_base), VGG16 and the FID Inception (at 299x299) on random
+//!   weights of the real shapes;
 //! - with `VDNA_DB_TORCH_PYTHON=/path/to/python` (a Python with torch and numpy), PyTorch
 //!   on the same weights through tools/bench_torch.py, and the ratio.
 //!
@@ -157,6 +158,39 @@ fn write_random_vgg16(path: &Path) {
     candle_core::safetensors::save(&map, path).expect("writing VGG16 weights");
 }
 
+/// The FID Inception's tensors (shapes from fixtures/extract/inception-shapes.json) with
+/// He-normal convolutions and identity batch-norms, as safetensors.
+fn write_random_inception(path: &Path) {
+    let shapes =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/extract/inception-shapes.json");
+    let shapes: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(shapes).expect("shapes")).expect("shapes json");
+    let mut map = std::collections::HashMap::new();
+    for (name, shape) in shapes {
+        let dims: Vec<usize> = shape
+            .as_array()
+            .expect("shape")
+            .iter()
+            .map(|d| d.as_u64().expect("dim") as usize)
+            .collect();
+        let t = if dims.len() > 1 {
+            let fan_in: usize = dims[1..].iter().product();
+            Tensor::randn(
+                0f32,
+                (2.0 / fan_in as f64).sqrt() as f32,
+                dims,
+                &Device::Cpu,
+            )
+        } else if name.ends_with("running_var") || name.ends_with("bn.weight") {
+            Tensor::ones(dims, DType::F32, &Device::Cpu)
+        } else {
+            Tensor::zeros(dims, DType::F32, &Device::Cpu)
+        };
+        map.insert(name, t.expect("tensor"));
+    }
+    candle_core::safetensors::save(&map, path).expect("writing Inception weights");
+}
+
 fn main() {
     let n: usize = std::env::var("VDNA_DB_BENCH_IMAGES")
         .ok()
@@ -230,6 +264,18 @@ fn main() {
     ours_net.insert("vgg16", BATCH as f64 / net);
     println!("| vgg16 | | | | | {:.2} |", BATCH as f64 / net);
 
+    // The FID Inception at 299x299 on random weights of the real shapes.
+    let inc_weights = dir.path().join("inception.safetensors");
+    write_random_inception(&inc_weights);
+    let ext = Extractor::load(ExtractorKind::Inception, Some(&inc_weights), 0).expect("inception");
+    let x299 = Tensor::randn(0f32, 0.5, (BATCH, 299, 299, 3), &Device::Cpu).expect("input");
+    std::hint::black_box(ext.forward(&x299).expect("forward"));
+    let net = best_secs(3, || {
+        std::hint::black_box(ext.forward(&x299).expect("forward"));
+    });
+    ours_net.insert("inception", BATCH as f64 / net);
+    println!("| inception | | | | | {:.2} |", BATCH as f64 / net);
+
     // Candle's stock conv2d on the same ResNet-50, same input; outputs compared.
     let weights = extract::resnet::seeded(0);
     let ext = Extractor::load(ExtractorKind::RandResNet50, None, 0).expect("extractor");
@@ -281,6 +327,8 @@ fn main() {
             .arg(&vit_weights)
             .arg("--vgg")
             .arg(&vgg_weights)
+            .arg("--inception")
+            .arg(&inc_weights)
             .args([
                 "--batch",
                 &BATCH.to_string(),

@@ -3,11 +3,13 @@
 
     python3 tools/bench_torch.py RESNET_WEIGHTS.safetensors EFFNET_WEIGHTS.safetensors \
         [--batch 16] [--batches 3] [--threads N] [--vit VIT_B16_WEIGHTS.safetensors] [--vgg VGG16_WEIGHTS.safetensors]
+        [--inception FID_INCEPTION_WEIGHTS.safetensors]
 
 Prints one JSON object: images/s of the network forward alone (no decoding), for
 rand_resnet50 (torchvision ResNet-50 layout, the reference's stem padding) and
 efficientnet_lite0 (TensorFlow SAME padding, ReLU6, batch-norm eps 1e-3) and, with --vit,
-torchvision's VGG16 features with --vgg (13 ReLU outputs kept), and with --vit the
+torchvision's VGG16 features with --vgg (13 ReLU outputs kept), torchvision's
+Inception-v3 with --inception (the FID network's four blocks kept, at 299x299), and with --vit the
 DINO / Mugs ViT-B/16 (written as the reference's modules are: explicit q k^T softmax
 attention, exact GELU, LayerNorm eps 1e-6; all 13 outputs kept), at the given batch size, best of --batches timed batches after one warm-up batch. Needs torch and numpy.
 """
@@ -174,8 +176,34 @@ class Vgg16(nn.Module):
         return feats
 
 
+class Inception(nn.Module):
+    """torchvision's Inception-v3 up to the final pool, the four FID blocks kept."""
+
+    def __init__(self, sd):
+        super().__init__()
+        import torchvision
+
+        self.net = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False, num_classes=1008)
+        self.net.load_state_dict(sd, strict=False)
+        self.size = 299
+
+    def forward(self, x):
+        n = self.net
+        x = n.Conv2d_2b_3x3(n.Conv2d_2a_3x3(n.Conv2d_1a_3x3(x)))
+        b0 = F.max_pool2d(x, 3, 2)
+        b1 = F.max_pool2d(n.Conv2d_4a_3x3(n.Conv2d_3b_1x1(b0)), 3, 2)
+        x = b1
+        for m in [n.Mixed_5b, n.Mixed_5c, n.Mixed_5d, n.Mixed_6a, n.Mixed_6b, n.Mixed_6c, n.Mixed_6d, n.Mixed_6e]:
+            x = m(x)
+        b2 = x
+        for m in [n.Mixed_7a, n.Mixed_7b, n.Mixed_7c]:
+            x = m(x)
+        return [b0, b1, b2, F.adaptive_avg_pool2d(x, 1)]
+
+
 def bench(model, batch, batches):
-    x = torch.randn(batch, 3, 224, 224)
+    size = getattr(model, "size", 224)
+    x = torch.randn(batch, 3, size, size)
     with torch.no_grad():
         model(x)
         best = float("inf")
@@ -195,6 +223,7 @@ def main():
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--vit", default=None)
     ap.add_argument("--vgg", default=None)
+    ap.add_argument("--inception", default=None)
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -212,6 +241,8 @@ def main():
         out["mugs_vit_base"] = bench(VitB16(load_safetensors(a.vit)).eval(), a.batch, a.batches)
     if a.vgg:
         out["vgg16"] = bench(Vgg16(load_safetensors(a.vgg)).eval(), a.batch, a.batches)
+    if a.inception:
+        out["inception"] = bench(Inception(load_safetensors(a.inception)).eval(), a.batch, a.batches)
     print(json.dumps(out))
 
 
