@@ -4,7 +4,9 @@
 //! - the whole pipeline (read, decode, resize, network, histogram-1000) in images/s on
 //!   generated 640x480 JPEGs, and the share of time in each stage;
 //! - the network alone in images/s, beside candle's stock NCHW `conv2d` running the same
-//!   ResNet-50 (the outputs are compared too, so both run the same network);
+//!   ResNet-50 (the outputs are compared too, so both run the same network); the ViT-B/16
+//!   (mugs_vit_base, dino_vit_base), VGG16 and the FID Inception (at 299x299) on random
+//!   weights of the real shapes;
 //! - with `VDNA_DB_TORCH_PYTHON=/path/to/python` (a Python with torch and numpy), PyTorch
 //!   on the same weights through tools/bench_torch.py, and the ratio.
 //!
@@ -93,6 +95,102 @@ fn stock_resnet(
     Ok(x)
 }
 
+/// A ViT-B/16 state dict in the DINO / Mugs layout with random values (std 0.02, LayerNorm
+/// weights 1), as safetensors.
+fn write_random_vit_b16(path: &Path) {
+    let (d, h) = (768usize, 3072usize);
+    let mut shapes: Vec<(String, Vec<usize>)> = vec![
+        ("patch_embed.proj.weight".into(), vec![d, 3, 16, 16]),
+        ("patch_embed.proj.bias".into(), vec![d]),
+        ("cls_token".into(), vec![1, 1, d]),
+        ("pos_embed".into(), vec![1, 197, d]),
+        ("norm.weight".into(), vec![d]),
+        ("norm.bias".into(), vec![d]),
+    ];
+    for i in 0..12 {
+        for (n, s) in [
+            ("norm1.weight", vec![d]),
+            ("norm1.bias", vec![d]),
+            ("attn.qkv.weight", vec![3 * d, d]),
+            ("attn.qkv.bias", vec![3 * d]),
+            ("attn.proj.weight", vec![d, d]),
+            ("attn.proj.bias", vec![d]),
+            ("norm2.weight", vec![d]),
+            ("norm2.bias", vec![d]),
+            ("mlp.fc1.weight", vec![h, d]),
+            ("mlp.fc1.bias", vec![h]),
+            ("mlp.fc2.weight", vec![d, h]),
+            ("mlp.fc2.bias", vec![d]),
+        ] {
+            shapes.push((format!("blocks.{i}.{n}"), s));
+        }
+    }
+    let map: std::collections::HashMap<String, Tensor> = shapes
+        .into_iter()
+        .map(|(n, s)| {
+            let t = if n.contains("norm") && n.ends_with("weight") {
+                Tensor::ones(s, DType::F32, &Device::Cpu)
+            } else {
+                Tensor::randn(0f32, 0.02, s, &Device::Cpu)
+            };
+            (n, t.expect("random tensor"))
+        })
+        .collect();
+    candle_core::safetensors::save(&map, path).expect("writing ViT weights");
+}
+
+/// torchvision's VGG16 feature weights (He-normal, zero biases), as safetensors.
+fn write_random_vgg16(path: &Path) {
+    let widths = [
+        64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512,
+    ];
+    let index = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28];
+    let mut map = std::collections::HashMap::new();
+    let mut cin = 3;
+    for (i, cout) in index.into_iter().zip(widths) {
+        let std = (2.0 / (cin * 9) as f64).sqrt() as f32;
+        let w = Tensor::randn(0f32, std, (cout, cin, 3, 3), &Device::Cpu).expect("w");
+        let b = Tensor::zeros(cout, DType::F32, &Device::Cpu).expect("b");
+        map.insert(format!("features.{i}.weight"), w);
+        map.insert(format!("features.{i}.bias"), b);
+        cin = cout;
+    }
+    candle_core::safetensors::save(&map, path).expect("writing VGG16 weights");
+}
+
+/// The FID Inception's tensors (shapes from fixtures/extract/inception-shapes.json) with
+/// He-normal convolutions and identity batch-norms, as safetensors.
+fn write_random_inception(path: &Path) {
+    let shapes =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/extract/inception-shapes.json");
+    let shapes: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(shapes).expect("shapes")).expect("shapes json");
+    let mut map = std::collections::HashMap::new();
+    for (name, shape) in shapes {
+        let dims: Vec<usize> = shape
+            .as_array()
+            .expect("shape")
+            .iter()
+            .map(|d| d.as_u64().expect("dim") as usize)
+            .collect();
+        let t = if dims.len() > 1 {
+            let fan_in: usize = dims[1..].iter().product();
+            Tensor::randn(
+                0f32,
+                (2.0 / fan_in as f64).sqrt() as f32,
+                dims,
+                &Device::Cpu,
+            )
+        } else if name.ends_with("running_var") || name.ends_with("bn.weight") {
+            Tensor::ones(dims, DType::F32, &Device::Cpu)
+        } else {
+            Tensor::zeros(dims, DType::F32, &Device::Cpu)
+        };
+        map.insert(name, t.expect("tensor"));
+    }
+    candle_core::safetensors::save(&map, path).expect("writing Inception weights");
+}
+
 fn main() {
     let n: usize = std::env::var("VDNA_DB_BENCH_IMAGES")
         .ok()
@@ -109,6 +207,9 @@ fn main() {
     println!("|---|---|---|---|---|---|");
     let mut ours_net = std::collections::BTreeMap::new();
     for kind in ExtractorKind::ALL {
+        if !kind.has_default_weights() {
+            continue; // measured below on random weights of the real shapes
+        }
         let ext = Extractor::load(kind, None, 0).expect("extractor");
         let ranges = Ranges::embedded(kind).expect("ranges");
         let opts = ExtractOptions {
@@ -135,6 +236,45 @@ fn main() {
             BATCH as f64 / net
         );
     }
+
+    // The ViT-B/16 (mugs_vit_base, dino_vit_base) on random weights of the real shapes;
+    // dino_resnet50 is rand_resnet50's network with other weights.
+    let vit_weights = dir.path().join("vit-b16.safetensors");
+    write_random_vit_b16(&vit_weights);
+    let ext = Extractor::load(ExtractorKind::MugsVitBase, Some(&vit_weights), 0).expect("vit");
+    let x = Tensor::randn(0f32, 1.0, (BATCH, 224, 224, 3), &Device::Cpu).expect("input");
+    std::hint::black_box(ext.forward(&x).expect("forward"));
+    let net = best_secs(3, || {
+        std::hint::black_box(ext.forward(&x).expect("forward"));
+    });
+    ours_net.insert("mugs_vit_base", BATCH as f64 / net);
+    println!(
+        "| mugs_vit_base / dino_vit_base | | | | | {:.2} |",
+        BATCH as f64 / net
+    );
+
+    // VGG16 on random weights of the real shapes.
+    let vgg_weights = dir.path().join("vgg16.safetensors");
+    write_random_vgg16(&vgg_weights);
+    let ext = Extractor::load(ExtractorKind::Vgg16, Some(&vgg_weights), 0).expect("vgg16");
+    std::hint::black_box(ext.forward(&x).expect("forward"));
+    let net = best_secs(3, || {
+        std::hint::black_box(ext.forward(&x).expect("forward"));
+    });
+    ours_net.insert("vgg16", BATCH as f64 / net);
+    println!("| vgg16 | | | | | {:.2} |", BATCH as f64 / net);
+
+    // The FID Inception at 299x299 on random weights of the real shapes.
+    let inc_weights = dir.path().join("inception.safetensors");
+    write_random_inception(&inc_weights);
+    let ext = Extractor::load(ExtractorKind::Inception, Some(&inc_weights), 0).expect("inception");
+    let x299 = Tensor::randn(0f32, 0.5, (BATCH, 299, 299, 3), &Device::Cpu).expect("input");
+    std::hint::black_box(ext.forward(&x299).expect("forward"));
+    let net = best_secs(3, || {
+        std::hint::black_box(ext.forward(&x299).expect("forward"));
+    });
+    ours_net.insert("inception", BATCH as f64 / net);
+    println!("| inception | | | | | {:.2} |", BATCH as f64 / net);
 
     // Candle's stock conv2d on the same ResNet-50, same input; outputs compared.
     let weights = extract::resnet::seeded(0);
@@ -183,6 +323,12 @@ fn main() {
             .arg(script)
             .arg(&rw)
             .arg(&ew)
+            .arg("--vit")
+            .arg(&vit_weights)
+            .arg("--vgg")
+            .arg(&vgg_weights)
+            .arg("--inception")
+            .arg(&inc_weights)
             .args([
                 "--batch",
                 &BATCH.to_string(),

@@ -2,12 +2,16 @@
 """PyTorch CPU throughput of the same networks vdna-db runs, for the extraction bench.
 
     python3 tools/bench_torch.py RESNET_WEIGHTS.safetensors EFFNET_WEIGHTS.safetensors \
-        [--batch 16] [--batches 3] [--threads N]
+        [--batch 16] [--batches 3] [--threads N] [--vit VIT_B16_WEIGHTS.safetensors] [--vgg VGG16_WEIGHTS.safetensors]
+        [--inception FID_INCEPTION_WEIGHTS.safetensors]
 
 Prints one JSON object: images/s of the network forward alone (no decoding), for
 rand_resnet50 (torchvision ResNet-50 layout, the reference's stem padding) and
-efficientnet_lite0 (TensorFlow SAME padding, ReLU6, batch-norm eps 1e-3), at the given
-batch size, best of --batches timed batches after one warm-up batch. Needs torch and numpy.
+efficientnet_lite0 (TensorFlow SAME padding, ReLU6, batch-norm eps 1e-3) and, with --vit,
+torchvision's VGG16 features with --vgg (13 ReLU outputs kept), torchvision's
+Inception-v3 with --inception (the FID network's four blocks kept, at 299x299), and with --vit the
+DINO / Mugs ViT-B/16 (written as the reference's modules are: explicit q k^T softmax
+attention, exact GELU, LayerNorm eps 1e-6; all 13 outputs kept), at the given batch size, best of --batches timed batches after one warm-up batch. Needs torch and numpy.
 """
 
 import argparse
@@ -118,8 +122,88 @@ class EffLite0(nn.Module):
         return feats
 
 
+class VitB16(nn.Module):
+    """The DINO / Mugs ViT-B/16 forward as the reference writes it, on a state dict."""
+
+    def __init__(self, sd, heads=12, depth=12):
+        super().__init__()
+        self.sd, self.heads, self.depth = sd, heads, depth
+
+    def ln(self, x, name):
+        return F.layer_norm(x, x.shape[-1:], self.sd[name + ".weight"], self.sd[name + ".bias"], 1e-6)
+
+    def lin(self, x, name):
+        return F.linear(x, self.sd[name + ".weight"], self.sd[name + ".bias"])
+
+    def forward(self, x):
+        sd = self.sd
+        x = F.conv2d(x, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=16)
+        x = x.flatten(2).transpose(1, 2)
+        x = torch.cat((sd["cls_token"].expand(x.shape[0], -1, -1), x), dim=1) + sd["pos_embed"]
+        feats = []
+        for i in range(self.depth):
+            p = f"blocks.{i}."
+            B, N, C = x.shape
+            qkv = self.lin(self.ln(x, p + "norm1"), p + "attn.qkv")
+            qkv = qkv.reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv[0], qkv[1], qkv[2]
+            attn = ((q @ k.transpose(-2, -1)) * (C // self.heads) ** -0.5).softmax(dim=-1)
+            y = (attn @ v).transpose(1, 2).reshape(B, N, C)
+            x = x + self.lin(y, p + "attn.proj")
+            h = F.gelu(self.lin(self.ln(x, p + "norm2"), p + "mlp.fc1"))
+            x = x + self.lin(h, p + "mlp.fc2")
+            feats.append(x)
+        feats.append(self.ln(x, "norm"))
+        return feats
+
+
+class Vgg16(nn.Module):
+    """torchvision's VGG16 feature stack, every ReLU output kept, on a state dict."""
+
+    POOL_BEFORE = {5, 10, 17, 24}
+
+    def __init__(self, sd):
+        super().__init__()
+        self.sd = sd
+
+    def forward(self, x):
+        feats = []
+        for i in [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]:
+            if i in self.POOL_BEFORE:
+                x = F.max_pool2d(x, 2, 2)
+            x = F.relu(F.conv2d(x, self.sd[f"features.{i}.weight"], self.sd[f"features.{i}.bias"], padding=1))
+            feats.append(x)
+        return feats
+
+
+class Inception(nn.Module):
+    """torchvision's Inception-v3 up to the final pool, the four FID blocks kept."""
+
+    def __init__(self, sd):
+        super().__init__()
+        import torchvision
+
+        self.net = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False, num_classes=1008)
+        self.net.load_state_dict(sd, strict=False)
+        self.size = 299
+
+    def forward(self, x):
+        n = self.net
+        x = n.Conv2d_2b_3x3(n.Conv2d_2a_3x3(n.Conv2d_1a_3x3(x)))
+        b0 = F.max_pool2d(x, 3, 2)
+        b1 = F.max_pool2d(n.Conv2d_4a_3x3(n.Conv2d_3b_1x1(b0)), 3, 2)
+        x = b1
+        for m in [n.Mixed_5b, n.Mixed_5c, n.Mixed_5d, n.Mixed_6a, n.Mixed_6b, n.Mixed_6c, n.Mixed_6d, n.Mixed_6e]:
+            x = m(x)
+        b2 = x
+        for m in [n.Mixed_7a, n.Mixed_7b, n.Mixed_7c]:
+            x = m(x)
+        return [b0, b1, b2, F.adaptive_avg_pool2d(x, 1)]
+
+
 def bench(model, batch, batches):
-    x = torch.randn(batch, 3, 224, 224)
+    size = getattr(model, "size", 224)
+    x = torch.randn(batch, 3, size, size)
     with torch.no_grad():
         model(x)
         best = float("inf")
@@ -137,19 +221,29 @@ def main():
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--batches", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--vit", default=None)
+    ap.add_argument("--vgg", default=None)
+    ap.add_argument("--inception", default=None)
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     r = ResNet50().eval()
     r.load_state_dict(load_safetensors(a.resnet_weights), strict=False)
     e = EffLite0(load_safetensors(a.effnet_weights)).eval()
-    print(json.dumps({
+    out = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "batch": a.batch,
         "rand_resnet50": bench(r, a.batch, a.batches),
         "efficientnet_lite0": bench(e, a.batch, a.batches),
-    }))
+    }
+    if a.vit:
+        out["mugs_vit_base"] = bench(VitB16(load_safetensors(a.vit)).eval(), a.batch, a.batches)
+    if a.vgg:
+        out["vgg16"] = bench(Vgg16(load_safetensors(a.vgg)).eval(), a.batch, a.batches)
+    if a.inception:
+        out["inception"] = bench(Inception(load_safetensors(a.inception)).eval(), a.batch, a.batches)
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

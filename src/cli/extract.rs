@@ -28,6 +28,15 @@ Extractors:
   efficientnet_lite0   ImageNet weights embedded in the binary (default), 17 layers, 2,472 neurons
   rand_resnet50        the reference's random ResNet-50: 16 layers, 15,104 neurons; weights from
                        --weights (torch state-dict layout) or the portable seeded init (--init-seed)
+  dino_resnet50        the same backbone and layers with DINO weights (--weights, --ranges)
+  mugs_vit_base        Mugs ViT-B/16 (the reference's default): block_0..block_11 + last_norm,
+                       13 x 768 neurons over 197 tokens; --weights FILE and --ranges FILE
+  dino_vit_base        DINO ViT-B/16, same layers as mugs_vit_base; --weights and --ranges
+  clip_im_vit_b16      CLIP ViT-B/16 image encoder (OpenAI layout, CLIP's mean / std): block_0..
+                       block_11 over 197 tokens + last_norm (class token); --weights, --ranges
+  vgg16                torchvision's VGG16 (relu_1_1..relu_5_3, 4,224 neurons); --weights, --ranges
+  inception            the FID Inception-v3 at 299x299: block_0..block_3 (64, 192, 768, 2048);
+                       --weights (pt_inception-2015-12-05); layer-gaussian on block_3 is FID's
 
 Examples:
   vdna-db extract photos/ -o photos.vdna
@@ -40,16 +49,19 @@ Examples:
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "Extraction (when an input is an image source)")]
 pub struct ExtractFlags {
-    /// Network: efficientnet_lite0 (embedded ImageNet weights) or rand_resnet50
+    /// Network: efficientnet_lite0 (embedded ImageNet weights), rand_resnet50, dino_resnet50,
+    /// mugs_vit_base, dino_vit_base, clip_im_vit_b16, vgg16 or inception
     #[arg(long, default_value = "efficientnet_lite0", value_name = "NAME")]
     pub extractor: String,
-    /// Weights file (safetensors or PyTorch .pth zip, torch state-dict names)
+    /// Weights file (safetensors or PyTorch .pth zip, torch state-dict names); importing
+    /// reference files, pins their DNA's space to these weights
     #[arg(long, value_name = "FILE")]
     pub weights: Option<PathBuf>,
     /// Seed of rand_resnet50's portable initialisation when no --weights is given
     #[arg(long, value_name = "N", default_value_t = extract::DEFAULT_SEED)]
     pub init_seed: u64,
-    /// Activation ranges JSON (reference layout) [default: the ones shipped for the default weights]
+    /// Activation ranges JSON (reference layout) [default: the ones shipped for the default
+    /// weights]; importing reference histogram files, pins their space to these ranges
     #[arg(long, value_name = "FILE")]
     pub ranges: Option<PathBuf>,
     /// Distribution: histogram-B (e.g. histogram-1000), gaussian, layer-gaussian
@@ -146,6 +158,7 @@ impl ExtractFlags {
             return Ok(Some(Ranges::from_file(p)?));
         }
         let default_weights = self.weights.is_none()
+            && ext.kind.has_default_weights()
             && (ext.kind != ExtractorKind::RandResNet50 || self.init_seed == extract::DEFAULT_SEED);
         if default_weights {
             return Ok(Some(Ranges::embedded(ext.kind)?));
@@ -182,6 +195,54 @@ fn with_threads<R: Send>(threads: Option<usize>, f: impl FnOnce() -> R + Send) -
         }
         None => Ok(f()),
     }
+}
+
+/// Pins the space of a DNA imported from reference files to `--weights` / `--ranges`
+/// (the network is the one the files name; the crop and resize mode come from their
+/// metadata), so it compares with DNAs extracted here from the same files. Returns false,
+/// leaving the DNA unpinned, when neither flag is given.
+pub fn pin_import(
+    dna: &mut Dna,
+    annotations: &std::collections::BTreeMap<String, String>,
+    flags: &ExtractFlags,
+) -> Result<bool> {
+    if flags.weights.is_none() && flags.ranges.is_none() {
+        return Ok(false);
+    }
+    let name = dna.space.extractor.name.clone();
+    let kind = ExtractorKind::parse(&name).with_context(|| {
+        format!(
+            "the reference DNA was made with {name:?}, which vdna-db does not run: import it \
+             without --weights / --ranges to keep it unpinned"
+        )
+    })?;
+    let meta: serde_json::Value = annotations
+        .get("reference.metadata")
+        .and_then(|m| serde_json::from_str(m).ok())
+        .unwrap_or_default();
+    let setting = |k: &str| {
+        meta.pointer(&format!("/data_settings/{k}"))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
+    let crop = match setting("crop_to_square_pre_resize").as_deref() {
+        None | Some("none") => Crop::None,
+        Some("center") => Crop::Center,
+        Some(other) => bail!(
+            "the reference DNA was made with crop_to_square_pre_resize {other:?}, which \
+             vdna-db does not reproduce (none or center): it cannot be pinned"
+        ),
+    };
+    if let Some(mode) = setting("resize_mode").filter(|m| m != "clean") {
+        bail!(
+            "the reference DNA was made with resize_mode {mode:?}; vdna-db resizes the \
+             \"clean\" way only, so it cannot be pinned to a space of DNAs extracted here"
+        );
+    }
+    let ext = Extractor::load(kind, flags.weights.as_deref(), flags.init_seed)?;
+    let ranges = flags.ranges.as_deref().map(Ranges::from_file).transpose()?;
+    dna.space = extract::pin_imported(&dna.space, &ext, ranges.as_ref(), crop)?;
+    Ok(true)
 }
 
 /// Extracts a DNA from an image source with the given flags.
@@ -395,6 +456,10 @@ pub fn run_weights(out: &mut Out, a: WeightsArgs) -> Result<()> {
             crate::store::write_file_atomic(&a.output, extract::efficientnet::EMBEDDED_WEIGHTS)
                 .with_context(|| format!("writing {}", a.output.display()))?;
         }
+        k => bail!(
+            "extractor {} has no built-in weights to write: use the reference's weight file",
+            k.name()
+        ),
     }
     let ext = Extractor::load(kind, Some(&a.output), a.init_seed)?;
     out.json(&serde_json::json!({ "written": a.output, "weights_digest": ext.weights_digest() }))?;

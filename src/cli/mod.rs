@@ -891,7 +891,12 @@ fn push(home: &StoreAt, out: &mut Out, a: PushArgs, require_name: bool) -> Resul
         r
     } else {
         out.progress(&format!("reading {}", path.display()));
-        let imported = crate::reference::import_pair(path)?;
+        let mut imported = crate::reference::import_pair(path)?;
+        if extract::pin_import(&mut imported.dna, &imported.annotations, &a.extract)
+            .with_context(|| format!("pinning the space of {}", path.display()))?
+        {
+            out.progress("pinned to the given weights and activation ranges");
+        }
         for (k, v) in imported.annotations {
             ann.entry(k).or_insert(v);
         }

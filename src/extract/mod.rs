@@ -16,13 +16,18 @@
 //! Owns: everything candle, image decoding and resizing. Must not: touch the store.
 
 pub mod accum;
+pub mod clip;
 pub mod efficientnet;
+pub mod inception;
 pub mod ops;
 pub mod preprocess;
 pub mod ranges;
 pub mod resnet;
 pub mod scenes;
 pub mod source;
+pub mod transformer;
+pub mod vgg;
+pub mod vit;
 pub mod weights;
 
 use std::path::Path;
@@ -69,18 +74,36 @@ impl From<candle_core::Error> for ExtractError {
 pub enum ExtractorKind {
     EfficientNetLite0,
     RandResNet50,
+    DinoResNet50,
+    MugsVitBase,
+    DinoVitBase,
+    ClipVitB16,
+    Vgg16,
+    Inception,
 }
 
 impl ExtractorKind {
-    pub const ALL: [ExtractorKind; 2] = [
+    pub const ALL: [ExtractorKind; 8] = [
         ExtractorKind::EfficientNetLite0,
         ExtractorKind::RandResNet50,
+        ExtractorKind::DinoResNet50,
+        ExtractorKind::MugsVitBase,
+        ExtractorKind::DinoVitBase,
+        ExtractorKind::ClipVitB16,
+        ExtractorKind::Vgg16,
+        ExtractorKind::Inception,
     ];
 
     pub fn name(self) -> &'static str {
         match self {
             ExtractorKind::EfficientNetLite0 => "efficientnet_lite0",
             ExtractorKind::RandResNet50 => "rand_resnet50",
+            ExtractorKind::DinoResNet50 => "dino_resnet50",
+            ExtractorKind::MugsVitBase => "mugs_vit_base",
+            ExtractorKind::DinoVitBase => "dino_vit_base",
+            ExtractorKind::ClipVitB16 => "clip_im_vit_b16",
+            ExtractorKind::Vgg16 => "vgg16",
+            ExtractorKind::Inception => "inception",
         }
     }
 
@@ -99,21 +122,44 @@ impl ExtractorKind {
     pub fn input_size(self) -> usize {
         match self {
             ExtractorKind::EfficientNetLite0 => efficientnet::INPUT_SIZE,
-            ExtractorKind::RandResNet50 => resnet::INPUT_SIZE,
+            ExtractorKind::RandResNet50 | ExtractorKind::DinoResNet50 => resnet::INPUT_SIZE,
+            ExtractorKind::MugsVitBase | ExtractorKind::DinoVitBase => vit::INPUT_SIZE,
+            ExtractorKind::ClipVitB16 => clip::INPUT_SIZE,
+            ExtractorKind::Vgg16 => vgg::INPUT_SIZE,
+            ExtractorKind::Inception => inception::INPUT_SIZE,
         }
     }
 
     pub fn mean_std(self) -> ([f64; 3], [f64; 3]) {
         match self {
             ExtractorKind::EfficientNetLite0 => (efficientnet::MEAN, efficientnet::STD),
-            ExtractorKind::RandResNet50 => (resnet::MEAN, resnet::STD),
+            ExtractorKind::RandResNet50 | ExtractorKind::DinoResNet50 => {
+                (resnet::MEAN, resnet::STD)
+            }
+            ExtractorKind::MugsVitBase | ExtractorKind::DinoVitBase => (vit::MEAN, vit::STD),
+            ExtractorKind::ClipVitB16 => (clip::MEAN, clip::STD),
+            ExtractorKind::Vgg16 => (vgg::MEAN, vgg::STD),
+            ExtractorKind::Inception => (inception::MEAN, inception::STD),
         }
+    }
+
+    /// Whether the network ships with default weights (embedded or seeded); the others
+    /// need `--weights FILE` (the reference's own weight files, never downloaded).
+    pub fn has_default_weights(self) -> bool {
+        matches!(
+            self,
+            ExtractorKind::EfficientNetLite0 | ExtractorKind::RandResNet50
+        )
     }
 }
 
 enum Net {
     Eff(efficientnet::EfficientNetLite0),
     Res(resnet::ResNet50),
+    Vit(vit::Vit),
+    Clip(clip::ClipVit),
+    Vgg(vgg::Vgg16),
+    Inception(Box<inception::InceptionV3>),
 }
 
 /// A loaded network with the digest of its weights.
@@ -146,18 +192,36 @@ impl Extractor {
                 resnet::seeded(seed),
                 &format!("rand_resnet50 seed {seed}"),
             ),
+            (None, k) => {
+                return Err(ExtractError::Invalid(format!(
+                    "extractor {} has no built-in weights: pass --weights FILE with the \
+                     reference's weights for it (PyTorch .pth or safetensors)",
+                    k.name()
+                )))
+            }
         };
         let net = match kind {
             ExtractorKind::EfficientNetLite0 => {
                 Net::Eff(efficientnet::EfficientNetLite0::load(&mut p)?)
             }
-            ExtractorKind::RandResNet50 => Net::Res(resnet::ResNet50::load(&mut p)?),
+            ExtractorKind::RandResNet50 | ExtractorKind::DinoResNet50 => {
+                Net::Res(resnet::ResNet50::load(&mut p)?)
+            }
+            ExtractorKind::MugsVitBase | ExtractorKind::DinoVitBase => {
+                Net::Vit(vit::Vit::load(&mut p)?)
+            }
+            ExtractorKind::ClipVitB16 => Net::Clip(clip::ClipVit::load(&mut p)?),
+            ExtractorKind::Vgg16 => Net::Vgg(vgg::Vgg16::load(&mut p)?),
+            ExtractorKind::Inception => {
+                Net::Inception(Box::new(inception::InceptionV3::load(&mut p)?))
+            }
         };
         let origin = match weights {
             Some(w) => w.display().to_string(),
             None => match kind {
                 ExtractorKind::EfficientNetLite0 => "embedded".into(),
                 ExtractorKind::RandResNet50 => format!("seeded init (seed {seed})"),
+                k => k.name().into(),
             },
         };
         Ok(Extractor {
@@ -172,6 +236,20 @@ impl Extractor {
         match &self.net {
             Net::Eff(n) => n.layers(),
             Net::Res(n) => n.layers(),
+            Net::Vit(n) => n.layers(),
+            Net::Clip(n) => n.layers(),
+            Net::Vgg(n) => n.layers(),
+            Net::Inception(n) => n.layers(),
+        }
+    }
+
+    /// The side of the square input: the kind's, except for a ViT whose weights were
+    /// made for another grid (the position embeddings fix it).
+    pub fn input_size(&self) -> usize {
+        match &self.net {
+            Net::Vit(n) => n.input_size(),
+            Net::Clip(n) => n.input_size(),
+            _ => self.kind.input_size(),
         }
     }
 
@@ -184,6 +262,10 @@ impl Extractor {
         Ok(match &self.net {
             Net::Eff(n) => n.forward(x)?,
             Net::Res(n) => n.forward(x)?,
+            Net::Vit(n) => n.forward(x)?,
+            Net::Clip(n) => n.forward(x)?,
+            Net::Vgg(n) => n.forward(x)?,
+            Net::Inception(n) => n.forward(x)?,
         })
     }
 
@@ -197,7 +279,7 @@ impl Extractor {
                     .ok_or_else(|| ExtractError::Network("no head".into()))?;
                 Ok(Some(n.classify(head)?))
             }
-            Net::Res(_) => Ok(None),
+            _ => Ok(None),
         }
     }
 }
@@ -256,7 +338,7 @@ pub fn space_for(
 ) -> SpaceConfig {
     let hist = matches!(dist, DistKind::Histogram { .. });
     let (mean, std) = ext.kind.mean_std();
-    let size = ext.kind.input_size() as u32;
+    let size = ext.input_size() as u32;
     SpaceConfig {
         schema: SPACE_SCHEMA.into(),
         extractor: ExtractorSpec {
@@ -282,6 +364,75 @@ pub fn space_for(
     }
 }
 
+/// Pins the space of a DNA imported from the reference library's files to the weights and
+/// activation ranges it was made with, so that it compares with DNAs extracted here from
+/// the same files: the result is exactly the space [`extract`] gives for `ext`, `ranges`,
+/// the DNA's distribution and `crop`. Refused when the extractor's name, the layers (names,
+/// neuron counts, order), the histogram range or range scale, or the ranges' layers do not
+/// match; histogram DNAs need their ranges.
+pub fn pin_imported(
+    space: &SpaceConfig,
+    ext: &Extractor,
+    ranges: Option<&Ranges>,
+    crop: Crop,
+) -> Result<SpaceConfig, ExtractError> {
+    let name = ext.kind.name();
+    if space.extractor.name != name {
+        return Err(ExtractError::Invalid(format!(
+            "the reference DNA was made with extractor {:?}, not {name}: pass \
+             --extractor {:?} with its weights",
+            space.extractor.name, space.extractor.name
+        )));
+    }
+    let ours = ext.layers();
+    if space.layers != ours {
+        let first = space
+            .layers
+            .iter()
+            .zip(ours)
+            .find(|(a, b)| a != b)
+            .map(|(a, b)| {
+                format!(
+                    "; first difference: {} ({} neurons) vs {} ({} neurons)",
+                    a.name, a.neurons, b.name, b.neurons
+                )
+            })
+            .unwrap_or_default();
+        return Err(ExtractError::Invalid(format!(
+            "the reference DNA's layers ({} layers, {} neurons) are not those of {name} with \
+             weights {} ({} layers, {} neurons){first}: are these the weights it was made with?",
+            space.layers.len(),
+            space.layers.iter().map(|l| l.neurons as u64).sum::<u64>(),
+            ext.origin,
+            ours.len(),
+            ours.iter().map(|l| l.neurons as u64).sum::<u64>(),
+        )));
+    }
+    let hist = matches!(space.dist, DistKind::Histogram { .. });
+    let ranges = if hist {
+        let r = ranges.ok_or_else(|| {
+            ExtractError::Invalid(
+                "a histogram DNA is pinned to its activation ranges too: pass --ranges FILE \
+                 (the activation_ranges.json it was made with)"
+                    .into(),
+            )
+        })?;
+        r.norms_for(ours, ranges::RANGE_SCALE)?;
+        Some(r)
+    } else {
+        None
+    };
+    let pinned = space_for(ext, ranges, space.dist, crop);
+    if space.hist_range != pinned.hist_range || space.range_scale != pinned.range_scale {
+        return Err(ExtractError::Invalid(format!(
+            "the reference DNA's histogram range {:?} and range scale {:?} differ from \
+             vdna-db's {:?} and {:?}: its histograms are not comparable",
+            space.hist_range, space.range_scale, pinned.hist_range, pinned.range_scale
+        )));
+    }
+    Ok(pinned)
+}
+
 struct Batch {
     /// `(n, size, size, 3)` normalised values.
     pixels: Vec<f32>,
@@ -292,8 +443,8 @@ struct Batch {
 }
 
 /// Reads, decodes and resizes `items` in parallel into one batch.
-fn load_batch(items: &[ImageItem], kind: ExtractorKind, crop: Crop) -> Batch {
-    let size = kind.input_size() as u32;
+fn load_batch(items: &[ImageItem], kind: ExtractorKind, size: usize, crop: Crop) -> Batch {
+    let size = size as u32;
     let (mean, std) = kind.mean_std();
     let per = (size * size * 3) as usize;
     let results: Vec<(Result<Vec<f32>, String>, Duration, Duration)> = items
@@ -383,14 +534,14 @@ pub fn extract(
 
     let total = items.len() as u64;
     let mut report = Report::default();
-    let size = ext.kind.input_size();
+    let size = ext.input_size();
     let (kind, crop, batch) = (ext.kind, opts.crop, opts.batch);
     let (tx, rx) = mpsc::sync_channel::<Batch>(1);
     let mut done = 0u64;
     std::thread::scope(|s| -> Result<(), ExtractError> {
         s.spawn(move || {
             for chunk in items.chunks(batch) {
-                if tx.send(load_batch(chunk, kind, crop)).is_err() {
+                if tx.send(load_batch(chunk, kind, size, crop)).is_err() {
                     break; // the consumer stopped on an error
                 }
             }

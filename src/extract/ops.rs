@@ -71,11 +71,33 @@ impl Pad {
     }
 
     fn out_size(&self, h: usize, w: usize, k: usize, stride: usize) -> Result<(usize, usize)> {
+        self.out_size2(h, w, k, k, stride)
+    }
+
+    /// Output size of a `kh x kw` window.
+    fn out_size2(
+        &self,
+        h: usize,
+        w: usize,
+        kh: usize,
+        kw: usize,
+        stride: usize,
+    ) -> Result<(usize, usize)> {
         let (ph, pw) = (h + self.top + self.bottom, w + self.left + self.right);
-        if ph < k || pw < k || stride == 0 {
-            bail!("input {h}x{w} too small for a {k}x{k} window")
+        if ph < kh || pw < kw || stride == 0 {
+            bail!("input {h}x{w} too small for a {kh}x{kw} window")
         }
-        Ok(((ph - k) / stride + 1, (pw - k) / stride + 1))
+        Ok(((ph - kh) / stride + 1, (pw - kw) / stride + 1))
+    }
+
+    /// PyTorch's `padding=(ph, pw)`: `ph` rows above and below, `pw` columns each side.
+    pub const fn hw(ph: usize, pw: usize) -> Pad {
+        Pad {
+            top: ph,
+            left: pw,
+            bottom: ph,
+            right: pw,
+        }
     }
 }
 
@@ -107,10 +129,11 @@ fn nhwc(l: &Layout, op: &str) -> Result<(usize, usize, usize, usize)> {
     }
 }
 
-/// im2col for NHWC input: `(N, H, W, C)` to `(N*Ho*Wo, k*k*C)`, columns ordered
+/// im2col for NHWC input: `(N, H, W, C)` to `(N*Ho*Wo, kh*kw*C)`, columns ordered
 /// `(ky, kx, c)`, zeros where the window leaves the padded input.
 struct Im2Col {
-    k: usize,
+    kh: usize,
+    kw: usize,
     stride: usize,
     pad: Pad,
 }
@@ -123,9 +146,9 @@ impl CustomOp1 for Im2Col {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, self.name())?;
         let (n, h, w, c) = nhwc(l, self.name())?;
-        let (k, st, pad) = (self.k, self.stride, self.pad);
-        let (ho, wo) = pad.out_size(h, w, k, st)?;
-        let cols = k * k * c;
+        let (kh, kw, st, pad) = (self.kh, self.kw, self.stride, self.pad);
+        let (ho, wo) = pad.out_size2(h, w, kh, kw, st)?;
+        let cols = kh * kw * c;
         let mut out = vec![0f32; n * ho * wo * cols];
         // One task per output row of one image: wo * cols floats.
         out.par_chunks_mut(wo * cols)
@@ -138,19 +161,19 @@ impl CustomOp1 for Im2Col {
                     // The in-bounds taps of one kernel row are adjacent in NHWC: one copy.
                     let x0 = (ox * st) as isize - pad.left as isize;
                     let kx_lo = (-x0).max(0) as usize;
-                    let kx_hi = ((w as isize - x0).min(k as isize)).max(0) as usize;
+                    let kx_hi = ((w as isize - x0).min(kw as isize)).max(0) as usize;
                     if kx_lo >= kx_hi {
                         continue;
                     }
                     let ix_lo = (x0 + kx_lo as isize) as usize;
                     let span = (kx_hi - kx_lo) * c;
-                    for ky in 0..k {
+                    for ky in 0..kh {
                         let iy = (oy * st + ky) as isize - pad.top as isize;
                         if iy < 0 || iy >= h as isize {
                             continue; // stays zero
                         }
                         let src = &img[(iy as usize * w + ix_lo) * c..][..span];
-                        let o = (ky * k + kx_lo) * c;
+                        let o = (ky * kw + kx_lo) * c;
                         d[o..o + span].copy_from_slice(src);
                     }
                 }
@@ -470,10 +493,13 @@ impl CustomOp1 for MaxPool {
     }
 }
 
-/// A convolution with batch-norm folded in: `weight` is `(k*k*Cin, Cout)` for the gemm,
+/// A convolution with batch-norm folded in: `weight` is `(k*kw*Cin, Cout)` for the gemm,
 /// rows ordered `(ky, kx, cin)` like the im2col columns.
 pub struct Conv {
+    /// Kernel rows (and columns when square).
     pub k: usize,
+    /// Kernel columns.
+    pub kw: usize,
     pub stride: usize,
     pub cin: usize,
     pub cout: usize,
@@ -487,33 +513,52 @@ impl Conv {
     /// `w` is PyTorch's `(Cout, Cin, k, k)` layout.
     pub fn fold(w: &[f32], dims: [usize; 4], bn: &BatchNorm, stride: usize) -> Result<Conv> {
         let [cout, cin, kh, kw] = dims;
-        if kh != kw || w.len() != cout * cin * kh * kw || bn.len() != cout {
+        if w.len() != cout * cin * kh * kw || bn.len() != cout {
             bail!(
                 "conv {dims:?} does not match its batch-norm of {} channels",
                 bn.len()
             )
         }
-        let k = kh;
         let (scale, bias) = bn.scale_shift();
-        let mut g = vec![0f32; k * k * cin * cout];
+        let mut g = vec![0f32; kh * kw * cin * cout];
         for o in 0..cout {
             for i in 0..cin {
-                for ky in 0..k {
-                    for kx in 0..k {
-                        let v = w[((o * cin + i) * k + ky) * k + kx] as f64 * scale[o];
-                        g[((ky * k + kx) * cin + i) * cout + o] = v as f32;
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        let v = w[((o * cin + i) * kh + ky) * kw + kx] as f64 * scale[o];
+                        g[((ky * kw + kx) * cin + i) * cout + o] = v as f32;
                     }
                 }
             }
         }
         Ok(Conv {
-            k,
+            k: kh,
+            kw,
             stride,
             cin,
             cout,
-            weight: Tensor::from_vec(g, (k * k * cin, cout), &Device::Cpu)?,
+            weight: Tensor::from_vec(g, (kh * kw * cin, cout), &Device::Cpu)?,
             bias: bias.iter().map(|&b| b as f32).collect(),
         })
+    }
+
+    /// A convolution with its own bias and no batch-norm (PyTorch `(Cout, Cin, k, k)`
+    /// weight): the fold with an identity normalisation, which leaves every value exact.
+    pub fn with_bias(
+        w: &[f32],
+        dims: [usize; 4],
+        bias: Option<Vec<f32>>,
+        stride: usize,
+    ) -> Result<Conv> {
+        let c = dims[0];
+        let bn = BatchNorm {
+            gamma: vec![1.0; c],
+            beta: bias.unwrap_or_else(|| vec![0.0; c]),
+            mean: vec![0.0; c],
+            var: vec![1.0; c],
+            eps: 0.0,
+        };
+        Conv::fold(w, dims, &bn, stride)
     }
 
     /// Runs the convolution on an NHWC tensor and applies `act`.
@@ -535,6 +580,7 @@ impl Conv {
         }
         // Shifted products beat im2col while the discarded border columns stay few.
         if self.k == 3
+            && self.kw == 3
             && self.stride == 1
             && pad == Pad::same(1)
             && residual.is_none()
@@ -548,12 +594,13 @@ impl Conv {
                 act,
             });
         }
-        let (ho, wo) = pad.out_size(h, w, self.k, self.stride)?;
-        let cols = if self.k == 1 && self.stride == 1 && pad == Pad::ZERO {
+        let (ho, wo) = pad.out_size2(h, w, self.k, self.kw, self.stride)?;
+        let cols = if self.k == 1 && self.kw == 1 && self.stride == 1 && pad == Pad::ZERO {
             x.reshape((n * h * w, c))?
         } else {
             x.apply_op1_no_bwd(&Im2Col {
-                k: self.k,
+                kh: self.k,
+                kw: self.kw,
                 stride: self.stride,
                 pad,
             })?
@@ -657,6 +704,65 @@ impl BatchNorm {
             .collect();
         (scale, shift)
     }
+}
+
+/// k x k average pooling over NHWC with symmetric zero padding, dividing by the number of
+/// in-bounds positions (PyTorch's `count_include_pad=False`).
+struct AvgPool {
+    k: usize,
+    stride: usize,
+    pad: usize,
+}
+
+impl CustomOp1 for AvgPool {
+    fn name(&self) -> &'static str {
+        "avgpool-nhwc"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, self.name())?;
+        let (n, h, w, c) = nhwc(l, self.name())?;
+        let (k, st, p) = (self.k, self.stride, self.pad);
+        let (ho, wo) = Pad::same(p).out_size(h, w, k, st)?;
+        let mut out = vec![0f32; n * ho * wo * c];
+        out.par_chunks_mut(wo * c)
+            .enumerate()
+            .for_each(|(row, dst)| {
+                let (b, oy) = (row / ho, row % ho);
+                let img = &x[b * h * w * c..(b + 1) * h * w * c];
+                for ox in 0..wo {
+                    let d = &mut dst[ox * c..(ox + 1) * c];
+                    let mut count = 0usize;
+                    for ky in 0..k {
+                        let iy = (oy * st + ky) as isize - p as isize;
+                        if iy < 0 || iy >= h as isize {
+                            continue;
+                        }
+                        for kx in 0..k {
+                            let ix = (ox * st + kx) as isize - p as isize;
+                            if ix < 0 || ix >= w as isize {
+                                continue;
+                            }
+                            count += 1;
+                            let src = &img[(iy as usize * w + ix as usize) * c..][..c];
+                            for (o, a) in d.iter_mut().zip(src) {
+                                *o += a;
+                            }
+                        }
+                    }
+                    let inv = 1.0 / count.max(1) as f32;
+                    for o in d.iter_mut() {
+                        *o *= inv;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from((n, ho, wo, c))))
+    }
+}
+
+/// k x k average pooling, padding excluded from the counts (`count_include_pad=False`).
+pub fn avg_pool(x: &Tensor, k: usize, stride: usize, pad: usize) -> Result<Tensor> {
+    x.apply_op1_no_bwd(&AvgPool { k, stride, pad })
 }
 
 /// `x = act(x + y)` in place; both NHWC of one shape.
@@ -787,6 +893,63 @@ mod tests {
                 assert!((*g as f64 - w).abs() < 1e-5, "k={k} st={st}: {g} vs {w}");
             }
         }
+    }
+
+    #[test]
+    fn rectangular_kernels_match_direct_computation() {
+        let (n, h, w, c, cout) = (2, 6, 5, 3, 4);
+        let x = seq(n * h * w * c, 11);
+        for (kh, kw, pad) in [
+            (1, 7, Pad::hw(0, 3)),
+            (7, 1, Pad::hw(3, 0)),
+            (3, 1, Pad::hw(1, 0)),
+        ] {
+            let wt = seq(cout * c * kh * kw, 12);
+            let conv = Conv::fold(&wt, [cout, c, kh, kw], &identity_bn(cout), 1).unwrap();
+            let xt = Tensor::from_vec(x.clone(), (n, h, w, c), &Device::Cpu).unwrap();
+            let y = conv.forward(&xt, pad, Act::None).unwrap();
+            assert_eq!(y.dims(), &[n, h, w, cout]);
+            let got = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for b in 0..n {
+                for oy in 0..h {
+                    for ox in 0..w {
+                        for o in 0..cout {
+                            let mut s = 0f64;
+                            for i in 0..c {
+                                for ky in 0..kh {
+                                    for kx in 0..kw {
+                                        let iy = (oy + ky) as isize - pad.top as isize;
+                                        let ix = (ox + kx) as isize - pad.left as isize;
+                                        if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize
+                                        {
+                                            continue;
+                                        }
+                                        let xv =
+                                            x[((b * h + iy as usize) * w + ix as usize) * c + i];
+                                        let wv = wt[((o * c + i) * kh + ky) * kw + kx];
+                                        s += xv as f64 * wv as f64;
+                                    }
+                                }
+                            }
+                            let g = got[((b * h + oy) * w + ox) * cout + o] as f64;
+                            assert!((g - s).abs() < 1e-5, "{kh}x{kw}: {g} vs {s}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn avg_pool_divides_by_the_in_bounds_positions_only() {
+        let x: Vec<f32> = (0..9).map(|i| i as f32).collect();
+        let xt = Tensor::from_vec(x, (1, 3, 3, 1), &Device::Cpu).unwrap();
+        let y = avg_pool(&xt, 3, 1, 1).unwrap();
+        let got = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        // Corner (0,0): mean of 0, 1, 3, 4; centre: mean of all nine.
+        assert_eq!(got[0], 2.0);
+        assert_eq!(got[4], 4.0);
+        assert_eq!(got[1], (0.0 + 1.0 + 2.0 + 3.0 + 4.0 + 5.0) / 6.0);
     }
 
     #[test]

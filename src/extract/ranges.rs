@@ -194,6 +194,13 @@ impl Ranges {
             ExtractorKind::RandResNet50 => {
                 Ranges::from_json(EMBEDDED_RAND_RESNET50, "embedded rand_resnet50 ranges")
             }
+            k => Err(ExtractError::Invalid(format!(
+                "no activation ranges ship with {}: pass the reference's \
+                 activation_ranges.json for its weights with --ranges FILE, or compute them \
+                 with `vdna-db ranges SOURCE --extractor {} --weights FILE -o ranges.json`",
+                k.name(),
+                k.name()
+            ))),
         }
     }
 }

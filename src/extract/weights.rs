@@ -59,20 +59,27 @@ impl Params {
                 Some(v) => v.into_iter().collect(),
                 None => {
                     return Err(bad(format!(
-                        "no tensors found in this PyTorch zip checkpoint{}",
+                        "no tensors found in this PyTorch zip checkpoint{} (a TorchScript \
+                         archive, such as OpenAI's CLIP file, needs converting: \
+                         tools/convert_clip.py)",
                         last_err.map(|e| format!(" ({e})")).unwrap_or_default()
                     )))
                 }
             }
-        } else if head.len() >= 2 && head[0] == 0x80 {
-            return Err(bad(
-                "legacy (non-zip) PyTorch serialisation; convert it with \
-                 tools/convert_efficientnet_lite0.py or re-save it with torch.save"
-                    .into(),
-            ));
         } else {
-            candle_core::safetensors::load(path, &Device::Cpu)
-                .map_err(|e| bad(format!("not a readable safetensors file: {e}")))?
+            // A safetensors file starts with its header length, whose first byte may be
+            // 0x80 like a pickle's protocol marker: try safetensors first.
+            match candle_core::safetensors::load(path, &Device::Cpu) {
+                Ok(m) => m,
+                Err(_) if head.len() >= 2 && head[0] == 0x80 && (2..=5).contains(&head[1]) => {
+                    return Err(bad(
+                        "legacy (non-zip) PyTorch serialisation; convert it with \
+                         tools/convert_efficientnet_lite0.py or re-save it with torch.save"
+                            .into(),
+                    ))
+                }
+                Err(e) => return Err(bad(format!("not a readable safetensors file: {e}"))),
+            }
         };
         Ok(Params::new(map, origin))
     }
@@ -159,6 +166,11 @@ impl Params {
         self.map
             .get(&format!("{}{name}", self.prefix))
             .map(|t| t.dims().to_vec())
+    }
+
+    /// Where the weights came from, for messages.
+    pub fn origin(&self) -> &str {
+        &self.origin
     }
 
     /// The digest of everything read so far.
@@ -279,6 +291,30 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("README.md"), "{e}");
+    }
+
+    /// Regression: a safetensors header length whose low byte is 0x80 (the embedded
+    /// efficientnet_lite0 file's) was taken for a legacy pickle.
+    #[test]
+    fn safetensors_whose_first_byte_is_0x80_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("e.safetensors");
+        std::fs::write(&p, crate::extract::efficientnet::EMBEDDED_WEIGHTS).unwrap();
+        assert_eq!(crate::extract::efficientnet::EMBEDDED_WEIGHTS[0], 0x80);
+        let mut a = Params::from_file(&p).unwrap();
+        let mut b = Params::from_safetensors_bytes(
+            crate::extract::efficientnet::EMBEDDED_WEIGHTS,
+            "embedded",
+        )
+        .unwrap();
+        let d = a.dims("_conv_stem.weight").unwrap();
+        assert_eq!(
+            a.get("_conv_stem.weight", &d).unwrap(),
+            b.get("_conv_stem.weight", &d).unwrap()
+        );
+        std::fs::write(&p, [0x80, 0x02, b'}', b'q', 0, 0, 0, 0, 0, 0]).unwrap();
+        let e = Params::from_file(&p).err().unwrap().to_string();
+        assert!(e.contains("legacy"), "{e}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod concurrency;
 mod crash;
 mod decoders;
 mod extract;
+mod extractors;
 mod golden;
 mod properties;
 mod query;
