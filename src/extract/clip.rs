@@ -53,19 +53,7 @@ impl ClipVit {
     pub fn load(p: &mut Params) -> std::result::Result<ClipVit, ExtractError> {
         p.detect_prefix("visual.conv1.weight");
         let origin = p.origin().to_string();
-        let wd = dims_of(p, "visual.conv1.weight")?;
-        let (dim, patch) = match wd[..] {
-            [d, 3, k, k2] if k == k2 && d > 0 && k > 0 => (d, k),
-            _ => {
-                return Err(ExtractError::Weights {
-                    origin,
-                    msg: format!(
-                        "tensor visual.conv1.weight has shape {wd:?}, expected \
-                         [width, 3, patch, patch]"
-                    ),
-                })
-            }
-        };
+        let (dim, patch) = super::vit::patch_embed_dims(p, "visual.conv1.weight", &origin)?;
         let heads = heads_for(dim, &origin)?;
         let pd = dims_of(p, "visual.positional_embedding")?;
         let tokens = match pd[..] {

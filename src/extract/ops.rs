@@ -443,16 +443,29 @@ impl CustomOp1 for Depthwise<'_> {
     }
 }
 
-/// k x k max-pooling over NHWC; padded positions never win (PyTorch semantics).
-struct MaxPool {
+/// How a pooling window reduces.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PoolKind {
+    /// The maximum; padded positions never win (PyTorch semantics, NaN propagates).
+    Max,
+    /// The mean over in-bounds positions (PyTorch's `count_include_pad=False`).
+    Avg,
+}
+
+/// k x k pooling over NHWC with symmetric padding.
+struct Pool {
+    kind: PoolKind,
     k: usize,
     stride: usize,
     pad: usize,
 }
 
-impl CustomOp1 for MaxPool {
+impl CustomOp1 for Pool {
     fn name(&self) -> &'static str {
-        "maxpool-nhwc"
+        match self.kind {
+            PoolKind::Max => "maxpool-nhwc",
+            PoolKind::Avg => "avgpool-nhwc",
+        }
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
@@ -460,7 +473,11 @@ impl CustomOp1 for MaxPool {
         let (n, h, w, c) = nhwc(l, self.name())?;
         let (k, st, p) = (self.k, self.stride, self.pad);
         let (ho, wo) = Pad::same(p).out_size(h, w, k, st)?;
-        let mut out = vec![f32::NEG_INFINITY; n * ho * wo * c];
+        let init = match self.kind {
+            PoolKind::Max => f32::NEG_INFINITY,
+            PoolKind::Avg => 0.0,
+        };
+        let mut out = vec![init; n * ho * wo * c];
         out.par_chunks_mut(wo * c)
             .enumerate()
             .for_each(|(row, dst)| {
@@ -468,6 +485,7 @@ impl CustomOp1 for MaxPool {
                 let img = &x[b * h * w * c..(b + 1) * h * w * c];
                 for ox in 0..wo {
                     let d = &mut dst[ox * c..(ox + 1) * c];
+                    let mut count = 0usize;
                     for ky in 0..k {
                         let iy = (oy * st + ky) as isize - p as isize;
                         if iy < 0 || iy >= h as isize {
@@ -478,13 +496,28 @@ impl CustomOp1 for MaxPool {
                             if ix < 0 || ix >= w as isize {
                                 continue;
                             }
+                            count += 1;
                             let src = &img[(iy as usize * w + ix as usize) * c..][..c];
-                            for (o, a) in d.iter_mut().zip(src) {
-                                // NaN propagates as in PyTorch.
-                                if *a > *o || a.is_nan() {
-                                    *o = *a;
+                            match self.kind {
+                                PoolKind::Max => {
+                                    for (o, a) in d.iter_mut().zip(src) {
+                                        if *a > *o || a.is_nan() {
+                                            *o = *a;
+                                        }
+                                    }
+                                }
+                                PoolKind::Avg => {
+                                    for (o, a) in d.iter_mut().zip(src) {
+                                        *o += a;
+                                    }
                                 }
                             }
+                        }
+                    }
+                    if self.kind == PoolKind::Avg {
+                        let inv = 1.0 / count.max(1) as f32;
+                        for o in d.iter_mut() {
+                            *o *= inv;
                         }
                     }
                 }
@@ -706,63 +739,14 @@ impl BatchNorm {
     }
 }
 
-/// k x k average pooling over NHWC with symmetric zero padding, dividing by the number of
-/// in-bounds positions (PyTorch's `count_include_pad=False`).
-struct AvgPool {
-    k: usize,
-    stride: usize,
-    pad: usize,
-}
-
-impl CustomOp1 for AvgPool {
-    fn name(&self) -> &'static str {
-        "avgpool-nhwc"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s, l, self.name())?;
-        let (n, h, w, c) = nhwc(l, self.name())?;
-        let (k, st, p) = (self.k, self.stride, self.pad);
-        let (ho, wo) = Pad::same(p).out_size(h, w, k, st)?;
-        let mut out = vec![0f32; n * ho * wo * c];
-        out.par_chunks_mut(wo * c)
-            .enumerate()
-            .for_each(|(row, dst)| {
-                let (b, oy) = (row / ho, row % ho);
-                let img = &x[b * h * w * c..(b + 1) * h * w * c];
-                for ox in 0..wo {
-                    let d = &mut dst[ox * c..(ox + 1) * c];
-                    let mut count = 0usize;
-                    for ky in 0..k {
-                        let iy = (oy * st + ky) as isize - p as isize;
-                        if iy < 0 || iy >= h as isize {
-                            continue;
-                        }
-                        for kx in 0..k {
-                            let ix = (ox * st + kx) as isize - p as isize;
-                            if ix < 0 || ix >= w as isize {
-                                continue;
-                            }
-                            count += 1;
-                            let src = &img[(iy as usize * w + ix as usize) * c..][..c];
-                            for (o, a) in d.iter_mut().zip(src) {
-                                *o += a;
-                            }
-                        }
-                    }
-                    let inv = 1.0 / count.max(1) as f32;
-                    for o in d.iter_mut() {
-                        *o *= inv;
-                    }
-                }
-            });
-        Ok((CpuStorage::F32(out), Shape::from((n, ho, wo, c))))
-    }
-}
-
 /// k x k average pooling, padding excluded from the counts (`count_include_pad=False`).
 pub fn avg_pool(x: &Tensor, k: usize, stride: usize, pad: usize) -> Result<Tensor> {
-    x.apply_op1_no_bwd(&AvgPool { k, stride, pad })
+    x.apply_op1_no_bwd(&Pool {
+        kind: PoolKind::Avg,
+        k,
+        stride,
+        pad,
+    })
 }
 
 /// `x = act(x + y)` in place; both NHWC of one shape.
@@ -775,7 +759,12 @@ pub fn add_act(x: &Tensor, y: &Tensor, act: Act) -> Result<()> {
 
 /// k x k max-pooling with stride and symmetric padding.
 pub fn max_pool(x: &Tensor, k: usize, stride: usize, pad: usize) -> Result<Tensor> {
-    x.apply_op1_no_bwd(&MaxPool { k, stride, pad })
+    x.apply_op1_no_bwd(&Pool {
+        kind: PoolKind::Max,
+        k,
+        stride,
+        pad,
+    })
 }
 
 /// Mean over the spatial positions: `(N, H, W, C)` to `(N, C)`.

@@ -154,6 +154,22 @@ pub(crate) fn tokens_of(
     Ok((x, n, tokens))
 }
 
+/// Width and patch size from a patch-embedding convolution `[width, 3, patch, patch]`.
+pub(crate) fn patch_embed_dims(
+    p: &Params,
+    name: &str,
+    origin: &str,
+) -> std::result::Result<(usize, usize), ExtractError> {
+    let wd = dims_of(p, name)?;
+    match wd[..] {
+        [d, 3, k, k2] if k == k2 && d > 0 && k > 0 => Ok((d, k)),
+        _ => Err(ExtractError::Weights {
+            origin: origin.to_string(),
+            msg: format!("tensor {name} has shape {wd:?}, expected [width, 3, patch, patch]"),
+        }),
+    }
+}
+
 /// A `(N, tokens, 1, dim)` tensor from `N * tokens` rows.
 pub(crate) fn token_tensor(v: Vec<f32>, n: usize, tokens: usize, dim: usize) -> Result<Tensor> {
     Tensor::from_vec(v, (n, tokens, 1, dim), &Device::Cpu)
@@ -163,19 +179,7 @@ impl Vit {
     pub fn load(p: &mut Params) -> std::result::Result<Vit, ExtractError> {
         p.detect_prefix("patch_embed.proj.weight");
         let origin = p.origin().to_string();
-        let wd = dims_of(p, "patch_embed.proj.weight")?;
-        let (dim, patch) = match wd[..] {
-            [d, 3, k, k2] if k == k2 && d > 0 && k > 0 => (d, k),
-            _ => {
-                return Err(ExtractError::Weights {
-                    origin,
-                    msg: format!(
-                        "tensor patch_embed.proj.weight has shape {wd:?}, expected \
-                         [dim, 3, patch, patch]"
-                    ),
-                })
-            }
-        };
+        let (dim, patch) = patch_embed_dims(p, "patch_embed.proj.weight", &origin)?;
         let heads = heads_for(dim, &origin)?;
         let pd = dims_of(p, "pos_embed")?;
         let tokens = match pd[..] {

@@ -88,12 +88,7 @@ fn processes_pushing_into_one_store_queue_on_its_lock_and_lose_nothing() {
             .push(v["digest"].as_str().unwrap().to_string());
     }
     let db = Db::open(home).unwrap();
-    let now: BTreeMap<String, String> = db
-        .list()
-        .unwrap()
-        .into_iter()
-        .map(|l| (l.reference, l.digest.to_string()))
-        .collect();
+    let now = names(&db);
     assert_eq!(now.len(), 7);
     for (name, digests) in &pushed {
         // The last writer of a name wins; it is one of the pushes of that name.
@@ -180,14 +175,8 @@ fn clients_push_through_a_server_while_others_query_it() {
         },
     )
     .unwrap();
-    let names: Vec<String> = db
-        .list()
-        .unwrap()
-        .into_iter()
-        .map(|l| l.reference)
-        .collect();
     assert_eq!(
-        names,
+        names(&db).into_keys().collect::<Vec<_>>(),
         ["c0:v1", "c1:v1", "c2:v1", "c3:v1", "c4:v1", "seed:latest"]
     );
     assert!(db.verify().unwrap().problems.is_empty());

@@ -101,12 +101,7 @@ fn killed_commands_never_lose_or_corrupt_anything() {
         }
         // Reopen (the killed process's lock is gone with it) and check.
         let db = Db::open(home).unwrap_or_else(|e| panic!("round {round} ({op:?}): {e:#}"));
-        let now: BTreeMap<String, String> = db
-            .list()
-            .unwrap()
-            .into_iter()
-            .map(|l| (l.reference, l.digest.to_string()))
-            .collect();
+        let now = crate::util::names(&db);
         match &op {
             Op::Push { name, .. } => {
                 if success {

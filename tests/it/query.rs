@@ -156,14 +156,8 @@ fn model_based_push_rm_reindex_reopen() {
                 db = Db::open(h.path()).unwrap();
             }
         }
-        let refs: Vec<String> = db
-            .list()
-            .unwrap()
-            .into_iter()
-            .map(|l| l.reference)
-            .collect();
         assert_eq!(
-            refs,
+            names(&db).into_keys().collect::<Vec<_>>(),
             model.keys().cloned().collect::<Vec<_>>(),
             "step {step}"
         );

@@ -76,14 +76,8 @@ fn check_against_model(
     rng: &mut synth::Rng,
     step: usize,
 ) {
-    let refs: Vec<String> = db
-        .list()
-        .unwrap()
-        .into_iter()
-        .map(|l| l.reference)
-        .collect();
     assert_eq!(
-        refs,
+        names(db).into_keys().collect::<Vec<_>>(),
         model.keys().cloned().collect::<Vec<_>>(),
         "step {step}: refs"
     );

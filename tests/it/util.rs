@@ -61,6 +61,15 @@ pub fn rel(a: f64, b: f64) -> f64 {
     (a - b).abs() / b.abs().max(1e-300)
 }
 
+/// A store's names and the digests they point to.
+pub fn names(db: &vdna_db::Db) -> std::collections::BTreeMap<String, String> {
+    db.list()
+        .unwrap()
+        .into_iter()
+        .map(|l| (l.reference, l.digest.to_string()))
+        .collect()
+}
+
 pub fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().expect("tempdir")
 }
