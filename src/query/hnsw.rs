@@ -192,7 +192,14 @@ fn build_one<D: Distance<f32> + Send + Sync>(
 ) -> Result<String, String> {
     // hnsw_rs dumps only graphs built with its maximum of 16 layers.
     let h = Hnsw::<f32, D>::new(MAX_CONNECTIONS, n, 16, EF_CONSTRUCTION, dist);
-    h.parallel_insert(refs);
+    // One insertion at a time, in row order: hnsw_rs draws each node's level from a
+    // generator with a fixed seed, so a serial build is a pure function of the rows and the
+    // same catalogue always gives byte-identical graph files. A parallel insert draws the
+    // levels in whatever order the threads arrive and links nodes that race differently,
+    // so two rebuilds answered approximate queries differently (issue 19).
+    for (v, id) in refs {
+        h.insert((v.as_slice(), *id));
+    }
     h.file_dump(dir, BASENAME).map_err(|e| e.to_string())
 }
 
@@ -202,7 +209,11 @@ enum Graph {
     L2(Hnsw<'static, f32, DistL2>),
 }
 
-type Cache = Mutex<HashMap<PathBuf, (std::time::SystemTime, Arc<(Graph, usize)>)>>;
+/// Loaded graphs by directory, with the self-checksum of the `meta.json` they were loaded
+/// under: a rebuilt graph has new file checksums, so a new `check`, even when the rebuild
+/// lands within the file system's timestamp granularity (an mtime key served a stale graph
+/// after a quick rebuild).
+type Cache = Mutex<HashMap<PathBuf, (u64, Arc<(Graph, usize)>)>>;
 
 fn cache() -> &'static Cache {
     static CACHE: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
@@ -211,21 +222,22 @@ fn cache() -> &'static Cache {
 
 fn load(dir: &Path, kind: SegKind) -> Result<Option<Arc<(Graph, usize)>>, Error> {
     let meta_p = dir.join("meta.json");
-    let Ok(meta_m) = std::fs::metadata(&meta_p) else {
+    let Ok(meta_bytes) = std::fs::read(&meta_p) else {
         return Ok(None);
     };
-    let mtime = meta_m.modified().map_err(|e| Error::io(&meta_p, e))?;
+    let meta: serde_json::Value = serde_json::from_slice(&meta_bytes)
+        .map_err(|e| Error::Invalid(format!("{}: {e} (run vdna-db reindex)", meta_p.display())))?;
+    let Some(check) = meta["check"].as_u64() else {
+        return Ok(None);
+    };
     let mut c = cache().lock().unwrap_or_else(|p| p.into_inner());
     if let Some((t, g)) = c.get(dir) {
-        if *t == mtime {
+        // The files were checked when this copy was loaded; the copy in memory is what
+        // was checked, whatever happened to the files since.
+        if *t == check {
             return Ok(Some(g.clone()));
         }
     }
-    let meta: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&meta_p).map_err(|e| Error::io(&meta_p, e))?)
-            .map_err(|e| {
-                Error::Invalid(format!("{}: {e} (run vdna-db reindex)", meta_p.display()))
-            })?;
     // A graph that fails its checksums is not read: the caller scans instead, which is
     // always correct, and `verify` reports it.
     if check_graph(dir, &meta).is_some() {
@@ -234,7 +246,7 @@ fn load(dir: &Path, kind: SegKind) -> Result<Option<Arc<(Graph, usize)>>, Error>
     let rows = meta["rows"].as_u64().unwrap_or(0) as usize;
     let base = meta["basename"].as_str().unwrap_or(BASENAME).to_string();
     // The loaded graph borrows its loader, so the loader lives for the process; one is
-    // leaked per graph build seen by this process (the cache keys on the build's mtime).
+    // leaked per graph build seen by this process (the cache keys on the build's checksum).
     let io: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(dir, &base)));
     let bad = |e: String| {
         Error::Invalid(format!(
@@ -253,8 +265,14 @@ fn load(dir: &Path, kind: SegKind) -> Result<Option<Arc<(Graph, usize)>>, Error>
         ),
     };
     let g = Arc::new((g, rows));
-    c.insert(dir.to_path_buf(), (mtime, g.clone()));
+    c.insert(dir.to_path_buf(), (check, g.clone()));
     Ok(Some(g))
+}
+
+/// True when a graph of mask `key` has been built for this space (it may still fail its
+/// checksums when loaded; `search` then answers `None`).
+pub fn exists(index_dir: &Path, key: &str) -> bool {
+    graph_dir(index_dir, key).join("meta.json").is_file()
 }
 
 /// Searches the graph of mask `key`: returns the candidate rows and how many rows the

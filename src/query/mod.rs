@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::path::PathBuf;
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::db::{AnyDna, Db, HeldLayer, StoredDna};
 use crate::distance::{self, Comparison, LayerDistance, Metric};
@@ -27,13 +27,24 @@ use segment::{SegKind, Segment};
 use sketch::{histogram_sketch, SKETCH_Q};
 
 /// Exact, approximate, or let the planner choose.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     #[default]
     Auto,
     Exact,
     Approx,
+}
+
+impl Mode {
+    /// The name the CLI and the API use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Auto => "auto",
+            Mode::Exact => "exact",
+            Mode::Approx => "approx",
+        }
+    }
 }
 
 /// What to ask.
@@ -90,6 +101,8 @@ pub struct Stage {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Plan {
     pub strategy: String,
+    /// The planner's rule for this query: why this strategy (see `choose`).
+    pub rule: String,
     pub space: String,
     pub mask: String,
     pub neurons: u64,
@@ -108,8 +121,9 @@ impl Plan {
     /// The multi-line text `--explain` prints.
     pub fn explain(&self) -> String {
         let mut s = format!(
-            "plan: {}\n  space {}\n  mask {} ({} neurons)\n  {} candidate DNAs, {} exact distances\n  read {} of summaries (mapped) and {} of objects\n",
+            "plan: {}\n  rule: {}\n  space {}\n  mask {} ({} neurons)\n  {} candidate DNAs, {} exact distances\n  read {} of summaries (mapped) and {} of objects\n",
             self.strategy,
+            self.rule,
             self.space,
             self.mask,
             self.neurons,
@@ -336,7 +350,7 @@ pub fn verify_index(db: &Db) -> Result<Vec<(String, String)>, Error> {
 }
 
 /// What `reindex` did.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ReindexReport {
     pub spaces: usize,
     pub dnas: usize,
@@ -499,20 +513,6 @@ pub fn query(db: &Db, q: &AnyDna, req: &QueryRequest) -> Result<QueryResult, Err
             .collect::<Result<_, _>>()?,
     };
 
-    let mut top = TopK::new(req.k);
-    let mut comparisons: HashMap<Digest, Comparison> = HashMap::new();
-    let mut cands: Vec<Digest> = by_dna.keys().copied().collect();
-    let mut exact = |d: &Digest, top: &mut TopK, plan: &mut Plan| -> Result<(), Error> {
-        let stored = db.open_dna(d)?;
-        let c = exact_distance(&space, &qheld, &stored, &mask, metric)?;
-        plan.exact_computed += 1;
-        for name in &by_dna[d] {
-            top.push(c.distance, name.to_string(), *d);
-        }
-        comparisons.insert(*d, c);
-        Ok(())
-    };
-
     let t = Instant::now();
     let stored: Vec<Digest> = in_space.keys().copied().collect();
     let seg = if metric == Metric::Fd {
@@ -525,290 +525,89 @@ pub fn query(db: &Db, q: &AnyDna, req: &QueryRequest) -> Result<QueryResult, Err
     if seg.is_some() {
         plan.stages.push(Stage {
             name: "open summary segment".into(),
-            candidates_in: cands.len(),
-            candidates_out: cands.len(),
+            candidates_in: by_dna.len(),
+            candidates_out: by_dna.len(),
             ms: ms(t),
         });
     }
-    let row_of: HashMap<Digest, usize> = seg
-        .as_ref()
-        .map(|s| s.rows().iter().enumerate().map(|(i, d)| (*d, i)).collect())
-        .unwrap_or_default();
-    let n_masked = mask.neurons() as f64;
-
-    match (&seg, space.dist) {
-        (Some(seg), DistKind::Histogram { bins }) => {
-            plan.strategy = if req.mode == Mode::Approx {
-                "approx: mean + sketch bound ranking, exact re-rank of the best candidates".into()
-            } else {
-                "exact: mean bound -> sketch bound -> exact EMD of survivors".into()
-            };
-            // Query summaries over the masked neurons, in mask order.
-            let t = Instant::now();
-            let (mut qmean, mut qsk) = (Vec::new(), Vec::new());
-            let mut offsets = Vec::new(); // (row offset in neurons, run length)
-            let layer_base: Vec<usize> = space
-                .layers
+    let graph = graph_key(&mask, &space)
+        .filter(|key| seg.is_some() && hnsw::exists(&index_dir(db, &space_digest), key));
+    let (path, rule) = choose(
+        req.mode,
+        by_dna.len(),
+        req.k,
+        seg.is_some().then_some(metric),
+        graph.as_deref(),
+    );
+    plan.rule = rule;
+    let ctx = Ctx {
+        db,
+        space: &space,
+        space_digest,
+        mask: &mask,
+        metric,
+        qheld: &qheld,
+        by_dna: &by_dna,
+        k: req.k,
+    };
+    let mut run = Run {
+        top: TopK::new(req.k),
+        comparisons: HashMap::new(),
+        plan,
+    };
+    let cands: Vec<Digest> = by_dna.keys().copied().collect();
+    match (path, &seg) {
+        (Path::Cascade { .. } | Path::Graph, Some(seg)) => {
+            let row_of: HashMap<Digest, usize> = seg
+                .rows()
                 .iter()
-                .scan(0usize, |acc, l| {
-                    let b = *acc;
-                    *acc += l.neurons as usize;
-                    Some(b)
-                })
+                .enumerate()
+                .map(|(i, d)| (*d, i))
                 .collect();
-            let mut sk = [0f64; SKETCH_Q];
-            for (lm, held) in mask.layers.iter().zip(&qheld.held) {
-                let LayerView::Histogram {
-                    bins: b, counts, ..
-                } = held.view()
-                else {
-                    return Err(Error::Invalid("query layer is not a histogram".into()));
-                };
-                for &(s, e) in &lm.runs {
-                    offsets.push((layer_base[lm.layer] + s as usize, (e - s) as usize));
-                    for i in s as usize..e as usize {
-                        qmean.push(histogram_sketch(&counts[i * b..(i + 1) * b], &mut sk));
-                        qsk.extend_from_slice(&sk);
+            let summaries = QuerySummaries::of(&ctx)?;
+            let mut cands = cands;
+            let mut budget = match path {
+                Path::Cascade { budget } => budget,
+                _ => Some(rerank_budget(req.k)),
+            };
+            let mut via = None;
+            if path == Path::Graph {
+                let t = Instant::now();
+                match graph_candidates(&ctx, seg, &summaries.graph_vector(), &by_dna)? {
+                    Some((key, found)) => {
+                        run.plan.stages.push(Stage {
+                            name: format!("hnsw graph ({key})"),
+                            candidates_in: cands.len(),
+                            candidates_out: found.len(),
+                            ms: ms(t),
+                        });
+                        cands = found;
+                        via = Some(key);
+                    }
+                    None => {
+                        run.plan.rule.push_str(
+                            "; the graph found fewer than k eligible DNAs, so the exact cascade ran instead",
+                        );
+                        budget = None;
                     }
                 }
             }
-            // Rounding of stored f32 summaries: each value is within 2^-24 * bins of its
-            // f64 value, so a neuron's bound is within that too (docs/QUERY.md).
-            let slack = n_masked * bins as f64 * 2f64.powi(-23) + 1e-9;
-            plan.stages.push(Stage {
-                name: "query summaries".into(),
-                candidates_in: 1,
-                candidates_out: 1,
-                ms: ms(t),
-            });
-
-            if req.mode == Mode::Approx {
-                let qv: Vec<f32> = qmean.iter().map(|x| *x as f32).collect();
-                if let Some((key, found)) =
-                    graph_candidates(db, seg, &space_digest, &mask, &space, &qv, &by_dna, req.k)?
-                {
-                    plan.stages.push(Stage {
-                        name: format!("hnsw graph ({key})"),
-                        candidates_in: cands.len(),
-                        candidates_out: found.len(),
-                        ms: ms(t),
-                    });
-                    plan.strategy = format!("approx: HNSW graph over means ({key}) -> bounds -> exact re-rank of the best");
-                    cands = found;
+            match &summaries {
+                QuerySummaries::Histogram { .. } => {
+                    histogram_cascade(&ctx, seg, &row_of, &summaries, cands, budget, via, &mut run)?
+                }
+                QuerySummaries::Gaussian { .. } => {
+                    gaussian_cascade(&ctx, seg, &row_of, &summaries, cands, budget, via, &mut run)?
                 }
             }
-            // Stage 1: mean bound for every candidate.
-            let t = Instant::now();
-            let mut lb1: Vec<(f64, Digest)> = {
-                use rayon::prelude::*;
-                cands
-                    .par_iter()
-                    .map(|d| {
-                        let m = seg.means(row_of[d]);
-                        let mut s = 0f64;
-                        let mut qi = 0;
-                        for &(off, len) in &offsets {
-                            s += sketch::l1(&qmean[qi..qi + len], &m[off..off + len]);
-                            qi += len;
-                        }
-                        (s, *d)
-                    })
-                    .collect()
-            };
-            lb1.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-            plan.summary_bytes += (cands.len() * seg.means(0).len() * 4) as u64;
-            plan.stages.push(Stage {
-                name: "mean bound (all candidates)".into(),
-                candidates_in: cands.len(),
-                candidates_out: cands.len(),
-                ms: ms(t),
-            });
-
-            // Seed the threshold with the k best by the mean bound.
-            let t = Instant::now();
-            let seed = lb1.len().min(req.k);
-            for (_, d) in &lb1[..seed] {
-                exact(d, &mut top, &mut plan)?;
-            }
-            plan.stages.push(Stage {
-                name: "exact seed (k best by mean)".into(),
-                candidates_in: seed,
-                candidates_out: seed,
-                ms: ms(t),
-            });
-
-            // Stages 2 and 3 interleaved: visit candidates in mean-bound order, compute
-            // their sketch bound lazily, and compute exact distances in sketch-bound order
-            // while the smallest bound left (heap or frontier) can still reach the k-th
-            // best (docs/QUERY.md). Sketch bounds are never smaller than mean bounds.
-            let t = Instant::now();
-            let budget = if req.mode == Mode::Approx {
-                (req.k * 2).max(8)
-            } else {
-                usize::MAX
-            };
-            let sketch_bound = |d: &Digest| -> f64 {
-                // A row whose sketches fail their checksum bounds nothing: its exact
-                // distance is computed.
-                let Some(s) = seg.sketches(row_of[d]) else {
-                    return 0.0;
-                };
-                let mut sum = 0f64;
-                let mut qi = 0;
-                // A run of neurons has contiguous sketches in both the query and the row.
-                for &(off, len) in &offsets {
-                    let q = &qsk[qi * SKETCH_Q..(qi + len) * SKETCH_Q];
-                    let c = &s[off * SKETCH_Q..(off + len) * SKETCH_Q];
-                    sum += sketch::l1(q, c);
-                    qi += len;
-                }
-                sum / SKETCH_Q as f64
-            };
-            let mut heap: BinaryHeap<Reverse<(TotalF64, Digest)>> = BinaryHeap::new();
-            let (mut next, mut sketched, mut done) = (seed, 0usize, 0usize);
-            let mut sketch_ms = 0.0;
-            loop {
-                let frontier = lb1.get(next).map_or(f64::INFINITY, |x| x.0);
-                let limit = top.threshold() * n_masked + slack;
-                match heap.peek() {
-                    Some(Reverse((b, _))) if b.0 <= frontier => {
-                        if b.0 > limit || done >= budget {
-                            break;
-                        }
-                        if let Some(Reverse((_, d))) = heap.pop() {
-                            exact(&d, &mut top, &mut plan)?;
-                            done += 1;
-                        }
-                    }
-                    // Everything left is at least the frontier (heap entries exceed it).
-                    _ if next >= lb1.len() || frontier > limit => break,
-                    _ => {
-                        let ts = Instant::now();
-                        let d = lb1[next].1;
-                        next += 1;
-                        heap.push(Reverse((TotalF64(sketch_bound(&d)), d)));
-                        sketched += 1;
-                        sketch_ms += ms(ts);
-                    }
-                }
-            }
-            plan.summary_bytes += (sketched * seg.means(0).len() * 4 * SKETCH_Q) as u64;
-            plan.stages.push(Stage {
-                name: "sketch bound (lazy, mean order)".into(),
-                candidates_in: lb1.len() - seed,
-                candidates_out: sketched,
-                ms: sketch_ms,
-            });
-            plan.stages.push(Stage {
-                name: "exact EMD (sketch order)".into(),
-                candidates_in: sketched,
-                candidates_out: done,
-                ms: ms(t) - sketch_ms,
-            });
         }
-        (Some(seg), _) if metric == Metric::Nfd => {
-            plan.strategy = "exact: NFD from (mean, sd) summaries -> exact NFD of survivors".into();
-            let t = Instant::now();
-            let mut qms = Vec::new();
-            let mut offsets = Vec::new();
-            let mut base = 0usize;
-            let bases: Vec<usize> = space
-                .layers
-                .iter()
-                .map(|l| {
-                    let b = base;
-                    base += l.neurons as usize;
-                    b
-                })
-                .collect();
-            for (lm, held) in mask.layers.iter().zip(&qheld.held) {
-                let (mean, var) = gaussian_mean_var(&held.view());
-                for &(s, e) in &lm.runs {
-                    offsets.push((bases[lm.layer] + s as usize, (e - s) as usize));
-                    for i in s as usize..e as usize {
-                        qms.push((mean[i], var[i].max(0.0).sqrt()));
-                    }
-                }
-            }
-            if req.mode == Mode::Approx {
-                let qv: Vec<f32> = qms
-                    .iter()
-                    .flat_map(|(m, sd)| [*m as f32, *sd as f32])
-                    .collect();
-                if let Some((key, found)) =
-                    graph_candidates(db, seg, &space_digest, &mask, &space, &qv, &by_dna, req.k)?
-                {
-                    plan.strategy =
-                        format!("approx: HNSW graph over (mean, sd) ({key}) -> exact re-rank");
-                    cands = found;
-                }
-            }
-            let budget = if req.mode == Mode::Approx {
-                (req.k * 2).max(8)
-            } else {
-                usize::MAX
-            };
-            let mut est: Vec<(f64, f64, Digest)> = cands
-                .iter()
-                .map(|d| {
-                    let g = seg.gauss(row_of[d]);
-                    let (mut s, mut mag) = (0f64, 0f64);
-                    let mut qi = 0;
-                    for &(off, len) in &offsets {
-                        for j in 0..len {
-                            let (qm, qs) = qms[qi + j];
-                            let (m, sd) = (g[2 * (off + j)], g[2 * (off + j) + 1]);
-                            s += (qm - m).powi(2) + (qs - sd).powi(2);
-                            mag += qm * qm + m * m + qs * qs + sd * sd;
-                        }
-                        qi += len;
-                    }
-                    // (m1-m2)^2 + (s1-s2)^2 equals the reference's expression up to
-                    // rounding of order 1e-15 of the magnitudes involved.
-                    (s, mag * 1e-12 + 1e-12, *d)
-                })
-                .collect();
-            est.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.2.cmp(&b.2)));
-            plan.summary_bytes += (cands.len() * 16 * space.total_neurons() as usize) as u64;
-            plan.stages.push(Stage {
-                name: "summary NFD (all candidates)".into(),
-                candidates_in: cands.len(),
-                candidates_out: cands.len(),
-                ms: ms(t),
-            });
-            let t = Instant::now();
-            let mut done = 0;
-            for (s, slack, d) in &est {
-                if top.full() && *s - slack > top.threshold() * n_masked || done >= budget {
-                    break;
-                }
-                exact(d, &mut top, &mut plan)?;
-                done += 1;
-            }
-            plan.stages.push(Stage {
-                name: "exact NFD (summary order)".into(),
-                candidates_in: est.len(),
-                candidates_out: done,
-                ms: ms(t),
-            });
-        }
-        _ => {
-            plan.strategy = format!(
-                "exact scan: {} of every candidate (no bound applies)",
-                metric.name()
-            );
-            let t = Instant::now();
-            for d in &cands {
-                exact(d, &mut top, &mut plan)?;
-            }
-            plan.stages.push(Stage {
-                name: "exact scan".into(),
-                candidates_in: cands.len(),
-                candidates_out: cands.len(),
-                ms: ms(t),
-            });
-        }
+        _ => scan(&ctx, &cands, &mut run)?,
     }
+    let Run {
+        top,
+        comparisons,
+        mut plan,
+    } = run;
 
     let results = top
         .finish()
@@ -839,6 +638,458 @@ pub fn query(db: &Db, q: &AnyDna, req: &QueryRequest) -> Result<QueryResult, Err
     })
 }
 
+/// The planner's choice of strategy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    /// The exact distance of every candidate.
+    Scan,
+    /// Summary bounds, then exact distances in bound order: all survivors when `budget` is
+    /// `None` (exact), else at most `budget` of them (approximate).
+    Cascade { budget: Option<usize> },
+    /// Candidates from the mask's HNSW graph, then the cascade over them with a budget.
+    Graph,
+}
+
+/// How many neighbours an approximate query asks a graph for.
+fn graph_n(k: usize) -> usize {
+    (k * 40).max(200)
+}
+
+/// Exact distances an approximate query computes after ranking by bounds.
+fn rerank_budget(k: usize) -> usize {
+    (k * 2).max(8)
+}
+
+/// The fewest candidates for which the default mode takes a graph: where the graph's
+/// neighbour list is at most a tenth of the candidates, and never below the size at
+/// which `reindex` starts building graphs.
+fn auto_graph_min(k: usize) -> usize {
+    hnsw::min_rows().max(10 * graph_n(k))
+}
+
+/// The planning rule: the strategy for `n` eligible candidates, `k` results, the metric
+/// when a summary bound applies to it, and the key of a built graph whose mask is the
+/// query's. Returns the path and the rule as `--explain` states it.
+fn choose(
+    mode: Mode,
+    n: usize,
+    k: usize,
+    bounded: Option<Metric>,
+    graph: Option<&str>,
+) -> (Path, String) {
+    let Some(_) = bounded else {
+        return (
+            Path::Scan,
+            "no summary bound applies to this metric: exact distance of every candidate".into(),
+        );
+    };
+    if n <= k {
+        return (
+            Path::Scan,
+            format!("{n} candidates <= k = {k}: every candidate is in the answer, exact scan"),
+        );
+    }
+    let small = n <= graph_n(k);
+    match mode {
+        Mode::Exact => (
+            Path::Cascade { budget: None },
+            "--exact: bound cascade, exact distances of every survivor".into(),
+        ),
+        _ if small => (
+            Path::Cascade { budget: None },
+            format!(
+                "{n} candidates <= {}, the neighbours an approximate search would fetch: exact bound cascade, as cheap",
+                graph_n(k)
+            ),
+        ),
+        Mode::Approx => match graph {
+            Some(key) => (
+                Path::Graph,
+                format!(
+                    "--approx with a graph for this mask ({key}): its {} nearest by summary, exact re-rank of the best {}",
+                    graph_n(k),
+                    rerank_budget(k)
+                ),
+            ),
+            None => (
+                Path::Cascade {
+                    budget: Some(rerank_budget(k)),
+                },
+                format!(
+                    "--approx, no graph for this mask (graphs cover `all` and whole layers once reindex builds them): bound ranking, exact distances of the best {}",
+                    rerank_budget(k)
+                ),
+            ),
+        },
+        Mode::Auto => match graph {
+            Some(key) if n >= auto_graph_min(k) => (
+                Path::Graph,
+                format!(
+                    "auto: {n} candidates >= {} and a graph for this mask ({key}): approximate, exact re-rank of the best {} (--exact forces the cascade)",
+                    auto_graph_min(k),
+                    rerank_budget(k)
+                ),
+            ),
+            Some(_) => (
+                Path::Cascade { budget: None },
+                format!(
+                    "auto: {n} candidates < {}: exact bound cascade",
+                    auto_graph_min(k)
+                ),
+            ),
+            None => (
+                Path::Cascade { budget: None },
+                "auto: no graph for this mask: exact bound cascade".into(),
+            ),
+        },
+    }
+}
+
+/// What every strategy reads, fixed by plan assembly.
+struct Ctx<'a> {
+    db: &'a Db,
+    space: &'a SpaceConfig,
+    space_digest: Digest,
+    mask: &'a Mask,
+    metric: Metric,
+    qheld: &'a QueryLayers<'a>,
+    by_dna: &'a BTreeMap<Digest, Vec<RefName>>,
+    k: usize,
+}
+
+/// A query's running state: the k best, the comparisons behind them and the plan.
+struct Run {
+    top: TopK,
+    comparisons: HashMap<Digest, Comparison>,
+    plan: Plan,
+}
+
+impl Ctx<'_> {
+    /// Computes one candidate's exact distance and offers each of its names to the top k.
+    fn exact(&self, d: &Digest, run: &mut Run) -> Result<(), Error> {
+        let stored = self.db.open_dna(d)?;
+        let c = exact_distance(self.space, self.qheld, &stored, self.mask, self.metric)?;
+        run.plan.exact_computed += 1;
+        for name in &self.by_dna[d] {
+            run.top.push(c.distance, name.to_string(), *d);
+        }
+        run.comparisons.insert(*d, c);
+        Ok(())
+    }
+
+    fn n_masked(&self) -> f64 {
+        self.mask.neurons() as f64
+    }
+
+    /// (first neuron in a summary row, run length) of every masked run, in mask order.
+    fn offsets(&self) -> Vec<(usize, usize)> {
+        let mut bases = Vec::with_capacity(self.space.layers.len());
+        let mut base = 0usize;
+        for l in &self.space.layers {
+            bases.push(base);
+            base += l.neurons as usize;
+        }
+        let mut out = Vec::new();
+        for lm in &self.mask.layers {
+            for &(s, e) in &lm.runs {
+                out.push((bases[lm.layer] + s as usize, (e - s) as usize));
+            }
+        }
+        out
+    }
+}
+
+/// Strategy: the exact distance of every candidate.
+fn scan(ctx: &Ctx<'_>, cands: &[Digest], run: &mut Run) -> Result<(), Error> {
+    run.plan.strategy = format!("exact scan: {} of every candidate", ctx.metric.name());
+    let t = Instant::now();
+    for d in cands {
+        ctx.exact(d, run)?;
+    }
+    run.plan.stages.push(Stage {
+        name: "exact scan".into(),
+        candidates_in: cands.len(),
+        candidates_out: cands.len(),
+        ms: ms(t),
+    });
+    Ok(())
+}
+
+/// The query's summaries over the masked neurons, in mask order, as the segment holds
+/// them for stored DNAs.
+enum QuerySummaries {
+    /// Per neuron: the mean and `SKETCH_Q` quantiles (bin units).
+    Histogram { mean: Vec<f64>, sketch: Vec<f64> },
+    /// Per neuron: (mean, sd).
+    Gaussian { ms: Vec<(f64, f64)> },
+}
+
+impl QuerySummaries {
+    fn of(ctx: &Ctx<'_>) -> Result<QuerySummaries, Error> {
+        let mut sk = [0f64; SKETCH_Q];
+        match ctx.space.dist {
+            DistKind::Histogram { .. } => {
+                let (mut mean, mut sketch) = (Vec::new(), Vec::new());
+                for (lm, held) in ctx.mask.layers.iter().zip(&ctx.qheld.held) {
+                    let LayerView::Histogram { bins, counts, .. } = held.view() else {
+                        return Err(Error::Invalid("query layer is not a histogram".into()));
+                    };
+                    for &(s, e) in &lm.runs {
+                        for i in s as usize..e as usize {
+                            mean.push(histogram_sketch(&counts[i * bins..(i + 1) * bins], &mut sk));
+                            sketch.extend_from_slice(&sk);
+                        }
+                    }
+                }
+                Ok(QuerySummaries::Histogram { mean, sketch })
+            }
+            _ => {
+                let mut ms = Vec::new();
+                for (lm, held) in ctx.mask.layers.iter().zip(&ctx.qheld.held) {
+                    let (mean, var) = gaussian_mean_var(&held.view());
+                    for &(s, e) in &lm.runs {
+                        for i in s as usize..e as usize {
+                            ms.push((mean[i], var[i].max(0.0).sqrt()));
+                        }
+                    }
+                }
+                Ok(QuerySummaries::Gaussian { ms })
+            }
+        }
+    }
+
+    /// The vector a graph of this kind indexes: means (L1), or (mean, sd) pairs (L2).
+    fn graph_vector(&self) -> Vec<f32> {
+        match self {
+            QuerySummaries::Histogram { mean, .. } => mean.iter().map(|x| *x as f32).collect(),
+            QuerySummaries::Gaussian { ms } => ms
+                .iter()
+                .flat_map(|(m, sd)| [*m as f32, *sd as f32])
+                .collect(),
+        }
+    }
+}
+
+/// Strategy: EMD by the mean bound, then the sketch bound, then exact distances in
+/// sketch-bound order while a bound can still reach the k-th best (docs/QUERY.md); with a
+/// budget, at most that many exact distances (approximate).
+#[allow(clippy::too_many_arguments)]
+fn histogram_cascade(
+    ctx: &Ctx<'_>,
+    seg: &Segment,
+    row_of: &HashMap<Digest, usize>,
+    summaries: &QuerySummaries,
+    cands: Vec<Digest>,
+    budget: Option<usize>,
+    via: Option<String>,
+    run: &mut Run,
+) -> Result<(), Error> {
+    let QuerySummaries::Histogram {
+        mean: qmean,
+        sketch: qsk,
+    } = summaries
+    else {
+        return Err(Error::Invalid("query summaries are not histograms".into()));
+    };
+    let DistKind::Histogram { bins } = ctx.space.dist else {
+        return Err(Error::Invalid("space is not a histogram space".into()));
+    };
+    run.plan.strategy = match (&via, budget) {
+        (Some(key), _) => {
+            format!("approx: HNSW graph over means ({key}) -> bounds -> exact re-rank of the best")
+        }
+        (None, Some(b)) => {
+            format!("approx: mean + sketch bound ranking, exact re-rank of the best {b} candidates")
+        }
+        (None, None) => "exact: mean bound -> sketch bound -> exact EMD of survivors".into(),
+    };
+    let budget = budget.unwrap_or(usize::MAX);
+    let offsets = ctx.offsets();
+    let n_masked = ctx.n_masked();
+    // Rounding of stored f32 summaries: each value is within 2^-24 * bins of its f64
+    // value, so a neuron's bound is within that too (docs/QUERY.md).
+    let slack = n_masked * bins as f64 * 2f64.powi(-23) + 1e-9;
+
+    // Stage 1: mean bound for every candidate.
+    let t = Instant::now();
+    let mut lb1: Vec<(f64, Digest)> = {
+        use rayon::prelude::*;
+        cands
+            .par_iter()
+            .map(|d| {
+                let m = seg.means(row_of[d]);
+                let mut s = 0f64;
+                let mut qi = 0;
+                for &(off, len) in &offsets {
+                    s += sketch::l1(&qmean[qi..qi + len], &m[off..off + len]);
+                    qi += len;
+                }
+                (s, *d)
+            })
+            .collect()
+    };
+    lb1.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    run.plan.summary_bytes += (cands.len() * seg.means(0).len() * 4) as u64;
+    run.plan.stages.push(Stage {
+        name: "mean bound (all candidates)".into(),
+        candidates_in: cands.len(),
+        candidates_out: cands.len(),
+        ms: ms(t),
+    });
+
+    // Seed the threshold with the k best by the mean bound.
+    let t = Instant::now();
+    let seed = lb1.len().min(ctx.k);
+    for (_, d) in &lb1[..seed] {
+        ctx.exact(d, run)?;
+    }
+    run.plan.stages.push(Stage {
+        name: "exact seed (k best by mean)".into(),
+        candidates_in: seed,
+        candidates_out: seed,
+        ms: ms(t),
+    });
+
+    // Stages 2 and 3 interleaved: visit candidates in mean-bound order, compute their
+    // sketch bound lazily, and compute exact distances in sketch-bound order while the
+    // smallest bound left (heap or frontier) can still reach the k-th best. Sketch bounds
+    // are never smaller than mean bounds.
+    let t = Instant::now();
+    let sketch_bound = |d: &Digest| -> f64 {
+        // A row whose sketches fail their checksum bounds nothing: its exact distance is
+        // computed.
+        let Some(s) = seg.sketches(row_of[d]) else {
+            return 0.0;
+        };
+        let mut sum = 0f64;
+        let mut qi = 0;
+        // A run of neurons has contiguous sketches in both the query and the row.
+        for &(off, len) in &offsets {
+            let q = &qsk[qi * SKETCH_Q..(qi + len) * SKETCH_Q];
+            let c = &s[off * SKETCH_Q..(off + len) * SKETCH_Q];
+            sum += sketch::l1(q, c);
+            qi += len;
+        }
+        sum / SKETCH_Q as f64
+    };
+    let mut heap: BinaryHeap<Reverse<(TotalF64, Digest)>> = BinaryHeap::new();
+    let (mut next, mut sketched, mut done) = (seed, 0usize, 0usize);
+    let mut sketch_ms = 0.0;
+    loop {
+        let frontier = lb1.get(next).map_or(f64::INFINITY, |x| x.0);
+        let limit = run.top.threshold() * n_masked + slack;
+        match heap.peek() {
+            Some(Reverse((b, _))) if b.0 <= frontier => {
+                if b.0 > limit || done >= budget {
+                    break;
+                }
+                if let Some(Reverse((_, d))) = heap.pop() {
+                    ctx.exact(&d, run)?;
+                    done += 1;
+                }
+            }
+            // Everything left is at least the frontier (heap entries exceed it).
+            _ if next >= lb1.len() || frontier > limit => break,
+            _ => {
+                let ts = Instant::now();
+                let d = lb1[next].1;
+                next += 1;
+                heap.push(Reverse((TotalF64(sketch_bound(&d)), d)));
+                sketched += 1;
+                sketch_ms += ms(ts);
+            }
+        }
+    }
+    run.plan.summary_bytes += (sketched * seg.means(0).len() * 4 * SKETCH_Q) as u64;
+    run.plan.stages.push(Stage {
+        name: "sketch bound (lazy, mean order)".into(),
+        candidates_in: lb1.len() - seed,
+        candidates_out: sketched,
+        ms: sketch_ms,
+    });
+    run.plan.stages.push(Stage {
+        name: "exact EMD (sketch order)".into(),
+        candidates_in: sketched,
+        candidates_out: done,
+        ms: ms(t) - sketch_ms,
+    });
+    Ok(())
+}
+
+/// Strategy: NFD from the (mean, sd) summaries, which is the exact NFD up to rounding, then
+/// exact distances in that order while one can still reach the k-th best; with a budget,
+/// at most that many (approximate).
+#[allow(clippy::too_many_arguments)]
+fn gaussian_cascade(
+    ctx: &Ctx<'_>,
+    seg: &Segment,
+    row_of: &HashMap<Digest, usize>,
+    summaries: &QuerySummaries,
+    cands: Vec<Digest>,
+    budget: Option<usize>,
+    via: Option<String>,
+    run: &mut Run,
+) -> Result<(), Error> {
+    let QuerySummaries::Gaussian { ms: qms } = summaries else {
+        return Err(Error::Invalid("query summaries are not Gaussian".into()));
+    };
+    run.plan.strategy = match (&via, budget) {
+        (Some(key), _) => format!("approx: HNSW graph over (mean, sd) ({key}) -> exact re-rank"),
+        (None, Some(b)) => {
+            format!("approx: NFD from (mean, sd) summaries, exact NFD of the best {b}")
+        }
+        (None, None) => "exact: NFD from (mean, sd) summaries -> exact NFD of survivors".into(),
+    };
+    let budget = budget.unwrap_or(usize::MAX);
+    let offsets = ctx.offsets();
+    let t = Instant::now();
+    let mut est: Vec<(f64, f64, Digest)> = cands
+        .iter()
+        .map(|d| {
+            let g = seg.gauss(row_of[d]);
+            let (mut s, mut mag) = (0f64, 0f64);
+            let mut qi = 0;
+            for &(off, len) in &offsets {
+                for j in 0..len {
+                    let (qm, qs) = qms[qi + j];
+                    let (m, sd) = (g[2 * (off + j)], g[2 * (off + j) + 1]);
+                    s += (qm - m).powi(2) + (qs - sd).powi(2);
+                    mag += qm * qm + m * m + qs * qs + sd * sd;
+                }
+                qi += len;
+            }
+            // (m1-m2)^2 + (s1-s2)^2 equals the reference's expression up to rounding of
+            // order 1e-15 of the magnitudes involved.
+            (s, mag * 1e-12 + 1e-12, *d)
+        })
+        .collect();
+    est.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.2.cmp(&b.2)));
+    run.plan.summary_bytes += (cands.len() * 16 * ctx.space.total_neurons() as usize) as u64;
+    run.plan.stages.push(Stage {
+        name: "summary NFD (all candidates)".into(),
+        candidates_in: cands.len(),
+        candidates_out: cands.len(),
+        ms: ms(t),
+    });
+    let t = Instant::now();
+    let n_masked = ctx.n_masked();
+    let mut done = 0;
+    for (s, slack, d) in &est {
+        if run.top.full() && *s - slack > run.top.threshold() * n_masked || done >= budget {
+            break;
+        }
+        ctx.exact(d, run)?;
+        done += 1;
+    }
+    run.plan.stages.push(Stage {
+        name: "exact NFD (summary order)".into(),
+        candidates_in: est.len(),
+        candidates_out: done,
+        ms: ms(t),
+    });
+    Ok(())
+}
+
 /// The graph key of a mask that is exactly a graph's mask: `all`, or one whole layer.
 fn graph_key(mask: &Mask, space: &SpaceConfig) -> Option<String> {
     if mask.is_all(space) {
@@ -852,24 +1103,25 @@ fn graph_key(mask: &Mask, space: &SpaceConfig) -> Option<String> {
 
 /// Candidates from the mask's HNSW graph (eligible DNAs only), plus every eligible row
 /// appended after the graph was built; `None` when no graph applies or too few eligible
-/// DNAs were found (the caller then scans all candidates).
-#[allow(clippy::too_many_arguments)]
+/// DNAs were found (the caller then runs the exact cascade).
 fn graph_candidates(
-    db: &Db,
+    ctx: &Ctx<'_>,
     seg: &Segment,
-    space_digest: &Digest,
-    mask: &Mask,
-    space: &SpaceConfig,
     query: &[f32],
     eligible: &BTreeMap<Digest, Vec<RefName>>,
-    k: usize,
 ) -> Result<Option<(String, Vec<Digest>)>, Error> {
-    let Some(key) = graph_key(mask, space) else {
+    let Some(key) = graph_key(ctx.mask, ctx.space) else {
         return Ok(None);
     };
-    let n = (k * 40).max(200);
-    let Some((rows, covered)) =
-        hnsw::search(&index_dir(db, space_digest), seg, &key, query, n, n.max(64))?
+    let n = graph_n(ctx.k);
+    let Some((rows, covered)) = hnsw::search(
+        &index_dir(ctx.db, &ctx.space_digest),
+        seg,
+        &key,
+        query,
+        n,
+        n.max(64),
+    )?
     else {
         return Ok(None);
     };
@@ -887,7 +1139,7 @@ fn graph_candidates(
     );
     found.sort();
     found.dedup();
-    Ok((found.len() >= k).then_some((key, found)))
+    Ok((found.len() >= ctx.k).then_some((key, found)))
 }
 
 fn ms(t: Instant) -> f64 {
@@ -975,4 +1227,57 @@ pub fn brute_force(db: &Db, q: &AnyDna, req: &QueryRequest) -> Result<Vec<(f64, 
     out.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
     out.truncate(req.k);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The rule of docs/QUERY.md's planner table, row by row (graphs-min at its default
+    /// of 2,000, so the default mode takes a graph from 2,000 candidates at k <= 5).
+    #[test]
+    fn the_planner_follows_its_table() {
+        let emd = Some(Metric::Emd);
+        let exact = Path::Cascade { budget: None };
+        // No bound for the metric: scan, whatever the mode.
+        for mode in [Mode::Auto, Mode::Exact, Mode::Approx] {
+            assert_eq!(choose(mode, 50_000, 5, None, Some("all")).0, Path::Scan);
+        }
+        // N <= k: scan.
+        assert_eq!(choose(Mode::Approx, 5, 5, emd, Some("all")).0, Path::Scan);
+        // --exact: the cascade even where a graph exists.
+        assert_eq!(choose(Mode::Exact, 50_000, 5, emd, Some("all")).0, exact);
+        // Small catalogues are exact in every mode: 200 is the graph's neighbour count.
+        for mode in [Mode::Auto, Mode::Approx] {
+            assert_eq!(choose(mode, 200, 5, emd, Some("all")).0, exact);
+            assert_eq!(choose(mode, 4, 3, emd, Some("all")).0, exact, "issue 19");
+        }
+        // k = 10 fetches 400 neighbours: 400 candidates are still small.
+        assert_eq!(choose(Mode::Approx, 400, 10, emd, Some("all")).0, exact);
+        // --approx past that: the graph, or a budgeted cascade without one.
+        assert_eq!(
+            choose(Mode::Approx, 201, 5, emd, Some("all")).0,
+            Path::Graph
+        );
+        assert_eq!(
+            choose(Mode::Approx, 201, 5, emd, None).0,
+            Path::Cascade { budget: Some(10) }
+        );
+        assert_eq!(
+            choose(Mode::Approx, 5000, 3, emd, None).0,
+            Path::Cascade { budget: Some(8) }
+        );
+        // Default mode: a graph from max(graphs-min, 10 x neighbours) candidates.
+        assert_eq!(choose(Mode::Auto, 1999, 5, emd, Some("all")).0, exact);
+        assert_eq!(choose(Mode::Auto, 2000, 5, emd, Some("all")).0, Path::Graph);
+        assert_eq!(choose(Mode::Auto, 3999, 10, emd, Some("all")).0, exact);
+        assert_eq!(
+            choose(Mode::Auto, 4000, 10, emd, Some("all")).0,
+            Path::Graph
+        );
+        assert_eq!(choose(Mode::Auto, 1_000_000, 5, emd, None).0, exact);
+        // Every rule is stated.
+        let (_, rule) = choose(Mode::Approx, 12, 3, emd, Some("all"));
+        assert!(rule.contains("12 candidates <= 200"), "{rule}");
+    }
 }

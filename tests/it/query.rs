@@ -333,7 +333,7 @@ fn approx_recall_at_5_is_at_least_0_95_on_clustered_data() {
 }
 
 #[test]
-fn cli_reindex_builds_graphs_and_query_approx_uses_them() {
+fn cli_reindex_builds_graphs_and_tiny_approx_queries_answer_exactly() {
     let h = tmp();
     let home = h.path();
     ok(
@@ -352,14 +352,22 @@ fn cli_reindex_builds_graphs_and_query_approx_uses_them() {
     );
     let r = json(home, &["reindex", "--graphs-min", "5"]);
     assert_eq!(r["graphs"], 17, "all + 16 layers");
+    // Twelve candidates are fewer than the 200 neighbours an approximate search fetches:
+    // the planner answers exactly even under --approx, says why, and the answer is the
+    // exact one (issue 19). The graph path itself is tested on 240 DNAs above.
     let v = json(
         home,
         &["query", "synth/family-02-01", "--approx", "--top", "3"],
     );
-    assert!(
-        v["plan"]["strategy"].as_str().unwrap().contains("HNSW"),
-        "{v}"
+    let strategy = v["plan"]["strategy"].as_str().unwrap();
+    assert!(strategy.starts_with("exact"), "{v}");
+    let rule = v["plan"]["rule"].as_str().unwrap();
+    assert!(rule.contains("12 candidates <= 200"), "{rule}");
+    let e = json(
+        home,
+        &["query", "synth/family-02-01", "--exact", "--top", "3"],
     );
+    assert_eq!(v["results"], e["results"]);
     assert_eq!(v["results"][0]["ref"], "synth/family-02-01:latest");
     // The index is derived state: damaging or deleting it loses nothing.
     let rows = std::fs::read_dir(home.join("index"))
