@@ -82,10 +82,10 @@ fn main() {
         .collect();
     let mut lat = Vec::new();
     for p in &probes {
-        let (d, _) = state.db.resolve(p).expect("probe");
-        let q = AnyDna::Stored(state.db.open_dna(&d).expect("open"));
+        let (d, _) = state.engine.db().resolve(p).expect("probe");
+        let q = AnyDna::Stored(state.engine.db().open_dna(&d).expect("open"));
         let t = Instant::now();
-        query(&state.db, &q, &QueryRequest::default()).expect("query");
+        query(state.engine.db(), &q, &QueryRequest::default()).expect("query");
         lat.push(t.elapsed().as_secs_f64() * 1e3);
     }
     let base = pct(&mut lat, 0.5);

@@ -233,7 +233,7 @@ pub fn space_difference(a: &SpaceConfig, b: &SpaceConfig) -> String {
 }
 
 /// A line of `verify`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct VerifyProblem {
     pub object: String,
     pub problem: String,
@@ -248,7 +248,7 @@ pub struct VerifyReport {
 }
 
 /// What `gc` removed.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
 pub struct GcReport {
     pub objects_kept: usize,
     pub objects_removed: usize,
@@ -299,7 +299,7 @@ impl Db {
                         home.display()
                     )));
                 }
-                crate::store::write_file_atomic(&marker, STORE_VERSION.as_bytes())
+                crate::fsio::write_file_atomic(&marker, STORE_VERSION.as_bytes())
                     .map_err(|e| Error::io(&marker, e))?;
             }
             Err(e) => return Err(Error::io(&marker, e)),

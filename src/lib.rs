@@ -39,21 +39,28 @@ pub mod cli;
 pub mod db;
 pub mod distance;
 pub mod dna;
+pub mod engine;
 #[cfg(feature = "extract")]
 pub mod extract;
 pub mod format;
+pub mod fsio;
 pub mod fuzz;
 pub mod mask;
+pub mod protocol;
 pub mod query;
 pub mod reference;
 pub mod refname;
+pub mod rng;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod simfs;
 pub mod store;
 pub mod synth;
+#[cfg(feature = "server")]
+pub mod token;
 
 pub use db::Db;
+pub use engine::Engine;
 
 /// Every error the library returns; each message names its object and the next step.
 #[derive(Debug, thiserror::Error)]

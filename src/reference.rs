@@ -313,7 +313,7 @@ pub fn export_pair(
         }
     }
     let json_bytes = serde_json::to_vec_pretty(&Value::Object(meta)).unwrap_or_default();
-    crate::store::write_file_atomic(&json_path, &json_bytes).map_err(|e| io(&json_path, e))?;
+    crate::fsio::write_file_atomic(&json_path, &json_bytes).map_err(|e| io(&json_path, e))?;
     let mut zip_bytes = std::io::Cursor::new(Vec::new());
     {
         let mut w = zip::ZipWriter::new(&mut zip_bytes);
@@ -328,8 +328,7 @@ pub fn export_pair(
         w.finish()
             .map_err(|e| bad(&npz_path, format!("finishing the archive: {e}")))?;
     }
-    crate::store::write_file_atomic(&npz_path, zip_bytes.get_ref())
-        .map_err(|e| io(&npz_path, e))?;
+    crate::fsio::write_file_atomic(&npz_path, zip_bytes.get_ref()).map_err(|e| io(&npz_path, e))?;
     Ok((json_path, npz_path))
 }
 

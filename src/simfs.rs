@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use crate::rng::Rng;
 use crate::store::Fs;
-use crate::synth::Rng;
 
 #[derive(Clone, Debug)]
 struct Inode {

@@ -358,8 +358,8 @@ pub fn run_extract(out: &mut Out, a: ExtractArgs) -> Result<()> {
     let mut ann = std::collections::BTreeMap::new();
     ann.insert("source".to_string(), a.source.display().to_string());
     let written: Vec<PathBuf> = if a.format == "vdna" {
-        let bytes = crate::db::bundle_of(&dna, &ann, 3);
-        crate::store::write_file_atomic(&a.output, &bytes)
+        let bytes = crate::engine::bundle_of(&dna, &ann, 3);
+        crate::fsio::write_file_atomic(&a.output, &bytes)
             .with_context(|| format!("writing {}", a.output.display()))?;
         vec![a.output.clone()]
     } else {
@@ -406,7 +406,7 @@ pub fn run_ranges(out: &mut Out, mut a: RangesArgs) -> Result<()> {
     let t0 = Instant::now();
     let (dna, report) = extract_source(out, &a.source, &a.flags)?;
     let ranges = Ranges::from_dna(&dna).context("ranges extraction produced no ranges")?;
-    crate::store::write_file_atomic(&a.output, ranges.to_json().as_bytes())
+    crate::fsio::write_file_atomic(&a.output, ranges.to_json().as_bytes())
         .with_context(|| format!("writing {}", a.output.display()))?;
     out.json(&serde_json::json!({
         "written": a.output,
@@ -449,11 +449,11 @@ pub fn run_weights(out: &mut Out, a: WeightsArgs) -> Result<()> {
     match kind {
         ExtractorKind::RandResNet50 => {
             let bytes = extract::resnet::seeded_safetensors(a.init_seed)?;
-            crate::store::write_file_atomic(&a.output, &bytes)
+            crate::fsio::write_file_atomic(&a.output, &bytes)
                 .with_context(|| format!("writing {}", a.output.display()))?;
         }
         ExtractorKind::EfficientNetLite0 => {
-            crate::store::write_file_atomic(&a.output, extract::efficientnet::EMBEDDED_WEIGHTS)
+            crate::fsio::write_file_atomic(&a.output, extract::efficientnet::EMBEDDED_WEIGHTS)
                 .with_context(|| format!("writing {}", a.output.display()))?;
         }
         k => bail!(

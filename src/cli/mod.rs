@@ -1,6 +1,6 @@
 //! The command line: clap definitions, one handler per command, human and `--json`
-//! output, and the mapping from errors to exit codes. Handlers call [`crate::db::Db`]
-//! and format what it returns; no storage logic lives here.
+//! output, and the mapping from errors to exit codes. Handlers call [`crate::Engine`]
+//! and format what it returns; no application or storage logic lives here.
 
 mod extract;
 mod output;
@@ -13,10 +13,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::db::{self, AnyDna, Db};
 use crate::distance::Metric;
+use crate::engine::{self as db, AnyDna};
 use crate::format::DistKind;
 use crate::refname::RefName;
+use crate::Engine;
 use output::{human_bytes, Out};
 
 const MASK_HELP: &str = "Mask grammar (which neurons count):
@@ -228,8 +229,9 @@ pub struct CompareArgs {
     pub a: String,
     /// Second DNA, same forms
     pub b: String,
-    /// Neurons to compare (see the mask grammar in --help)
-    #[arg(long, short, default_value = "all")]
+    /// Neurons to compare (see the mask grammar in --help); a spec may open with an
+    /// exclusion (`--mask -layer1_*`)
+    #[arg(long, short, default_value = "all", allow_hyphen_values = true)]
     pub mask: String,
     /// Distance: emd (histograms), nfd (gaussian, layer-gaussian), fd (layer-gaussian)
     #[arg(long)]
@@ -252,16 +254,20 @@ pub struct QueryArgs {
     /// How many results
     #[arg(long, short = 'k', default_value_t = 5)]
     pub top: usize,
-    /// Neurons to compare (see the mask grammar in --help)
-    #[arg(long, short, default_value = "all")]
+    /// Neurons to compare (see the mask grammar in --help); a spec may open with an
+    /// exclusion (`--mask -layer1_*`)
+    #[arg(long, short, default_value = "all", allow_hyphen_values = true)]
     pub mask: String,
     /// Distance: emd, nfd or fd (default: emd for histograms, nfd for Gaussians)
     #[arg(long)]
     pub metric: Option<String>,
-    /// Force the exact, bound-pruned scan
+    /// Force the exact path (the bound cascade, or a scan); without --exact or --approx
+    /// the planner chooses and --explain states its rule
     #[arg(long, conflicts_with = "approx")]
     pub exact: bool,
-    /// Allow the approximate path (HNSW graph where one is built for the mask)
+    /// Force the approximate path: the mask's HNSW graph where one is built, else bound
+    /// ranking with a budget of exact distances (a catalogue too small to gain from it is
+    /// still answered exactly)
     #[arg(long)]
     pub approx: bool,
     /// Only DNAs whose annotation KEY equals VALUE (repeatable)
@@ -286,7 +292,12 @@ pub struct QueryArgs {
 #[derive(Subcommand, Debug)]
 pub enum MaskCommand {
     /// Store a named mask, usable as @NAME in any mask spec
-    Add { name: String, spec: String },
+    Add {
+        name: String,
+        /// The mask spec; it may open with an exclusion (`mask add no-early -layer1_*`)
+        #[arg(allow_hyphen_values = true)]
+        spec: String,
+    },
     /// List named masks
     Ls,
     /// Remove a named mask
@@ -347,7 +358,7 @@ pub struct StoreAt {
     lock_wait: f64,
 }
 
-fn open_db(at: &StoreAt) -> Result<Db> {
+fn open_db(at: &StoreAt) -> Result<Engine> {
     let home = at.home.clone().unwrap_or_else(db::default_home);
     if !(at.lock_wait.is_finite() && at.lock_wait >= 0.0) {
         bail!(
@@ -359,7 +370,19 @@ fn open_db(at: &StoreAt) -> Result<Db> {
         lock_wait: std::time::Duration::from_secs_f64(at.lock_wait.min(86_400.0)),
         ..db::OpenOptions::default()
     };
-    Db::open_with(&home, &opts).with_context(|| format!("opening store {}", home.display()))
+    Engine::open_with(&home, &opts).map_err(|e| {
+        let busy = matches!(
+            e,
+            crate::Error::Catalogue(crate::catalogue::CatalogueError::Busy(_))
+        );
+        let err = anyhow::Error::new(e).context(format!("opening store {}", home.display()));
+        match remote::serving_url(&home) {
+            Some(url) if busy => err.context(format!(
+                "a server at {url} owns this store: run the command through it with --remote {url} (gc, verify, reindex and token need an admin token: --token)"
+            )),
+            _ => err,
+        }
+    })
 }
 
 fn parse_meta(items: &[String]) -> Result<BTreeMap<String, String>> {
@@ -377,7 +400,7 @@ fn parse_meta(items: &[String]) -> Result<BTreeMap<String, String>> {
 }
 
 /// A DNA named on the command line: a file when one exists at that path, else a stored ref.
-fn load_any(db: &Db, spec: &str) -> Result<(AnyDna, String)> {
+fn load_any(db: &Engine, spec: &str) -> Result<(AnyDna, String)> {
     let p = Path::new(spec);
     if p.is_file() || crate::reference::looks_like_pair(p) {
         let (dna, _) = db::read_dna_file(p).with_context(|| format!("reading DNA file {spec}"))?;
@@ -401,7 +424,7 @@ fn is_image_input(path: &Path) -> bool {
 
 /// Like [`load_any`], but an image source is extracted first with `flags`.
 fn load_input(
-    db: &Db,
+    db: &Engine,
     spec: &str,
     out: &mut Out,
     flags: &extract::ExtractFlags,
@@ -421,41 +444,32 @@ fn run_remote(cli: &Cli, url: &str, out: &mut Out) -> Result<Option<i32>> {
     let c = remote::client(url, &cli.token);
     match &cli.command {
         Command::Push(a) | Command::Import(a) => {
-            let name = match a.name.as_deref() {
-                Some(n) => RefName::parse(n)?,
-                None => default_name(&a.path)?,
+            let store = StoreAt {
+                home: cli.home.clone(),
+                lock_wait: cli.lock_wait,
             };
-            let mut ann = parse_meta(&a.meta)?;
-            let objects = if db::is_bundle(&a.path) {
-                let bytes = std::fs::read(&a.path)
-                    .with_context(|| format!("reading {}", a.path.display()))?;
-                let b = crate::format::decode_bundle(&bytes)
-                    .map_err(|e| crate::Error::Invalid(format!("{}: {e}", a.path.display())))?;
-                for (k, v) in b.annotations {
-                    ann.entry(k).or_insert(v);
-                }
-                b.objects
-            } else {
-                let dna = if is_image_input(&a.path) {
-                    ann.entry("source".into())
-                        .or_insert_with(|| a.path.display().to_string());
-                    extract::extract_source(out, &a.path, &a.extract)?.0
-                } else {
-                    let (d, extra) = db::read_dna_file(&a.path)
-                        .with_context(|| format!("reading DNA file {}", a.path.display()))?;
-                    for (k, v) in extra {
-                        ann.entry(k).or_insert(v);
-                    }
-                    d
-                };
-                dna.encode(3).objects
+            let (input, ann, default) = resolve_push_input(&store, out, a)?;
+            let name = push_name(a, default)?;
+            let objects = match input {
+                PushInput::Dna(dna) => dna.encode(3).objects,
+                PushInput::Bundle(b) => b.objects,
             };
             remote::push_remote(out, &c, &objects, &name, &ann)?;
         }
         Command::Ls(a) => {
-            let v = c.get_json("/v1/datasets?limit=1000")?;
-            let mut rows: Vec<db::Listing> = serde_json::from_value(v["items"].clone())
-                .context("reading the server's dataset list")?;
+            // The server pages its list (at most 1,000 a page): read every page.
+            let mut rows: Vec<db::Listing> = Vec::new();
+            loop {
+                let v = c.get_json(&format!("/v1/datasets?limit=1000&offset={}", rows.len()))?;
+                let page: Vec<db::Listing> = serde_json::from_value(v["items"].clone())
+                    .context("reading the server's dataset list")?;
+                let total = v["total"].as_u64().unwrap_or(0) as usize;
+                let empty = page.is_empty();
+                rows.extend(page);
+                if empty || rows.len() >= total {
+                    break;
+                }
+            }
             if let Some(p) = &a.pattern {
                 rows.retain(|r| {
                     crate::mask::glob_match(p, &r.name) || crate::mask::glob_match(p, &r.reference)
@@ -477,10 +491,18 @@ fn run_remote(cli: &Cli, url: &str, out: &mut Out) -> Result<Option<i32>> {
             ))?;
         }
         Command::Query(a) => {
-            let mut body = serde_json::json!({
-                "mask": a.mask, "k": a.top, "metric": a.metric, "filters": parse_meta(&a.filters)?,
-                "tag": a.tag, "exclude_self": a.exclude_self, "approx": a.approx, "per_layer": a.per_layer,
-            });
+            let mut body = crate::protocol::QueryBody {
+                reference: None,
+                mask: a.mask.clone(),
+                k: a.top,
+                metric: a.metric.clone(),
+                filters: parse_meta(&a.filters)?,
+                tag: a.tag.clone(),
+                exclude_self: a.exclude_self,
+                mode: Some(query_mode(a)),
+                approx: false,
+                per_layer: a.per_layer,
+            };
             let flags = a.extract.clone();
             let input = remote::remote_input(&a.source, |p| {
                 if is_image_input(p) {
@@ -491,28 +513,13 @@ fn run_remote(cli: &Cli, url: &str, out: &mut Out) -> Result<Option<i32>> {
             })?;
             let v = match input {
                 remote::RemoteInput::Ref(r) => {
-                    body["ref"] = serde_json::Value::String(r);
-                    c.post_json("/v1/query", &body)?
+                    body.reference = Some(r);
+                    c.post_json("/v1/query", &serde_json::to_value(&body)?)?
                 }
-                remote::RemoteInput::Bundle(b) => {
-                    let mut q = format!("mask={}&k={}", urlencode(&a.mask), a.top);
-                    if let Some(m) = &a.metric {
-                        q.push_str(&format!("&metric={}", urlencode(m)));
-                    }
-                    if a.approx {
-                        q.push_str("&approx=true");
-                    }
-                    if a.exclude_self {
-                        q.push_str("&exclude_self=true");
-                    }
-                    if let Some(t) = &a.tag {
-                        q.push_str(&format!("&tag={}", urlencode(t)));
-                    }
-                    c.query_bundle(&b, &q)?
-                }
+                remote::RemoteInput::Bundle(b) => c.query_bundle(&b, &body.to_query_string())?,
             };
             out.json(&v)?;
-            let hits: Vec<crate::query::Hit> = v["results"]
+            let hits: Vec<crate::engine::Hit> = v["results"]
                 .as_array()
                 .map(|a| a.iter().filter_map(hit_of).collect())
                 .unwrap_or_default();
@@ -520,8 +527,14 @@ fn run_remote(cli: &Cli, url: &str, out: &mut Out) -> Result<Option<i32>> {
             return Ok(Some(if hits.is_empty() { 1 } else { 0 }));
         }
         Command::Compare(a) => {
-            let body = serde_json::json!({"a": a.a, "b": a.b, "mask": a.mask, "metric": a.metric, "top_neurons": a.top_neurons});
-            let v = c.post_json("/v1/compare", &body)?;
+            let body = crate::protocol::CompareBody {
+                a: a.a.clone(),
+                b: a.b.clone(),
+                mask: a.mask.clone(),
+                metric: a.metric.clone(),
+                top_neurons: a.top_neurons,
+            };
+            let v = c.post_json("/v1/compare", &serde_json::to_value(&body)?)?;
             out.json(&v)?;
             out.line(&format!(
                 "{} {:.6} over {} neurons",
@@ -530,13 +543,71 @@ fn run_remote(cli: &Cli, url: &str, out: &mut Out) -> Result<Option<i32>> {
                 v["neurons"]
             ))?;
         }
+        Command::Verify { repair } => {
+            let body = crate::protocol::VerifyBody { repair: *repair };
+            let v = c.post_json("/v1/admin/verify", &serde_json::to_value(&body)?)?;
+            let r: crate::engine::VerifyOutcome =
+                serde_json::from_value(v).context("reading the server's verify report")?;
+            return Ok(Some(print_verify(out, &r, *repair)?));
+        }
+        Command::Gc { grace } => {
+            let body = crate::protocol::GcBody {
+                grace_secs: Some(*grace),
+            };
+            let v = c.post_json("/v1/admin/gc", &serde_json::to_value(&body)?)?;
+            let r: crate::engine::GcReport =
+                serde_json::from_value(v).context("reading the server's gc report")?;
+            print_gc(out, &r, *grace)?;
+        }
+        Command::Reindex { graphs_min } => {
+            let t = std::time::Instant::now();
+            let body = crate::protocol::ReindexBody {
+                graphs_min: Some(*graphs_min),
+            };
+            let v = c.post_json("/v1/admin/reindex", &serde_json::to_value(&body)?)?;
+            let r: crate::engine::ReindexReport =
+                serde_json::from_value(v).context("reading the server's reindex report")?;
+            print_reindex(out, &r, t.elapsed().as_secs_f64())?;
+        }
+        Command::Token(t) => remote::run_token_remote(&c, out, t)?,
+        Command::Tag { source, target } => {
+            let new = RefName::parse(target)?;
+            let (digest, annotations) = if source.starts_with("sha256:") {
+                (source.clone(), BTreeMap::new())
+            } else {
+                let from = RefName::parse(source)?;
+                let v = c.get_json(&format!("/v1/refs/{from}"))?;
+                let digest = v["digest"]
+                    .as_str()
+                    .with_context(|| format!("the server's record of {from} has no digest"))?
+                    .to_string();
+                let ann = serde_json::from_value(v["annotations"].clone()).unwrap_or_default();
+                (digest, ann)
+            };
+            let body = crate::protocol::SetRef {
+                digest: digest.clone(),
+                annotations,
+            };
+            c.put_json(&format!("/v1/refs/{new}"), &serde_json::to_value(&body)?)?;
+            out.line(&format!("{new} -> {digest}"))?;
+            out.json(&serde_json::json!({ "ref": new.to_string(), "digest": digest }))?;
+        }
+        Command::Rm { reference } => {
+            let name = RefName::parse(reference)?;
+            let v = c.delete_json(&format!("/v1/refs/{name}"))?;
+            out.line(&format!(
+                "removed {name} (was {}; gc --remote frees its objects)",
+                v["digest"].as_str().unwrap_or("?")
+            ))?;
+            out.json(&v)?;
+        }
         _ => return Ok(None),
     }
     Ok(Some(0))
 }
 
-fn hit_of(v: &serde_json::Value) -> Option<crate::query::Hit> {
-    Some(crate::query::Hit {
+fn hit_of(v: &serde_json::Value) -> Option<crate::engine::Hit> {
+    Some(crate::engine::Hit {
         reference: v["ref"].as_str()?.to_string(),
         digest: v["digest"].as_str()?.parse().ok()?,
         distance: v["distance"].as_f64()?,
@@ -546,15 +617,86 @@ fn hit_of(v: &serde_json::Value) -> Option<crate::query::Hit> {
 }
 
 /// Percent-encodes a query-string value.
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+/// Prints what `verify` found (locally or from a server) and picks the exit code.
+fn print_verify(out: &mut Out, r: &crate::engine::VerifyOutcome, repair: bool) -> Result<i32> {
+    out.json(r)?;
+    for p in &r.problems {
+        out.line(&format!("BAD {}: {}", p.object, p.problem))?;
+    }
+    for p in &r.index_problems {
+        out.line(&format!(
+            "{} {}: {}",
+            if repair { "REPAIRED" } else { "DAMAGED" },
+            p.object,
+            p.problem
+        ))?;
+    }
+    if let Some(x) = &r.reindexed {
+        out.line(&format!(
+            "rebuilt derived state: {} DNAs in {} spaces",
+            x.dnas, x.spaces
+        ))?;
+    }
+    out.line(&format!(
+        "checked {} objects and {} names: {}",
+        r.objects_checked,
+        r.refs_checked,
+        if r.problems.is_empty() {
+            "all good".to_string()
+        } else {
+            format!("{} problems", r.problems.len())
+        }
+    ))?;
+    if !r.problems.is_empty() {
+        out.line(
+            "damaged objects cannot be rebuilt from others: re-import or pull the DNAs named above",
+        )?;
+        return Ok(1);
+    }
+    if !r.clean() {
+        out.line("the index is derived state: vdna-db verify --repair rebuilds it")?;
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+fn print_gc(out: &mut Out, r: &crate::engine::GcReport, grace: u64) -> Result<()> {
+    out.json(r)?;
+    out.line(&format!(
+        "removed {} objects ({}), kept {}{}",
+        r.objects_removed,
+        human_bytes(r.bytes_freed),
+        r.objects_kept,
+        if r.objects_recent > 0 {
+            format!(
+                "; spared {} unreachable objects younger than {grace} s (--grace 0 removes them)",
+                r.objects_recent
+            )
+        } else {
+            String::new()
+        }
+    ))?;
+    Ok(())
+}
+
+fn print_reindex(out: &mut Out, r: &crate::engine::ReindexReport, secs: f64) -> Result<()> {
+    out.json(r)?;
+    out.line(&format!(
+        "reindexed {} DNAs in {} spaces ({} HNSW graphs) in {secs:.2} s",
+        r.dnas, r.spaces, r.graphs,
+    ))?;
+    Ok(())
+}
+
+/// The planner mode `--exact` / `--approx` ask for (the planner chooses without either).
+fn query_mode(a: &QueryArgs) -> crate::engine::Mode {
+    if a.exact {
+        crate::engine::Mode::Exact
+    } else if a.approx {
+        crate::engine::Mode::Approx
+    } else {
+        crate::engine::Mode::Auto
+    }
 }
 
 fn run(cli: Cli, out: &mut Out) -> Result<i32> {
@@ -581,7 +723,7 @@ fn run(cli: Cli, out: &mut Out) -> Result<i32> {
             let ann = db.annotations(name.as_ref())?;
             let written: Vec<PathBuf> = if a.format == "vdna" {
                 let bytes = db.export_bundle(&digest, &ann)?;
-                crate::store::write_file_atomic(&a.output, &bytes)
+                crate::fsio::write_file_atomic(&a.output, &bytes)
                     .with_context(|| format!("writing {}", a.output.display()))?;
                 vec![a.output.clone()]
             } else {
@@ -627,29 +769,12 @@ fn run(cli: Cli, out: &mut Out) -> Result<i32> {
             let db = open_db(&store)?;
             match m {
                 MaskCommand::Add { name, spec } => {
-                    if !crate::format::valid_layer_name(&name) {
-                        bail!("mask name {name:?}: use letters, digits, _ . - only");
-                    }
-                    // Check the spec against every stored space it can apply to.
-                    let spaces = db.catalogue().spaces()?;
-                    let mut ok_in = 0;
-                    let mut first_err = None;
-                    for (d, _) in &spaces {
-                        match db.space_config(d).and_then(|s| db.mask(&spec, &s)) {
-                            Ok(_) => ok_in += 1,
-                            Err(e) => first_err = first_err.or(Some(e)),
-                        }
-                    }
-                    if let (0, Some(e)) = (ok_in, first_err) {
-                        return Err(anyhow::Error::new(e)
-                            .context(format!("mask {name:?} applies to no stored space")));
-                    }
-                    db.catalogue().put_mask(&name, &spec)?;
-                    out.line(&format!("mask @{name} = {spec}"))?;
-                    out.json(&serde_json::json!({ "name": name, "spec": spec }))?;
+                    let m = db.add_mask(&name, &spec)?;
+                    out.line(&format!("mask @{} = {}", m.name, m.spec))?;
+                    out.json(&serde_json::json!({ "name": m.name, "spec": m.spec }))?;
                 }
                 MaskCommand::Ls => {
-                    let masks = db.catalogue().masks()?;
+                    let masks = db.masks()?;
                     out.json(
                         &masks
                             .iter()
@@ -666,12 +791,7 @@ fn run(cli: Cli, out: &mut Out) -> Result<i32> {
                 }
                 MaskCommand::Rm { name } => {
                     let name = name.trim_start_matches('@').to_string();
-                    if !db.catalogue().remove_mask(&name)? {
-                        return Err(crate::Error::NotFound(format!(
-                            "no mask named @{name} (list them with vdna-db mask ls)"
-                        ))
-                        .into());
-                    }
+                    db.remove_mask(&name)?;
                     out.line(&format!("removed mask @{name}"))?;
                     out.json(&serde_json::json!({ "removed": name }))?;
                 }
@@ -679,90 +799,18 @@ fn run(cli: Cli, out: &mut Out) -> Result<i32> {
         }
         Command::Verify { repair } => {
             let db = open_db(&store)?;
-            let r = db.verify()?;
-            let index_problems: Vec<db::VerifyProblem> = crate::query::verify_index(&db)?
-                .into_iter()
-                .map(|(object, problem)| db::VerifyProblem { object, problem })
-                .collect();
-            let rebuilt = if repair {
-                Some(crate::query::reindex(&db)?)
-            } else {
-                None
-            };
-            out.json(&serde_json::json!({
-                "objects_checked": r.objects_checked,
-                "refs_checked": r.refs_checked,
-                "problems": r.problems,
-                "index_problems": index_problems,
-                "reindexed": rebuilt,
-            }))?;
-            for p in &r.problems {
-                out.line(&format!("BAD {}: {}", p.object, p.problem))?;
-            }
-            for p in &index_problems {
-                out.line(&format!(
-                    "{} {}: {}",
-                    if repair { "REPAIRED" } else { "DAMAGED" },
-                    p.object,
-                    p.problem
-                ))?;
-            }
-            if let Some(x) = &rebuilt {
-                out.line(&format!(
-                    "rebuilt derived state: {} DNAs in {} spaces",
-                    x.dnas, x.spaces
-                ))?;
-            }
-            out.line(&format!(
-                "checked {} objects and {} names: {}",
-                r.objects_checked,
-                r.refs_checked,
-                if r.problems.is_empty() {
-                    "all good".to_string()
-                } else {
-                    format!("{} problems", r.problems.len())
-                }
-            ))?;
-            if !r.problems.is_empty() {
-                out.line("damaged objects cannot be rebuilt from others: re-import or pull the DNAs named above")?;
-                return Ok(1);
-            }
-            if !index_problems.is_empty() && !repair {
-                out.line("the index is derived state: vdna-db verify --repair rebuilds it")?;
-                return Ok(1);
-            }
+            return print_verify(out, &db.verify(repair)?, repair);
         }
         Command::Gc { grace } => {
             let db = open_db(&store)?;
-            let r = db.gc_with_grace(std::time::Duration::from_secs(grace))?;
-            out.json(&r)?;
-            out.line(&format!(
-                "removed {} objects ({}), kept {}{}",
-                r.objects_removed,
-                human_bytes(r.bytes_freed),
-                r.objects_kept,
-                if r.objects_recent > 0 {
-                    format!(
-                        "; spared {} unreachable objects younger than {grace} s (--grace 0 removes them)",
-                        r.objects_recent
-                    )
-                } else {
-                    String::new()
-                }
-            ))?;
+            let r = db.gc(Some(std::time::Duration::from_secs(grace)))?;
+            print_gc(out, &r, grace)?;
         }
         Command::Reindex { graphs_min } => {
             let db = open_db(&store)?;
             let t = std::time::Instant::now();
-            let r = crate::query::reindex_with(&db, graphs_min)?;
-            out.json(&r)?;
-            out.line(&format!(
-                "reindexed {} DNAs in {} spaces ({} HNSW graphs) in {:.2} s",
-                r.dnas,
-                r.spaces,
-                r.graphs,
-                t.elapsed().as_secs_f64()
-            ))?;
+            let r = db.reindex(Some(graphs_min))?;
+            print_reindex(out, &r, t.elapsed().as_secs_f64())?;
         }
         Command::Demo(a) => return demo(&store, out, a),
         Command::Extract(a) => extract::run_extract(out, a)?,
@@ -809,7 +857,7 @@ fn default_name(path: &Path) -> Result<RefName> {
     Ok(RefName::parse(&cleaned)?)
 }
 
-fn print_hits(out: &mut Out, hits: &[crate::query::Hit]) -> std::io::Result<()> {
+fn print_hits(out: &mut Out, hits: &[crate::engine::Hit]) -> std::io::Result<()> {
     out.table(
         &["RANK", "NAME", "DIGEST", "DISTANCE", "IMAGES"],
         hits.iter()
@@ -854,24 +902,40 @@ fn print_listing(out: &mut Out, rows: &[db::Listing]) -> std::io::Result<()> {
     )
 }
 
-fn push(home: &StoreAt, out: &mut Out, a: PushArgs, require_name: bool) -> Result<()> {
-    if require_name && a.name.is_none() {
-        bail!("push needs --name NAME[:TAG] (use import to store without a name)");
-    }
-    // Without --name, import names the DNA after its file (gc removes unnamed DNAs).
-    let name = match a.name.as_deref() {
-        Some(n) => Some(RefName::parse(n)?),
-        None => Some(default_name(&a.path).with_context(|| {
-            format!(
-                "cannot derive a name from {}; give --name NAME[:TAG]",
-                a.path.display()
-            )
-        })?),
-    };
+/// What a push or import sends: a DNA to encode, or objects already encoded (a bundle
+/// file or a stored DNA), with the annotations gathered on the way.
+enum PushInput {
+    Dna(crate::dna::Dna),
+    Bundle(crate::format::Bundle),
+}
+
+/// The one resolver behind `push` and `import`, local and `--remote` alike: a `.vdna`
+/// bundle, a reference pair (pinned with --weights / --ranges when given), an image
+/// source (extracted with every flag), or, when no file is at that path, a stored name or
+/// digest of the local store (as `docker push` sends a local image). Returns the input,
+/// its annotations (--meta first, then the input's own) and the name it defaults to.
+fn resolve_push_input(
+    home: &StoreAt,
+    out: &mut Out,
+    a: &PushArgs,
+) -> Result<(PushInput, BTreeMap<String, String>, Option<RefName>)> {
     let mut ann = parse_meta(&a.meta)?;
-    let db = open_db(home)?;
     let path = &a.path;
-    let report = if is_image_input(path) {
+    let on_disk = path.exists() || crate::reference::looks_like_pair(path);
+    if !on_disk {
+        let spec = path.to_string_lossy().into_owned();
+        let db = open_db(home)?;
+        let (digest, stored_name) = db.resolve(&spec).with_context(|| {
+            format!("{spec} is neither a file nor a stored DNA (list them with vdna-db ls)")
+        })?;
+        for (k, v) in db.annotations(stored_name.as_ref())? {
+            ann.entry(k).or_insert(v);
+        }
+        let bundle = db.bundle_from_store(&digest)?;
+        return Ok((PushInput::Bundle(bundle), ann, stored_name));
+    }
+    let default = default_name(path).ok();
+    if is_image_input(path) {
         let (dna, rep) = extract::extract_source(out, path, &a.extract)
             .with_context(|| format!("extracting a DNA from {}", path.display()))?;
         ann.entry("source".into())
@@ -879,31 +943,58 @@ fn push(home: &StoreAt, out: &mut Out, a: PushArgs, require_name: bool) -> Resul
         ann.entry("extractor".into())
             .or_insert_with(|| dna.space.extractor.name.clone());
         out.progress(&format!("storing the DNA of {} images", rep.images));
-        let r = db.push(&dna, name.as_ref(), ann)?;
-        crate::query::index_pushed(&db, &r.digest)?;
-        r
-    } else if db::is_bundle(path) {
+        return Ok((PushInput::Dna(dna), ann, default));
+    }
+    if db::is_bundle(path) {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let bundle = crate::format::decode_bundle(&bytes)
             .map_err(|e| crate::Error::Invalid(format!("{}: {e}", path.display())))?;
-        let r = db.push_bundle(&bundle, name.as_ref(), ann)?;
-        crate::query::index_pushed(&db, &r.digest)?;
-        r
-    } else {
-        out.progress(&format!("reading {}", path.display()));
-        let mut imported = crate::reference::import_pair(path)?;
-        if extract::pin_import(&mut imported.dna, &imported.annotations, &a.extract)
-            .with_context(|| format!("pinning the space of {}", path.display()))?
-        {
-            out.progress("pinned to the given weights and activation ranges");
+        for (k, v) in &bundle.annotations {
+            ann.entry(k.clone()).or_insert(v.clone());
         }
-        for (k, v) in imported.annotations {
-            ann.entry(k).or_insert(v);
-        }
+        return Ok((PushInput::Bundle(bundle), ann, default));
+    }
+    out.progress(&format!("reading {}", path.display()));
+    let mut imported = crate::reference::import_pair(path)?;
+    if extract::pin_import(&mut imported.dna, &imported.annotations, &a.extract)
+        .with_context(|| format!("pinning the space of {}", path.display()))?
+    {
+        out.progress("pinned to the given weights and activation ranges");
+    }
+    for (k, v) in imported.annotations {
+        ann.entry(k).or_insert(v);
+    }
+    Ok((PushInput::Dna(imported.dna), ann, default))
+}
+
+/// The name a push stores under: --name, else the input's default (its file stem, or the
+/// stored name it was read from).
+fn push_name(a: &PushArgs, default: Option<RefName>) -> Result<RefName> {
+    match a.name.as_deref() {
+        Some(n) => Ok(RefName::parse(n)?),
+        None => default.with_context(|| {
+            format!(
+                "cannot derive a name from {}; give --name NAME[:TAG]",
+                a.path.display()
+            )
+        }),
+    }
+}
+
+fn push(home: &StoreAt, out: &mut Out, a: PushArgs, require_name: bool) -> Result<()> {
+    if require_name && a.name.is_none() {
+        bail!("push needs --name NAME[:TAG] (use import to store without a name)");
+    }
+    let (input, ann, default) = resolve_push_input(home, out, &a)?;
+    // Without --name, import names the DNA after its file (gc removes unnamed DNAs).
+    let name = push_name(&a, default)?;
+    let db = open_db(home)?;
+    if matches!(input, PushInput::Dna(_)) {
         out.progress("compressing and storing");
-        let r = db.push(&imported.dna, name.as_ref(), ann)?;
-        crate::query::index_pushed(&db, &r.digest)?;
-        r
+    }
+    let report = match &input {
+        PushInput::Dna(dna) => db.push(dna, Some(&name), ann)?,
+        PushInput::Bundle(b) => db.push_bundle(b, Some(&name), ann)?,
     };
     out.json(&report)?;
     out.line(&format!(
@@ -958,14 +1049,13 @@ fn merge(home: &StoreAt, out: &mut Out, a: MergeArgs) -> Result<()> {
     ann.insert("merged_from".to_string(), a.inputs.join(" "));
     if let Some(o) = &a.output {
         let bytes = db::bundle_of(&dna, &ann, 3);
-        crate::store::write_file_atomic(o, &bytes)
+        crate::fsio::write_file_atomic(o, &bytes)
             .with_context(|| format!("writing {}", o.display()))?;
         out.line(&format!("wrote {} ({} images)", o.display(), dna.images))?;
     }
     let stored = match (&name, &db) {
         (Some(n), Some(db)) => {
             let r = db.push(&dna, Some(n), ann)?;
-            crate::query::index_pushed(db, &r.digest)?;
             out.line(&format!(
                 "stored {} as {n} ({} images)",
                 r.digest.short(),
@@ -1001,7 +1091,7 @@ fn show(home: &StoreAt, out: &mut Out, spec: &str) -> Result<()> {
         let (digest, size, stored, codec) = match &dna {
             AnyDna::Stored(s) => {
                 let r = &s.manifest.layers[i];
-                let h = db.objects().header(&r.digest)?;
+                let h = db.object_header(&r.digest)?;
                 (
                     r.digest.to_string(),
                     r.size,
@@ -1118,23 +1208,17 @@ fn query(home: &StoreAt, out: &mut Out, a: QueryArgs) -> Result<i32> {
     let db = open_db(home)?;
     let (q, label) = load_input(&db, &a.source, out, &a.extract)?;
     let filters = parse_meta(&a.filters).context("--filter")?;
-    let req = crate::query::QueryRequest {
+    let req = crate::engine::QueryRequest {
         mask: a.mask.clone(),
         k: a.top,
         metric: parse_metric(&a.metric)?,
-        mode: if a.exact {
-            crate::query::Mode::Exact
-        } else if a.approx {
-            crate::query::Mode::Approx
-        } else {
-            crate::query::Mode::Auto
-        },
+        mode: query_mode(&a),
         filters,
         tag: a.tag.clone(),
         exclude_self: a.exclude_self,
         per_layer: a.per_layer,
     };
-    let res = crate::query::query(&db, &q, &req)?;
+    let res = db.query(&q, &req)?;
     out.json(&res)?;
     out.line(&format!(
         "top {} of {} by {} over {} neurons ({label})",
@@ -1171,7 +1255,7 @@ fn query(home: &StoreAt, out: &mut Out, a: QueryArgs) -> Result<i32> {
 
 /// The demo's first part: generated scene datasets extracted into DNAs, pushed, and a
 /// new sample of one scene queried against them.
-fn demo_scenes(db: &Db, out: &mut Out, per_family: u64) -> Result<()> {
+fn demo_scenes(db: &Engine, out: &mut Out, per_family: u64) -> Result<()> {
     use crate::extract::scenes;
     let dir = std::env::temp_dir().join(format!("vdna-db-demo-{}", std::process::id()));
     let _cleanup = RemoveOnDrop(dir.clone());
@@ -1195,7 +1279,6 @@ fn demo_scenes(db: &Db, out: &mut Out, per_family: u64) -> Result<()> {
         ann.insert("scene".to_string(), family.to_string());
         ann.insert("generator".to_string(), "procedural".to_string());
         let r = db.push(&dna, Some(&name), ann)?;
-        crate::query::index_pushed(db, &r.digest)?;
         out.line(&format!(
             "  pushed {name:<22} {} ({} images, {:.0} images/s)",
             r.digest.short(),
@@ -1214,12 +1297,12 @@ fn demo_scenes(db: &Db, out: &mut Out, per_family: u64) -> Result<()> {
     ))?;
     let qdna = AnyDna::Owned(qdna);
     for mask in ["all", "blocks_1*", "head"] {
-        let req = crate::query::QueryRequest {
+        let req = crate::engine::QueryRequest {
             mask: mask.into(),
             k: 3,
             ..Default::default()
         };
-        let res = crate::query::query(db, &qdna, &req)?;
+        let res = db.query(&qdna, &req)?;
         out.line(&format!(
             "\n$ vdna-db query new-skies/ --top 3 --mask '{mask}'"
         ))?;
@@ -1260,7 +1343,6 @@ fn demo(home: &StoreAt, out: &mut Out, a: DemoArgs) -> Result<i32> {
             let name = RefName::parse(&format!("reference/{}", stem.replace(['_', '.'], "-")))?;
             let imp = crate::reference::import_pair(&j)?;
             let r = db.push(&imp.dna, Some(&name), imp.annotations)?;
-            crate::query::index_pushed(&db, &r.digest)?;
             out.line(&format!(
                 "imported {name:<40} {} {}",
                 r.digest.short(),
@@ -1306,8 +1388,7 @@ fn demo(home: &StoreAt, out: &mut Out, a: DemoArgs) -> Result<i32> {
             let mut ann = BTreeMap::new();
             ann.insert("family".to_string(), format!("{f:02}"));
             ann.insert("synthetic".to_string(), "true".to_string());
-            let r = db.push(&dna, Some(&name), ann)?;
-            crate::query::index_pushed(&db, &r.digest)?;
+            db.push(&dna, Some(&name), ann)?;
             n += 1;
         }
     }
@@ -1343,12 +1424,12 @@ fn demo(home: &StoreAt, out: &mut Out, a: DemoArgs) -> Result<i32> {
     let probe = crate::synth::member_name(0, 0);
     let (q, _) = load_any(&db, &format!("{probe}:latest"))?;
     for mask in ["all", "layer4_*"] {
-        let req = crate::query::QueryRequest {
+        let req = crate::engine::QueryRequest {
             mask: mask.into(),
             k: 5,
             ..Default::default()
         };
-        let res = crate::query::query(&db, &q, &req)?;
+        let res = db.query(&q, &req)?;
         out.line(&format!(
             "\n$ vdna-db query {probe} --top 5 --mask '{mask}'"
         ))?;

@@ -5,14 +5,16 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
 use super::output::{human_bytes, Out};
-use crate::db::{self, Db};
+use crate::engine as db;
+use crate::protocol::{TokenCreate, TokenCreated, TokenInfo};
 use crate::refname::RefName;
 use crate::server::client::Client;
 use crate::server::{self, AppState, Limits};
+use crate::Engine;
 
 pub const SERVE_HELP: &str =
     "Serves the store over HTTP: a JSON API under /v1 (schema/openapi.json). Reads are
@@ -46,7 +48,24 @@ pub struct ServeArgs {
     pub concurrency: usize,
 }
 
-pub fn run_serve(db: Db, out: &mut Out, a: ServeArgs) -> Result<()> {
+/// The file in a store's home where a running `serve` says where it listens, so a local
+/// command that finds the store busy can name the `--remote` to use instead.
+pub const SERVE_FILE: &str = "serve.json";
+
+/// The URL of the server that owns the store at `home`, when one is running there.
+pub fn serving_url(home: &Path) -> Option<String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(home.join(SERVE_FILE)).ok()?).ok()?;
+    let pid = v["pid"].as_u64()?;
+    // A file left by a server that was killed names nobody.
+    if !Path::new(&format!("/proc/{pid}")).exists() {
+        return None;
+    }
+    v["url"].as_str().map(str::to_string)
+}
+
+pub fn run_serve(db: Engine, out: &mut Out, a: ServeArgs) -> Result<()> {
+    let serve_file = db.home().join(SERVE_FILE);
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -68,20 +87,29 @@ pub fn run_serve(db: Db, out: &mut Out, a: ServeArgs) -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     let json = out.is_json();
-    rt.block_on(server::serve(state, a.addr, |bound| {
-        // One line on stdout that scripts (and tests) read to find the port.
-        if json {
-            println!(
-                "{}",
-                serde_json::json!({"listening": format!("http://{bound}")})
-            );
-        } else {
-            println!("listening on http://{bound}");
-        }
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
-    }))
-    .with_context(|| format!("serving on {}", a.addr))?;
+    let served = rt
+        .block_on(server::serve(state, a.addr, |bound| {
+            // One line on stdout that scripts (and tests) read to find the port.
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"listening": format!("http://{bound}")})
+                );
+            } else {
+                println!("listening on http://{bound}");
+            }
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            let note =
+                serde_json::json!({"url": format!("http://{bound}"), "pid": std::process::id()});
+            if let Err(e) = crate::fsio::write_file_atomic(&serve_file, note.to_string().as_bytes())
+            {
+                tracing::warn!("could not write {}: {e}", serve_file.display());
+            }
+        }))
+        .with_context(|| format!("serving on {}", a.addr));
+    let _ = std::fs::remove_file(&serve_file);
+    served?;
     Ok(())
 }
 
@@ -102,40 +130,94 @@ pub enum TokenCommand {
     Revoke { id: String },
 }
 
-pub fn run_token(db: &Db, out: &mut Out, t: TokenCommand) -> Result<()> {
+pub fn run_token(db: &Engine, out: &mut Out, t: TokenCommand) -> Result<()> {
     match t {
         TokenCommand::Create { scope, label } => {
-            let (secret, rec) = server::new_token(&scope, &label)?;
-            db.catalogue().put_token(&rec)?;
-            out.json(&serde_json::json!({"id": rec.id, "scope": rec.scope, "token": secret}))?;
-            out.line(&format!(
-                "token {} ({}): {secret}\nkeep it now: only its hash is stored",
-                rec.id, rec.scope
-            ))?;
+            let (secret, rec) = db.create_token(&scope, &label)?;
+            print_created(
+                out,
+                &TokenCreated {
+                    id: rec.id,
+                    scope: rec.scope,
+                    label: rec.label,
+                    token: secret,
+                },
+            )?;
         }
         TokenCommand::Ls => {
-            let toks = db.catalogue().tokens()?;
-            out.json(
-                &toks
-                    .iter()
-                    .map(|t| serde_json::json!({"id": t.id, "scope": t.scope, "label": t.label, "created": t.created}))
-                    .collect::<Vec<_>>(),
-            )?;
-            out.table(
-                &["ID", "SCOPE", "LABEL"],
-                toks.iter()
-                    .map(|t| vec![t.id.clone(), t.scope.clone(), t.label.clone()])
-                    .collect(),
-            )?;
+            let toks: Vec<TokenInfo> = db
+                .tokens()?
+                .into_iter()
+                .map(|t| TokenInfo {
+                    id: t.id,
+                    scope: t.scope,
+                    label: t.label,
+                    created: t.created,
+                })
+                .collect();
+            print_tokens(out, &toks)?;
         }
         TokenCommand::Revoke { id } => {
-            if !db.catalogue().remove_token(&id)? {
-                bail!("no token {id} (list them with vdna-db token ls)");
-            }
-            out.line(&format!("revoked {id}"))?;
-            out.json(&serde_json::json!({"revoked": id}))?;
+            db.revoke_token(&id)?;
+            print_revoked(out, &id)?;
         }
     }
+    Ok(())
+}
+
+/// `token create | ls | revoke --remote URL`: the same, on a server (admin token).
+pub fn run_token_remote(c: &Client, out: &mut Out, t: &TokenCommand) -> Result<()> {
+    match t {
+        TokenCommand::Create { scope, label } => {
+            let body = TokenCreate {
+                scope: scope.clone(),
+                label: label.clone(),
+            };
+            let v = c.post_json("/v1/admin/tokens", &serde_json::to_value(&body)?)?;
+            let created: TokenCreated =
+                serde_json::from_value(v).context("reading the server's new token")?;
+            print_created(out, &created)?;
+        }
+        TokenCommand::Ls => {
+            let v = c.get_json("/v1/admin/tokens")?;
+            let toks: Vec<TokenInfo> =
+                serde_json::from_value(v).context("reading the server's token list")?;
+            print_tokens(out, &toks)?;
+        }
+        TokenCommand::Revoke { id } => {
+            c.delete_json(&format!(
+                "/v1/admin/tokens/{}",
+                crate::protocol::urlencode(id)
+            ))?;
+            print_revoked(out, id)?;
+        }
+    }
+    Ok(())
+}
+
+fn print_created(out: &mut Out, t: &TokenCreated) -> Result<()> {
+    out.json(&serde_json::json!({"id": t.id, "scope": t.scope, "token": t.token}))?;
+    out.line(&format!(
+        "token {} ({}): {}\nkeep it now: only its hash is stored",
+        t.id, t.scope, t.token
+    ))?;
+    Ok(())
+}
+
+fn print_tokens(out: &mut Out, toks: &[TokenInfo]) -> Result<()> {
+    out.json(&toks)?;
+    out.table(
+        &["ID", "SCOPE", "LABEL"],
+        toks.iter()
+            .map(|t| vec![t.id.clone(), t.scope.clone(), t.label.clone()])
+            .collect(),
+    )?;
+    Ok(())
+}
+
+fn print_revoked(out: &mut Out, id: &str) -> Result<()> {
+    out.line(&format!("revoked {id}"))?;
+    out.json(&serde_json::json!({"revoked": id}))?;
     Ok(())
 }
 
@@ -173,7 +255,7 @@ pub struct PullArgs {
     pub name: Option<String>,
 }
 
-pub fn run_pull(db: &Db, out: &mut Out, c: &Client, a: PullArgs) -> Result<()> {
+pub fn run_pull(db: &Engine, out: &mut Out, c: &Client, a: PullArgs) -> Result<()> {
     let remote_name = RefName::parse(&a.reference)?;
     let local = match &a.name {
         Some(n) => RefName::parse(n)?,
@@ -183,7 +265,6 @@ pub fn run_pull(db: &Db, out: &mut Out, c: &Client, a: PullArgs) -> Result<()> {
     let bytes: u64 = bundle.objects.iter().map(|o| o.1.len() as u64).sum();
     let ann = bundle.annotations.clone();
     let r = db.push_bundle(&bundle, Some(&local), ann)?;
-    crate::query::index_pushed(db, &r.digest)?;
     out.json(&r)?;
     out.line(&format!(
         "pulled {remote_name} as {local} ({}, {} objects, {} new locally, {})",

@@ -363,7 +363,7 @@ mod tests {
 
     #[test]
     fn batched_gaussians_equal_the_two_pass_statistics_of_everything() {
-        let mut r = crate::synth::Rng::new(11);
+        let mut r = crate::rng::Rng::new(11);
         let c = 3;
         let all: Vec<f32> = (0..c * 1000)
             .map(|_| (r.normal() * 3.0 + 100.0) as f32)

@@ -843,7 +843,7 @@ mod tests {
     }
 
     fn seq(n: usize, seed: u64) -> Vec<f32> {
-        let mut r = crate::synth::Rng::new(seed);
+        let mut r = crate::rng::Rng::new(seed);
         (0..n).map(|_| (r.f64() * 2.0 - 1.0) as f32).collect()
     }
 

@@ -188,7 +188,7 @@ mod tests {
 
     #[test]
     fn resize_matches_pillow_bicubic_written_out() {
-        let mut r = crate::synth::Rng::new(3);
+        let mut r = crate::rng::Rng::new(3);
         for &(w, h, ow, oh) in &[
             (37usize, 53usize, 224usize, 224usize),
             (300, 250, 224, 224),

@@ -5,7 +5,7 @@
 //!
 //! Owns: generating pixels. Must not: run networks or touch the store.
 
-use crate::synth::Rng;
+use crate::rng::Rng;
 
 /// The scene families.
 pub const FAMILIES: [&str; 5] = ["sky", "forest", "city", "night", "beach"];

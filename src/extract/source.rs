@@ -251,7 +251,7 @@ impl Selection {
     /// one selection partition it exactly.
     pub fn apply(&self, mut items: Vec<ImageItem>) -> Vec<ImageItem> {
         if let Some(seed) = self.shuffle {
-            let mut r = crate::synth::Rng::new(seed);
+            let mut r = crate::rng::Rng::new(seed);
             for i in (1..items.len()).rev() {
                 let j = r.below(i as u64 + 1) as usize;
                 items.swap(i, j);

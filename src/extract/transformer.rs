@@ -375,7 +375,7 @@ mod tests {
     fn attention_matches_a_direct_computation() {
         let (batch, tokens, heads, hd) = (2, 5, 3, 4);
         let dim = heads * hd;
-        let mut r = crate::synth::Rng::new(3);
+        let mut r = crate::rng::Rng::new(3);
         let qkv: Vec<f32> = (0..batch * tokens * 3 * dim)
             .map(|_| (r.f64() * 4.0 - 2.0) as f32)
             .collect();

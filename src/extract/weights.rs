@@ -217,14 +217,14 @@ fn portable_ln(x: f64) -> f64 {
 /// A standard normal stream from SplitMix64 by Marsaglia's polar method, using only
 /// correctly rounded IEEE operations and [`portable_ln`].
 pub struct PortableNormal {
-    rng: crate::synth::Rng,
+    rng: crate::rng::Rng,
     spare: Option<f64>,
 }
 
 impl PortableNormal {
     pub fn new(seed: u64) -> PortableNormal {
         PortableNormal {
-            rng: crate::synth::Rng::new(seed),
+            rng: crate::rng::Rng::new(seed),
             spare: None,
         }
     }
@@ -319,7 +319,7 @@ mod tests {
 
     #[test]
     fn portable_ln_agrees_with_libm() {
-        let mut r = crate::synth::Rng::new(7);
+        let mut r = crate::rng::Rng::new(7);
         for _ in 0..10_000 {
             let x = r.f64().max(1e-300);
             let (a, b) = (portable_ln(x), x.ln());

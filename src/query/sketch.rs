@@ -113,7 +113,7 @@ fn l1_body(a: &[f64], b: &[f32]) -> f64 {
 mod tests {
     use super::*;
     use crate::distance::emd_neuron;
-    use crate::synth::Rng;
+    use crate::rng::Rng;
 
     #[test]
     fn l1_kernel_equals_a_plain_sum() {

@@ -1,7 +1,6 @@
 //! The `/v1` handlers. Each parses and checks its input, runs the store work on the
-//! blocking pool and maps the result; the storage logic is `Db`'s.
+//! blocking pool and maps the result; the application logic is the `Engine`'s.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
@@ -14,18 +13,23 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{Access, ApiError, AppState, Caller};
-use crate::db::{AnyDna, Db};
 use crate::distance::Metric;
+use crate::engine::AnyDna;
+use crate::engine::QueryRequest;
 use crate::format::Digest;
-use crate::query::{Mode, QueryRequest};
+use crate::protocol::{
+    CompareBody, GcBody, QueryBody, QueryParams, ReindexBody, SetRef, TokenCreate, TokenCreated,
+    TokenInfo, VerifyBody,
+};
 use crate::refname::RefName;
+use crate::Engine;
 
 type Res<T> = Result<T, ApiError>;
 
 /// Runs a query or comparison on the blocking pool once a core is free.
 async fn heavy<T: Send + 'static>(
     st: &Arc<AppState>,
-    f: impl FnOnce(&Db) -> Res<T> + Send + 'static,
+    f: impl FnOnce(&Engine) -> Res<T> + Send + 'static,
 ) -> Res<T> {
     let _permit = st.heavy.acquire().await.map_err(ApiError::internal)?;
     blocking(st, f).await
@@ -34,10 +38,10 @@ async fn heavy<T: Send + 'static>(
 /// Runs store work on the blocking pool.
 async fn blocking<T: Send + 'static>(
     st: &Arc<AppState>,
-    f: impl FnOnce(&Db) -> Res<T> + Send + 'static,
+    f: impl FnOnce(&Engine) -> Res<T> + Send + 'static,
 ) -> Res<T> {
     let st = st.clone();
-    tokio::task::spawn_blocking(move || f(&st.db))
+    tokio::task::spawn_blocking(move || f(&st.engine))
         .await
         .map_err(ApiError::internal)?
 }
@@ -84,7 +88,7 @@ fn metric(m: &Option<String>) -> Res<Option<Metric>> {
 }
 
 pub async fn health(State(st): State<Arc<AppState>>) -> Res<Json<Value>> {
-    let n = blocking(&st, |db| Ok(db.catalogue().refs()?.len())).await?;
+    let n = blocking(&st, |db| Ok(db.refs()?.len())).await?;
     Ok(Json(
         json!({"status": "ok", "version": env!("CARGO_PKG_VERSION"), "refs": n}),
     ))
@@ -92,7 +96,7 @@ pub async fn health(State(st): State<Arc<AppState>>) -> Res<Json<Value>> {
 
 pub async fn head_blob(State(st): State<Arc<AppState>>, Path(d): Path<String>) -> Res<Response> {
     let d = digest(&d)?;
-    let size = blocking(&st, move |db| Ok(db.objects().stored_size(&d)?)).await?;
+    let size = blocking(&st, move |db| Ok(db.object_size(&d)?)).await?;
     Ok(match size {
         Some(n) => (StatusCode::OK, [(header::CONTENT_LENGTH, n.to_string())]).into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
@@ -102,10 +106,8 @@ pub async fn head_blob(State(st): State<Arc<AppState>>, Path(d): Path<String>) -
 pub async fn get_blob(State(st): State<Arc<AppState>>, Path(d): Path<String>) -> Res<Response> {
     let d = digest(&d)?;
     let bytes = blocking(&st, move |db| {
-        if !db.objects().contains(&d)? {
-            return Err(ApiError::not_found(format!("no blob {d}")));
-        }
-        Ok(db.objects().get_encoded(&d)?)
+        db.object_encoded(&d)?
+            .ok_or_else(|| ApiError::not_found(format!("no blob {d}")))
     })
     .await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
@@ -130,7 +132,7 @@ pub async fn put_blob(
             )
         })?;
     let created = blocking(&st, move |db| {
-        db.put_verified_object(&d, &bytes).map_err(|e| match e {
+        db.put_uploaded_object(&d, &bytes).map_err(|e| match e {
             crate::Error::Invalid(m) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "digest_mismatch", m)
             }
@@ -158,13 +160,13 @@ pub async fn manifest(State(st): State<Arc<AppState>>, Path(d): Path<String>) ->
     .await
 }
 
-fn ref_json(n: &RefName, r: &crate::catalogue::RefRecord) -> Value {
+fn ref_json(n: &RefName, r: &crate::engine::RefRecord) -> Value {
     json!({"ref": n.to_string(), "digest": r.digest, "created": r.created, "annotations": r.annotations})
 }
 
 pub async fn list_refs(State(st): State<Arc<AppState>>) -> Res<Json<Value>> {
     blocking(&st, |db| {
-        let refs = db.catalogue().refs()?;
+        let refs = db.refs()?;
         Ok(Json(Value::Array(
             refs.iter().map(|(n, r)| ref_json(n, r)).collect(),
         )))
@@ -177,18 +179,11 @@ pub async fn get_ref(
     Path(name): Path<String>,
 ) -> Res<Json<Value>> {
     let n = refname(&name)?;
-    blocking(&st, move |db| match db.catalogue().get_ref(&n)? {
+    blocking(&st, move |db| match db.get_ref(&n)? {
         Some(r) => Ok(Json(ref_json(&n, &r))),
         None => Err(ApiError::not_found(format!("no ref {n}"))),
     })
     .await
-}
-
-#[derive(Deserialize)]
-pub struct SetRef {
-    digest: String,
-    #[serde(default)]
-    annotations: BTreeMap<String, String>,
 }
 
 pub async fn put_ref(
@@ -202,9 +197,8 @@ pub async fn put_ref(
     let n = refname(&name)?;
     let d = digest(&body.digest)?;
     let report = blocking(&st, move |db| {
-        let r = db.commit_stored(&d, Some(&n), body.annotations)?;
-        crate::query::index_pushed(db, &r.digest)?;
-        Ok(r)
+        db.commit_uploaded(&d, Some(&n), body.annotations)
+            .map_err(Into::into)
     })
     .await?;
     Ok((StatusCode::CREATED, Json(report)).into_response())
@@ -277,7 +271,7 @@ pub async fn dataset(
         let (d, n) = db.resolve(&name)?;
         let stored = db.open_dna(&d)?;
         let ann = db.annotations(n.as_ref())?;
-        let rec = db.catalogue().dna(&d)?;
+        let rec = db.dna_record(&d)?;
         Ok(Json(json!({
             "ref": n.map(|n| n.to_string()),
             "digest": d,
@@ -292,25 +286,6 @@ pub async fn dataset(
         })))
     })
     .await
-}
-
-#[derive(Deserialize)]
-pub struct CompareBody {
-    a: String,
-    b: String,
-    #[serde(default = "all")]
-    mask: String,
-    metric: Option<String>,
-    #[serde(default)]
-    top_neurons: usize,
-}
-
-fn all() -> String {
-    "all".into()
-}
-
-fn five() -> usize {
-    5
 }
 
 pub async fn compare(State(st): State<Arc<AppState>>, body: Bytes) -> Res<Json<Value>> {
@@ -328,41 +303,8 @@ pub async fn compare(State(st): State<Arc<AppState>>, body: Bytes) -> Res<Json<V
     .await
 }
 
-#[derive(Deserialize)]
-pub struct QueryBody {
-    /// A stored ref or digest (for `/v1/query`).
-    #[serde(rename = "ref")]
-    reference: Option<String>,
-    #[serde(default = "all")]
-    mask: String,
-    #[serde(default = "five")]
-    k: usize,
-    metric: Option<String>,
-    #[serde(default)]
-    filters: BTreeMap<String, String>,
-    tag: Option<String>,
-    #[serde(default)]
-    exclude_self: bool,
-    #[serde(default)]
-    approx: bool,
-    #[serde(default)]
-    per_layer: bool,
-}
-
 fn request(q: &QueryBody) -> Res<QueryRequest> {
-    if q.k == 0 || q.k > 1000 {
-        return Err(ApiError::bad_request("k must be between 1 and 1000"));
-    }
-    Ok(QueryRequest {
-        mask: q.mask.clone(),
-        k: q.k,
-        metric: metric(&q.metric)?,
-        mode: if q.approx { Mode::Approx } else { Mode::Exact },
-        filters: q.filters.clone(),
-        tag: q.tag.clone(),
-        exclude_self: q.exclude_self,
-        per_layer: q.per_layer,
-    })
+    q.to_request().map_err(ApiError::bad_request)
 }
 
 pub async fn query(State(st): State<Arc<AppState>>, body: Bytes) -> Res<Json<Value>> {
@@ -376,7 +318,7 @@ pub async fn query(State(st): State<Arc<AppState>>, body: Bytes) -> Res<Json<Val
     heavy(&st, move |db| {
         let (d, _) = db.resolve(&spec)?;
         let dna = AnyDna::Stored(db.open_dna(&d)?);
-        let r = crate::query::query(db, &dna, &req)?;
+        let r = db.query(&dna, &req)?;
         Ok(Json(serde_json::to_value(r).map_err(ApiError::internal)?))
     })
     .await
@@ -384,16 +326,16 @@ pub async fn query(State(st): State<Arc<AppState>>, body: Bytes) -> Res<Json<Val
 
 pub async fn query_bundle(
     State(st): State<Arc<AppState>>,
-    q: Result<Query<QueryBody>, QueryRejection>,
+    q: Result<Query<QueryParams>, QueryRejection>,
     body: Bytes,
 ) -> Res<Json<Value>> {
-    let q = parse_query(q)?;
+    let q = parse_query(q)?.into_body().map_err(ApiError::bad_request)?;
     let req = request(&q)?;
     heavy(&st, move |db| {
-        let (dna, _) = crate::db::dna_of_bundle_bytes(&body).map_err(|e| {
+        let (dna, _) = crate::engine::dna_of_bundle_bytes(&body).map_err(|e| {
             ApiError::bad_request(format!("request body is not a valid .vdna bundle: {e}"))
         })?;
-        let r = crate::query::query(db, &AnyDna::Owned(dna), &req)?;
+        let r = db.query(&AnyDna::Owned(dna), &req)?;
         Ok(Json(serde_json::to_value(r).map_err(ApiError::internal)?))
     })
     .await
@@ -402,8 +344,7 @@ pub async fn query_bundle(
 pub async fn masks(State(st): State<Arc<AppState>>) -> Res<Json<Value>> {
     blocking(&st, |db| {
         Ok(Json(Value::Array(
-            db.catalogue()
-                .masks()?
+            db.masks()?
                 .into_iter()
                 .map(|(n, s)| json!({"name": n, "spec": s}))
                 .collect(),
@@ -415,8 +356,7 @@ pub async fn masks(State(st): State<Arc<AppState>>) -> Res<Json<Value>> {
 pub async fn spaces(State(st): State<Arc<AppState>>) -> Res<Json<Value>> {
     blocking(&st, |db| {
         Ok(Json(Value::Array(
-            db.catalogue()
-                .spaces()?
+            db.spaces()?
                 .into_iter()
                 .map(
                     |(d, s)| json!({"digest": d, "description": s.description, "config": s.config}),
@@ -425,4 +365,101 @@ pub async fn spaces(State(st): State<Arc<AppState>>) -> Res<Json<Value>> {
         )))
     })
     .await
+}
+
+/// A JSON body, or the type's default when the body is empty.
+fn parse_json_or_default<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Res<T> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    parse_json(body)
+}
+
+pub async fn tokens(
+    State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+) -> Res<Json<Vec<TokenInfo>>> {
+    need(caller, Access::Admin)?;
+    blocking(&st, |db| {
+        Ok(Json(
+            db.tokens()?
+                .into_iter()
+                .map(|t| TokenInfo {
+                    id: t.id,
+                    scope: t.scope,
+                    label: t.label,
+                    created: t.created,
+                })
+                .collect(),
+        ))
+    })
+    .await
+}
+
+pub async fn create_token(
+    State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Res<Response> {
+    need(caller, Access::Admin)?;
+    let b: TokenCreate = parse_json(&body)?;
+    let created = blocking(&st, move |db| {
+        let (token, rec) = db.create_token(&b.scope, &b.label)?;
+        Ok(TokenCreated {
+            id: rec.id,
+            scope: rec.scope,
+            label: rec.label,
+            token,
+        })
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+pub async fn revoke_token(
+    State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Res<Json<Value>> {
+    need(caller, Access::Admin)?;
+    blocking(&st, move |db| {
+        db.revoke_token(&id)?;
+        Ok(Json(json!({ "revoked": id })))
+    })
+    .await
+}
+
+pub async fn gc(
+    State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Res<Json<crate::engine::GcReport>> {
+    need(caller, Access::Admin)?;
+    let b: GcBody = parse_json_or_default(&body)?;
+    blocking(&st, move |db| {
+        Ok(Json(
+            db.gc(b.grace_secs.map(std::time::Duration::from_secs))?,
+        ))
+    })
+    .await
+}
+
+pub async fn verify(
+    State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Res<Json<crate::engine::VerifyOutcome>> {
+    need(caller, Access::Admin)?;
+    let b: VerifyBody = parse_json_or_default(&body)?;
+    heavy(&st, move |db| Ok(Json(db.verify(b.repair)?))).await
+}
+
+pub async fn reindex(
+    State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Res<Json<crate::engine::ReindexReport>> {
+    need(caller, Access::Admin)?;
+    let b: ReindexBody = parse_json_or_default(&body)?;
+    heavy(&st, move |db| Ok(Json(db.reindex(b.graphs_min)?))).await
 }

@@ -107,6 +107,24 @@ impl Client {
         serde_json::from_slice(&b).map_err(|e| self.fail(path, e))
     }
 
+    pub fn put_json(&self, path: &str, body: &Value) -> Result<Value, Error> {
+        let r = self
+            .auth(self.agent.put(&self.url(path)))
+            .send_json(body)
+            .map_err(|e| self.fail(path, e))?;
+        let b = self.finish(path, r)?;
+        serde_json::from_slice(&b).map_err(|e| self.fail(path, e))
+    }
+
+    pub fn delete_json(&self, path: &str) -> Result<Value, Error> {
+        let r = self
+            .auth(self.agent.delete(&self.url(path)))
+            .call()
+            .map_err(|e| self.fail(path, e))?;
+        let b = self.finish(path, r)?;
+        serde_json::from_slice(&b).map_err(|e| self.fail(path, e))
+    }
+
     /// Posts a `.vdna` bundle as the query DNA; `params` is the query string.
     pub fn query_bundle(&self, bundle: &[u8], params: &str) -> Result<Value, Error> {
         let path = format!("/v1/query/bundle?{params}");
@@ -128,6 +146,11 @@ impl Client {
         match r.status().as_u16() {
             200 => Ok(true),
             404 => Ok(false),
+            // A HEAD answer has no body to carry the server's reason: say it here.
+            401 => Err(self.fail(
+                &path,
+                "HEAD answered 401: unknown or revoked token (give a valid one with --token or VDNA_DB_TOKEN)",
+            )),
             s => Err(self.fail(&path, format!("HEAD answered {s}"))),
         }
     }
@@ -169,7 +192,10 @@ impl Client {
         let path = format!("/v1/refs/{name}");
         let r = self
             .auth(self.agent.put(&self.url(&path)))
-            .send_json(serde_json::json!({"digest": digest, "annotations": annotations}))
+            .send_json(crate::protocol::SetRef {
+                digest: digest.to_string(),
+                annotations: annotations.clone(),
+            })
             .map_err(|e| self.fail(&path, e))?;
         let b = self.finish(&path, r)?;
         Ok(PushSummary {

@@ -8,7 +8,7 @@
 //! a ref to a manifest whose objects are all present; the server re-verifies every object
 //! and validates every layer before the commit, so nothing half-uploaded is ever named.
 //!
-//! Owns: everything HTTP. Must not: contain storage logic (that is `Db`'s).
+//! Owns: everything HTTP. Must not: contain application or storage logic (that is the `Engine`'s).
 
 mod api;
 pub mod client;
@@ -23,15 +23,13 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderName, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
-use sha2::{Digest as _, Sha256};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-use crate::catalogue::TokenRecord;
 use crate::format::Digest;
-use crate::Db;
+use crate::Engine;
 pub use error::ApiError;
 
 /// Every route, one constant each, so the OpenAPI drift test can enumerate them.
@@ -48,6 +46,11 @@ pub mod paths {
     pub const QUERY_BUNDLE: &str = "/v1/query/bundle";
     pub const MASKS: &str = "/v1/masks";
     pub const SPACES: &str = "/v1/spaces";
+    pub const TOKENS: &str = "/v1/admin/tokens";
+    pub const TOKEN: &str = "/v1/admin/tokens/{id}";
+    pub const GC: &str = "/v1/admin/gc";
+    pub const VERIFY: &str = "/v1/admin/verify";
+    pub const REINDEX: &str = "/v1/admin/reindex";
     /// `(method, path)` of every operation.
     pub const ALL: &[(&str, &str)] = &[
         ("get", HEALTH),
@@ -66,6 +69,21 @@ pub mod paths {
         ("post", QUERY_BUNDLE),
         ("get", MASKS),
         ("get", SPACES),
+        ("get", TOKENS),
+        ("post", TOKENS),
+        ("delete", TOKEN),
+        ("post", GC),
+        ("post", VERIFY),
+        ("post", REINDEX),
+    ];
+    /// Operations that need an admin token.
+    pub const ADMIN: &[(&str, &str)] = &[
+        ("get", TOKENS),
+        ("post", TOKENS),
+        ("delete", TOKEN),
+        ("post", GC),
+        ("post", VERIFY),
+        ("post", REINDEX),
     ];
 }
 
@@ -91,7 +109,7 @@ impl Default for Limits {
 
 /// Shared state of the handlers.
 pub struct AppState {
-    pub db: Db,
+    pub engine: Engine,
     /// Reads need a token too.
     pub private: bool,
     pub limits: Limits,
@@ -102,10 +120,10 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(db: Db, private: bool, limits: Limits) -> AppState {
+    pub fn new(engine: impl Into<Engine>, private: bool, limits: Limits) -> AppState {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         AppState {
-            db,
+            engine: engine.into(),
             private,
             limits,
             heavy: tokio::sync::Semaphore::new(cores),
@@ -121,10 +139,7 @@ pub enum Access {
     Admin,
 }
 
-/// SHA-256 of a token secret, as stored.
-pub fn token_hash(secret: &str) -> Digest {
-    Digest(Sha256::digest(secret.as_bytes()).into())
-}
+pub use crate::token::{new_token, token_hash};
 
 /// Equality of two digests in time independent of where they differ.
 fn ct_eq(a: &Digest, b: &Digest) -> bool {
@@ -134,30 +149,6 @@ fn ct_eq(a: &Digest, b: &Digest) -> bool {
         == 0
 }
 
-/// Creates a token: returns the secret (shown once) and the stored record.
-pub fn new_token(scope: &str, label: &str) -> Result<(String, TokenRecord), crate::Error> {
-    if scope != "push" && scope != "admin" {
-        return Err(crate::Error::Invalid(format!(
-            "token scope {scope:?}: use push or admin"
-        )));
-    }
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes)
-        .map_err(|e| crate::Error::Invalid(format!("no randomness for a token: {e}")))?;
-    let secret = format!("vdna_{}", hex::encode(bytes));
-    let id = hex::encode(&Sha256::digest(secret.as_bytes())[..6]);
-    Ok((
-        secret.clone(),
-        TokenRecord {
-            id,
-            scope: scope.into(),
-            hash: token_hash(&secret),
-            label: label.into(),
-            created: crate::now_secs(),
-        },
-    ))
-}
-
 impl AppState {
     /// The access a bearer token grants; every stored hash is compared in constant time.
     fn access(&self, bearer: Option<&str>) -> Result<Access, ApiError> {
@@ -165,7 +156,7 @@ impl AppState {
             return Ok(Access::Anonymous);
         };
         let h = token_hash(secret);
-        let tokens = self.db.catalogue().tokens().map_err(ApiError::from)?;
+        let tokens = self.engine.tokens().map_err(ApiError::from)?;
         let mut found = None;
         for t in &tokens {
             if ct_eq(&t.hash, &h) {
@@ -239,6 +230,11 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route(paths::QUERY_BUNDLE, post(api::query_bundle))
         .route(paths::MASKS, get(api::masks))
         .route(paths::SPACES, get(api::spaces))
+        .route(paths::TOKENS, get(api::tokens).post(api::create_token))
+        .route(paths::TOKEN, delete(api::revoke_token))
+        .route(paths::GC, post(api::gc))
+        .route(paths::VERIFY, post(api::verify))
+        .route(paths::REINDEX, post(api::reindex))
         .route("/", get(web::catalogue))
         .route("/d/{*name}", get(web::dataset))
         .route("/compare", get(web::compare))

@@ -21,9 +21,10 @@ use axum::response::{Html, IntoResponse, Response};
 use serde::Deserialize;
 
 use super::{ApiError, AppState};
-use crate::db::{AnyDna, Db, Listing};
+use crate::engine::{AnyDna, Listing};
+use crate::engine::{Mode, QueryRequest, QueryResult};
 use crate::format::{DistKind, LayerView};
-use crate::query::{Mode, QueryRequest, QueryResult};
+use crate::Engine;
 
 /// HTML-escapes text.
 pub fn esc(s: &str) -> String {
@@ -105,10 +106,10 @@ fn web_err(e: ApiError) -> Response {
 
 async fn blocking<T: Send + 'static>(
     st: &Arc<AppState>,
-    f: impl FnOnce(&Db) -> Result<T, ApiError> + Send + 'static,
+    f: impl FnOnce(&Engine) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, Response> {
     let st = st.clone();
-    match tokio::task::spawn_blocking(move || f(&st.db)).await {
+    match tokio::task::spawn_blocking(move || f(&st.engine)).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(web_err(e)),
         Err(e) => Err(web_err(ApiError::internal(e))),
@@ -146,7 +147,7 @@ pub async fn catalogue(
 ) -> Result<Response, Response> {
     let res = blocking(&st, move |db| {
         let rows = db.list()?;
-        let spaces = db.catalogue().spaces()?;
+        let spaces = db.spaces()?;
         Ok((rows, spaces))
     })
     .await;
@@ -400,8 +401,7 @@ pub async fn dataset(
             let buf = stored.layer(i)?;
             layers.push(summarise(&spec.name, buf.view()));
         }
-        let q = crate::query::query(
-            db,
+        let q = db.query(
             &AnyDna::Stored(db.open_dna(&d)?),
             &QueryRequest {
                 k: 6,
@@ -573,8 +573,7 @@ pub async fn query_page(
             return Ok((rows, None));
         };
         let (d, _) = db.resolve(&r)?;
-        let q = crate::query::query(
-            db,
+        let q = db.query(
             &AnyDna::Stored(db.open_dna(&d)?),
             &QueryRequest {
                 mask: m2,
@@ -609,11 +608,10 @@ pub async fn query_upload(
     );
     let res = blocking(&st, move |db| {
         let rows = db.list()?;
-        let (dna, _) = crate::db::dna_of_bundle_bytes(&bytes).map_err(|e| {
+        let (dna, _) = crate::engine::dna_of_bundle_bytes(&bytes).map_err(|e| {
             ApiError::bad_request(format!("the upload is not a valid .vdna bundle: {e}"))
         })?;
-        let q = crate::query::query(
-            db,
+        let q = db.query(
             &AnyDna::Owned(dna),
             &QueryRequest {
                 mask: m2,

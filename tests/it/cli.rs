@@ -328,3 +328,83 @@ fn import_without_a_name_names_the_dna_after_its_file() {
     ok(h.path(), &["gc"]);
     assert_eq!(json(h.path(), &["show", "checker-gaussian"])["images"], 28);
 }
+
+/// Issue 12: a mask value that opens with an exclusion is a value, not a flag, for every
+/// option that takes a mask (`--mask -l`, `--mask '-a b'`, `mask add NAME -l`), and it
+/// selects the same neurons as the complement spelled out term by term.
+#[test]
+fn mask_values_opening_with_a_dash_are_accepted_everywhere() {
+    let h = tmp();
+    let home = h.path();
+    ok(
+        home,
+        &[
+            "demo",
+            "--images",
+            "0",
+            "--fixtures",
+            "none",
+            "--families",
+            "2",
+            "--members",
+            "2",
+        ],
+    );
+    let q = "synth/family-01-00";
+    let ranked = |v: &serde_json::Value| -> Vec<(String, f64)> {
+        v["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                (
+                    h["ref"].as_str().unwrap().to_string(),
+                    h["distance"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    // Separate value, `=` form, and the complement written out: the same answer.
+    let sep = json(home, &["query", q, "--mask", "-layer1_*", "--top", "4"]);
+    let eq = json(home, &["query", q, "--mask=-layer1_*", "--top", "4"]);
+    let spelled = json(
+        home,
+        &[
+            "query",
+            q,
+            "--mask",
+            "layer2_* layer3_* layer4_*",
+            "--top",
+            "4",
+        ],
+    );
+    assert_eq!(sep["neurons"], 15104 - 3 * 256, "{sep}");
+    assert_eq!(ranked(&sep), ranked(&eq));
+    assert_eq!(ranked(&sep), ranked(&spelled));
+    // A spec of several terms opening with an exclusion, short option too.
+    let two = json(
+        home,
+        &["query", q, "-m", "-layer1_* -layer2_0", "--top", "4"],
+    );
+    assert_eq!(two["neurons"], 15104 - 3 * 256 - 512, "{two}");
+    // compare takes the same values.
+    let c = json(
+        home,
+        &["compare", q, "synth/family-00-00", "--mask", "-layer1_*"],
+    );
+    let c2 = json(
+        home,
+        &[
+            "compare",
+            q,
+            "synth/family-00-00",
+            "--mask",
+            "layer2_* layer3_* layer4_*",
+        ],
+    );
+    assert_eq!(c["distance"], c2["distance"], "{c} vs {c2}");
+    // A named mask whose spec opens with an exclusion.
+    ok(home, &["mask", "add", "late", "-layer1_*"]);
+    let named = json(home, &["query", q, "--mask", "@late", "--top", "4"]);
+    assert_eq!(ranked(&named), ranked(&sep));
+}

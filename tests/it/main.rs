@@ -9,6 +9,7 @@ mod decoders;
 mod extract;
 mod extractors;
 mod golden;
+mod layers;
 mod properties;
 mod query;
 mod reliability;

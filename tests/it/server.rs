@@ -122,7 +122,7 @@ fn blob_uploads_are_verified_and_need_a_token() {
         )
         .await;
         assert_eq!(s, StatusCode::UNAUTHORIZED);
-        assert!(!f.state.db.objects().contains(d).unwrap());
+        assert!(!f.state.engine.db().objects().contains(d).unwrap());
         // Malformed digest; content under another object's digest.
         let (s, _) = call(
             &f,
@@ -144,7 +144,7 @@ fn blob_uploads_are_verified_and_need_a_token() {
         .await;
         assert_eq!(s, StatusCode::BAD_REQUEST);
         assert_eq!(error_code(&b), "digest_mismatch");
-        assert!(!f.state.db.objects().contains(other).unwrap());
+        assert!(!f.state.engine.db().objects().contains(other).unwrap());
         // Garbage bytes.
         let (s, _) = call(
             &f,
@@ -199,7 +199,7 @@ fn oversized_bodies_are_refused_streamed_or_not() {
         )
         .await;
         assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
-        assert!(!f.state.db.objects().contains(&d).unwrap());
+        assert!(!f.state.engine.db().objects().contains(&d).unwrap());
     });
 }
 
@@ -223,7 +223,7 @@ fn a_dna_pushed_blob_by_blob_is_committed_queried_and_compared() {
                 )
                 .await;
                 assert_eq!(s, StatusCode::NOT_FOUND, "{}", String::from_utf8_lossy(&b));
-                assert!(f.state.db.catalogue().refs().unwrap().is_empty());
+                assert!(f.state.engine.db().catalogue().refs().unwrap().is_empty());
             }
             for (d, bytes) in &enc.objects {
                 let (s, _) = call(
@@ -686,7 +686,7 @@ fn web_upload_queries_with_a_bundle_raw_or_multipart() {
         let f = fixture(false, 1 << 24);
         let dna = small_dna(1, 1);
         f.state
-            .db
+            .engine
             .push(&small_dna(1, 0), Some(&vdna_db::refname::RefName::parse("lab/b:v1").unwrap()), Default::default())
             .unwrap();
         let bundle = vdna_db::db::bundle_of(&dna, &Default::default(), 3);
@@ -712,15 +712,23 @@ fn every_write_route_needs_a_token_and_paths_cannot_escape() {
     rt().block_on(async {
         let f = fixture(false, 1 << 20);
         let digest = Digest::of(b"probe").to_string();
-        let writes: Vec<&(&str, &str)> = server::paths::ALL
+        let mut writes: Vec<&(&str, &str)> = server::paths::ALL
             .iter()
             .filter(|(m, _)| *m == "put" || *m == "delete")
+            .chain(server::paths::ADMIN)
             .collect();
-        assert_eq!(writes.len(), 3, "blob PUT, ref PUT, ref DELETE");
+        writes.sort();
+        writes.dedup();
+        assert_eq!(
+            writes.len(),
+            9,
+            "blob PUT, ref PUT, ref DELETE, and the 6 admin operations"
+        );
         for (m, p) in writes {
             let path = p
                 .replace("{digest}", &digest)
-                .replace("{*name}", "probe/x:v1");
+                .replace("{*name}", "probe/x:v1")
+                .replace("{id}", "0123456789ab");
             let method = Method::from_bytes(m.to_uppercase().as_bytes()).unwrap();
             for token in [None, Some("vdna_0000")] {
                 let (s, b) = call(&f, method.clone(), &path, token, Body::from("{}")).await;
@@ -743,8 +751,8 @@ fn every_write_route_needs_a_token_and_paths_cannot_escape() {
             let (s, _) = call(&f, Method::PUT, path, Some(&f.admin), Body::from("{}")).await;
             assert!(s.is_client_error(), "{path}: {s}");
         }
-        assert!(f.state.db.catalogue().refs().unwrap().is_empty());
-        assert!(f.state.db.objects().list().unwrap().is_empty());
+        assert!(f.state.engine.db().catalogue().refs().unwrap().is_empty());
+        assert!(f.state.engine.db().objects().list().unwrap().is_empty());
     });
 }
 
@@ -761,7 +769,7 @@ fn http_bodies_survive_structure_aware_mutations() {
     let rt = rt();
     let f = fixture(false, 1 << 20);
     let a = small_dna(0, 0);
-    let db = &f.state.db;
+    let db = f.state.engine.db();
     let pushed = db
         .push(
             &a,
@@ -951,5 +959,403 @@ fn server_logs_never_contain_tokens() {
     assert!(
         !log.to_lowercase().contains("bearer "),
         "an authorization header was logged"
+    );
+}
+
+/// Regression (issue 12): `ls --remote` asked for one page of 1,000 and stopped there, so a
+/// catalogue past 1,000 names was cut without a word. It now reads every page.
+#[test]
+fn ls_remote_lists_a_catalogue_past_one_page() {
+    let dir = util::tmp();
+    let home = dir.path().join("server");
+    let want: std::collections::BTreeSet<String> = {
+        let db = Db::open(&home).unwrap();
+        let first = vdna_db::refname::RefName::parse("many/d:t0000").unwrap();
+        db.push(&small_dna(0, 0), Some(&first), Default::default())
+            .unwrap();
+        for i in 1..1203 {
+            db.tag("many/d:t0000", &format!("many/d:t{i:04}")).unwrap();
+        }
+        (0..1203).map(|i| format!("many/d:t{i:04}")).collect()
+    };
+    let srv = start_server(&home, &[]);
+    let v = util::json(&dir.path().join("client"), &["--remote", &srv.url, "ls"]);
+    let got: std::collections::BTreeSet<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["ref"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(got.len(), 1203);
+    assert_eq!(got, want);
+}
+
+/// Issue 12: the request bodies the client writes and the server reads are one set of
+/// types (`vdna_db::protocol`), and the OpenAPI document lists exactly their fields, so
+/// neither side can send or expect a field the other does not know.
+#[test]
+fn openapi_request_fields_match_the_shared_protocol_types() {
+    use vdna_db::protocol::{CompareBody, QueryBody, SetRef};
+    let doc: Value =
+        serde_json::from_slice(&std::fs::read(root().join("schema/openapi.json")).unwrap())
+            .unwrap();
+    let body_props = |path: &str, method: &str| -> BTreeSet<String> {
+        doc["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]
+            ["properties"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{method} {path}: no JSON body documented"))
+            .keys()
+            .cloned()
+            .collect()
+    };
+    // Every optional field set, so serialisation shows them all.
+    let full = QueryBody {
+        reference: Some("x".into()),
+        mask: "all".into(),
+        k: 3,
+        metric: Some("emd".into()),
+        filters: [("a".to_string(), "b".to_string())].into(),
+        tag: Some("v1".into()),
+        exclude_self: true,
+        mode: Some(vdna_db::query::Mode::Auto),
+        approx: true,
+        per_layer: true,
+    };
+    let keys = |v: Value| -> BTreeSet<String> { v.as_object().unwrap().keys().cloned().collect() };
+    let query_fields = keys(serde_json::to_value(&full).unwrap());
+    assert_eq!(query_fields, body_props("/v1/query", "post"));
+    // The bundle form carries the same options, but the ref, in its query string.
+    let params: BTreeSet<String> = doc["paths"]["/v1/query/bundle"]["post"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["in"] == "query")
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect();
+    let mut without_ref = query_fields.clone();
+    without_ref.remove("ref");
+    assert_eq!(params, without_ref);
+    let sent: BTreeSet<String> = full
+        .to_query_string()
+        .split('&')
+        .map(|kv| kv.split('=').next().unwrap().to_string())
+        .collect();
+    assert_eq!(sent, without_ref);
+    let cmp = CompareBody {
+        a: "x".into(),
+        b: "y".into(),
+        mask: "all".into(),
+        metric: Some("emd".into()),
+        top_neurons: 3,
+    };
+    assert_eq!(
+        keys(serde_json::to_value(&cmp).unwrap()),
+        body_props("/v1/compare", "post")
+    );
+    let set = SetRef {
+        digest: "sha256:00".into(),
+        annotations: Default::default(),
+    };
+    assert_eq!(
+        keys(serde_json::to_value(&set).unwrap()),
+        body_props("/v1/refs/{name}", "put")
+    );
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// Issue 12: one input resolver and one engine behind local and remote commands. A matrix
+/// of inputs x flags (reference pair, the same pinned to weights and ranges, a `.vdna`
+/// bundle, an image source with extraction flags, and a stored name sent as `docker push`
+/// sends a local image) is pushed into a local store and through a real server; digests,
+/// spaces, images, annotations, and then ranks, distances and per-layer distances of
+/// filtered queries (by name and by an uploaded bundle) are identical.
+#[test]
+fn local_and_remote_pushes_and_queries_are_identical() {
+    let dir = util::tmp();
+    let (local, server_home) = (dir.path().join("local"), dir.path().join("server"));
+    let w = dir.path().join("w.safetensors");
+    let ws = w.to_str().unwrap();
+    util::ok(&local, &["weights", "rand_resnet50", "-o", ws]);
+    let ranges = root().join("assets/ranges/rand_resnet50-seed0.json");
+    let ranges = ranges.to_str().unwrap();
+    let g = root().join("fixtures/reference/gradients-histogram-100.json");
+    let c = root().join("fixtures/reference/checker-histogram-100.json");
+    let pinned = root().join("fixtures/extract/rand_resnet50/histogram-100.json");
+    let imgs = root().join("fixtures/images");
+    let bundle = dir.path().join("c.vdna");
+    let (g, c, pinned, imgs) = (
+        g.to_str().unwrap(),
+        c.to_str().unwrap(),
+        pinned.to_str().unwrap(),
+        imgs.to_str().unwrap(),
+    );
+    // The bundle is the checker DNA exported from a scratch store.
+    let scratch = dir.path().join("scratch");
+    util::ok(&scratch, &["import", c, "--name", "c"]);
+    util::ok(&scratch, &["export", "c", "-o", bundle.to_str().unwrap()]);
+    let bundle = bundle.to_str().unwrap();
+    let matrix: Vec<Vec<&str>> = vec![
+        vec!["push", g, "--name", "m/pair:v1", "--meta", "split=val"],
+        vec!["push", g, "--name", "m/pair-b:v1", "--meta", "split=train"],
+        vec![
+            "push",
+            pinned,
+            "--name",
+            "m/pinned:v1",
+            "--weights",
+            ws,
+            "--ranges",
+            ranges,
+        ],
+        vec![
+            "push",
+            bundle,
+            "--name",
+            "m/bundle:v1",
+            "--meta",
+            "split=val",
+        ],
+        vec![
+            "push",
+            imgs,
+            "--name",
+            "m/images:v1",
+            "--dist",
+            "histogram-32",
+            "--max-images",
+            "3",
+        ],
+    ];
+    for args in &matrix {
+        util::ok(&local, args);
+    }
+    let token = util::json(&server_home, &["token", "create", "--scope", "admin"])["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let srv = start_server(&server_home, &[]);
+    let remote = |args: &[&str]| -> Vec<String> {
+        let mut v = vec!["--remote", &srv.url, "--token", &token]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>();
+        v.extend(args.iter().map(|s| s.to_string()));
+        v
+    };
+    for args in &matrix {
+        let a = remote(args);
+        util::ok(&local, &strs(&a));
+    }
+    // A stored name of the local store, sent as docker push sends a local image.
+    util::ok(
+        &local,
+        &strs(&remote(&["push", "m/pair:v1", "--name", "m/sent:v1"])),
+    );
+    util::ok(&local, &["tag", "m/pair:v1", "m/sent:v1"]);
+
+    let key = |v: &Value| -> Vec<(String, String, String, u64, String)> {
+        let mut rows: Vec<_> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["ref"].as_str().unwrap().to_string(),
+                    r["digest"].as_str().unwrap().to_string(),
+                    r["space"].as_str().unwrap().to_string(),
+                    r["images"].as_u64().unwrap(),
+                    r["annotations"].to_string(),
+                )
+            })
+            .collect();
+        rows.sort();
+        rows
+    };
+    let here = util::json(&local, &["ls"]);
+    let there = util::json(&local, &strs(&remote(&["ls"])));
+    assert_eq!(key(&here).len(), 6);
+    assert_eq!(key(&here), key(&there));
+    // The pinned import stays pinned through the server.
+    let pinned_space = |v: &Value| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["ref"] == "m/pinned:v1")
+            .map(|r| r["space"].clone())
+    };
+    assert_eq!(pinned_space(&here), pinned_space(&there));
+
+    let ranked = |v: &Value| -> Vec<(String, f64, String)> {
+        v["results"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{v}"))
+            .iter()
+            .map(|h| {
+                (
+                    h["ref"].as_str().unwrap().to_string(),
+                    h["distance"].as_f64().unwrap(),
+                    h["per_layer"].to_string(),
+                )
+            })
+            .collect()
+    };
+    for q in [
+        vec!["query", "m/pair:v1", "--top", "3", "--per-layer"],
+        vec![
+            "query",
+            "m/pair:v1",
+            "--top",
+            "3",
+            "--filter",
+            "split=val",
+            "--per-layer",
+        ],
+        vec![
+            "query",
+            bundle,
+            "--top",
+            "3",
+            "--filter",
+            "split=val",
+            "--per-layer",
+        ],
+        vec![
+            "query",
+            bundle,
+            "--top",
+            "2",
+            "--mask",
+            "-layer1_*",
+            "--exclude-self",
+        ],
+        vec!["query", "m/images:v1", "--top", "1", "--exact"],
+    ] {
+        let l = util::json(&local, &q);
+        let r = util::json(&local, &strs(&remote(&q)));
+        assert!(!ranked(&l).is_empty(), "{q:?}: {l}");
+        assert_eq!(ranked(&l), ranked(&r), "{q:?}");
+        assert_eq!(l["neurons"], r["neurons"], "{q:?}");
+    }
+    // The filter took effect remotely too: only split=val names came back.
+    let r = util::json(
+        &local,
+        &strs(&remote(&[
+            "query",
+            bundle,
+            "--top",
+            "5",
+            "--filter",
+            "split=val",
+        ])),
+    );
+    for (name, _, _) in ranked(&r) {
+        assert!(
+            name == "m/pair:v1" || name == "m/bundle:v1" || name == "m/sent:v1",
+            "{name} passed the filter: {r}"
+        );
+    }
+}
+
+/// Issue 12: admin while serving. Tokens, gc, verify and reindex run through the API with
+/// an admin token (a push token is refused), and a local command on the served store
+/// waits `--lock-wait`, then names the `--remote` to use.
+#[test]
+fn admin_commands_run_through_a_server_that_owns_the_store() {
+    let dir = util::tmp();
+    let home = dir.path().join("server");
+    let client = dir.path().join("client");
+    let admin = util::json(&home, &["token", "create", "--scope", "admin"])["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let srv = start_server(&home, &[]);
+    let o = util::run(&home, &["--lock-wait", "0.2", "gc"]);
+    assert_eq!(o.status.code(), Some(1), "{}", util::stderr(&o));
+    let e = util::stderr(&o);
+    assert!(
+        e.contains(&format!("--remote {}", srv.url)) && e.contains("busy"),
+        "{e}"
+    );
+    let with = |token: &str, args: &[&str]| -> std::process::Output {
+        let mut a = vec!["--remote", &srv.url, "--token", token];
+        a.extend_from_slice(args);
+        util::run(&client, &a)
+    };
+    let json_with = |token: &str, args: &[&str]| -> Value {
+        let mut a = vec!["--json", "--remote", &srv.url, "--token", token];
+        a.extend_from_slice(args);
+        let o = util::run(&client, &a);
+        assert!(o.status.success(), "{args:?}: {}", util::stderr(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    // Tokens.
+    let created = json_with(
+        &admin,
+        &["token", "create", "--scope", "push", "--label", "ci"],
+    );
+    let push = created["token"].as_str().unwrap().to_string();
+    let id = created["id"].as_str().unwrap().to_string();
+    let ls = json_with(&admin, &["token", "ls"]);
+    let ids: Vec<&str> = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "{ls}");
+    assert!(ids.contains(&id.as_str()));
+    assert!(!ls.to_string().contains(&push), "a secret was listed");
+    let g = root().join("fixtures/reference/gradients-histogram-100.json");
+    let c = root().join("fixtures/reference/checker-histogram-100.json");
+    let o = with(&push, &["push", g.to_str().unwrap(), "--name", "g:v1"]);
+    assert!(o.status.success(), "{}", util::stderr(&o));
+    let o = with(&push, &["push", c.to_str().unwrap(), "--name", "c:v1"]);
+    assert!(o.status.success(), "{}", util::stderr(&o));
+    // A push token cannot administer.
+    for args in [
+        vec!["gc"],
+        vec!["verify"],
+        vec!["reindex"],
+        vec!["token", "ls"],
+    ] {
+        let o = with(&push, &args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert!(
+            util::stderr(&o).contains("admin"),
+            "{args:?}: {}",
+            util::stderr(&o)
+        );
+    }
+    // verify, reindex, gc.
+    let v = json_with(&admin, &["verify"]);
+    assert_eq!(v["refs_checked"], 2, "{v}");
+    assert!(v["problems"].as_array().unwrap().is_empty(), "{v}");
+    let r = json_with(&admin, &["reindex", "--graphs-min", "1"]);
+    assert_eq!(r["dnas"], 2, "{r}");
+    assert_eq!(r["graphs"], 17, "all + 16 layers: {r}");
+    let gc = json_with(&admin, &["gc", "--grace", "0"]);
+    assert_eq!(gc["objects_removed"], 0, "everything is named: {gc}");
+    // tag and rm have remote forms too: a second name keeps the DNA, removing both frees
+    // its objects.
+    json_with(&admin, &["tag", "c:v1", "c:keep"]);
+    json_with(&admin, &["rm", "c:v1"]);
+    let gc = json_with(&admin, &["gc", "--grace", "0"]);
+    assert_eq!(gc["objects_removed"], 0, "c:keep still names it: {gc}");
+    json_with(&admin, &["rm", "c:keep"]);
+    let gc = json_with(&admin, &["gc", "--grace", "0"]);
+    assert!(gc["objects_removed"].as_u64().unwrap() > 0, "{gc}");
+    let names = json_with(&admin, &["ls"]);
+    assert_eq!(names.as_array().unwrap().len(), 1, "{names}");
+    // Revoked: the push token no longer works.
+    json_with(&admin, &["token", "revoke", &id]);
+    let o = with(&push, &["push", g.to_str().unwrap(), "--name", "g:v2"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        util::stderr(&o).contains("unknown or revoked token"),
+        "{}",
+        util::stderr(&o)
     );
 }
