@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
 use crate::format::Digest;
@@ -70,11 +70,149 @@ pub struct TokenRecord {
 /// The sled-backed catalogue.
 pub struct Catalogue {
     db: sled::Db,
-    refs: sled::Tree,
-    dnas: sled::Tree,
-    masks: sled::Tree,
-    spaces: sled::Tree,
-    tokens: sled::Tree,
+    refs: Table<RefName, RefRecord>,
+    dnas: Table<Digest, DnaRecord>,
+    masks: Table<String, MaskSpec>,
+    spaces: Table<Digest, SpaceRecord>,
+    tokens: Table<String, TokenRecord>,
+}
+
+/// How a table's keys are written: as UTF-8 text, parsed back on read.
+trait Key: Sized {
+    fn to_key(&self) -> String;
+    fn from_key(s: &str) -> Result<Self, String>;
+}
+
+impl Key for RefName {
+    fn to_key(&self) -> String {
+        self.to_string()
+    }
+    fn from_key(s: &str) -> Result<Self, String> {
+        RefName::parse(s).map_err(|e| e.to_string())
+    }
+}
+
+impl Key for Digest {
+    fn to_key(&self) -> String {
+        self.to_string()
+    }
+    fn from_key(s: &str) -> Result<Self, String> {
+        s.parse().map_err(|_| "key is not a digest".to_string())
+    }
+}
+
+impl Key for String {
+    fn to_key(&self) -> String {
+        self.clone()
+    }
+    fn from_key(s: &str) -> Result<Self, String> {
+        Ok(s.to_string())
+    }
+}
+
+/// How a table's values are written: records as JSON, mask specs as their UTF-8 text
+/// (the layout stores of earlier versions hold).
+trait Record: Sized {
+    fn encode(&self) -> Vec<u8>;
+    fn decode(bytes: &[u8]) -> Result<Self, String>;
+}
+
+macro_rules! json_record {
+    ($($t:ty),*) => {$(
+        impl Record for $t {
+            fn encode(&self) -> Vec<u8> {
+                enc(self)
+            }
+            fn decode(bytes: &[u8]) -> Result<Self, String> {
+                serde_json::from_slice(bytes).map_err(|e| e.to_string())
+            }
+        }
+    )*};
+}
+json_record!(RefRecord, DnaRecord, SpaceRecord, TokenRecord);
+
+/// A named mask's spec, as stored.
+struct MaskSpec(String);
+
+impl Record for MaskSpec {
+    fn encode(&self) -> Vec<u8> {
+        self.0.as_bytes().to_vec()
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, String> {
+        String::from_utf8(bytes.to_vec())
+            .map(MaskSpec)
+            .map_err(|_| "spec is not UTF-8".to_string())
+    }
+}
+
+/// One sled tree read and written as typed keys and records. Every read of every table
+/// treats a damaged record the same way: a [`CatalogueError::Corrupt`] naming the table and
+/// the key, never a silent skip or a lossy decode.
+struct Table<K, V> {
+    name: &'static str,
+    tree: sled::Tree,
+    _types: std::marker::PhantomData<(K, V)>,
+}
+
+impl<K: Key, V: Record> Table<K, V> {
+    fn open(db: &sled::Db, name: &'static str) -> Result<Self, Error> {
+        Ok(Table {
+            name,
+            tree: db.open_tree(name).map_err(db_err)?,
+            _types: std::marker::PhantomData,
+        })
+    }
+
+    fn corrupt(&self, key: &[u8], detail: String) -> Error {
+        Error::Catalogue(CatalogueError::Corrupt {
+            key: format!("{}/{}", self.name, String::from_utf8_lossy(key)),
+            detail,
+        })
+    }
+
+    fn value(&self, key: &[u8], bytes: &[u8]) -> Result<V, Error> {
+        V::decode(bytes).map_err(|d| self.corrupt(key, d))
+    }
+
+    fn get(&self, k: &K) -> Result<Option<V>, Error> {
+        let key = k.to_key();
+        match self.tree.get(key.as_bytes()).map_err(db_err)? {
+            Some(v) => self.value(key.as_bytes(), &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes a record (the caller flushes).
+    fn insert(&self, k: &K, v: &V) -> Result<(), Error> {
+        self.tree
+            .insert(k.to_key().as_bytes(), v.encode())
+            .map_err(db_err)
+            .map(|_| ())
+    }
+
+    /// Removes a record (the caller flushes); the record it held, if any. A removed
+    /// record that no longer decodes is still removed.
+    fn remove(&self, k: &K) -> Result<Option<Result<V, Error>>, Error> {
+        let key = k.to_key();
+        Ok(self
+            .tree
+            .remove(key.as_bytes())
+            .map_err(db_err)?
+            .map(|v| self.value(key.as_bytes(), &v)))
+    }
+
+    /// Every record, in key byte order.
+    fn all(&self) -> Result<Vec<(K, V)>, Error> {
+        let mut out = Vec::new();
+        for kv in self.tree.iter() {
+            let (k, v) = kv.map_err(db_err)?;
+            let s =
+                std::str::from_utf8(&k).map_err(|_| self.corrupt(&k, "key is not UTF-8".into()))?;
+            let key = K::from_key(s).map_err(|d| self.corrupt(&k, d))?;
+            out.push((key, self.value(&k, &v)?));
+        }
+        Ok(out)
+    }
 }
 
 fn db_err(e: sled::Error) -> Error {
@@ -83,15 +221,6 @@ fn db_err(e: sled::Error) -> Error {
 
 fn enc<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
-}
-
-fn dec<T: DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T, Error> {
-    serde_json::from_slice(v).map_err(|e| {
-        Error::Catalogue(CatalogueError::Corrupt {
-            key: String::from_utf8_lossy(key).into_owned(),
-            detail: e.to_string(),
-        })
-    })
 }
 
 impl Catalogue {
@@ -123,13 +252,12 @@ impl Catalogue {
                 Err(e) => return Err(db_err(e)),
             }
         };
-        let tree = |n: &str| db.open_tree(n).map_err(db_err);
         Ok(Catalogue {
-            refs: tree("refs")?,
-            dnas: tree("dnas")?,
-            masks: tree("masks")?,
-            spaces: tree("spaces")?,
-            tokens: tree("tokens")?,
+            refs: Table::open(&db, "refs")?,
+            dnas: Table::open(&db, "dnas")?,
+            masks: Table::open(&db, "masks")?,
+            spaces: Table::open(&db, "spaces")?,
+            tokens: Table::open(&db, "tokens")?,
             db,
         })
     }
@@ -151,12 +279,12 @@ impl Catalogue {
         failpoint!("catalogue::commit", |e| db_err(sled::Error::Io(e)));
         let dkey = digest.to_string();
         let skey = record.space.to_string();
-        let res: Result<(), TransactionError<()>> = (&self.dnas, &self.spaces, &self.refs)
-            .transaction(|(d, s, rf)| {
-                d.insert(dkey.as_bytes(), enc(record))?;
-                s.insert(skey.as_bytes(), enc(space))?;
+        let res: Result<(), TransactionError<()>> =
+            (&self.dnas.tree, &self.spaces.tree, &self.refs.tree).transaction(|(d, s, rf)| {
+                d.insert(dkey.as_bytes(), record.encode())?;
+                s.insert(skey.as_bytes(), space.encode())?;
                 if let Some((name, rec)) = r {
-                    rf.insert(name.to_string().as_bytes(), enc(rec))?;
+                    rf.insert(name.to_key().as_bytes(), rec.encode())?;
                 }
                 Ok::<(), ConflictableTransactionError<()>>(())
             });
@@ -167,163 +295,140 @@ impl Catalogue {
     /// Points `name` at a stored DNA, then flushes.
     pub fn set_ref(&self, name: &RefName, rec: &RefRecord) -> Result<(), Error> {
         failpoint!("catalogue::set_ref", |e| db_err(sled::Error::Io(e)));
-        self.refs
-            .insert(name.to_string().as_bytes(), enc(rec))
-            .map_err(db_err)?;
+        self.refs.insert(name, rec)?;
         self.flush()
     }
 
     pub fn get_ref(&self, name: &RefName) -> Result<Option<RefRecord>, Error> {
-        let k = name.to_string();
-        self.refs
-            .get(k.as_bytes())
-            .map_err(db_err)?
-            .map(|v| dec(k.as_bytes(), &v))
-            .transpose()
+        self.refs.get(name)
     }
 
     /// Removes a ref; returns what it pointed to.
     pub fn remove_ref(&self, name: &RefName) -> Result<Option<RefRecord>, Error> {
         failpoint!("catalogue::remove_ref", |e| db_err(sled::Error::Io(e)));
-        let k = name.to_string();
-        let old = self.refs.remove(k.as_bytes()).map_err(db_err)?;
+        let old = self.refs.remove(name)?;
         self.flush()?;
-        old.map(|v| dec(k.as_bytes(), &v)).transpose()
+        old.transpose()
     }
 
     /// Every ref, sorted by name and tag.
     pub fn refs(&self) -> Result<Vec<(RefName, RefRecord)>, Error> {
-        let mut out = Vec::new();
-        for kv in self.refs.iter() {
-            let (k, v) = kv.map_err(db_err)?;
-            let s = String::from_utf8_lossy(&k).into_owned();
-            let name = RefName::parse(&s).map_err(|e| {
-                Error::Catalogue(CatalogueError::Corrupt {
-                    key: s.clone(),
-                    detail: e.to_string(),
-                })
-            })?;
-            out.push((name, dec(&k, &v)?));
-        }
+        let mut out = self.refs.all()?;
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }
 
     pub fn dna(&self, d: &Digest) -> Result<Option<DnaRecord>, Error> {
-        let k = d.to_string();
-        self.dnas
-            .get(k.as_bytes())
-            .map_err(db_err)?
-            .map(|v| dec(k.as_bytes(), &v))
-            .transpose()
+        self.dnas.get(d)
     }
 
     /// Every stored DNA record.
     pub fn dnas(&self) -> Result<Vec<(Digest, DnaRecord)>, Error> {
-        let mut out = Vec::new();
-        for kv in self.dnas.iter() {
-            let (k, v) = kv.map_err(db_err)?;
-            let s = String::from_utf8_lossy(&k).into_owned();
-            let d: Digest = s.parse().map_err(|_| {
-                Error::Catalogue(CatalogueError::Corrupt {
-                    key: s.clone(),
-                    detail: "key is not a digest".into(),
-                })
-            })?;
-            out.push((d, dec(&k, &v)?));
-        }
-        Ok(out)
+        self.dnas.all()
     }
 
     /// Forgets a DNA record (its objects are the caller's business), then flushes.
     pub fn remove_dna(&self, d: &Digest) -> Result<(), Error> {
-        self.dnas.remove(d.to_string().as_bytes()).map_err(db_err)?;
+        self.dnas.remove(d)?;
         self.flush()
     }
 
     pub fn space(&self, d: &Digest) -> Result<Option<SpaceRecord>, Error> {
-        let k = d.to_string();
-        self.spaces
-            .get(k.as_bytes())
-            .map_err(db_err)?
-            .map(|v| dec(k.as_bytes(), &v))
-            .transpose()
+        self.spaces.get(d)
     }
 
     pub fn spaces(&self) -> Result<Vec<(Digest, SpaceRecord)>, Error> {
-        let mut out = Vec::new();
-        for kv in self.spaces.iter() {
-            let (k, v) = kv.map_err(db_err)?;
-            let s = String::from_utf8_lossy(&k).into_owned();
-            if let Ok(d) = s.parse::<Digest>() {
-                out.push((d, dec(&k, &v)?));
-            }
-        }
-        Ok(out)
+        self.spaces.all()
     }
 
     /// Stores a named mask's spec, then flushes.
     pub fn put_mask(&self, name: &str, spec: &str) -> Result<(), Error> {
         self.masks
-            .insert(name.as_bytes(), spec.as_bytes())
-            .map_err(db_err)?;
+            .insert(&name.to_string(), &MaskSpec(spec.to_string()))?;
         self.flush()
     }
 
     pub fn mask(&self, name: &str) -> Result<Option<String>, Error> {
-        Ok(self
-            .masks
-            .get(name.as_bytes())
-            .map_err(db_err)?
-            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+        Ok(self.masks.get(&name.to_string())?.map(|m| m.0))
     }
 
     pub fn masks(&self) -> Result<Vec<(String, String)>, Error> {
-        self.masks
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv.map_err(db_err)?;
-                Ok((
-                    String::from_utf8_lossy(&k).into_owned(),
-                    String::from_utf8_lossy(&v).into_owned(),
-                ))
-            })
-            .collect()
+        Ok(self
+            .masks
+            .all()?
+            .into_iter()
+            .map(|(n, m)| (n, m.0))
+            .collect())
     }
 
     /// Removes a named mask; true when it existed.
     pub fn remove_mask(&self, name: &str) -> Result<bool, Error> {
-        let had = self
-            .masks
-            .remove(name.as_bytes())
-            .map_err(db_err)?
-            .is_some();
+        let had = self.masks.remove(&name.to_string())?.is_some();
         self.flush()?;
         Ok(had)
     }
 
     /// Stores a token record (keyed by its id), then flushes.
     pub fn put_token(&self, t: &TokenRecord) -> Result<(), Error> {
-        self.tokens
-            .insert(t.id.as_bytes(), enc(t))
-            .map_err(db_err)?;
+        self.tokens.insert(&t.id, t)?;
         self.flush()
     }
 
     pub fn tokens(&self) -> Result<Vec<TokenRecord>, Error> {
-        self.tokens
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv.map_err(db_err)?;
-                dec(&k, &v)
-            })
-            .collect()
+        Ok(self.tokens.all()?.into_iter().map(|(_, t)| t).collect())
     }
 
     /// Revokes a token; true when it existed.
     pub fn remove_token(&self, id: &str) -> Result<bool, Error> {
-        let had = self.tokens.remove(id.as_bytes()).map_err(db_err)?.is_some();
+        let had = self.tokens.remove(&id.to_string())?.is_some();
         self.flush()?;
         Ok(had)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every table answers a damaged record with the same error, naming table and key,
+    /// where reads used to differ (spaces skipped bad keys, masks decoded lossily).
+    #[test]
+    fn a_corrupt_record_is_one_error_in_every_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Catalogue::open(dir.path()).unwrap();
+        let digest = Digest::of(b"x");
+        for (tree, key, value) in [
+            ("refs", "a:v1".as_bytes(), b"{not json".as_slice()),
+            ("dnas", digest.to_string().as_bytes(), b"[]".as_slice()),
+            ("spaces", b"not-a-digest".as_slice(), b"{}".as_slice()),
+            ("masks", b"m".as_slice(), b"\xff\xfe".as_slice()),
+            ("tokens", b"t".as_slice(), b"1".as_slice()),
+        ] {
+            c.db.open_tree(tree).unwrap().insert(key, value).unwrap();
+        }
+        let msgs = [
+            c.refs().unwrap_err().to_string(),
+            c.dnas().unwrap_err().to_string(),
+            c.spaces().unwrap_err().to_string(),
+            c.masks().unwrap_err().to_string(),
+            c.tokens().unwrap_err().to_string(),
+            c.get_ref(&RefName::parse("a:v1").unwrap())
+                .unwrap_err()
+                .to_string(),
+            c.dna(&digest).unwrap_err().to_string(),
+            c.mask("m").unwrap_err().to_string(),
+        ];
+        for (m, table) in msgs.iter().zip([
+            "refs/", "dnas/", "spaces/", "masks/", "tokens/", "refs/", "dnas/", "masks/",
+        ]) {
+            assert!(
+                m.starts_with(&format!("catalogue record {table}"))
+                    && m.contains("run vdna-db verify"),
+                "{m}"
+            );
+        }
+        // Removing a damaged record still removes it.
+        assert!(c.remove_mask("m").unwrap());
+        assert!(c.masks().unwrap().is_empty());
     }
 }

@@ -44,6 +44,7 @@ pub mod engine;
 pub mod extract;
 pub mod format;
 pub mod fsio;
+#[cfg(feature = "testing")]
 pub mod fuzz;
 pub mod mask;
 pub mod protocol;
@@ -53,6 +54,7 @@ pub mod refname;
 pub mod rng;
 #[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "testing")]
 pub mod simfs;
 pub mod store;
 pub mod synth;

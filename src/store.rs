@@ -50,7 +50,7 @@ pub trait Backend: Send + Sync {
 }
 
 /// The file-system calls the object store makes, so a simulated file system
-/// ([`crate::simfs::SimFs`], which loses unsynced writes at a power cut) can stand in for
+/// (`simfs::SimFs` with feature `testing`, which loses unsynced writes at a power cut) can stand in for
 /// the real one in tests.
 pub trait Fs: Send + Sync {
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;

@@ -422,20 +422,45 @@ fn is_image_input(path: &Path) -> bool {
         && crate::extract::looks_like_image_source(path)
 }
 
-/// Like [`load_any`], but an image source is extracted first with `flags`.
+/// The DNA of an input on disk, resolved one way for local and `--remote` commands alike:
+/// an image source is extracted with `flags`; a `.vdna` bundle is read; a reference pair
+/// is read and pinned to `--weights` / `--ranges` when they are given. `None` when
+/// nothing is at that path (the spec then names a stored DNA, locally or on the server).
+fn file_input(
+    spec: &str,
+    out: &mut Out,
+    flags: &extract::ExtractFlags,
+) -> Result<Option<crate::dna::Dna>> {
+    let p = Path::new(spec);
+    if is_image_input(p) {
+        let (dna, _) = extract::extract_source(out, p, flags)
+            .with_context(|| format!("extracting a DNA from {spec}"))?;
+        return Ok(Some(dna));
+    }
+    if !(p.is_file() || crate::reference::looks_like_pair(p)) {
+        return Ok(None);
+    }
+    let (mut dna, ann) =
+        db::read_dna_file(p).with_context(|| format!("reading DNA file {spec}"))?;
+    if !db::is_bundle(p) {
+        extract::pin_import(&mut dna, &ann, flags)
+            .with_context(|| format!("pinning the space of {spec}"))?;
+    }
+    Ok(Some(dna))
+}
+
+/// Like [`load_any`], through [`file_input`]: images are extracted and reference pairs
+/// pinned with `flags`.
 fn load_input(
     db: &Engine,
     spec: &str,
     out: &mut Out,
     flags: &extract::ExtractFlags,
 ) -> Result<(AnyDna, String)> {
-    let p = Path::new(spec);
-    if is_image_input(p) {
-        let (dna, _) = extract::extract_source(out, p, flags)
-            .with_context(|| format!("extracting a DNA from {spec}"))?;
-        return Ok((AnyDna::Owned(dna), spec.to_string()));
+    match file_input(spec, out, flags)? {
+        Some(dna) => Ok((AnyDna::Owned(dna), spec.to_string())),
+        None => load_any(db, spec),
     }
-    load_any(db, spec)
 }
 
 /// The `--remote` forms of push, import, ls, show, query and compare; `None` when the
@@ -503,20 +528,15 @@ fn run_remote(cli: &Cli, url: &str, out: &mut Out) -> Result<Option<i32>> {
                 approx: false,
                 per_layer: a.per_layer,
             };
-            let flags = a.extract.clone();
-            let input = remote::remote_input(&a.source, |p| {
-                if is_image_input(p) {
-                    Ok(extract::extract_source(&mut Out::new(false, true), p, &flags)?.0)
-                } else {
-                    Ok(db::read_dna_file(p)?.0)
-                }
-            })?;
-            let v = match input {
-                remote::RemoteInput::Ref(r) => {
-                    body.reference = Some(r);
+            let v = match file_input(&a.source, out, &a.extract)? {
+                None => {
+                    body.reference = Some(a.source.clone());
                     c.post_json("/v1/query", &serde_json::to_value(&body)?)?
                 }
-                remote::RemoteInput::Bundle(b) => c.query_bundle(&b, &body.to_query_string())?,
+                Some(dna) => {
+                    let bundle = db::bundle_of(&dna, &BTreeMap::new(), 3);
+                    c.query_bundle(&bundle, &body.to_query_string())?
+                }
             };
             out.json(&v)?;
             let hits: Vec<crate::engine::Hit> = v["results"]

@@ -2,14 +2,13 @@
 //! ls, show, query and compare.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
 use super::output::{human_bytes, Out};
-use crate::engine as db;
 use crate::protocol::{TokenCreate, TokenCreated, TokenInfo};
 use crate::refname::RefName;
 use crate::server::client::Client;
@@ -274,27 +273,4 @@ pub fn run_pull(db: &Engine, out: &mut Out, c: &Client, a: PullArgs) -> Result<(
         human_bytes(bytes)
     ))?;
     Ok(())
-}
-
-/// A DNA named on the command line for a remote query: a local file or image source
-/// becomes a bundle to upload; anything else is a ref on the server.
-pub enum RemoteInput {
-    Bundle(Vec<u8>),
-    Ref(String),
-}
-
-pub fn remote_input(
-    spec: &str,
-    load: impl FnOnce(&Path) -> Result<crate::dna::Dna>,
-) -> Result<RemoteInput> {
-    let p = PathBuf::from(spec);
-    if p.exists() || crate::reference::looks_like_pair(&p) {
-        let dna = load(&p)?;
-        return Ok(RemoteInput::Bundle(db::bundle_of(
-            &dna,
-            &BTreeMap::new(),
-            3,
-        )));
-    }
-    Ok(RemoteInput::Ref(spec.to_string()))
 }

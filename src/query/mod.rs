@@ -1203,7 +1203,9 @@ impl TopK {
     }
 }
 
-/// Brute force: the exact distance to every eligible ref, sorted. The oracle of tests.
+/// Brute force: the exact distance to every eligible ref, sorted. The oracle of tests
+/// (feature `testing`).
+#[cfg(feature = "testing")]
 pub fn brute_force(db: &Db, q: &AnyDna, req: &QueryRequest) -> Result<Vec<(f64, String)>, Error> {
     let space = q.space().clone();
     let sd = space.digest();

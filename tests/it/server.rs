@@ -1232,6 +1232,16 @@ fn local_and_remote_pushes_and_queries_are_identical() {
             "--exclude-self",
         ],
         vec!["query", "m/images:v1", "--top", "1", "--exact"],
+        vec![
+            "query",
+            pinned,
+            "--weights",
+            ws,
+            "--ranges",
+            ranges,
+            "--top",
+            "2",
+        ],
     ] {
         let l = util::json(&local, &q);
         let r = util::json(&local, &strs(&remote(&q)));
@@ -1239,6 +1249,22 @@ fn local_and_remote_pushes_and_queries_are_identical() {
         assert_eq!(ranked(&l), ranked(&r), "{q:?}");
         assert_eq!(l["neurons"], r["neurons"], "{q:?}");
     }
+    // A reference pair given as the query is pinned by --weights / --ranges on both
+    // sides, so it finds its pinned twin (and nothing unpinned) at distance 0.
+    let q = [
+        "query",
+        pinned,
+        "--weights",
+        ws,
+        "--ranges",
+        ranges,
+        "--top",
+        "2",
+    ];
+    let r = util::json(&local, &strs(&remote(&q)));
+    let hits = ranked(&r);
+    assert_eq!(hits.len(), 1, "only the pinned DNA shares the space: {r}");
+    assert_eq!((hits[0].0.as_str(), hits[0].1), ("m/pinned:v1", 0.0));
     // The filter took effect remotely too: only split=val names came back.
     let r = util::json(
         &local,
