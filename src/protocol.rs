@@ -272,6 +272,17 @@ pub struct TokenInfo {
     pub created: u64,
 }
 
+impl From<crate::catalogue::TokenRecord> for TokenInfo {
+    fn from(t: crate::catalogue::TokenRecord) -> TokenInfo {
+        TokenInfo {
+            id: t.id,
+            scope: t.scope,
+            label: t.label,
+            created: t.created,
+        }
+    }
+}
+
 /// `POST /v1/admin/gc`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct GcBody {

@@ -144,16 +144,7 @@ pub fn run_token(db: &Engine, out: &mut Out, t: TokenCommand) -> Result<()> {
             )?;
         }
         TokenCommand::Ls => {
-            let toks: Vec<TokenInfo> = db
-                .tokens()?
-                .into_iter()
-                .map(|t| TokenInfo {
-                    id: t.id,
-                    scope: t.scope,
-                    label: t.label,
-                    created: t.created,
-                })
-                .collect();
+            let toks: Vec<TokenInfo> = db.tokens()?.into_iter().map(TokenInfo::from).collect();
             print_tokens(out, &toks)?;
         }
         TokenCommand::Revoke { id } => {

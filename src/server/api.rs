@@ -382,15 +382,7 @@ pub async fn tokens(
     need(caller, Access::Admin)?;
     blocking(&st, |db| {
         Ok(Json(
-            db.tokens()?
-                .into_iter()
-                .map(|t| TokenInfo {
-                    id: t.id,
-                    scope: t.scope,
-                    label: t.label,
-                    created: t.created,
-                })
-                .collect(),
+            db.tokens()?.into_iter().map(TokenInfo::from).collect(),
         ))
     })
     .await
