@@ -352,6 +352,16 @@ impl Catalogue {
         Ok(self.masks.get(&name.to_string())?.map(|m| m.0))
     }
 
+    /// Resolves a mask spec against a space, named masks (`@name`) looked up here.
+    pub fn resolve_mask(
+        &self,
+        spec: &str,
+        space: &crate::format::SpaceConfig,
+    ) -> Result<crate::mask::Mask, Error> {
+        let named = |n: &str| self.mask(n).ok().flatten();
+        Ok(crate::mask::Mask::parse(spec, space, &named)?)
+    }
+
     pub fn masks(&self) -> Result<Vec<(String, String)>, Error> {
         Ok(self
             .masks

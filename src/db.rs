@@ -12,15 +12,18 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::catalogue::{Catalogue, DnaRecord, RefRecord, SpaceRecord};
-use crate::distance::{self, Comparison, Metric};
-use crate::dna::{check_layer, check_layer_shape, Dna, EncodedDna, LayerData};
+use crate::distance::{Comparison, Metric};
+use crate::dna::{check_layer, Dna, EncodedDna, LayerData};
 use crate::format::{
-    decode_bundle, decode_layer, decode_object, encode_bundle, Bundle, Digest, LayerBuf, LayerView,
-    Manifest, SpaceConfig,
+    decode_bundle, decode_layer, decode_object, encode_bundle, Bundle, Digest, Manifest,
+    SpaceConfig,
 };
 use crate::mask::Mask;
 use crate::refname::RefName;
 use crate::store::{FsBackend, ObjectStore};
+// A DNA read from the store and the comparison of two; they live one layer down so that
+// the index can use them without this module.
+pub use crate::stored::{compare_dnas, space_difference, AnyDna, HeldLayer, StoredDna};
 use crate::{now_secs, Error};
 use rkyv::util::AlignedVec;
 
@@ -106,130 +109,6 @@ pub struct Listing {
     pub stored_bytes: u64,
     pub created: u64,
     pub annotations: BTreeMap<String, String>,
-}
-
-/// A stored DNA opened for reading: manifest and space in memory, layers read on demand.
-pub struct StoredDna {
-    pub digest: Digest,
-    pub manifest: Manifest,
-    pub space: SpaceConfig,
-    objects: ObjectStore,
-}
-
-impl StoredDna {
-    /// Reads, verifies and validates one layer (nothing else is read).
-    pub fn layer(&self, i: usize) -> Result<LayerBuf, Error> {
-        let r = &self.manifest.layers[i];
-        let buf = self.objects.get_layer(&r.digest)?;
-        check_layer_shape(&self.space, i, &buf.view())?;
-        Ok(buf)
-    }
-
-    /// Reads every layer into an owned DNA.
-    pub fn load(&self) -> Result<Dna, Error> {
-        let layers = (0..self.manifest.layers.len())
-            .into_par_iter()
-            .map(|i| self.layer(i).map(|b| LayerData::from_view(b.view())))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Dna {
-            space: self.space.clone(),
-            images: self.manifest.images,
-            layers,
-        })
-    }
-}
-
-/// A DNA to compare or query with: in memory, or in the store.
-pub enum AnyDna {
-    Owned(Dna),
-    Stored(StoredDna),
-}
-
-/// A loaded layer: a validated buffer from the store, or borrowed owned arrays.
-pub enum HeldLayer<'a> {
-    Buf(LayerBuf),
-    Borrowed(&'a LayerData),
-}
-
-impl HeldLayer<'_> {
-    pub fn view(&self) -> LayerView<'_> {
-        match self {
-            HeldLayer::Buf(b) => b.view(),
-            HeldLayer::Borrowed(d) => d.view(),
-        }
-    }
-}
-
-impl AnyDna {
-    pub fn space(&self) -> &SpaceConfig {
-        match self {
-            AnyDna::Owned(d) => &d.space,
-            AnyDna::Stored(s) => &s.space,
-        }
-    }
-
-    pub fn images(&self) -> u64 {
-        match self {
-            AnyDna::Owned(d) => d.images,
-            AnyDna::Stored(s) => s.manifest.images,
-        }
-    }
-
-    /// One layer, read from the store only when stored.
-    pub fn layer(&self, i: usize) -> Result<HeldLayer<'_>, Error> {
-        match self {
-            AnyDna::Owned(d) => Ok(HeldLayer::Borrowed(&d.layers[i])),
-            AnyDna::Stored(s) => s.layer(i).map(HeldLayer::Buf),
-        }
-    }
-
-    /// The DNA's digest (computed for in-memory DNAs).
-    pub fn digest(&self) -> Digest {
-        match self {
-            AnyDna::Owned(d) => d.digest(),
-            AnyDna::Stored(s) => s.digest,
-        }
-    }
-}
-
-/// Explains why two spaces differ, for the error that refuses to compare across them.
-pub fn space_difference(a: &SpaceConfig, b: &SpaceConfig) -> String {
-    let mut why = Vec::new();
-    if a.extractor.name != b.extractor.name {
-        why.push(format!(
-            "extractor {} vs {}",
-            a.extractor.name, b.extractor.name
-        ));
-    }
-    if a.dist != b.dist {
-        why.push(format!(
-            "distribution {} vs {}",
-            a.dist.name(),
-            b.dist.name()
-        ));
-    }
-    if a.layers != b.layers {
-        why.push(format!(
-            "layers differ ({} vs {} layers)",
-            a.layers.len(),
-            b.layers.len()
-        ));
-    }
-    if a.is_pinned() != b.is_pinned() {
-        why.push("one DNA pins its weights and activation ranges by digest, the other (imported from reference files) does not; import the reference files with the same --weights and --ranges to pin them".into());
-    } else if a.extractor != b.extractor {
-        why.push("weights or activation ranges differ".into());
-    }
-    if a.hist_range != b.hist_range || a.range_scale != b.range_scale {
-        why.push("histogram range or range scale differ".into());
-    }
-    if a.preprocessing != b.preprocessing {
-        why.push("preprocessing differs".into());
-    }
-    if why.is_empty() {
-        why.push("configs differ".into());
-    }
-    why.join("; ")
 }
 
 /// A line of `verify`.
@@ -318,11 +197,6 @@ impl Db {
             commit_gate: std::sync::RwLock::new(()),
             index_gate: std::sync::Mutex::new(()),
         })
-    }
-
-    /// Held while the derived index is opened for change (see `query`).
-    pub(crate) fn index_gate(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.index_gate.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn home(&self) -> &Path {
@@ -543,20 +417,12 @@ impl Db {
 
     /// Opens a stored DNA by digest: reads and checks its manifest and space.
     pub fn open_dna(&self, digest: &Digest) -> Result<StoredDna, Error> {
-        let manifest = Manifest::from_bytes(&self.objects.get_raw(digest)?)?;
-        let space = self.space_config(&manifest.space)?;
-        manifest.check_against(&space)?;
-        Ok(StoredDna {
-            digest: *digest,
-            manifest,
-            space,
-            objects: self.objects.clone(),
-        })
+        StoredDna::open(&self.objects, digest)
     }
 
     /// Reads a space config object.
     pub fn space_config(&self, d: &Digest) -> Result<SpaceConfig, Error> {
-        Ok(SpaceConfig::from_bytes(&self.objects.get_raw(d)?)?)
+        crate::stored::space_config(&self.objects, d)
     }
 
     /// The annotations of a ref (empty for a bare digest).
@@ -590,8 +456,7 @@ impl Db {
 
     /// Resolves a mask spec against a space, looking up named masks in the catalogue.
     pub fn mask(&self, spec: &str, space: &SpaceConfig) -> Result<Mask, Error> {
-        let named = |n: &str| self.catalogue.mask(n).ok().flatten();
-        Ok(Mask::parse(spec, space, &named)?)
+        self.catalogue.resolve_mask(spec, space)
     }
 
     /// Compares two DNAs under a mask spec.
@@ -778,42 +643,6 @@ pub fn store_objects(store: &ObjectStore, objects: &[(Digest, Vec<u8>)]) -> Resu
     Ok(new_objects)
 }
 
-/// Compares two DNAs under a resolved mask (the spaces must be equal).
-pub fn compare_dnas(
-    a: &AnyDna,
-    b: &AnyDna,
-    mask: &Mask,
-    metric: Option<Metric>,
-    top_n: usize,
-) -> Result<Comparison, Error> {
-    let (sa, sb) = (a.space(), b.space());
-    if sa != sb {
-        return Err(Error::SpaceMismatch(format!(
-            "cannot compare DNAs of different spaces ({} vs {}): {}",
-            sa.describe(),
-            sb.describe(),
-            space_difference(sa, sb)
-        )));
-    }
-    let metric = match metric {
-        Some(m) => m,
-        None => Metric::default_for(sa.dist).ok_or_else(|| {
-            Error::Invalid(format!(
-                "{} DNAs have no distance; compare histogram or gaussian DNAs",
-                sa.dist.name()
-            ))
-        })?,
-    };
-    metric.check(sa.dist)?;
-    let held = mask
-        .layers
-        .par_iter()
-        .map(|lm| Ok((a.layer(lm.layer)?, b.layer(lm.layer)?)))
-        .collect::<Result<Vec<_>, Error>>()?;
-    let views: Vec<_> = held.iter().map(|(x, y)| (x.view(), y.view())).collect();
-    distance::compare(sa, mask, metric, &views, top_n)
-}
-
 /// Reads a DNA from a file: a `.vdna` bundle or a reference `.json`/`.npz` pair.
 pub fn read_dna_file(path: &Path) -> Result<(Dna, BTreeMap<String, String>), Error> {
     if is_bundle(path) {
@@ -827,7 +656,11 @@ pub fn read_dna_file(path: &Path) -> Result<(Dna, BTreeMap<String, String>), Err
 
 /// Decodes and validates a `.vdna` bundle into an owned DNA and its annotations.
 pub fn dna_of_bundle_bytes(bytes: &[u8]) -> Result<(Dna, BTreeMap<String, String>), Error> {
-    let b = decode_bundle(bytes)?;
+    dna_of_bundle(decode_bundle(bytes)?)
+}
+
+/// Decodes and validates the layers of a decoded bundle into an owned DNA.
+pub fn dna_of_bundle(b: Bundle) -> Result<(Dna, BTreeMap<String, String>), Error> {
     let mut layers = Vec::with_capacity(b.manifest.layers.len());
     for (i, (_, enc)) in b.objects.iter().skip(2).enumerate() {
         let buf = decode_layer(decode_object(enc, "bundle entry")?)?;
@@ -863,4 +696,24 @@ pub fn bundle_of(dna: &Dna, annotations: &BTreeMap<String, String>, level: i32) 
         .map(|(d, b)| (*d, b.as_slice()))
         .collect();
     encode_bundle(&refs, annotations)
+}
+
+/// The index reads the store and catalogue through this view and keeps its files under
+/// `<home>/index`; it never sees `Db` itself (docs/ARCHITECTURE.md).
+impl crate::query::Source for Db {
+    fn objects(&self) -> &ObjectStore {
+        &self.objects
+    }
+
+    fn catalogue(&self) -> &Catalogue {
+        &self.catalogue
+    }
+
+    fn index_root(&self) -> PathBuf {
+        self.home.join("index")
+    }
+
+    fn index_gate(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.index_gate.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }

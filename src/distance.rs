@@ -4,14 +4,22 @@
 //!
 //! Pure computation over layer views; accumulates in f64.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::format::{DistKind, LayerView, SpaceConfig};
 use crate::mask::{LayerMask, Mask};
-use crate::Error;
+
+/// Errors of the distances. They fold into the crate's `Error` as its `Invalid` variant.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DistanceError {
+    /// A metric that does not apply to the layers given (the message names both).
+    #[error("{0}")]
+    Invalid(String),
+}
 
 /// A distance between DNAs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Metric {
     /// Earth mover's distance between per-neuron histograms, in bin units.
@@ -50,7 +58,7 @@ impl Metric {
     }
 
     /// Checks that the metric applies to DNAs of `kind`.
-    pub fn check(self, kind: DistKind) -> Result<(), Error> {
+    pub fn check(self, kind: DistKind) -> Result<(), DistanceError> {
         let ok = matches!(
             (self, kind),
             (Metric::Emd, DistKind::Histogram { .. })
@@ -60,7 +68,7 @@ impl Metric {
         if ok {
             Ok(())
         } else {
-            Err(Error::Invalid(format!(
+            Err(DistanceError::Invalid(format!(
                 "metric {} does not apply to {} DNAs (emd: histogram-B, nfd: gaussian or layer-gaussian, fd: layer-gaussian)",
                 self.name(),
                 kind.name()
@@ -70,7 +78,7 @@ impl Metric {
 }
 
 /// One neuron's contribution, for "which neurons differ most".
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NeuronDistance {
     pub layer: String,
     pub index: u32,
@@ -78,7 +86,7 @@ pub struct NeuronDistance {
 }
 
 /// One layer's share of a comparison.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LayerDistance {
     pub layer: String,
     /// Mean over the layer's masked neurons (FD: the layer's FD).
@@ -87,7 +95,7 @@ pub struct LayerDistance {
 }
 
 /// The result of comparing two DNAs under a mask.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Comparison {
     pub metric: Metric,
     pub distance: f64,
@@ -149,7 +157,7 @@ pub fn compare(
     metric: Metric,
     layers: &[(LayerView<'_>, LayerView<'_>)],
     top_n: usize,
-) -> Result<Comparison, Error> {
+) -> Result<Comparison, DistanceError> {
     metric.check(space.dist)?;
     use rayon::prelude::*;
     // Layers in parallel; each returns its sum and, when asked, its per-neuron distances.
@@ -157,7 +165,7 @@ pub fn compare(
         .layers
         .par_iter()
         .zip(layers.par_iter())
-        .map(|(lm, (a, b))| -> Result<LayerPart, Error> {
+        .map(|(lm, (a, b))| -> Result<LayerPart, DistanceError> {
             let mut each = Vec::new();
             let (sum, layer_distance) = match metric {
                 Metric::Emd | Metric::Nfd => {
@@ -175,7 +183,7 @@ pub fn compare(
             };
             Ok((sum, layer_distance, each))
         })
-        .collect::<Result<Vec<_>, Error>>()?;
+        .collect::<Result<Vec<_>, DistanceError>>()?;
     let mut per_layer = Vec::with_capacity(mask.layers.len());
     let mut total = 0f64;
     let mut top = TopNeurons::new(top_n);
@@ -212,7 +220,7 @@ pub fn neuron_sum(
     a: &LayerView<'_>,
     b: &LayerView<'_>,
     each: &mut dyn FnMut(u32, f64),
-) -> Result<f64, Error> {
+) -> Result<f64, DistanceError> {
     let mut sum = 0f64;
     match (metric, a, b) {
         (
@@ -243,7 +251,7 @@ pub fn neuron_sum(
             }
         }
         _ => {
-            return Err(Error::Invalid(format!(
+            return Err(DistanceError::Invalid(format!(
                 "metric {} cannot compare these layers (bins or kinds differ)",
                 metric.name()
             )))
@@ -254,13 +262,13 @@ pub fn neuron_sum(
 
 type VarFn<'a> = Box<dyn Fn(usize) -> f64 + 'a>;
 
-fn gaussian_parts<'a>(v: &LayerView<'a>) -> Result<(&'a [f64], VarFn<'a>), Error> {
+fn gaussian_parts<'a>(v: &LayerView<'a>) -> Result<(&'a [f64], VarFn<'a>), DistanceError> {
     match *v {
         LayerView::Gaussian { mean, var } => Ok((mean, Box::new(move |i| var[i]))),
         LayerView::LayerGaussian { neurons, mean, cov } => {
             Ok((mean, Box::new(move |i| cov[i * neurons + i])))
         }
-        _ => Err(Error::Invalid(
+        _ => Err(DistanceError::Invalid(
             "nfd needs gaussian or layer-gaussian layers".into(),
         )),
     }
@@ -274,7 +282,11 @@ fn gaussian_parts<'a>(v: &LayerView<'a>) -> Result<(&'a [f64], VarFn<'a>), Error
 /// eigenvalues from rounding clamped to zero. This is stable for singular covariances, so
 /// the reference's fallback of adding 1e-6 to the diagonal is never needed to get a
 /// finite value; where the reference takes that fallback the two can differ by ~1e-6 n.
-pub fn fd_layer(lm: &LayerMask, a: &LayerView<'_>, b: &LayerView<'_>) -> Result<f64, Error> {
+pub fn fd_layer(
+    lm: &LayerMask,
+    a: &LayerView<'_>,
+    b: &LayerView<'_>,
+) -> Result<f64, DistanceError> {
     let (
         LayerView::LayerGaussian {
             neurons: n,
@@ -286,7 +298,9 @@ pub fn fd_layer(lm: &LayerMask, a: &LayerView<'_>, b: &LayerView<'_>) -> Result<
         },
     ) = (a, b)
     else {
-        return Err(Error::Invalid("fd needs layer-gaussian layers".into()));
+        return Err(DistanceError::Invalid(
+            "fd needs layer-gaussian layers".into(),
+        ));
     };
     let idx: Vec<usize> = lm.indices().collect();
     let k = idx.len();

@@ -9,7 +9,22 @@ use crate::format::{
     encode_layer, encode_object, Codec, Digest, DistKind, LayerBlob, LayerRef, LayerView, Manifest,
     SpaceConfig, MANIFEST_SCHEMA,
 };
-use crate::Error;
+
+/// Errors of the DNA model. They fold into the crate's `Error` as its `Invalid`, `SpaceMismatch`
+/// and `Format` variants.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DnaError {
+    /// A layer or a DNA that does not fit its space (the message names the layer).
+    #[error("{0}")]
+    Invalid(String),
+    /// Two DNAs of different spaces (the message says what differs).
+    #[error("{0}")]
+    SpaceMismatch(String),
+    /// A space config that does not validate.
+    #[error(transparent)]
+    Format(#[from] crate::format::FormatError),
+}
 
 /// One layer's arrays, owned.
 #[derive(Clone, Debug, PartialEq)]
@@ -100,7 +115,11 @@ impl LayerData {
 }
 
 /// Checks that a layer view has the shape the space says, naming the layer when not.
-pub fn check_layer_shape(space: &SpaceConfig, idx: usize, v: &LayerView<'_>) -> Result<(), Error> {
+pub fn check_layer_shape(
+    space: &SpaceConfig,
+    idx: usize,
+    v: &LayerView<'_>,
+) -> Result<(), DnaError> {
     let spec = &space.layers[idx];
     let n = spec.neurons as usize;
     let ok = match (space.dist, v) {
@@ -120,7 +139,7 @@ pub fn check_layer_shape(space: &SpaceConfig, idx: usize, v: &LayerView<'_>) -> 
     if ok {
         Ok(())
     } else {
-        Err(Error::Invalid(format!(
+        Err(DnaError::Invalid(format!(
             "layer {}: arrays of {} neurons ({:?}) do not match the space's {} neurons of {}",
             spec.name,
             v.neurons(),
@@ -133,7 +152,7 @@ pub fn check_layer_shape(space: &SpaceConfig, idx: usize, v: &LayerView<'_>) -> 
 
 /// Checks a layer's shape and values: every histogram neuron has at least one count (an
 /// empty one has no distance), every Gaussian value is finite.
-pub fn check_layer(space: &SpaceConfig, idx: usize, v: &LayerView<'_>) -> Result<(), Error> {
+pub fn check_layer(space: &SpaceConfig, idx: usize, v: &LayerView<'_>) -> Result<(), DnaError> {
     check_layer_shape(space, idx, v)?;
     let name = &space.layers[idx].name;
     match *v {
@@ -142,7 +161,7 @@ pub fn check_layer(space: &SpaceConfig, idx: usize, v: &LayerView<'_>) -> Result
                 .chunks_exact(bins)
                 .position(|h| h.iter().all(|c| *c == 0))
             {
-                return Err(Error::Invalid(format!(
+                return Err(DnaError::Invalid(format!(
                     "layer {name} neuron {n}: empty histogram (no activation was counted)"
                 )));
             }
@@ -153,14 +172,14 @@ pub fn check_layer(space: &SpaceConfig, idx: usize, v: &LayerView<'_>) -> Result
                 .zip(var)
                 .position(|(m, v)| !m.is_finite() || !v.is_finite() || *v < 0.0)
             {
-                return Err(Error::Invalid(format!(
+                return Err(DnaError::Invalid(format!(
                     "layer {name} neuron {n}: mean or variance is not finite or the variance is negative"
                 )));
             }
         }
         LayerView::LayerGaussian { mean, cov, .. } => {
             if mean.iter().chain(cov).any(|x| !x.is_finite()) {
-                return Err(Error::Invalid(format!(
+                return Err(DnaError::Invalid(format!(
                     "layer {name}: non-finite mean or covariance"
                 )));
             }
@@ -206,10 +225,10 @@ impl EncodedDna {
 
 impl Dna {
     /// Checks shapes and values against the space.
-    pub fn validate(&self) -> Result<(), Error> {
+    pub fn validate(&self) -> Result<(), DnaError> {
         self.space.validate()?;
         if self.layers.len() != self.space.layers.len() {
-            return Err(Error::Invalid(format!(
+            return Err(DnaError::Invalid(format!(
                 "{} layers of arrays for a space of {} layers",
                 self.layers.len(),
                 self.space.layers.len()
@@ -223,7 +242,7 @@ impl Dna {
                     .chunks_exact(bins)
                     .position(|h| h.iter().all(|c| *c == 0))
                 {
-                    return Err(Error::Invalid(format!(
+                    return Err(DnaError::Invalid(format!(
                         "layer {} neuron {n}: empty histogram (no activation was counted)",
                         self.space.layers[i].name
                     )));
@@ -235,9 +254,9 @@ impl Dna {
 
     /// Merges a DNA of the same space into this one: histograms add, Gaussians combine
     /// exactly from counts, means and variances, ranges take min and max.
-    pub fn merge(&self, other: &Dna) -> Result<Dna, Error> {
+    pub fn merge(&self, other: &Dna) -> Result<Dna, DnaError> {
         if self.space != other.space {
-            return Err(Error::SpaceMismatch(format!(
+            return Err(DnaError::SpaceMismatch(format!(
                 "cannot merge DNAs of different spaces: {} vs {}",
                 self.space.describe(),
                 other.space.describe()
@@ -251,7 +270,7 @@ impl Dna {
             .enumerate()
             .map(|(i, (a, b))| {
                 merge_layer(a, b, na, nb).map_err(|e| {
-                    Error::Invalid(format!("layer {}: {e}", self.space.layers[i].name))
+                    DnaError::Invalid(format!("layer {}: {e}", self.space.layers[i].name))
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;

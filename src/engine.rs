@@ -15,13 +15,20 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::db::Db;
-use crate::distance::{Comparison, Metric};
+pub use crate::distance::{Comparison, LayerDistance, Metric, NeuronDistance};
 use crate::dna::Dna;
 use crate::format::{Bundle, Digest, ObjectHeader, SpaceConfig};
 use crate::mask::Mask;
 use crate::query;
 use crate::refname::RefName;
 use crate::Error;
+
+#[cfg(feature = "extract")]
+mod input;
+#[cfg(feature = "extract")]
+pub use crate::extract::{ExtractSettings, Report as ExtractReport};
+#[cfg(feature = "extract")]
+pub use input::{default_name, path_kind, resolve_path, Input, PathKind, Resolved};
 
 // The types of the engine's requests and answers, for front ends: they import these from
 // here, never from the layers underneath (tests/it/layers.rs holds them to that).
@@ -365,4 +372,19 @@ impl From<Db> for Engine {
     fn from(db: Db) -> Engine {
         Engine { db }
     }
+}
+
+/// Writes `dna` as a reference `.json` + `.npz` pair at `path` (extension optional), each
+/// file written atomically, the `.npz` first so a `.json` never names a missing array
+/// file; returns the two paths. The encoding is `reference::encode_pair`.
+pub fn export_reference(
+    dna: &Dna,
+    annotations: &BTreeMap<String, String>,
+    path: &Path,
+) -> Result<(std::path::PathBuf, std::path::PathBuf), Error> {
+    let (json_path, npz_path) = crate::reference::pair_paths(path);
+    let pair = crate::reference::encode_pair(dna, annotations, path)?;
+    crate::fsio::write_file_atomic(&npz_path, &pair.npz).map_err(|e| Error::io(&npz_path, e))?;
+    crate::fsio::write_file_atomic(&json_path, &pair.json).map_err(|e| Error::io(&json_path, e))?;
+    Ok((json_path, npz_path))
 }

@@ -57,6 +57,7 @@ pub mod server;
 #[cfg(feature = "testing")]
 pub mod simfs;
 pub mod store;
+pub mod stored;
 pub mod synth;
 #[cfg(feature = "server")]
 pub mod token;
@@ -113,6 +114,26 @@ impl Error {
         Error::Io {
             path: path.as_ref().display().to_string(),
             source,
+        }
+    }
+}
+
+// The pure layers' errors keep their meaning (bad input, or spaces that differ) when they
+// fold into the crate's error, so callers and the HTTP status mapping see one vocabulary.
+impl From<dna::DnaError> for Error {
+    fn from(e: dna::DnaError) -> Error {
+        match e {
+            dna::DnaError::Invalid(m) => Error::Invalid(m),
+            dna::DnaError::SpaceMismatch(m) => Error::SpaceMismatch(m),
+            dna::DnaError::Format(e) => Error::Format(e),
+        }
+    }
+}
+
+impl From<distance::DistanceError> for Error {
+    fn from(e: distance::DistanceError) -> Error {
+        match e {
+            distance::DistanceError::Invalid(m) => Error::Invalid(m),
         }
     }
 }

@@ -14,7 +14,6 @@ use serde_json::{json, Map, Value};
 
 use crate::dna::{Dna, LayerData};
 use crate::format::{DistKind, LayerSpec, SpaceConfig};
-use crate::Error;
 
 /// Largest npz member accepted (a 2048x2048 f64 covariance is 32 MiB).
 const MAX_MEMBER: u64 = 1 << 30;
@@ -33,18 +32,18 @@ pub enum ReferenceError {
     Bad { path: String, detail: String },
 }
 
-fn bad(path: &Path, detail: impl Into<String>) -> Error {
-    Error::Reference(ReferenceError::Bad {
+fn bad(path: &Path, detail: impl Into<String>) -> ReferenceError {
+    ReferenceError::Bad {
         path: path.display().to_string(),
         detail: detail.into(),
-    })
+    }
 }
 
-fn io(path: &Path, source: std::io::Error) -> Error {
-    Error::Reference(ReferenceError::Io {
+fn io(path: &Path, source: std::io::Error) -> ReferenceError {
+    ReferenceError::Io {
         path: path.display().to_string(),
         source,
-    })
+    }
 }
 
 /// The `.json` and `.npz` paths of a reference pair given either file or the stem.
@@ -75,7 +74,7 @@ pub struct Imported {
 }
 
 /// Reads a reference `.json` + `.npz` pair.
-pub fn import_pair(path: &Path) -> Result<Imported, Error> {
+pub fn import_pair(path: &Path) -> Result<Imported, ReferenceError> {
     let (json_path, npz_path) = pair_paths(path);
     let text = std::fs::read(&json_path).map_err(|e| io(&json_path, e))?;
     let file = std::fs::File::open(&npz_path).map_err(|e| io(&npz_path, e))?;
@@ -89,7 +88,7 @@ pub fn import_pair_from<R: Read + Seek>(
     json_path: &Path,
     npz_file: R,
     npz_path: &Path,
-) -> Result<Imported, Error> {
+) -> Result<Imported, ReferenceError> {
     let (json_path, npz_path) = (json_path.to_path_buf(), npz_path.to_path_buf());
     let meta: Value = serde_json::from_slice(text)
         .map_err(|e| bad(&json_path, format!("not valid JSON: {e}")))?;
@@ -144,7 +143,7 @@ pub fn import_pair_from<R: Read + Seek>(
     Ok(Imported { dna, annotations })
 }
 
-fn space_from_metadata(meta: &Value, path: &Path) -> Result<(SpaceConfig, u64), Error> {
+fn space_from_metadata(meta: &Value, path: &Path) -> Result<(SpaceConfig, u64), ReferenceError> {
     let field = |k: &str| {
         meta.get(k)
             .ok_or_else(|| bad(path, format!("missing field {k:?}")))
@@ -214,14 +213,21 @@ fn space_from_metadata(meta: &Value, path: &Path) -> Result<(SpaceConfig, u64), 
     Ok((space, images))
 }
 
-/// Writes `dna` as a reference pair at `path` (extension optional); returns the two paths.
-/// `annotations["reference.metadata"]`, when present, supplies the json's other fields.
-pub fn export_pair(
+/// A reference pair encoded in memory: the `.json` and `.npz` bytes.
+pub struct EncodedPair {
+    pub json: Vec<u8>,
+    pub npz: Vec<u8>,
+}
+
+/// Encodes `dna` as a reference pair; `annotations["reference.metadata"]`, when present,
+/// supplies the json's other fields. `path` only names the files in errors; nothing is
+/// written (the engine writes the pair, `engine::export_reference`).
+pub fn encode_pair(
     dna: &Dna,
     annotations: &BTreeMap<String, String>,
     path: &Path,
-) -> Result<(PathBuf, PathBuf), Error> {
-    let (json_path, npz_path) = pair_paths(path);
+) -> Result<EncodedPair, ReferenceError> {
+    let (_, npz_path) = pair_paths(path);
     let mut meta: Map<String, Value> = annotations
         .get("reference.metadata")
         .and_then(|s| serde_json::from_str(s).ok())
@@ -312,8 +318,7 @@ pub fn export_pair(
             }
         }
     }
-    let json_bytes = serde_json::to_vec_pretty(&Value::Object(meta)).unwrap_or_default();
-    crate::fsio::write_file_atomic(&json_path, &json_bytes).map_err(|e| io(&json_path, e))?;
+    let json = serde_json::to_vec_pretty(&Value::Object(meta)).unwrap_or_default();
     let mut zip_bytes = std::io::Cursor::new(Vec::new());
     {
         let mut w = zip::ZipWriter::new(&mut zip_bytes);
@@ -328,8 +333,10 @@ pub fn export_pair(
         w.finish()
             .map_err(|e| bad(&npz_path, format!("finishing the archive: {e}")))?;
     }
-    crate::fsio::write_file_atomic(&npz_path, zip_bytes.get_ref()).map_err(|e| io(&npz_path, e))?;
-    Ok((json_path, npz_path))
+    Ok(EncodedPair {
+        json,
+        npz: zip_bytes.into_inner(),
+    })
 }
 
 fn f32_bytes(v: &[f64]) -> Vec<u8> {
@@ -528,7 +535,7 @@ struct Npz<R: Read + Seek> {
 }
 
 impl<R: Read + Seek> Npz<R> {
-    fn open(r: R, path: &Path) -> Result<Self, Error> {
+    fn open(r: R, path: &Path) -> Result<Self, ReferenceError> {
         let zip = zip::ZipArchive::new(r)
             .map_err(|e| bad(path, format!("not a valid .npz (zip) archive: {e}")))?;
         Ok(Npz {
@@ -538,7 +545,7 @@ impl<R: Read + Seek> Npz<R> {
     }
 
     /// Reads member `<name>.npy` and checks its shape.
-    fn array(&mut self, name: &str, shape: &[usize]) -> Result<NpyArray, Error> {
+    fn array(&mut self, name: &str, shape: &[usize]) -> Result<NpyArray, ReferenceError> {
         let member = format!("{name}.npy");
         let mut f = self.zip.by_name(&member).map_err(|_| {
             bad(

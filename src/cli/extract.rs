@@ -12,7 +12,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use super::output::{human_bytes, Out};
 use crate::dna::Dna;
 use crate::extract::{
-    self, Crop, ExtractOptions, Extractor, ExtractorKind, Ranges, Report, Selection,
+    self, Crop, ExtractOptions, ExtractSettings, Extractor, ExtractorKind, Ranges, Report,
+    Selection,
 };
 use crate::format::DistKind;
 
@@ -134,36 +135,30 @@ impl ExtractFlags {
         }
     }
 
-    fn selection(&self) -> Selection {
-        Selection {
-            shuffle: self.shuffle.then_some(self.seed),
-            max_images: self.max_images,
-            shard: self.shard,
-        }
-    }
-
-    fn load_extractor(&self) -> Result<Extractor> {
-        let kind = self.kind()?;
-        Ok(Extractor::load(
-            kind,
-            self.weights.as_deref(),
-            self.init_seed,
-        )?)
-    }
-
-    /// The ranges for histograms: --ranges, else the shipped ones when the weights are the
-    /// defaults they were computed for.
-    fn ranges(&self, ext: &Extractor) -> Result<Option<Ranges>> {
-        if let Some(p) = &self.ranges {
-            return Ok(Some(Ranges::from_file(p)?));
-        }
-        let default_weights = self.weights.is_none()
-            && ext.kind.has_default_weights()
-            && (ext.kind != ExtractorKind::RandResNet50 || self.init_seed == extract::DEFAULT_SEED);
-        if default_weights {
-            return Ok(Some(Ranges::embedded(ext.kind)?));
-        }
-        Ok(None)
+    /// The flags as the library's plain settings (the rules that apply them live there).
+    pub fn settings(&self) -> Result<ExtractSettings> {
+        Ok(ExtractSettings {
+            extractor: self.kind()?,
+            weights: self.weights.clone(),
+            init_seed: self.init_seed,
+            ranges: self.ranges.clone(),
+            options: ExtractOptions {
+                dist: self.dist()?,
+                batch: self.batch,
+                crop: if self.crop == "center" {
+                    Crop::Center
+                } else {
+                    Crop::None
+                },
+                strict: self.strict,
+            },
+            selection: Selection {
+                shuffle: self.shuffle.then_some(self.seed),
+                max_images: self.max_images,
+                shard: self.shard,
+            },
+            threads: self.threads,
+        })
     }
 }
 
@@ -182,121 +177,37 @@ fn progress_bar(out: &Out, total: u64, what: &str) -> ProgressBar {
     pb
 }
 
-/// Runs `f` on a rayon pool of `threads` workers when asked, else on the global pool.
-fn with_threads<R: Send>(threads: Option<usize>, f: impl FnOnce() -> R + Send) -> Result<R> {
-    match threads {
-        Some(0) => bail!("--threads must be at least 1"),
-        Some(n) => {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(n)
-                .build()
-                .context("starting the worker threads")?;
-            Ok(pool.install(f))
-        }
-        None => Ok(f()),
-    }
-}
-
-/// Pins the space of a DNA imported from reference files to `--weights` / `--ranges`
-/// (the network is the one the files name; the crop and resize mode come from their
-/// metadata), so it compares with DNAs extracted here from the same files. Returns false,
-/// leaving the DNA unpinned, when neither flag is given.
-pub fn pin_import(
-    dna: &mut Dna,
-    annotations: &std::collections::BTreeMap<String, String>,
-    flags: &ExtractFlags,
-) -> Result<bool> {
-    if flags.weights.is_none() && flags.ranges.is_none() {
-        return Ok(false);
-    }
-    let name = dna.space.extractor.name.clone();
-    let kind = ExtractorKind::parse(&name).with_context(|| {
-        format!(
-            "the reference DNA was made with {name:?}, which vdna-db does not run: import it \
-             without --weights / --ranges to keep it unpinned"
-        )
-    })?;
-    let meta: serde_json::Value = annotations
-        .get("reference.metadata")
-        .and_then(|m| serde_json::from_str(m).ok())
-        .unwrap_or_default();
-    let setting = |k: &str| {
-        meta.pointer(&format!("/data_settings/{k}"))
-            .and_then(|v| v.as_str())
-            .map(str::to_string)
-    };
-    let crop = match setting("crop_to_square_pre_resize").as_deref() {
-        None | Some("none") => Crop::None,
-        Some("center") => Crop::Center,
-        Some(other) => bail!(
-            "the reference DNA was made with crop_to_square_pre_resize {other:?}, which \
-             vdna-db does not reproduce (none or center): it cannot be pinned"
-        ),
-    };
-    if let Some(mode) = setting("resize_mode").filter(|m| m != "clean") {
-        bail!(
-            "the reference DNA was made with resize_mode {mode:?}; vdna-db resizes the \
-             \"clean\" way only, so it cannot be pinned to a space of DNAs extracted here"
-        );
-    }
-    let ext = Extractor::load(kind, flags.weights.as_deref(), flags.init_seed)?;
-    let ranges = flags.ranges.as_deref().map(Ranges::from_file).transpose()?;
-    dna.space = extract::pin_imported(&dna.space, &ext, ranges.as_ref(), crop)?;
-    Ok(true)
-}
-
-/// Extracts a DNA from an image source with the given flags.
-pub fn extract_source(out: &mut Out, source: &Path, flags: &ExtractFlags) -> Result<(Dna, Report)> {
-    let dist = flags.dist()?;
-    let items = extract::list_images(source)?;
-    let found = items.len();
-    let items = flags.selection().apply(items);
-    if items.is_empty() {
-        bail!(
-            "image source {}: no images{} (looked for {})",
-            source.display(),
-            if found > 0 {
-                format!(" left after selection ({found} found)")
-            } else {
-                String::new()
-            },
-            extract::source::IMAGE_EXTENSIONS.join(", ")
-        );
-    }
-    let ext = flags.load_extractor()?;
-    let ranges = if matches!(dist, DistKind::Histogram { .. }) {
-        match flags.ranges(&ext)? {
-            Some(r) => Some(r),
-            None => bail!(
-                "histograms need activation ranges for these weights: compute them with \
-                 `vdna-db ranges SOURCE --extractor {} --weights ... -o ranges.json` and pass --ranges",
-                ext.kind.name()
-            ),
-        }
-    } else {
-        None
-    };
-    let opts = ExtractOptions {
-        dist,
-        batch: flags.batch,
-        crop: if flags.crop == "center" {
-            Crop::Center
-        } else {
-            Crop::None
-        },
-        strict: flags.strict,
-    };
+/// Runs `f` with a progress callback drawn as a bar on stderr ([`progress_bar`]), then
+/// warns about the images it skipped and the non-finite activations it left out.
+pub fn with_progress<T>(
+    out: &mut Out,
+    settings: &ExtractSettings,
+    f: impl FnOnce(extract::Progress<'_>) -> Result<T>,
+    report: impl Fn(&T) -> Option<&Report>,
+) -> Result<T> {
     let pb = progress_bar(
         out,
-        items.len() as u64,
-        &format!("{} {}", ext.kind.name(), dist.name()),
+        0,
+        &format!(
+            "{} {}",
+            settings.extractor.name(),
+            settings.options.dist.name()
+        ),
     );
-    let cb = |done: u64, _total: u64| pb.set_position(done);
-    let res = with_threads(flags.threads, || {
-        extract::extract(&ext, ranges.as_ref(), &items, &opts, &cb)
-    })?;
+    let cb = |done: u64, total: u64| {
+        pb.set_length(total);
+        pb.set_position(done)
+    };
+    let res = f(&cb);
     pb.finish_and_clear();
-    let (dna, report) = res?;
+    let v = res?;
+    if let Some(r) = report(&v) {
+        warn_report(out, r);
+    }
+    Ok(v)
+}
+
+fn warn_report(out: &mut Out, report: &Report) {
     if !report.skipped.is_empty() {
         let first: Vec<String> = report
             .skipped
@@ -321,7 +232,18 @@ pub fn extract_source(out: &mut Out, source: &Path, flags: &ExtractFlags) -> Res
             report.nonfinite
         ));
     }
-    Ok((dna, report))
+}
+
+/// Extracts a DNA from an image source with the given flags ([`extract::extract_source`])
+/// with a progress bar and warnings.
+pub fn extract_source(out: &mut Out, source: &Path, flags: &ExtractFlags) -> Result<(Dna, Report)> {
+    let settings = flags.settings()?;
+    with_progress(
+        out,
+        &settings,
+        |cb| Ok(extract::extract_source(source, &settings, cb)?),
+        |(_, r)| Some(r),
+    )
 }
 
 fn timing_line(r: &Report) -> String {
@@ -363,7 +285,7 @@ pub fn run_extract(out: &mut Out, a: ExtractArgs) -> Result<()> {
             .with_context(|| format!("writing {}", a.output.display()))?;
         vec![a.output.clone()]
     } else {
-        let (j, n) = crate::reference::export_pair(&dna, &ann, &a.output)?;
+        let (j, n) = crate::engine::export_reference(&dna, &ann, &a.output)?;
         vec![j, n]
     };
     out.json(&serde_json::json!({

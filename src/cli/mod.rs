@@ -414,39 +414,54 @@ fn load_any(db: &Engine, spec: &str) -> Result<(AnyDna, String)> {
     ))
 }
 
-/// True when `path` names images to extract rather than a DNA file.
-fn is_image_input(path: &Path) -> bool {
-    path.exists()
-        && !db::is_bundle(path)
-        && !crate::reference::looks_like_pair(path)
-        && crate::extract::looks_like_image_source(path)
+/// Resolves an input on disk through the library's one resolver
+/// ([`crate::engine::resolve_path`]) with the extraction flags, showing extraction
+/// progress; `None` when nothing is at that path (the spec then names a stored DNA,
+/// locally or on the server).
+fn resolve_file(
+    path: &Path,
+    out: &mut Out,
+    flags: &extract::ExtractFlags,
+) -> Result<Option<crate::engine::Resolved>> {
+    let kind = crate::engine::path_kind(path);
+    if kind == crate::engine::PathKind::Missing {
+        return Ok(None);
+    }
+    let settings = flags.settings()?;
+    let resolved = if kind == crate::engine::PathKind::Images {
+        extract::with_progress(
+            out,
+            &settings,
+            |cb| Ok(crate::engine::resolve_path(path, &settings, cb)?),
+            |r| r.as_ref().and_then(|r| r.report.as_ref()),
+        )
+        .with_context(|| format!("extracting a DNA from {}", path.display()))?
+    } else {
+        out.progress(&format!("reading {}", path.display()));
+        crate::engine::resolve_path(path, &settings, &|_, _| {})?
+    };
+    let resolved =
+        resolved.with_context(|| format!("{} vanished while being read", path.display()))?;
+    if resolved.pinned {
+        out.progress("pinned to the given weights and activation ranges");
+    }
+    Ok(Some(resolved))
 }
 
-/// The DNA of an input on disk, resolved one way for local and `--remote` commands alike:
-/// an image source is extracted with `flags`; a `.vdna` bundle is read; a reference pair
-/// is read and pinned to `--weights` / `--ranges` when they are given. `None` when
-/// nothing is at that path (the spec then names a stored DNA, locally or on the server).
+/// The DNA of an input on disk, for query and compare: see [`resolve_file`].
 fn file_input(
     spec: &str,
     out: &mut Out,
     flags: &extract::ExtractFlags,
 ) -> Result<Option<crate::dna::Dna>> {
-    let p = Path::new(spec);
-    if is_image_input(p) {
-        let (dna, _) = extract::extract_source(out, p, flags)
-            .with_context(|| format!("extracting a DNA from {spec}"))?;
-        return Ok(Some(dna));
+    match resolve_file(Path::new(spec), out, flags)? {
+        Some(r) => Ok(Some(
+            r.input
+                .into_dna()
+                .with_context(|| format!("reading DNA file {spec}"))?,
+        )),
+        None => Ok(None),
     }
-    if !(p.is_file() || crate::reference::looks_like_pair(p)) {
-        return Ok(None);
-    }
-    let (mut dna, ann) =
-        db::read_dna_file(p).with_context(|| format!("reading DNA file {spec}"))?;
-    if !db::is_bundle(p) {
-        extract::pin_import(&mut dna, &ann, flags)
-            .with_context(|| format!("pinning the space of {spec}"))?;
-    }
-    Ok(Some(dna))
 }
 
 /// Like [`load_any`], through [`file_input`]: images are extracted and reference pairs
@@ -475,10 +490,7 @@ fn run_remote(cli: &Cli, url: &str, out: &mut Out) -> Result<Option<i32>> {
             };
             let (input, ann, default) = resolve_push_input(&store, out, a)?;
             let name = push_name(a, default)?;
-            let objects = match input {
-                PushInput::Dna(dna) => dna.encode(3).objects,
-                PushInput::Bundle(b) => b.objects,
-            };
+            let objects = input.into_objects(3);
             remote::push_remote(out, &c, &objects, &name, &ann)?;
         }
         Command::Ls(a) => {
@@ -538,13 +550,10 @@ fn run_remote(cli: &Cli, url: &str, out: &mut Out) -> Result<Option<i32>> {
                     c.query_bundle(&bundle, &body.to_query_string())?
                 }
             };
-            out.json(&v)?;
-            let hits: Vec<crate::engine::Hit> = v["results"]
-                .as_array()
-                .map(|a| a.iter().filter_map(hit_of).collect())
-                .unwrap_or_default();
-            print_hits(out, &hits)?;
-            return Ok(Some(if hits.is_empty() { 1 } else { 0 }));
+            let res: crate::engine::QueryResult =
+                serde_json::from_value(v).context("reading the server's query answer")?;
+            print_query(out, &res, a, &format!("{} on {url}", a.source))?;
+            return Ok(Some(0));
         }
         Command::Compare(a) => {
             let body = crate::protocol::CompareBody {
@@ -555,13 +564,9 @@ fn run_remote(cli: &Cli, url: &str, out: &mut Out) -> Result<Option<i32>> {
                 top_neurons: a.top_neurons,
             };
             let v = c.post_json("/v1/compare", &serde_json::to_value(&body)?)?;
-            out.json(&v)?;
-            out.line(&format!(
-                "{} {:.6} over {} neurons",
-                v["metric"].as_str().unwrap_or("?"),
-                v["distance"].as_f64().unwrap_or(f64::NAN),
-                v["neurons"]
-            ))?;
+            let cmp: crate::engine::Comparison =
+                serde_json::from_value(v).context("reading the server's comparison")?;
+            print_comparison(out, &cmp, a, &a.a, &a.b)?;
         }
         Command::Verify { repair } => {
             let body = crate::protocol::VerifyBody { repair: *repair };
@@ -626,17 +631,6 @@ fn run_remote(cli: &Cli, url: &str, out: &mut Out) -> Result<Option<i32>> {
     Ok(Some(0))
 }
 
-fn hit_of(v: &serde_json::Value) -> Option<crate::engine::Hit> {
-    Some(crate::engine::Hit {
-        reference: v["ref"].as_str()?.to_string(),
-        digest: v["digest"].as_str()?.parse().ok()?,
-        distance: v["distance"].as_f64()?,
-        images: v["images"].as_u64()?,
-        per_layer: Vec::new(),
-    })
-}
-
-/// Percent-encodes a query-string value.
 /// Prints what `verify` found (locally or from a server) and picks the exit code.
 fn print_verify(out: &mut Out, r: &crate::engine::VerifyOutcome, repair: bool) -> Result<i32> {
     out.json(r)?;
@@ -748,7 +742,7 @@ fn run(cli: Cli, out: &mut Out) -> Result<i32> {
                 vec![a.output.clone()]
             } else {
                 let dna = db.open_dna(&digest)?.load()?;
-                let (j, n) = crate::reference::export_pair(&dna, &ann, &a.output)?;
+                let (j, n) = crate::engine::export_reference(&dna, &ann, &a.output)?;
                 vec![j, n]
             };
             for w in &written {
@@ -850,33 +844,6 @@ fn run(cli: Cli, out: &mut Out) -> Result<i32> {
     Ok(0)
 }
 
-/// A ref name from a file name: its stem, lowercased, other characters turned into '-'.
-fn default_name(path: &Path) -> Result<RefName> {
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().to_lowercase())
-        .unwrap_or_default();
-    let stem = stem
-        .strip_suffix(".json")
-        .or_else(|| stem.strip_suffix(".npz"))
-        .unwrap_or(&stem)
-        .to_string();
-    let cleaned: String = stem
-        .chars()
-        .map(|c| {
-            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '_' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    let cleaned = cleaned
-        .trim_matches(|c: char| !c.is_ascii_alphanumeric())
-        .to_string();
-    Ok(RefName::parse(&cleaned)?)
-}
-
 fn print_hits(out: &mut Out, hits: &[crate::engine::Hit]) -> std::io::Result<()> {
     out.table(
         &["RANK", "NAME", "DIGEST", "DISTANCE", "IMAGES"],
@@ -922,69 +889,31 @@ fn print_listing(out: &mut Out, rows: &[db::Listing]) -> std::io::Result<()> {
     )
 }
 
-/// What a push or import sends: a DNA to encode, or objects already encoded (a bundle
-/// file or a stored DNA), with the annotations gathered on the way.
-enum PushInput {
-    Dna(crate::dna::Dna),
-    Bundle(crate::format::Bundle),
-}
-
-/// The one resolver behind `push` and `import`, local and `--remote` alike: a `.vdna`
-/// bundle, a reference pair (pinned with --weights / --ranges when given), an image
-/// source (extracted with every flag), or, when no file is at that path, a stored name or
-/// digest of the local store (as `docker push` sends a local image). Returns the input,
-/// its annotations (--meta first, then the input's own) and the name it defaults to.
+/// The one resolver behind `push` and `import`, local and `--remote` alike: a file input
+/// through [`resolve_file`], or, when no file is at that path, a stored name or digest of
+/// the local store (as `docker push` sends a local image). Returns the input, its
+/// annotations (--meta first, then the input's own) and the name it defaults to.
 fn resolve_push_input(
     home: &StoreAt,
     out: &mut Out,
     a: &PushArgs,
-) -> Result<(PushInput, BTreeMap<String, String>, Option<RefName>)> {
+) -> Result<(
+    crate::engine::Input,
+    BTreeMap<String, String>,
+    Option<RefName>,
+)> {
     let mut ann = parse_meta(&a.meta)?;
-    let path = &a.path;
-    let on_disk = path.exists() || crate::reference::looks_like_pair(path);
-    if !on_disk {
-        let spec = path.to_string_lossy().into_owned();
-        let db = open_db(home)?;
-        let (digest, stored_name) = db.resolve(&spec).with_context(|| {
-            format!("{spec} is neither a file nor a stored DNA (list them with vdna-db ls)")
-        })?;
-        for (k, v) in db.annotations(stored_name.as_ref())? {
-            ann.entry(k).or_insert(v);
-        }
-        let bundle = db.bundle_from_store(&digest)?;
-        return Ok((PushInput::Bundle(bundle), ann, stored_name));
-    }
-    let default = default_name(path).ok();
-    if is_image_input(path) {
-        let (dna, rep) = extract::extract_source(out, path, &a.extract)
-            .with_context(|| format!("extracting a DNA from {}", path.display()))?;
-        ann.entry("source".into())
-            .or_insert_with(|| path.display().to_string());
-        ann.entry("extractor".into())
-            .or_insert_with(|| dna.space.extractor.name.clone());
+    let resolved = match resolve_file(&a.path, out, &a.extract)? {
+        Some(r) => r,
+        None => open_db(home)?.resolve_stored(&a.path.to_string_lossy())?,
+    };
+    if let Some(rep) = &resolved.report {
         out.progress(&format!("storing the DNA of {} images", rep.images));
-        return Ok((PushInput::Dna(dna), ann, default));
     }
-    if db::is_bundle(path) {
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let bundle = crate::format::decode_bundle(&bytes)
-            .map_err(|e| crate::Error::Invalid(format!("{}: {e}", path.display())))?;
-        for (k, v) in &bundle.annotations {
-            ann.entry(k.clone()).or_insert(v.clone());
-        }
-        return Ok((PushInput::Bundle(bundle), ann, default));
-    }
-    out.progress(&format!("reading {}", path.display()));
-    let mut imported = crate::reference::import_pair(path)?;
-    if extract::pin_import(&mut imported.dna, &imported.annotations, &a.extract)
-        .with_context(|| format!("pinning the space of {}", path.display()))?
-    {
-        out.progress("pinned to the given weights and activation ranges");
-    }
-    for (k, v) in imported.annotations {
+    for (k, v) in resolved.annotations {
         ann.entry(k).or_insert(v);
     }
-    Ok((PushInput::Dna(imported.dna), ann, default))
+    Ok((resolved.input, ann, resolved.default_name))
 }
 
 /// The name a push stores under: --name, else the input's default (its file stem, or the
@@ -1009,12 +938,12 @@ fn push(home: &StoreAt, out: &mut Out, a: PushArgs, require_name: bool) -> Resul
     // Without --name, import names the DNA after its file (gc removes unnamed DNAs).
     let name = push_name(&a, default)?;
     let db = open_db(home)?;
-    if matches!(input, PushInput::Dna(_)) {
-        out.progress("compressing and storing");
-    }
     let report = match &input {
-        PushInput::Dna(dna) => db.push(dna, Some(&name), ann)?,
-        PushInput::Bundle(b) => db.push_bundle(b, Some(&name), ann)?,
+        crate::engine::Input::Dna(dna) => {
+            out.progress("compressing and storing");
+            db.push(dna, Some(&name), ann)?
+        }
+        crate::engine::Input::Bundle(b) => db.push_bundle(b, Some(&name), ann)?,
     };
     out.json(&report)?;
     out.line(&format!(
@@ -1173,6 +1102,18 @@ fn compare(home: &StoreAt, out: &mut Out, a: CompareArgs) -> Result<()> {
     let (db_, lb) = load_input(&db, &a.b, out, &a.extract)?;
     let metric = parse_metric(&a.metric)?;
     let c = db.compare(&da, &db_, &a.mask, metric, a.top_neurons)?;
+    print_comparison(out, &c, &a, &la, &lb)
+}
+
+/// Prints a comparison (local or from a server): `--json`, the distance, and the
+/// per-layer and per-neuron tables as asked.
+fn print_comparison(
+    out: &mut Out,
+    c: &crate::engine::Comparison,
+    a: &CompareArgs,
+    la: &str,
+    lb: &str,
+) -> Result<()> {
     let per_layer: serde_json::Map<String, serde_json::Value> = c
         .per_layer
         .iter()
@@ -1239,7 +1180,19 @@ fn query(home: &StoreAt, out: &mut Out, a: QueryArgs) -> Result<i32> {
         per_layer: a.per_layer,
     };
     let res = db.query(&q, &req)?;
-    out.json(&res)?;
+    print_query(out, &res, &a, &label)?;
+    Ok(0)
+}
+
+/// Prints a query's answer (local or from a server) as `--json`, the hit table, the
+/// per-layer breakdown and the plan as asked.
+fn print_query(
+    out: &mut Out,
+    res: &crate::engine::QueryResult,
+    a: &QueryArgs,
+    label: &str,
+) -> Result<()> {
+    out.json(res)?;
     out.line(&format!(
         "top {} of {} by {} over {} neurons ({label})",
         res.results.len(),
@@ -1270,7 +1223,7 @@ fn query(home: &StoreAt, out: &mut Out, a: QueryArgs) -> Result<i32> {
     if a.explain {
         out.line(&res.plan.explain())?;
     }
-    Ok(0)
+    Ok(())
 }
 
 /// The demo's first part: generated scene datasets extracted into DNAs, pushed, and a

@@ -24,6 +24,7 @@ pub mod preprocess;
 pub mod ranges;
 pub mod resnet;
 pub mod scenes;
+pub mod settings;
 pub mod source;
 pub mod transformer;
 pub mod vgg;
@@ -44,6 +45,7 @@ use crate::format::{
 };
 pub use preprocess::Crop;
 pub use ranges::Ranges;
+pub use settings::{extract_source, pin_import, ExtractSettings};
 pub use source::{list as list_images, looks_like_image_source, parse_shard, ImageItem, Selection};
 
 /// Errors of extraction; each names its object and the next step.
@@ -509,6 +511,7 @@ pub fn extract(
             "batch size must be at least 1".into(),
         ));
     }
+    progress(0, items.len() as u64);
     let layers = ext.layers().to_vec();
     let hist = matches!(opts.dist, DistKind::Histogram { .. });
     let norms = if hist {

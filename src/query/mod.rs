@@ -17,11 +17,13 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::db::{AnyDna, Db, HeldLayer, StoredDna};
+use crate::catalogue::Catalogue;
 use crate::distance::{self, Comparison, LayerDistance, Metric};
 use crate::format::{Digest, DistKind, LayerView, SpaceConfig};
 use crate::mask::Mask;
 use crate::refname::RefName;
+use crate::store::ObjectStore;
+use crate::stored::{AnyDna, HeldLayer, StoredDna};
 use crate::Error;
 use segment::{SegKind, Segment};
 use sketch::{histogram_sketch, SKETCH_Q};
@@ -77,19 +79,19 @@ impl Default for QueryRequest {
 }
 
 /// One result.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Hit {
     #[serde(rename = "ref")]
     pub reference: String,
     pub digest: Digest,
     pub distance: f64,
     pub images: u64,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub per_layer: Vec<LayerDistance>,
 }
 
 /// One stage of a plan, for `--explain`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Stage {
     pub name: String,
     pub candidates_in: usize,
@@ -98,7 +100,7 @@ pub struct Stage {
 }
 
 /// How a query was answered.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Plan {
     pub strategy: String,
     /// The planner's rule for this query: why this strategy (see `choose`).
@@ -154,7 +156,7 @@ fn crate_bytes(b: u64) -> String {
 }
 
 /// A query's answer.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct QueryResult {
     pub results: Vec<Hit>,
     pub metric: Metric,
@@ -163,8 +165,29 @@ pub struct QueryResult {
     pub plan: Plan,
 }
 
-fn index_dir(db: &Db, space: &Digest) -> PathBuf {
-    db.home().join("index").join(space.hex())
+/// What the index reads and where it keeps its files: the object store, the catalogue,
+/// the index directory, and the gate that serialises index changes between the threads
+/// of one process (other processes are kept out by the catalogue's lock). The store
+/// facade (`Db`) provides it; the index never imports it.
+pub trait Source: Sync {
+    fn objects(&self) -> &ObjectStore;
+    fn catalogue(&self) -> &Catalogue;
+    /// The directory holding one subdirectory per space.
+    fn index_root(&self) -> PathBuf;
+    /// Held while the index is opened for change.
+    fn index_gate(&self) -> std::sync::MutexGuard<'_, ()>;
+}
+
+fn open_dna(src: &dyn Source, digest: &Digest) -> Result<StoredDna, Error> {
+    StoredDna::open(src.objects(), digest)
+}
+
+fn space_config(src: &dyn Source, d: &Digest) -> Result<SpaceConfig, Error> {
+    crate::stored::space_config(src.objects(), d)
+}
+
+fn index_dir(db: &dyn Source, space: &Digest) -> PathBuf {
+    db.index_root().join(space.hex())
 }
 
 fn seg_kind(dist: DistKind) -> Option<SegKind> {
@@ -220,7 +243,7 @@ fn gaussian_mean_var(v: &LayerView<'_>) -> (Vec<f64>, Vec<f64>) {
 /// Opens a space's segment, rebuilding it when its files are damaged, and appends rows
 /// for stored DNAs of that space it lacks.
 fn synced_segment(
-    db: &Db,
+    db: &dyn Source,
     space_digest: &Digest,
     space: &SpaceConfig,
     stored: &[Digest],
@@ -249,7 +272,7 @@ fn synced_segment(
         use rayon::prelude::*;
         let rows = chunk
             .par_iter()
-            .map(|d| summary_row(&AnyDna::Stored(db.open_dna(d)?)))
+            .map(|d| summary_row(&AnyDna::Stored(open_dna(db, d)?)))
             .collect::<Result<Vec<_>, Error>>()?;
         for (d, (a, b)) in chunk.iter().zip(rows) {
             seg.append(d, &a, &b).map_err(|e| Error::io(&dir, e))?;
@@ -259,9 +282,9 @@ fn synced_segment(
 }
 
 /// Adds a just-pushed DNA to its space's index (one row; a no-op when present).
-pub fn index_pushed(db: &Db, digest: &Digest) -> Result<(), Error> {
+pub fn index_pushed(db: &dyn Source, digest: &Digest) -> Result<(), Error> {
     let _gate = db.index_gate();
-    let dna = db.open_dna(digest)?;
+    let dna = open_dna(db, digest)?;
     let sd = dna.manifest.space;
     let Some(kind) = seg_kind(dna.space.dist) else {
         return Ok(());
@@ -284,7 +307,7 @@ pub fn index_pushed(db: &Db, digest: &Digest) -> Result<(), Error> {
     }
 }
 
-fn stored_in_space(db: &Db, sd: &Digest) -> Result<Vec<Digest>, Error> {
+fn stored_in_space(db: &dyn Source, sd: &Digest) -> Result<Vec<Digest>, Error> {
     Ok(db
         .catalogue()
         .dnas()?
@@ -297,10 +320,10 @@ fn stored_in_space(db: &Db, sd: &Digest) -> Result<Vec<Digest>, Error> {
 /// Checks the derived index against its checksums and the catalogue, without changing
 /// it: (what, problem) pairs. `reindex` (or `verify --repair`) rebuilds what is damaged;
 /// queries never trust a damaged part (they rebuild or scan instead).
-pub fn verify_index(db: &Db) -> Result<Vec<(String, String)>, Error> {
+pub fn verify_index(db: &dyn Source) -> Result<Vec<(String, String)>, Error> {
     let _gate = db.index_gate();
     let mut out = Vec::new();
-    let root = db.home().join("index");
+    let root = db.index_root();
     let Ok(rd) = std::fs::read_dir(&root) else {
         return Ok(out);
     };
@@ -318,7 +341,7 @@ pub fn verify_index(db: &Db) -> Result<Vec<(String, String)>, Error> {
             // A space whose DNAs are all gone: stale, harmless, removed by reindex.
             continue;
         };
-        let space = db.space_config(&sd)?;
+        let space = space_config(db, &sd)?;
         let Some(kind) = seg_kind(space.dist) else {
             continue;
         };
@@ -361,14 +384,14 @@ pub struct ReindexReport {
 
 /// Rebuilds every space's segment from the catalogue and the objects, and the HNSW graphs
 /// of spaces with at least `hnsw::min_rows()` DNAs.
-pub fn reindex(db: &Db) -> Result<ReindexReport, Error> {
+pub fn reindex(db: &dyn Source) -> Result<ReindexReport, Error> {
     reindex_with(db, hnsw::min_rows())
 }
 
 /// [`reindex`] with an explicit graph threshold.
-pub fn reindex_with(db: &Db, graph_min_rows: usize) -> Result<ReindexReport, Error> {
+pub fn reindex_with(db: &dyn Source, graph_min_rows: usize) -> Result<ReindexReport, Error> {
     let _gate = db.index_gate();
-    let root = db.home().join("index");
+    let root = db.index_root();
     if root.exists() {
         std::fs::remove_dir_all(&root).map_err(|e| Error::io(&root, e))?;
     }
@@ -378,7 +401,7 @@ pub fn reindex_with(db: &Db, graph_min_rows: usize) -> Result<ReindexReport, Err
         spaces.entry(r.space).or_default().push(d);
     }
     for (sd, stored) in spaces {
-        let space = db.space_config(&sd)?;
+        let space = space_config(db, &sd)?;
         if let Some(seg) = synced_segment(db, &sd, &space, &stored)? {
             report.spaces += 1;
             report.dnas += seg.rows().len();
@@ -413,11 +436,11 @@ fn exact_distance(
         .zip(&bufs)
         .map(|(a, b)| (a.view(), b.view()))
         .collect();
-    distance::compare(space, mask, metric, &views, 0)
+    Ok(distance::compare(space, mask, metric, &views, 0)?)
 }
 
 /// Answers a query.
-pub fn query(db: &Db, q: &AnyDna, req: &QueryRequest) -> Result<QueryResult, Error> {
+pub fn query(db: &dyn Source, q: &AnyDna, req: &QueryRequest) -> Result<QueryResult, Error> {
     let t0 = Instant::now();
     let bytes0 = db.objects().bytes_read();
     if req.k == 0 {
@@ -460,7 +483,7 @@ pub fn query(db: &Db, q: &AnyDna, req: &QueryRequest) -> Result<QueryResult, Err
         })?,
     };
     metric.check(space.dist)?;
-    let mask = db.mask(&req.mask, &space)?;
+    let mask = db.catalogue().resolve_mask(&req.mask, &space)?;
 
     // Eligible refs, grouped by DNA.
     let refs = db.catalogue().refs()?;
@@ -747,7 +770,7 @@ fn choose(
 
 /// What every strategy reads, fixed by plan assembly.
 struct Ctx<'a> {
-    db: &'a Db,
+    db: &'a dyn Source,
     space: &'a SpaceConfig,
     space_digest: Digest,
     mask: &'a Mask,
@@ -767,7 +790,7 @@ struct Run {
 impl Ctx<'_> {
     /// Computes one candidate's exact distance and offers each of its names to the top k.
     fn exact(&self, d: &Digest, run: &mut Run) -> Result<(), Error> {
-        let stored = self.db.open_dna(d)?;
+        let stored = open_dna(self.db, d)?;
         let c = exact_distance(self.space, self.qheld, &stored, self.mask, self.metric)?;
         run.plan.exact_computed += 1;
         for name in &self.by_dna[d] {
@@ -1206,10 +1229,14 @@ impl TopK {
 /// Brute force: the exact distance to every eligible ref, sorted. The oracle of tests
 /// (feature `testing`).
 #[cfg(feature = "testing")]
-pub fn brute_force(db: &Db, q: &AnyDna, req: &QueryRequest) -> Result<Vec<(f64, String)>, Error> {
+pub fn brute_force(
+    db: &dyn Source,
+    q: &AnyDna,
+    req: &QueryRequest,
+) -> Result<Vec<(f64, String)>, Error> {
     let space = q.space().clone();
     let sd = space.digest();
-    let mask = db.mask(&req.mask, &space)?;
+    let mask = db.catalogue().resolve_mask(&req.mask, &space)?;
     let metric = req
         .metric
         .or(Metric::default_for(space.dist))
@@ -1222,8 +1249,8 @@ pub fn brute_force(db: &Db, q: &AnyDna, req: &QueryRequest) -> Result<Vec<(f64, 
         if rec.space != sd {
             continue;
         }
-        let other = AnyDna::Stored(db.open_dna(&r.digest)?);
-        let c = crate::db::compare_dnas(q, &other, &mask, Some(metric), 0)?;
+        let other = AnyDna::Stored(open_dna(db, &r.digest)?);
+        let c = crate::stored::compare_dnas(q, &other, &mask, Some(metric), 0)?;
         out.push((c.distance, name.to_string()));
     }
     out.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use super::{Access, ApiError, AppState, Caller};
 use crate::distance::Metric;
 use crate::engine::AnyDna;
-use crate::engine::QueryRequest;
+use crate::engine::{Comparison, QueryRequest, QueryResult};
 use crate::format::Digest;
 use crate::protocol::{
     CompareBody, GcBody, QueryBody, QueryParams, ReindexBody, SetRef, TokenCreate, TokenCreated,
@@ -288,7 +288,7 @@ pub async fn dataset(
     .await
 }
 
-pub async fn compare(State(st): State<Arc<AppState>>, body: Bytes) -> Res<Json<Value>> {
+pub async fn compare(State(st): State<Arc<AppState>>, body: Bytes) -> Res<Json<Comparison>> {
     let b: CompareBody = parse_json(&body)?;
     let m = metric(&b.metric)?;
     heavy(&st, move |db| {
@@ -297,8 +297,13 @@ pub async fn compare(State(st): State<Arc<AppState>>, body: Bytes) -> Res<Json<V
             Ok(AnyDna::Stored(db.open_dna(&d)?))
         };
         let (x, y) = (open(&b.a)?, open(&b.b)?);
-        let c = db.compare(&x, &y, &b.mask, m, b.top_neurons.min(1000))?;
-        Ok(Json(serde_json::to_value(c).map_err(ApiError::internal)?))
+        Ok(Json(db.compare(
+            &x,
+            &y,
+            &b.mask,
+            m,
+            b.top_neurons.min(1000),
+        )?))
     })
     .await
 }
@@ -307,7 +312,7 @@ fn request(q: &QueryBody) -> Res<QueryRequest> {
     q.to_request().map_err(ApiError::bad_request)
 }
 
-pub async fn query(State(st): State<Arc<AppState>>, body: Bytes) -> Res<Json<Value>> {
+pub async fn query(State(st): State<Arc<AppState>>, body: Bytes) -> Res<Json<QueryResult>> {
     let q: QueryBody = parse_json(&body)?;
     let req = request(&q)?;
     let Some(spec) = q.reference.clone() else {
@@ -318,8 +323,7 @@ pub async fn query(State(st): State<Arc<AppState>>, body: Bytes) -> Res<Json<Val
     heavy(&st, move |db| {
         let (d, _) = db.resolve(&spec)?;
         let dna = AnyDna::Stored(db.open_dna(&d)?);
-        let r = db.query(&dna, &req)?;
-        Ok(Json(serde_json::to_value(r).map_err(ApiError::internal)?))
+        Ok(Json(db.query(&dna, &req)?))
     })
     .await
 }
@@ -328,15 +332,14 @@ pub async fn query_bundle(
     State(st): State<Arc<AppState>>,
     q: Result<Query<QueryParams>, QueryRejection>,
     body: Bytes,
-) -> Res<Json<Value>> {
+) -> Res<Json<QueryResult>> {
     let q = parse_query(q)?.into_body().map_err(ApiError::bad_request)?;
     let req = request(&q)?;
     heavy(&st, move |db| {
         let (dna, _) = crate::engine::dna_of_bundle_bytes(&body).map_err(|e| {
             ApiError::bad_request(format!("request body is not a valid .vdna bundle: {e}"))
         })?;
-        let r = db.query(&AnyDna::Owned(dna), &req)?;
-        Ok(Json(serde_json::to_value(r).map_err(ApiError::internal)?))
+        Ok(Json(db.query(&AnyDna::Owned(dna), &req)?))
     })
     .await
 }

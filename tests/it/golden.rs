@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 
 use vdna_db::db::{compare_dnas, AnyDna};
 use vdna_db::distance::Metric;
+use vdna_db::engine::export_reference;
 use vdna_db::mask::Mask;
-use vdna_db::reference::{export_pair, import_pair};
+use vdna_db::reference::import_pair;
 
 use crate::util::*;
 
@@ -171,7 +172,7 @@ fn reference_round_trip_keeps_every_array_identical() {
     ] {
         let src = import_pair(&path).unwrap();
         let out = h.path().join(format!("rt-{dist}"));
-        export_pair(&src.dna, &src.annotations, &out).unwrap();
+        export_reference(&src.dna, &src.annotations, &out).unwrap();
         let back = import_pair(&out).unwrap();
         assert_eq!(
             back.dna, src.dna,

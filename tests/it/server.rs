@@ -1062,6 +1062,65 @@ fn openapi_request_fields_match_the_shared_protocol_types() {
     );
 }
 
+/// The answers of query and compare are the engine's own types on both sides (the server
+/// serialises them, the client reads them back): their fields are the documented ones, and
+/// a documented answer reads back into them without loss.
+#[test]
+fn openapi_response_fields_match_the_shared_types() {
+    use vdna_db::engine::{Comparison, Hit, LayerDistance, Metric, NeuronDistance, QueryResult};
+    let doc: Value =
+        serde_json::from_slice(&std::fs::read(root().join("schema/openapi.json")).unwrap())
+            .unwrap();
+    let schema = |name: &str| -> BTreeSet<String> {
+        doc["components"]["schemas"][name]["properties"]
+            .as_object()
+            .unwrap_or_else(|| panic!("schema {name} has no properties"))
+            .keys()
+            .cloned()
+            .collect()
+    };
+    let keys = |v: &Value| -> BTreeSet<String> { v.as_object().unwrap().keys().cloned().collect() };
+    let layer = LayerDistance {
+        layer: "block_0".into(),
+        distance: 0.5,
+        neurons: 3,
+    };
+    let hit = Hit {
+        reference: "a/b:v1".into(),
+        digest: Digest::of(b"x"),
+        distance: 1.25,
+        images: 10,
+        per_layer: vec![layer.clone()],
+    };
+    let result = QueryResult {
+        results: vec![hit],
+        metric: Metric::Emd,
+        mask: "all".into(),
+        neurons: 3,
+        plan: Default::default(),
+    };
+    let v = serde_json::to_value(&result).unwrap();
+    assert_eq!(keys(&v), schema("QueryResult"));
+    assert_eq!(keys(&v["results"][0]), schema("Hit"));
+    let back: QueryResult = serde_json::from_value(v.clone()).unwrap();
+    assert_eq!(serde_json::to_value(&back).unwrap(), v);
+    let cmp = Comparison {
+        metric: Metric::Nfd,
+        distance: 0.5,
+        neurons: 3,
+        per_layer: vec![layer],
+        top_neurons: vec![NeuronDistance {
+            layer: "block_0".into(),
+            index: 2,
+            distance: 0.75,
+        }],
+    };
+    let v = serde_json::to_value(&cmp).unwrap();
+    assert_eq!(keys(&v), schema("Comparison"));
+    let back: Comparison = serde_json::from_value(v).unwrap();
+    assert_eq!(back, cmp);
+}
+
 fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }

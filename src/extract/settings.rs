@@ -1,0 +1,174 @@
+//! Every setting of an extraction as plain values, and the two operations that take them:
+//! extracting a DNA from an image source, and pinning a DNA imported from reference files
+//! to the weights and activation ranges given. The CLI's flags map onto
+//! [`ExtractSettings`]; the rules (which ranges apply to which weights, what an import can
+//! be pinned to) live here, so every front end applies the same ones.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::{
+    extract, list_images, pin_imported, Crop, ExtractError, ExtractOptions, Extractor,
+    ExtractorKind, Progress, Ranges, Report, Selection, DEFAULT_SEED,
+};
+use crate::dna::Dna;
+use crate::format::DistKind;
+
+/// How images become a DNA: the network and its weights, the ranges of histograms, the
+/// distribution and batching, which images, and how many threads.
+#[derive(Clone, Debug)]
+pub struct ExtractSettings {
+    pub extractor: ExtractorKind,
+    /// Weights file; `None` takes the embedded weights (or rand_resnet50's seeded init).
+    pub weights: Option<PathBuf>,
+    /// Seed of rand_resnet50's portable initialisation when no weights file is given.
+    pub init_seed: u64,
+    /// Activation ranges file; `None` takes the shipped ranges of the default weights.
+    pub ranges: Option<PathBuf>,
+    pub options: ExtractOptions,
+    pub selection: Selection,
+    /// Worker threads; `None` uses every core.
+    pub threads: Option<usize>,
+}
+
+impl Default for ExtractSettings {
+    fn default() -> Self {
+        ExtractSettings {
+            extractor: ExtractorKind::EfficientNetLite0,
+            weights: None,
+            init_seed: DEFAULT_SEED,
+            ranges: None,
+            options: ExtractOptions::default(),
+            selection: Selection::default(),
+            threads: None,
+        }
+    }
+}
+
+impl ExtractSettings {
+    /// Loads the network with these weights.
+    pub fn load_extractor(&self) -> Result<Extractor, ExtractError> {
+        Extractor::load(self.extractor, self.weights.as_deref(), self.init_seed)
+    }
+
+    /// The ranges for histograms: the given file, else the shipped ones when the weights
+    /// are the defaults they were computed for; `None` when neither applies.
+    pub fn ranges_for(&self, ext: &Extractor) -> Result<Option<Ranges>, ExtractError> {
+        if let Some(p) = &self.ranges {
+            return Ok(Some(Ranges::from_file(p)?));
+        }
+        let default_weights = self.weights.is_none()
+            && ext.kind.has_default_weights()
+            && (ext.kind != ExtractorKind::RandResNet50 || self.init_seed == DEFAULT_SEED);
+        if default_weights {
+            return Ok(Some(Ranges::embedded(ext.kind)?));
+        }
+        Ok(None)
+    }
+}
+
+/// Extracts the DNA of an image source (directory, list, image, zip or tar) with
+/// `settings`; `progress(done, total)` is called as images are folded in.
+pub fn extract_source(
+    source: &Path,
+    settings: &ExtractSettings,
+    progress: Progress<'_>,
+) -> Result<(Dna, Report), ExtractError> {
+    let dist = settings.options.dist;
+    let items = list_images(source)?;
+    let found = items.len();
+    let items = settings.selection.apply(items);
+    if items.is_empty() {
+        return Err(ExtractError::Source {
+            source_path: source.display().to_string(),
+            msg: format!(
+                "no images{} (looked for {})",
+                if found > 0 {
+                    format!(" left after selection ({found} found)")
+                } else {
+                    String::new()
+                },
+                super::source::IMAGE_EXTENSIONS.join(", ")
+            ),
+        });
+    }
+    let ext = settings.load_extractor()?;
+    let ranges = if matches!(dist, DistKind::Histogram { .. }) {
+        match settings.ranges_for(&ext)? {
+            Some(r) => Some(r),
+            None => {
+                return Err(ExtractError::Invalid(format!(
+                    "histograms need activation ranges for these weights: compute them with \
+                     `vdna-db ranges SOURCE --extractor {} --weights ... -o ranges.json` and pass --ranges",
+                    ext.kind.name()
+                )))
+            }
+        }
+    } else {
+        None
+    };
+    let run = || extract(&ext, ranges.as_ref(), &items, &settings.options, progress);
+    match settings.threads {
+        Some(0) => Err(ExtractError::Invalid("--threads must be at least 1".into())),
+        Some(n) => rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .map_err(|e| ExtractError::Invalid(format!("starting {n} worker threads: {e}")))?
+            .install(run),
+        None => run(),
+    }
+}
+
+/// Pins the space of a DNA imported from reference files to `settings.weights` /
+/// `settings.ranges` (the network is the one the files name; the crop and resize mode come
+/// from their metadata), so it compares with DNAs extracted here from the same files.
+/// Returns false, leaving the DNA unpinned, when neither is given.
+pub fn pin_import(
+    dna: &mut Dna,
+    annotations: &BTreeMap<String, String>,
+    settings: &ExtractSettings,
+) -> Result<bool, ExtractError> {
+    if settings.weights.is_none() && settings.ranges.is_none() {
+        return Ok(false);
+    }
+    let name = dna.space.extractor.name.clone();
+    let kind = ExtractorKind::parse(&name).map_err(|_| {
+        ExtractError::Invalid(format!(
+            "the reference DNA was made with {name:?}, which vdna-db does not run: import it \
+             without --weights / --ranges to keep it unpinned"
+        ))
+    })?;
+    let meta: serde_json::Value = annotations
+        .get("reference.metadata")
+        .and_then(|m| serde_json::from_str(m).ok())
+        .unwrap_or_default();
+    let setting = |k: &str| {
+        meta.pointer(&format!("/data_settings/{k}"))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
+    let crop = match setting("crop_to_square_pre_resize").as_deref() {
+        None | Some("none") => Crop::None,
+        Some("center") => Crop::Center,
+        Some(other) => {
+            return Err(ExtractError::Invalid(format!(
+                "the reference DNA was made with crop_to_square_pre_resize {other:?}, which \
+                 vdna-db does not reproduce (none or center): it cannot be pinned"
+            )))
+        }
+    };
+    if let Some(mode) = setting("resize_mode").filter(|m| m != "clean") {
+        return Err(ExtractError::Invalid(format!(
+            "the reference DNA was made with resize_mode {mode:?}; vdna-db resizes the \
+             \"clean\" way only, so it cannot be pinned to a space of DNAs extracted here"
+        )));
+    }
+    let ext = Extractor::load(kind, settings.weights.as_deref(), settings.init_seed)?;
+    let ranges = settings
+        .ranges
+        .as_deref()
+        .map(Ranges::from_file)
+        .transpose()?;
+    dna.space = pin_imported(&dna.space, &ext, ranges.as_ref(), crop)?;
+    Ok(true)
+}

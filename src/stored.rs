@@ -1,0 +1,190 @@
+//! A DNA read from the object store (manifest and space in memory, layers verified and
+//! read on demand), a DNA held either way, and the comparison of two under a mask. Both
+//! the catalogue facade (`db`) and the index (`query`) build on it.
+
+use rayon::prelude::*;
+
+use crate::distance::{self, Comparison, Metric};
+use crate::dna::{check_layer_shape, Dna, LayerData};
+use crate::format::{Digest, LayerBuf, LayerView, Manifest, SpaceConfig};
+use crate::mask::Mask;
+use crate::store::ObjectStore;
+use crate::Error;
+
+/// Reads a space config object.
+pub fn space_config(objects: &ObjectStore, d: &Digest) -> Result<SpaceConfig, Error> {
+    Ok(SpaceConfig::from_bytes(&objects.get_raw(d)?)?)
+}
+
+/// A stored DNA opened for reading: manifest and space in memory, layers read on demand.
+pub struct StoredDna {
+    pub digest: Digest,
+    pub manifest: Manifest,
+    pub space: SpaceConfig,
+    objects: ObjectStore,
+}
+
+impl StoredDna {
+    /// Opens a stored DNA by digest: reads and checks its manifest and space.
+    pub fn open(objects: &ObjectStore, digest: &Digest) -> Result<StoredDna, Error> {
+        let manifest = Manifest::from_bytes(&objects.get_raw(digest)?)?;
+        let space = space_config(objects, &manifest.space)?;
+        manifest.check_against(&space)?;
+        Ok(StoredDna {
+            digest: *digest,
+            manifest,
+            space,
+            objects: objects.clone(),
+        })
+    }
+
+    /// Reads, verifies and validates one layer (nothing else is read).
+    pub fn layer(&self, i: usize) -> Result<LayerBuf, Error> {
+        let r = &self.manifest.layers[i];
+        let buf = self.objects.get_layer(&r.digest)?;
+        check_layer_shape(&self.space, i, &buf.view())?;
+        Ok(buf)
+    }
+
+    /// Reads every layer into an owned DNA.
+    pub fn load(&self) -> Result<Dna, Error> {
+        let layers = (0..self.manifest.layers.len())
+            .into_par_iter()
+            .map(|i| self.layer(i).map(|b| LayerData::from_view(b.view())))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Dna {
+            space: self.space.clone(),
+            images: self.manifest.images,
+            layers,
+        })
+    }
+}
+
+/// A DNA to compare or query with: in memory, or in the store.
+pub enum AnyDna {
+    Owned(Dna),
+    Stored(StoredDna),
+}
+
+/// A loaded layer: a validated buffer from the store, or borrowed owned arrays.
+pub enum HeldLayer<'a> {
+    Buf(LayerBuf),
+    Borrowed(&'a LayerData),
+}
+
+impl HeldLayer<'_> {
+    pub fn view(&self) -> LayerView<'_> {
+        match self {
+            HeldLayer::Buf(b) => b.view(),
+            HeldLayer::Borrowed(d) => d.view(),
+        }
+    }
+}
+
+impl AnyDna {
+    pub fn space(&self) -> &SpaceConfig {
+        match self {
+            AnyDna::Owned(d) => &d.space,
+            AnyDna::Stored(s) => &s.space,
+        }
+    }
+
+    pub fn images(&self) -> u64 {
+        match self {
+            AnyDna::Owned(d) => d.images,
+            AnyDna::Stored(s) => s.manifest.images,
+        }
+    }
+
+    /// One layer, read from the store only when stored.
+    pub fn layer(&self, i: usize) -> Result<HeldLayer<'_>, Error> {
+        match self {
+            AnyDna::Owned(d) => Ok(HeldLayer::Borrowed(&d.layers[i])),
+            AnyDna::Stored(s) => s.layer(i).map(HeldLayer::Buf),
+        }
+    }
+
+    /// The DNA's digest (computed for in-memory DNAs).
+    pub fn digest(&self) -> Digest {
+        match self {
+            AnyDna::Owned(d) => d.digest(),
+            AnyDna::Stored(s) => s.digest,
+        }
+    }
+}
+
+/// Explains why two spaces differ, for the error that refuses to compare across them.
+pub fn space_difference(a: &SpaceConfig, b: &SpaceConfig) -> String {
+    let mut why = Vec::new();
+    if a.extractor.name != b.extractor.name {
+        why.push(format!(
+            "extractor {} vs {}",
+            a.extractor.name, b.extractor.name
+        ));
+    }
+    if a.dist != b.dist {
+        why.push(format!(
+            "distribution {} vs {}",
+            a.dist.name(),
+            b.dist.name()
+        ));
+    }
+    if a.layers != b.layers {
+        why.push(format!(
+            "layers differ ({} vs {} layers)",
+            a.layers.len(),
+            b.layers.len()
+        ));
+    }
+    if a.is_pinned() != b.is_pinned() {
+        why.push("one DNA pins its weights and activation ranges by digest, the other (imported from reference files) does not; import the reference files with the same --weights and --ranges to pin them".into());
+    } else if a.extractor != b.extractor {
+        why.push("weights or activation ranges differ".into());
+    }
+    if a.hist_range != b.hist_range || a.range_scale != b.range_scale {
+        why.push("histogram range or range scale differ".into());
+    }
+    if a.preprocessing != b.preprocessing {
+        why.push("preprocessing differs".into());
+    }
+    if why.is_empty() {
+        why.push("configs differ".into());
+    }
+    why.join("; ")
+}
+
+/// Compares two DNAs under a resolved mask (the spaces must be equal).
+pub fn compare_dnas(
+    a: &AnyDna,
+    b: &AnyDna,
+    mask: &Mask,
+    metric: Option<Metric>,
+    top_n: usize,
+) -> Result<Comparison, Error> {
+    let (sa, sb) = (a.space(), b.space());
+    if sa != sb {
+        return Err(Error::SpaceMismatch(format!(
+            "cannot compare DNAs of different spaces ({} vs {}): {}",
+            sa.describe(),
+            sb.describe(),
+            space_difference(sa, sb)
+        )));
+    }
+    let metric = match metric {
+        Some(m) => m,
+        None => Metric::default_for(sa.dist).ok_or_else(|| {
+            Error::Invalid(format!(
+                "{} DNAs have no distance; compare histogram or gaussian DNAs",
+                sa.dist.name()
+            ))
+        })?,
+    };
+    metric.check(sa.dist)?;
+    let held = mask
+        .layers
+        .par_iter()
+        .map(|lm| Ok((a.layer(lm.layer)?, b.layer(lm.layer)?)))
+        .collect::<Result<Vec<_>, Error>>()?;
+    let views: Vec<_> = held.iter().map(|(x, y)| (x.view(), y.view())).collect();
+    Ok(distance::compare(sa, mask, metric, &views, top_n)?)
+}
