@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use common::{clustered_spec, counts, naive_emd, pct, rss_mb};
 use vdna_db::db::{compare_dnas, AnyDna};
-use vdna_db::format::{decode_layer, decode_object, Digest};
+use vdna_db::format::{decode_layer, decode_object, Codec, Digest};
 use vdna_db::mask::Mask;
 use vdna_db::query::{brute_force, query, Mode, QueryRequest};
 use vdna_db::refname::RefName;
@@ -103,7 +103,7 @@ fn distance_section() {
 
 fn store_section() {
     println!("\n### Bytes at rest against the reference's npz (real reference DNAs)\n");
-    println!("| DNA | npz | vdna-db zstd 3 | ratio | zstd 19 | ratio | decode GB/s, query path | with sha256 re-hash |");
+    println!("| DNA | npz | shuffle + zstd 3 | zstd 19 | hist-rans (default) | decode GB/s: zstd 3 / hist | with sha256 re-hash | encode ms: zstd 3 / hist |");
     println!("|---|---|---|---|---|---|---|---|");
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/reference");
     for name in [
@@ -117,34 +117,45 @@ fn store_section() {
             .map(|m| m.len())
             .unwrap_or(0);
         let dna = vdna_db::reference::import_pair(&stem).unwrap().dna;
-        let e3 = dna.encode(3);
-        let e19 = dna.encode(19);
-        let layers: Vec<&Vec<u8>> = e3.objects.iter().skip(2).map(|o| &o.1).collect();
-        let raw: u64 = e3.raw_bytes;
-        let fast = best_of(3, || {
-            for l in &layers {
-                decode_layer(decode_object(l, "b").unwrap()).unwrap();
-            }
-        });
-        let dec = best_of(3, || {
-            for l in &layers {
-                let r = decode_object(l, "b").unwrap();
-                let _ = Digest::of(&r);
-                decode_layer(r).unwrap();
-            }
-        });
+        let enc_z3 = best_of(3, || dna.encode_with(3, Codec::Shuffle32));
+        let enc_h = best_of(3, || dna.encode_with(3, Codec::Hist));
+        let z3 = dna.encode_with(3, Codec::Shuffle32);
+        let z19 = dna.encode_with(19, Codec::Shuffle32);
+        let h = dna.encode_with(3, Codec::Hist);
+        let raw: u64 = z3.raw_bytes;
+        let decode = |e: &vdna_db::dna::EncodedDna, hash: bool| {
+            let layers: Vec<&Vec<u8>> = e.objects.iter().skip(2).map(|o| &o.1).collect();
+            let t = best_of(3, || {
+                for l in &layers {
+                    let r = decode_object(l, "b").unwrap();
+                    if hash {
+                        let _ = Digest::of(&r);
+                    }
+                    decode_layer(r).unwrap();
+                }
+            });
+            raw as f64 / 1e9 / (t / 1e3)
+        };
+        let ratio = |e: &vdna_db::dna::EncodedDna| {
+            format!(
+                "{:.2} MB, {:.3}x",
+                e.stored_bytes() as f64 / 1e6,
+                e.stored_bytes() as f64 / npz as f64
+            )
+        };
         println!(
-            "| {name} | {:.2} MB | {:.2} MB | {:.2}x | {:.2} MB | {:.2}x | {:.2} | {:.2} |",
+            "| {name} | {:.2} MB | {} | {} | {} | {:.2} / {:.2} | {:.2} / {:.2} | {enc_z3:.0} / {enc_h:.0} |",
             npz as f64 / 1e6,
-            e3.stored_bytes() as f64 / 1e6,
-            e3.stored_bytes() as f64 / npz as f64,
-            e19.stored_bytes() as f64 / 1e6,
-            e19.stored_bytes() as f64 / npz as f64,
-            raw as f64 / 1e9 / (fast / 1e3),
-            raw as f64 / 1e9 / (dec / 1e3)
+            ratio(&z3),
+            ratio(&z19),
+            ratio(&h),
+            decode(&z3, false),
+            decode(&h, false),
+            decode(&z3, true),
+            decode(&h, true),
         );
     }
-    println!("\n(query path: zstd with its content checksum + header check + unshuffle + rkyv validation, one thread; `verify`, imports and transfers also re-hash with sha256)");
+    println!("\n(decode: the query path, one thread: header check, zstd with its content checksum + unshuffle, or the rANS lanes + CRC-32, then rkyv validation; `verify`, imports and transfers also re-hash with sha256. Encode: the whole DNA on every core. Gaussian layers are shuffle + zstd in every column but zstd 19.)");
 
     println!("\n### Open a stored DNA, first distance under a one-layer mask\n");
     let dir = tempfile::tempdir().unwrap();
@@ -324,8 +335,18 @@ fn main() {
         "## vdna-db benchmark report ({} threads)",
         rayon::current_num_threads()
     );
-    distance_section();
-    store_section();
+    // VDNA_DB_BENCH_ONLY=store (or distance, query) runs one section.
+    let only = std::env::var("VDNA_DB_BENCH_ONLY").ok();
+    let run = |s: &str| only.as_deref().is_none_or(|o| o == s);
+    if run("distance") {
+        distance_section();
+    }
+    if run("store") {
+        store_section();
+    }
+    if !run("query") {
+        return;
+    }
     let n: usize = std::env::var("VDNA_DB_BENCH_N")
         .ok()
         .and_then(|s| s.parse().ok())

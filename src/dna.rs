@@ -105,14 +105,18 @@ impl LayerData {
         }
     }
 
-    /// The codec that compresses this kind of array best (measured in benches/store.rs).
-    fn codec(&self) -> Codec {
+    /// The codec of this kind of array (measured in benches/report.rs).
+    fn codec(&self, histogram_codec: Codec) -> Codec {
         match self {
-            LayerData::Histogram { .. } => Codec::Shuffle32,
+            LayerData::Histogram { .. } => histogram_codec,
             _ => Codec::Shuffle64,
         }
     }
 }
+
+/// The codec of histogram layers in bundles (what is moved and archived): compact,
+/// [`Codec::Hist`]. A store picks its own (`db::OpenOptions::histogram_codec`).
+pub const HISTOGRAM_CODEC: Codec = Codec::Hist;
 
 /// Checks that a layer view has the shape the space says, naming the layer when not.
 pub fn check_layer_shape(
@@ -314,8 +318,15 @@ impl Dna {
         }
     }
 
-    /// Encodes every object at zstd `level`; the digests do not depend on the level.
+    /// Encodes every object at zstd `level`, histogram layers with
+    /// [`HISTOGRAM_CODEC`]; the digests depend on neither.
     pub fn encode(&self, level: i32) -> EncodedDna {
+        self.encode_with(level, HISTOGRAM_CODEC)
+    }
+
+    /// Encodes every object at zstd `level`, histogram layers with `histogram_codec`
+    /// (floating-point layers always with [`Codec::Shuffle64`]).
+    pub fn encode_with(&self, level: i32, histogram_codec: Codec) -> EncodedDna {
         let space_raw = self.space.to_canonical();
         let space_digest = Digest::of(&space_raw);
         let layers: Vec<(Digest, u64, Vec<u8>)> = self
@@ -326,7 +337,7 @@ impl Dna {
                 (
                     Digest::of(&raw),
                     raw.len() as u64,
-                    encode_object(&raw, l.codec(), level),
+                    encode_object(&raw, l.codec(histogram_codec), level),
                 )
             })
             .collect();

@@ -12,6 +12,20 @@ use crate::format::{
     decode_bundle, decode_layer, decode_object, DistKind, LayerSpec, Manifest, SpaceConfig,
 };
 
+/// A codec-4 (histogram rANS) payload behind a valid header, so every byte reaches the
+/// rANS decoder: the first 4 bytes claim the raw length (below 1 MiB), the rest is the
+/// payload.
+pub fn histogram_payload(data: &[u8]) {
+    let Some((len, payload)) = data.split_first_chunk::<4>() else {
+        return;
+    };
+    let raw_len = (u32::from_le_bytes(*len) % (1 << 20)) as u64;
+    let obj = crate::format::object_of_payload(crate::format::Codec::Hist, raw_len, payload);
+    if let Ok(raw) = decode_object(&obj, "fuzz histogram object") {
+        let _ = decode_layer(raw);
+    }
+}
+
 /// An object (blob) as stored or uploaded: header, payload, then the layer archive.
 pub fn object(data: &[u8]) {
     if let Ok(raw) = decode_object(data, "fuzz object") {

@@ -89,6 +89,17 @@ pub struct Cli {
         default_value_t = 10.0
     )]
     pub lock_wait: f64,
+    /// Codec of histogram layers this command stores: fast (4-byte shuffle + zstd, about
+    /// 0.7x the reference's npz, decodes 2-3x faster) or compact (context-modelled rANS,
+    /// about 0.5x). Stored objects of either codec read alike
+    #[arg(
+        long,
+        global = true,
+        env = "VDNA_DB_CODEC",
+        value_parser = ["fast", "compact"],
+        default_value = "fast"
+    )]
+    pub codec: String,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -356,6 +367,7 @@ pub fn main() -> i32 {
 pub struct StoreAt {
     home: Option<PathBuf>,
     lock_wait: f64,
+    codec: String,
 }
 
 fn open_db(at: &StoreAt) -> Result<Engine> {
@@ -368,6 +380,11 @@ fn open_db(at: &StoreAt) -> Result<Engine> {
     }
     let opts = db::OpenOptions {
         lock_wait: std::time::Duration::from_secs_f64(at.lock_wait.min(86_400.0)),
+        histogram_codec: if at.codec == "compact" {
+            crate::format::Codec::Hist
+        } else {
+            crate::format::Codec::Shuffle32
+        },
         ..db::OpenOptions::default()
     };
     Engine::open_with(&home, &opts).map_err(|e| {
@@ -487,6 +504,7 @@ fn run_remote(cli: &Cli, url: &str, out: &mut Out) -> Result<Option<i32>> {
             let store = StoreAt {
                 home: cli.home.clone(),
                 lock_wait: cli.lock_wait,
+                codec: cli.codec.clone(),
             };
             let (input, ann, default) = resolve_push_input(&store, out, a)?;
             let name = push_name(a, default)?;
@@ -722,6 +740,7 @@ fn run(cli: Cli, out: &mut Out) -> Result<i32> {
     let store = StoreAt {
         home: cli.home.clone(),
         lock_wait: cli.lock_wait,
+        codec: cli.codec.clone(),
     };
     match cli.command {
         Command::Init => {

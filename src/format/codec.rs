@@ -13,7 +13,7 @@
 
 use rkyv::util::AlignedVec;
 
-use super::{le_u32, le_u64, FormatError};
+use super::{hist, le_u32, le_u64, FormatError};
 
 /// Magic bytes that open every stored object file and bundle entry.
 pub const OBJECT_MAGIC: &[u8; 8] = b"VDNAOBJ\0";
@@ -37,6 +37,10 @@ pub enum Codec {
     Shuffle32 = 2,
     /// Raw bytes as 8-byte words, bytes shuffled into 8 planes, then zstd. Suits f64 arrays.
     Shuffle64 = 3,
+    /// Histogram layer blobs only: the counts under a context model, rANS-coded
+    /// ([`super::hist`]); the bytes around them kept verbatim; a CRC-32 of the raw bytes.
+    /// Measured on reference DNAs: about half the reference's npz.
+    Hist = 4,
 }
 
 impl Codec {
@@ -46,6 +50,7 @@ impl Codec {
             1 => Some(Codec::Zstd),
             2 => Some(Codec::Shuffle32),
             3 => Some(Codec::Shuffle64),
+            4 => Some(Codec::Hist),
             _ => None,
         }
     }
@@ -57,6 +62,7 @@ impl Codec {
             Codec::Zstd => "zstd",
             Codec::Shuffle32 => "shuffle32-zstd",
             Codec::Shuffle64 => "shuffle64-zstd",
+            Codec::Hist => "hist-rans",
         }
     }
 }
@@ -76,13 +82,30 @@ impl ObjectHeader {
     }
 }
 
-/// Encodes raw bytes with `codec` at zstd `level`.
+/// Encodes raw bytes with `codec` at zstd `level`. [`Codec::Hist`] applies to histogram
+/// layer blobs only: other bytes get [`Codec::Shuffle32`] (the header says which was used).
 pub fn encode_object(raw: &[u8], codec: Codec, level: i32) -> Vec<u8> {
-    let payload: Vec<u8> = match codec {
-        Codec::Raw => raw.to_vec(),
-        Codec::Zstd => zstd_compress(raw, level),
-        Codec::Shuffle32 => zstd_compress(&shuffle::<4>(raw), level),
-        Codec::Shuffle64 => zstd_compress(&shuffle::<8>(raw), level),
+    let (codec, payload): (Codec, Vec<u8>) = match codec {
+        Codec::Raw => (codec, raw.to_vec()),
+        Codec::Zstd => (codec, zstd_compress(raw, level)),
+        Codec::Shuffle32 => (codec, zstd_compress(&shuffle::<4>(raw), level)),
+        Codec::Shuffle64 => (codec, zstd_compress(&shuffle::<8>(raw), level)),
+        Codec::Hist => {
+            let shuffled = || zstd_compress(&shuffle::<4>(raw), level);
+            match hist_payload(raw) {
+                // Tables cost a few hundred bytes: a small layer may do better shuffled.
+                Some(p) if raw.len() < SMALL_LAYER => {
+                    let z = shuffled();
+                    if z.len() < p.len() {
+                        (Codec::Shuffle32, z)
+                    } else {
+                        (codec, p)
+                    }
+                }
+                Some(p) => (codec, p),
+                None => (Codec::Shuffle32, shuffled()),
+            }
+        }
     };
     let mut out = Vec::with_capacity(HEADER + payload.len());
     out.extend_from_slice(OBJECT_MAGIC);
@@ -94,6 +117,44 @@ pub fn encode_object(raw: &[u8], codec: Codec, level: i32) -> Vec<u8> {
     let check = header_check(&out[..HEADER]);
     out[13..16].copy_from_slice(&check);
     out.extend_from_slice(&payload);
+    out
+}
+
+/// Below this many raw bytes a histogram layer is encoded both ways and the smaller kept.
+const SMALL_LAYER: usize = 64 << 10;
+
+/// The codec-4 payload of a histogram layer blob, padded with zeros to at least
+/// 1/[`hist::MAX_EXPANSION`] of the raw length; `None` when `raw` is not one.
+fn hist_payload(raw: &[u8]) -> Option<Vec<u8>> {
+    let (offset, neurons, bins) = super::layer::histogram_span(raw)?;
+    let end = offset + neurons * bins * 4;
+    let counts: Vec<u32> = raw[offset..end]
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let crc = crc32fast::hash(raw);
+    let mut p = hist::encode(&counts, neurons, bins, &raw[..offset], &raw[end..], crc);
+    let min = (raw.len() as u64).div_ceil(hist::MAX_EXPANSION) as usize;
+    if p.len() < min {
+        p.resize(min, 0);
+    }
+    Some(p)
+}
+
+/// An object of `codec` around an arbitrary payload claiming `raw_len` raw bytes, with a
+/// valid header: how the fuzz targets reach a codec's decoder past the header check.
+#[cfg(any(test, feature = "testing"))]
+pub fn object_of_payload(codec: Codec, raw_len: u64, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + payload.len());
+    out.extend_from_slice(OBJECT_MAGIC);
+    out.extend_from_slice(&OBJECT_VERSION.to_le_bytes());
+    out.push(codec as u8);
+    out.extend_from_slice(&[0u8; 3]);
+    out.extend_from_slice(&raw_len.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    let check = header_check(&out[..HEADER]);
+    out[13..16].copy_from_slice(&check);
+    out.extend_from_slice(payload);
     out
 }
 
@@ -161,7 +222,11 @@ pub fn decode_object_header(bytes: &[u8], what: &'static str) -> Result<ObjectHe
     }
     // zstd expands at most 128 KiB per block of at least 4 bytes: a larger claim is a lie
     // that would make the reader allocate far beyond what it was given.
-    if codec != Codec::Raw && raw_len > payload_len.saturating_add(1).saturating_mul(128 << 10) {
+    let expansion: u64 = match codec {
+        Codec::Hist => hist::MAX_EXPANSION,
+        _ => 128 << 10,
+    };
+    if codec != Codec::Raw && raw_len > payload_len.saturating_add(1).saturating_mul(expansion) {
         return Err(FormatError::invalid(
             what,
             format!("raw length {raw_len} is impossible for a compressed payload of {payload_len} bytes"),
@@ -200,6 +265,10 @@ pub fn decode_object(bytes: &[u8], what: &'static str) -> Result<AlignedVec<16>,
         out.extend_from_slice(payload);
         return Ok(out);
     }
+    if h.codec == Codec::Hist {
+        decode_hist(payload, raw_len, &mut out, what)?;
+        return Ok(out);
+    }
     // Decompress into a per-thread scratch buffer that is reused across calls (no page
     // faults or zeroing of fresh memory on the hot path), then unshuffle into `out`.
     SCRATCH.with(|cell| {
@@ -216,6 +285,48 @@ pub fn decode_object(bytes: &[u8], what: &'static str) -> Result<AlignedVec<16>,
         }
         Ok(out)
     })
+}
+
+/// Decodes a codec-4 payload into `out` (empty, with capacity `raw_len`) and checks the
+/// CRC-32 of the result.
+fn decode_hist(
+    payload: &[u8],
+    raw_len: usize,
+    out: &mut AlignedVec<16>,
+    what: &'static str,
+) -> Result<(), FormatError> {
+    let h = hist::parse(payload)?;
+    let counts_len = h
+        .neurons
+        .checked_mul(h.bins)
+        .and_then(|x| x.checked_mul(4))
+        .filter(|&c| c.checked_add(h.prefix.len() + h.suffix.len()) == Some(raw_len))
+        .ok_or_else(|| {
+            FormatError::invalid(
+                what,
+                format!(
+                    "{} x {} counts and {} bytes around them do not make {raw_len} bytes",
+                    h.neurons,
+                    h.bins,
+                    h.prefix.len() + h.suffix.len()
+                ),
+            )
+        })?;
+    if h.bins == 0 && h.neurons > 0 {
+        return Err(FormatError::invalid(what, "histogram counts of 0 bins"));
+    }
+    out.extend_from_slice(h.prefix);
+    let start = out.len();
+    out.resize(start + counts_len, 0);
+    h.decode_into(&mut out[start..])?;
+    out.extend_from_slice(h.suffix);
+    if crc32fast::hash(out) != h.crc {
+        return Err(FormatError::invalid(
+            what,
+            "decoded bytes fail their CRC-32 (the object is corrupt; run vdna-db verify)",
+        ));
+    }
+    Ok(())
 }
 
 thread_local! {
@@ -320,6 +431,64 @@ mod tests {
                             "{codec:?}: flipping byte {at} by {flip:#x} decoded to other bytes"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    /// A histogram layer blob past SMALL_LAYER, as `Dna::encode` writes it.
+    fn histogram_blob() -> Vec<u8> {
+        let counts: Vec<u32> = (0..70 * 250u32)
+            .map(|i| if i % 250 == 0 { 2000 } else { (i * 7919) % 13 })
+            .collect();
+        crate::format::encode_layer(&crate::format::LayerBlob {
+            kind: crate::format::layer_kinds::KIND_HISTOGRAM,
+            neurons: 70,
+            bins: 250,
+            counts,
+            f0: vec![],
+            f1: vec![],
+        })
+    }
+
+    #[test]
+    fn the_histogram_codec_round_trips_layer_blobs_and_falls_back_on_other_bytes() {
+        let raw = histogram_blob();
+        let enc = encode_object(&raw, Codec::Hist, 3);
+        assert_eq!(decode_object_header(&enc, "o").unwrap().codec, Codec::Hist);
+        assert_eq!(&decode_object(&enc, "o").unwrap()[..], &raw[..]);
+        // Not a layer blob: stored with the 4-byte shuffle instead, and said so.
+        let other = encode_object(b"not a layer", Codec::Hist, 3);
+        assert_eq!(
+            decode_object_header(&other, "o").unwrap().codec,
+            Codec::Shuffle32
+        );
+        assert_eq!(&decode_object(&other, "o").unwrap()[..], b"not a layer");
+        // A near-empty layer is padded to the expansion bound a reader enforces.
+        let empty = crate::format::encode_layer(&crate::format::LayerBlob {
+            kind: crate::format::layer_kinds::KIND_HISTOGRAM,
+            neurons: 2048,
+            bins: 1000,
+            counts: vec![0; 2048 * 1000],
+            f0: vec![],
+            f1: vec![],
+        });
+        let enc = encode_object(&empty, Codec::Hist, 3);
+        let h = decode_object_header(&enc, "o").unwrap();
+        assert!(h.raw_len <= (h.payload_len + 1) * hist::MAX_EXPANSION);
+        assert_eq!(&decode_object(&enc, "o").unwrap()[..], &empty[..]);
+    }
+
+    #[test]
+    fn a_damaged_histogram_object_never_decodes_to_different_bytes() {
+        let raw = histogram_blob();
+        let enc = encode_object(&raw, Codec::Hist, 3);
+        for at in 0..enc.len() {
+            for flip in [0x01u8, 0x80, 0xff] {
+                let mut m = enc.clone();
+                m[at] ^= flip;
+                if let Ok(d) = decode_object(&m, "o") {
+                    assert_eq!(&d[..], &raw[..], "flipping byte {at} by {flip:#x}");
                 }
             }
         }

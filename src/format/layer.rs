@@ -123,6 +123,25 @@ pub fn decode_layer(bytes: AlignedVec<16>) -> Result<LayerBuf, FormatError> {
     Ok(LayerBuf { bytes })
 }
 
+/// Where a histogram layer's counts lie in its canonical bytes: (byte offset, neurons,
+/// bins). `None` for other kinds or bytes that are not a valid layer blob.
+pub(crate) fn histogram_span(raw: &[u8]) -> Option<(usize, usize, usize)> {
+    let mut bytes = AlignedVec::<16>::with_capacity(raw.len());
+    bytes.extend_from_slice(raw);
+    let buf = decode_layer(bytes).ok()?;
+    match buf.view() {
+        LayerView::Histogram {
+            neurons,
+            bins,
+            counts,
+        } => {
+            let offset = counts.as_ptr() as usize - buf.bytes.as_ptr() as usize;
+            Some((offset, neurons, bins))
+        }
+        _ => None,
+    }
+}
+
 fn check_shape(a: &ArchivedLayerBlob) -> Result<(), FormatError> {
     let n = a.neurons.to_native() as usize;
     let bins = a.bins.to_native() as usize;

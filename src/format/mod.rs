@@ -8,11 +8,14 @@
 mod bundle;
 mod codec;
 mod digest;
+mod hist;
 mod layer;
 mod manifest;
 mod space;
 
 pub use bundle::{decode_bundle, encode_bundle, Bundle, BUNDLE_MAGIC};
+#[cfg(any(test, feature = "testing"))]
+pub use codec::object_of_payload;
 pub use codec::{
     decode_object, decode_object_header, encode_object, is_compressed, Codec, ObjectHeader,
     OBJECT_MAGIC,
