@@ -55,6 +55,20 @@ fn sources(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     }
 }
 
+/// A source file's path under `src` and the top-level module it belongs to.
+fn top_module<'a>(src: &Path, f: &'a Path) -> (&'a Path, String) {
+    let rel = f.strip_prefix(src).unwrap();
+    let top = rel
+        .components()
+        .next()
+        .unwrap()
+        .as_os_str()
+        .to_string_lossy()
+        .trim_end_matches(".rs")
+        .to_string();
+    (rel, top)
+}
+
 /// The crate modules a file names, with the item named: `crate::query::Mode` gives
 /// ("query", "Mode"); grouped imports `crate::{a, b::C}` give each.
 fn named(text: &str) -> Vec<(String, String)> {
@@ -87,15 +101,7 @@ fn no_module_imports_a_higher_layer() {
     let mut violations = BTreeMap::new();
     let mut checked = 0;
     for f in &files {
-        let rel = f.strip_prefix(&src).unwrap();
-        let top = rel
-            .components()
-            .next()
-            .unwrap()
-            .as_os_str()
-            .to_string_lossy()
-            .trim_end_matches(".rs")
-            .to_string();
+        let (rel, top) = top_module(&src, f);
         let Some(own) = rank(&top) else {
             // lib.rs and main.rs sit above every layer.
             assert!(
@@ -181,15 +187,7 @@ fn the_pure_layer_has_errors_of_its_own() {
     sources(&src, &mut files);
     let mut pure = 0;
     for f in &files {
-        let rel = f.strip_prefix(&src).unwrap();
-        let top = rel
-            .components()
-            .next()
-            .unwrap()
-            .as_os_str()
-            .to_string_lossy()
-            .trim_end_matches(".rs")
-            .to_string();
+        let (rel, top) = top_module(&src, f);
         if rank(&top) != Some(0) {
             continue;
         }
