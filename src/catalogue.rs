@@ -67,9 +67,64 @@ pub struct TokenRecord {
     pub created: u64,
 }
 
+/// One change to the catalogue: the unit of a shared store's commit log (`ledger`),
+/// applied to this sled view in one transaction per commit.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Change {
+    PutSpace {
+        digest: Digest,
+        record: SpaceRecord,
+    },
+    PutDna {
+        digest: Digest,
+        record: DnaRecord,
+    },
+    /// Points `name` at a DNA; `prev` is what the writer saw there (`None`: no such
+    /// ref), and the commit is refused as a conflict when that is no longer so.
+    SetRef {
+        name: RefName,
+        record: RefRecord,
+        prev: Option<Digest>,
+    },
+    /// Removes `name`, which the writer saw pointing at `prev`.
+    RemoveRef {
+        name: RefName,
+        prev: Digest,
+    },
+    /// Forgets a DNA record that no ref reaches (gc); skipped when one does by then.
+    RemoveDna {
+        digest: Digest,
+    },
+    PutMask {
+        name: String,
+        spec: String,
+    },
+    RemoveMask {
+        name: String,
+    },
+    PutToken {
+        record: TokenRecord,
+    },
+    RemoveToken {
+        id: String,
+    },
+}
+
+impl Key for RefName {
+    fn to_key(&self) -> String {
+        self.to_string()
+    }
+    fn from_key(s: &str) -> Result<Self, String> {
+        RefName::parse(s).map_err(|e| e.to_string())
+    }
+}
+
 /// The sled-backed catalogue.
 pub struct Catalogue {
     db: sled::Db,
+    /// The view's bookkeeping: the last commit of a shared store applied, its store id.
+    meta: sled::Tree,
     refs: Table<RefName, RefRecord>,
     dnas: Table<Digest, DnaRecord>,
     masks: Table<String, MaskSpec>,
@@ -81,15 +136,6 @@ pub struct Catalogue {
 trait Key: Sized {
     fn to_key(&self) -> String;
     fn from_key(s: &str) -> Result<Self, String>;
-}
-
-impl Key for RefName {
-    fn to_key(&self) -> String {
-        self.to_string()
-    }
-    fn from_key(s: &str) -> Result<Self, String> {
-        RefName::parse(s).map_err(|e| e.to_string())
-    }
 }
 
 impl Key for Digest {
@@ -258,8 +304,195 @@ impl Catalogue {
             masks: Table::open(&db, "masks")?,
             spaces: Table::open(&db, "spaces")?,
             tokens: Table::open(&db, "tokens")?,
+            meta: db.open_tree("meta").map_err(db_err)?,
             db,
         })
+    }
+
+    /// The sequence number of the last shared commit applied to this view (0: none).
+    pub fn applied_seq(&self) -> Result<u64, Error> {
+        Ok(match self.meta.get(b"applied_seq").map_err(db_err)? {
+            Some(v) => u64::from_le_bytes(v.as_ref().try_into().map_err(|_| {
+                Error::Catalogue(CatalogueError::Corrupt {
+                    key: "meta/applied_seq".into(),
+                    detail: "not 8 bytes".into(),
+                })
+            })?),
+            None => 0,
+        })
+    }
+
+    /// A bookkeeping value of the view (the id of the shared store it mirrors).
+    pub fn meta(&self, key: &str) -> Result<Option<String>, Error> {
+        Ok(self
+            .meta
+            .get(key.as_bytes())
+            .map_err(db_err)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Sets a bookkeeping value, then flushes.
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), Error> {
+        self.meta
+            .insert(key.as_bytes(), value.as_bytes())
+            .map_err(db_err)?;
+        self.flush()
+    }
+
+    /// Empties every table: a view that mirrors another store than the one opened is
+    /// dropped and rebuilt from that store's log.
+    pub fn clear_view(&self) -> Result<(), Error> {
+        for t in [
+            &self.refs.tree,
+            &self.dnas.tree,
+            &self.masks.tree,
+            &self.spaces.tree,
+            &self.tokens.tree,
+            &self.meta,
+        ] {
+            t.clear().map_err(db_err)?;
+        }
+        self.flush()
+    }
+
+    /// Checks a commit against this view: a ref set or removed must still be what its
+    /// writer saw ([`Error::Conflict`] otherwise) and point at a recorded DNA; removals
+    /// of what is already gone, and of DNA records a ref reaches, are dropped. Returns
+    /// the changes still to make.
+    pub fn check(&self, changes: &[Change]) -> Result<Vec<Change>, Error> {
+        let mut out = Vec::with_capacity(changes.len());
+        for c in changes {
+            match c {
+                Change::SetRef { name, record, prev } => {
+                    let now = self.refs.get(name)?.map(|r| r.digest);
+                    if now != *prev {
+                        return Err(Error::Conflict(format!(
+                            "{name} was changed by another writer while this one was in flight (it now {}); nothing was written: look again and retry",
+                            match now {
+                                Some(d) => format!("points at {}", d.short()),
+                                None => "is removed".into(),
+                            }
+                        )));
+                    }
+                    let in_commit = changes.iter().any(
+                        |o| matches!(o, Change::PutDna { digest, .. } if *digest == record.digest),
+                    );
+                    if !in_commit && self.dnas.get(&record.digest)?.is_none() {
+                        return Err(Error::NotFound(format!(
+                            "{name}: DNA {} is no longer stored (removed by gc meanwhile?); push it again",
+                            record.digest.short()
+                        )));
+                    }
+                }
+                Change::RemoveRef { name, prev } => match self.refs.get(name)? {
+                    None => {
+                        return Err(Error::NotFound(format!(
+                            "no DNA named {name} (list them with vdna-db ls)"
+                        )))
+                    }
+                    Some(r) if r.digest != *prev => {
+                        return Err(Error::Conflict(format!(
+                            "{name} was repointed by another writer (now {}); nothing was removed: look again and retry",
+                            r.digest.short()
+                        )))
+                    }
+                    Some(_) => {}
+                },
+                Change::RemoveDna { digest } => {
+                    let reached = self.refs.all()?.iter().any(|(_, r)| r.digest == *digest)
+                        || changes.iter().any(
+                            |o| matches!(o, Change::SetRef { record, .. } if record.digest == *digest),
+                        );
+                    if reached || self.dnas.get(digest)?.is_none() {
+                        continue;
+                    }
+                }
+                Change::RemoveMask { name } if self.mask(name)?.is_none() => continue,
+                Change::RemoveToken { id } if self.tokens.get(id)?.is_none() => continue,
+                _ => {}
+            }
+            out.push(c.clone());
+        }
+        Ok(out)
+    }
+
+    /// The whole catalogue as changes that rebuild it from empty (a shared store's
+    /// checkpoint).
+    pub fn snapshot(&self) -> Result<Vec<Change>, Error> {
+        let mut out = Vec::new();
+        for (digest, record) in self.spaces()? {
+            out.push(Change::PutSpace { digest, record });
+        }
+        for (digest, record) in self.dnas()? {
+            out.push(Change::PutDna { digest, record });
+        }
+        for (name, record) in self.refs()? {
+            out.push(Change::SetRef {
+                name,
+                record,
+                prev: None,
+            });
+        }
+        for (name, spec) in self.masks()? {
+            out.push(Change::PutMask { name, spec });
+        }
+        for record in self.tokens()? {
+            out.push(Change::PutToken { record });
+        }
+        Ok(out)
+    }
+
+    /// Applies one commit in one transaction and, for a shared store's commit `seq`,
+    /// records it as applied in the same transaction; then flushes.
+    pub fn apply(&self, seq: Option<u64>, changes: &[Change]) -> Result<(), Error> {
+        failpoint!("catalogue::commit", |e| db_err(sled::Error::Io(e)));
+        let res: Result<(), TransactionError<()>> = (
+            &self.refs.tree,
+            &self.dnas.tree,
+            &self.spaces.tree,
+            &self.masks.tree,
+            &self.tokens.tree,
+            &self.meta,
+        )
+            .transaction(|(rf, d, sp, m, t, meta)| {
+                for c in changes {
+                    match c {
+                        Change::PutSpace { digest, record } => {
+                            sp.insert(digest.to_key().as_bytes(), record.encode())?;
+                        }
+                        Change::PutDna { digest, record } => {
+                            d.insert(digest.to_key().as_bytes(), record.encode())?;
+                        }
+                        Change::SetRef { name, record, .. } => {
+                            rf.insert(name.to_key().as_bytes(), record.encode())?;
+                        }
+                        Change::RemoveRef { name, .. } => {
+                            rf.remove(name.to_key().as_bytes())?;
+                        }
+                        Change::RemoveDna { digest } => {
+                            d.remove(digest.to_key().as_bytes())?;
+                        }
+                        Change::PutMask { name, spec } => {
+                            m.insert(name.as_bytes(), spec.as_bytes())?;
+                        }
+                        Change::RemoveMask { name } => {
+                            m.remove(name.as_bytes())?;
+                        }
+                        Change::PutToken { record } => {
+                            t.insert(record.id.as_bytes(), record.encode())?;
+                        }
+                        Change::RemoveToken { id } => {
+                            t.remove(id.as_bytes())?;
+                        }
+                    }
+                }
+                if let Some(seq) = seq {
+                    meta.insert(&b"applied_seq"[..], &seq.to_le_bytes()[..])?;
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
+        res.map_err(|e| Error::Catalogue(CatalogueError::Db(format!("{e:?}"))))?;
+        self.flush()
     }
 
     fn flush(&self) -> Result<(), Error> {

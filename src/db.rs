@@ -11,7 +11,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::catalogue::{Catalogue, DnaRecord, RefRecord, SpaceRecord};
+use crate::catalogue::{Catalogue, Change, DnaRecord, RefRecord, SpaceRecord, TokenRecord};
 use crate::distance::{Comparison, Metric};
 use crate::dna::{check_layer, Dna, EncodedDna, LayerData};
 use crate::format::{
@@ -19,6 +19,7 @@ use crate::format::{
     SpaceConfig,
 };
 use crate::mask::Mask;
+pub use crate::objstore::Location;
 use crate::refname::RefName;
 use crate::store::{FsBackend, ObjectStore};
 // A DNA read from the store and the comparison of two; they live one layer down so that
@@ -32,6 +33,8 @@ pub const DEFAULT_LEVEL: i32 = 3;
 
 const STORE_MARKER: &str = "VDNA_DB_STORE";
 const STORE_VERSION: &str = "vdna-db store v1\n";
+/// The marker of a home that caches a store kept in a bucket (`--store s3://...`).
+const CACHE_VERSION: &str = "vdna-db cache v1\n";
 
 /// The default store root: `$VDNA_DB_HOME`, else the per-user data directory.
 pub fn default_home() -> PathBuf {
@@ -46,8 +49,13 @@ pub fn default_home() -> PathBuf {
 /// An open store.
 pub struct Db {
     home: PathBuf,
+    location: Location,
     objects: ObjectStore,
-    fs: Arc<FsBackend>,
+    /// The embedded store's objects directory (`None` for a bucket).
+    fs: Option<Arc<FsBackend>>,
+    /// The shared catalogue of a bucket; sled is then this process's view of it.
+    #[cfg(feature = "object-store")]
+    ledger: Option<crate::ledger::Ledger>,
     catalogue: Catalogue,
     level: i32,
     histogram_codec: Codec,
@@ -69,7 +77,16 @@ pub struct OpenOptions {
     /// 2-3x faster on the query path) or [`Codec::Hist`] ("compact": about 0.7x the
     /// bytes, half the reference's npz). Objects of either codec read alike.
     pub histogram_codec: Codec,
+    /// Where the store's truth lives: `None` for the embedded store at `home`; a bucket
+    /// (`s3://`, `memory://`) makes `home` this process's cache (catalogue view, index).
+    pub location: Option<Location>,
+    /// On a bucket: a read catches up with other processes' commits when its view is
+    /// older than this.
+    pub refresh: std::time::Duration,
 }
+
+/// How stale a replica's view of a shared catalogue may be before a read catches up.
+pub const DEFAULT_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Default for OpenOptions {
     fn default() -> Self {
@@ -77,6 +94,8 @@ impl Default for OpenOptions {
             level: DEFAULT_LEVEL,
             lock_wait: std::time::Duration::ZERO,
             histogram_codec: Codec::Shuffle32,
+            location: None,
+            refresh: DEFAULT_REFRESH,
         }
     }
 }
@@ -163,32 +182,59 @@ impl Db {
 
     /// Opens the store with explicit options.
     pub fn open_with(home: &Path, opts: &OpenOptions) -> Result<Db, Error> {
-        let level = opts.level;
+        match &opts.location {
+            Some(loc) if loc.is_shared() => Db::open_shared(home, loc, opts),
+            Some(Location::Local(dir)) => Db::open_local(dir, opts),
+            _ => Db::open_local(home, opts),
+        }
+    }
+
+    /// Checks (or writes, in an empty directory) a home's marker.
+    fn mark_home(home: &Path, marker_text: &str) -> Result<(), Error> {
         std::fs::create_dir_all(home).map_err(|e| Error::io(home, e))?;
         let marker = home.join(STORE_MARKER);
         match std::fs::read_to_string(&marker) {
-            Ok(s) if s == STORE_VERSION => {}
-            Ok(s) => {
-                return Err(Error::Invalid(format!(
-                    "{}: store format {:?} is not supported by this build (expected {:?}); upgrade vdna-db",
-                    home.display(),
-                    s.trim(),
-                    STORE_VERSION.trim()
-                )))
-            }
+            Ok(s) if s == marker_text => Ok(()),
+            Ok(s) if s == STORE_VERSION || s == CACHE_VERSION => Err(Error::Invalid(format!(
+                "{} holds {}; give another --home {}",
+                home.display(),
+                if s == STORE_VERSION {
+                    "an embedded store, not the cache of a store in a bucket"
+                } else {
+                    "the cache of a store in a bucket, not an embedded store"
+                },
+                if marker_text == CACHE_VERSION {
+                    "for this bucket's cache"
+                } else {
+                    "for the embedded store"
+                }
+            ))),
+            Ok(s) => Err(Error::Invalid(format!(
+                "{}: store format {:?} is not supported by this build (expected {:?}); upgrade vdna-db",
+                home.display(),
+                s.trim(),
+                marker_text.trim()
+            ))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let non_empty = std::fs::read_dir(home).map_err(|e| Error::io(home, e))?.next().is_some();
+                let non_empty = std::fs::read_dir(home)
+                    .map_err(|e| Error::io(home, e))?
+                    .next()
+                    .is_some();
                 if non_empty {
                     return Err(Error::Invalid(format!(
                         "{} is not empty and is not a vdna-db store; pick another --home",
                         home.display()
                     )));
                 }
-                crate::fsio::write_file_atomic(&marker, STORE_VERSION.as_bytes())
-                    .map_err(|e| Error::io(&marker, e))?;
+                crate::fsio::write_file_atomic(&marker, marker_text.as_bytes())
+                    .map_err(|e| Error::io(&marker, e))
             }
-            Err(e) => return Err(Error::io(&marker, e)),
+            Err(e) => Err(Error::io(&marker, e)),
         }
+    }
+
+    fn open_local(home: &Path, opts: &OpenOptions) -> Result<Db, Error> {
+        Db::mark_home(home, STORE_VERSION)?;
         let catalogue = Catalogue::open_wait(&home.join("catalogue"), opts.lock_wait)?;
         let fs = Arc::new(
             FsBackend::open(&home.join("objects"), &home.join("tmp"))
@@ -196,14 +242,130 @@ impl Db {
         );
         Ok(Db {
             home: home.to_path_buf(),
+            location: Location::Local(home.to_path_buf()),
             objects: ObjectStore::new(fs.clone()),
-            fs,
+            fs: Some(fs),
+            #[cfg(feature = "object-store")]
+            ledger: None,
             catalogue,
-            level,
+            level: opts.level,
             histogram_codec: opts.histogram_codec,
             commit_gate: std::sync::RwLock::new(()),
             index_gate: std::sync::Mutex::new(()),
         })
+    }
+
+    #[cfg(feature = "object-store")]
+    fn open_shared(home: &Path, loc: &Location, opts: &OpenOptions) -> Result<Db, Error> {
+        Db::mark_home(home, CACHE_VERSION)?;
+        let catalogue = Catalogue::open_wait(&home.join("catalogue"), opts.lock_wait)?;
+        let remote = Arc::new(crate::objstore::Remote::open(loc)?);
+        let ledger = crate::ledger::Ledger::open(remote.clone(), &catalogue, opts.refresh)?;
+        Ok(Db {
+            home: home.to_path_buf(),
+            location: loc.clone(),
+            objects: ObjectStore::new(Arc::new(crate::objstore::RemoteObjects::new(remote))),
+            fs: None,
+            ledger: Some(ledger),
+            catalogue,
+            level: opts.level,
+            histogram_codec: opts.histogram_codec,
+            commit_gate: std::sync::RwLock::new(()),
+            index_gate: std::sync::Mutex::new(()),
+        })
+    }
+
+    #[cfg(not(feature = "object-store"))]
+    fn open_shared(_home: &Path, loc: &Location, _opts: &OpenOptions) -> Result<Db, Error> {
+        Err(Error::Invalid(format!(
+            "{}: this build of vdna-db has no object storage (build it with the feature object-store)",
+            loc.url()
+        )))
+    }
+
+    /// Where the store's truth lives.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    /// True when the store is in a bucket shared with other processes.
+    pub fn is_shared(&self) -> bool {
+        self.location.is_shared()
+    }
+
+    /// On a bucket, catches the catalogue view up with every commit (none on the
+    /// embedded store). Returns how many commits were applied.
+    pub fn sync(&self) -> Result<usize, Error> {
+        #[cfg(feature = "object-store")]
+        if let Some(l) = &self.ledger {
+            return l.sync(&self.catalogue);
+        }
+        Ok(0)
+    }
+
+    /// [`Db::sync`] when the view is older than the refresh interval.
+    pub fn sync_if_stale(&self) -> Result<usize, Error> {
+        #[cfg(feature = "object-store")]
+        if let Some(l) = &self.ledger {
+            return l.sync_if_stale(&self.catalogue);
+        }
+        Ok(0)
+    }
+
+    /// On a bucket: commits catalogue changes through the shared log (`Some(result)`);
+    /// `None` on the embedded store, whose callers write sled directly.
+    fn commit_shared(&self, changes: &[Change]) -> Option<Result<(), Error>> {
+        #[cfg(feature = "object-store")]
+        if let Some(l) = &self.ledger {
+            return Some(l.commit(&self.catalogue, changes));
+        }
+        let _ = changes;
+        None
+    }
+
+    /// Stores an API token record.
+    pub fn put_token(&self, rec: &TokenRecord) -> Result<(), Error> {
+        match self.commit_shared(&[Change::PutToken {
+            record: rec.clone(),
+        }]) {
+            Some(r) => r,
+            None => self.catalogue.put_token(rec),
+        }
+    }
+
+    /// Revokes a token; true when it existed.
+    pub fn remove_token(&self, id: &str) -> Result<bool, Error> {
+        self.sync()?;
+        if !self.catalogue.tokens()?.iter().any(|t| t.id == id) {
+            return Ok(false);
+        }
+        match self.commit_shared(&[Change::RemoveToken { id: id.into() }]) {
+            Some(r) => r.map(|_| true),
+            None => self.catalogue.remove_token(id),
+        }
+    }
+
+    /// Stores a named mask's spec.
+    pub fn put_mask(&self, name: &str, spec: &str) -> Result<(), Error> {
+        match self.commit_shared(&[Change::PutMask {
+            name: name.into(),
+            spec: spec.into(),
+        }]) {
+            Some(r) => r,
+            None => self.catalogue.put_mask(name, spec),
+        }
+    }
+
+    /// Removes a named mask; true when it existed.
+    pub fn remove_mask(&self, name: &str) -> Result<bool, Error> {
+        self.sync()?;
+        if self.catalogue.mask(name)?.is_none() {
+            return Ok(false);
+        }
+        match self.commit_shared(&[Change::RemoveMask { name: name.into() }]) {
+            Some(r) => r.map(|_| true),
+            None => self.catalogue.remove_mask(name),
+        }
     }
 
     pub fn home(&self) -> &Path {
@@ -274,8 +436,40 @@ impl Db {
             created: now,
             annotations,
         };
-        self.catalogue
-            .commit_dna(&digest, &record, &space_rec, name.map(|n| (n, &ref_rec)))?;
+        let shared = if self.is_shared() {
+            // The ref's value as seen now: a commit by another writer in between makes
+            // this one a conflict, not a silent overwrite.
+            self.sync()?;
+            let mut changes = vec![
+                Change::PutSpace {
+                    digest: manifest.space,
+                    record: space_rec.clone(),
+                },
+                Change::PutDna {
+                    digest,
+                    record: record.clone(),
+                },
+            ];
+            if let Some(n) = name {
+                changes.push(Change::SetRef {
+                    name: n.clone(),
+                    record: ref_rec.clone(),
+                    prev: self.catalogue.get_ref(n)?.map(|r| r.digest),
+                });
+            }
+            self.commit_shared(&changes)
+        } else {
+            None
+        };
+        match shared {
+            Some(r) => r?,
+            None => self.catalogue.commit_dna(
+                &digest,
+                &record,
+                &space_rec,
+                name.map(|n| (n, &ref_rec)),
+            )?,
+        }
         Ok(PushReport {
             digest,
             reference: name.map(|n| n.to_string()),
@@ -512,23 +706,45 @@ impl Db {
     /// Points `new` at what `src` resolves to, keeping the source ref's annotations.
     pub fn tag(&self, src: &str, new: &str) -> Result<(Digest, RefName), Error> {
         let _gate = self.commit_gate.read().unwrap_or_else(|p| p.into_inner());
+        self.sync()?;
         let (digest, from) = self.resolve(src)?;
         let name = RefName::parse(new)?;
         let annotations = self.annotations(from.as_ref())?;
-        self.catalogue.set_ref(
-            &name,
-            &RefRecord {
-                digest,
-                created: now_secs(),
-                annotations,
-            },
-        )?;
+        let record = RefRecord {
+            digest,
+            created: now_secs(),
+            annotations,
+        };
+        let change = Change::SetRef {
+            name: name.clone(),
+            record: record.clone(),
+            prev: self.catalogue.get_ref(&name)?.map(|r| r.digest),
+        };
+        match self.commit_shared(&[change]) {
+            Some(r) => r?,
+            None => self.catalogue.set_ref(&name, &record)?,
+        }
         Ok((digest, name))
     }
 
     /// Removes a ref. Objects stay until `gc`.
     pub fn remove(&self, spec: &str) -> Result<(RefName, Digest), Error> {
         let name = RefName::parse(spec)?;
+        if self.is_shared() {
+            self.sync()?;
+            let Some(r) = self.catalogue.get_ref(&name)? else {
+                return Err(Error::NotFound(format!(
+                    "no DNA named {name} (list them with vdna-db ls)"
+                )));
+            };
+            if let Some(res) = self.commit_shared(&[Change::RemoveRef {
+                name: name.clone(),
+                prev: r.digest,
+            }]) {
+                res?;
+                return Ok((name, r.digest));
+            }
+        }
         match self.catalogue.remove_ref(&name)? {
             Some(r) => Ok((name, r.digest)),
             None => Err(Error::NotFound(format!(
@@ -587,6 +803,11 @@ impl Db {
     /// reachable). Commits in this process wait while it runs.
     pub fn gc_with_grace(&self, grace: std::time::Duration) -> Result<GcReport, Error> {
         let _gate = self.commit_gate.write().unwrap_or_else(|p| p.into_inner());
+        // On a bucket, other replicas commit meanwhile: the view is caught up first, a
+        // record is forgotten only if no ref reaches it when its commit lands, and an
+        // object only once it is older than the grace period (a push on another replica
+        // writes its objects before it commits).
+        self.sync()?;
         let mut report = GcReport::default();
         let mut live_dnas = BTreeSet::new();
         let mut live = BTreeSet::new();
@@ -603,9 +824,39 @@ impl Db {
                 }
             }
         }
-        for (d, _) in self.catalogue.dnas()? {
-            if !live_dnas.contains(&d) {
-                self.catalogue.remove_dna(&d)?;
+        let dead: Vec<Digest> = self
+            .catalogue
+            .dnas()?
+            .into_iter()
+            .map(|(d, _)| d)
+            .filter(|d| !live_dnas.contains(d))
+            .collect();
+        if self.is_shared() {
+            let changes: Vec<Change> = dead
+                .iter()
+                .map(|d| Change::RemoveDna { digest: *d })
+                .collect();
+            if let Some(r) = self.commit_shared(&changes) {
+                r?;
+            }
+            // What a concurrent commit made reachable again stays.
+            for d in &dead {
+                if self.catalogue.dna(d)?.is_none() {
+                    report.records_removed += 1;
+                } else {
+                    live_dnas.insert(*d);
+                    if let Ok(raw) = self.objects.get_raw(d) {
+                        if let Ok(m) = Manifest::from_bytes(&raw) {
+                            live.insert(*d);
+                            live.insert(m.space);
+                            live.extend(m.layers.iter().map(|l| l.digest));
+                        }
+                    }
+                }
+            }
+        } else {
+            for d in &dead {
+                self.catalogue.remove_dna(d)?;
                 report.records_removed += 1;
             }
         }
@@ -627,10 +878,11 @@ impl Db {
             self.objects.delete(&d)?;
             report.objects_removed += 1;
         }
-        report.tmp_files_removed = self
-            .fs
-            .clean_tmp(grace)
-            .map_err(|e| Error::io(self.home.join("tmp"), e))?;
+        if let Some(fs) = &self.fs {
+            report.tmp_files_removed = fs
+                .clean_tmp(grace)
+                .map_err(|e| Error::io(self.home.join("tmp"), e))?;
+        }
         Ok(report)
     }
 }

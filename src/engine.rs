@@ -37,6 +37,7 @@ pub use crate::db::{
     bundle_of, default_home, dna_of_bundle_bytes, is_bundle, read_dna_file, AnyDna, GcReport,
     Listing, OpenOptions, PushReport, StoredDna, VerifyProblem,
 };
+pub use crate::objstore::Location;
 pub use crate::query::{Hit, Mode, Plan, QueryRequest, QueryResult, ReindexReport, Stage};
 
 /// The application layer over one store.
@@ -102,13 +103,27 @@ impl Engine {
         self.db.home()
     }
 
+    /// Where the store's truth lives (the embedded directory, or a bucket).
+    pub fn location(&self) -> &crate::objstore::Location {
+        self.db.location()
+    }
+
+    /// On a store in a bucket: catches up with other processes' commits now (reads do
+    /// it themselves once their view is older than the refresh interval). Returns how
+    /// many commits were applied; 0 on the embedded store.
+    pub fn sync(&self) -> Result<usize, Error> {
+        self.db.sync()
+    }
+
     /// Every name with its DNA record, sorted by name.
     pub fn list(&self) -> Result<Vec<Listing>, Error> {
+        self.db.sync_if_stale()?;
         self.db.list()
     }
 
     /// A name, digest or unique digest prefix to the manifest digest (and the name).
     pub fn resolve(&self, spec: &str) -> Result<(Digest, Option<RefName>), Error> {
+        self.db.sync_if_stale()?;
         self.db.resolve(spec)
     }
 
@@ -143,16 +158,19 @@ impl Engine {
 
     /// Every name with its record, sorted by name.
     pub fn refs(&self) -> Result<Vec<(RefName, RefRecord)>, Error> {
+        self.db.sync_if_stale()?;
         self.db.catalogue().refs()
     }
 
     /// One name's record.
     pub fn get_ref(&self, name: &RefName) -> Result<Option<RefRecord>, Error> {
+        self.db.sync_if_stale()?;
         self.db.catalogue().get_ref(name)
     }
 
     /// A stored DNA's catalogue record (space, images, size at rest).
     pub fn dna_record(&self, digest: &Digest) -> Result<Option<DnaRecord>, Error> {
+        self.db.sync_if_stale()?;
         self.db.catalogue().dna(digest)
     }
 
@@ -163,6 +181,7 @@ impl Engine {
 
     /// Every stored space, by digest.
     pub fn spaces(&self) -> Result<Vec<(Digest, SpaceRecord)>, Error> {
+        self.db.sync_if_stale()?;
         self.db.catalogue().spaces()
     }
 
@@ -181,12 +200,13 @@ impl Engine {
 
     /// Stored API tokens (hashes only).
     pub fn tokens(&self) -> Result<Vec<TokenRecord>, Error> {
+        self.db.sync_if_stale()?;
         self.db.catalogue().tokens()
     }
 
     /// Stores a token record (its secret is never stored, only its hash).
     pub fn put_token(&self, rec: &TokenRecord) -> Result<(), Error> {
-        self.db.catalogue().put_token(rec)
+        self.db.put_token(rec)
     }
 
     /// Creates and stores a token of `scope` (`push` or `admin`); returns the secret,
@@ -194,13 +214,13 @@ impl Engine {
     #[cfg(feature = "server")]
     pub fn create_token(&self, scope: &str, label: &str) -> Result<(String, TokenRecord), Error> {
         let (secret, rec) = crate::token::new_token(scope, label)?;
-        self.db.catalogue().put_token(&rec)?;
+        self.db.put_token(&rec)?;
         Ok((secret, rec))
     }
 
     /// Revokes a token by id.
     pub fn revoke_token(&self, id: &str) -> Result<(), Error> {
-        if !self.db.catalogue().remove_token(id)? {
+        if !self.db.remove_token(id)? {
             return Err(Error::NotFound(format!(
                 "no token {id} (list them with vdna-db token ls)"
             )));
@@ -279,12 +299,14 @@ impl Engine {
 
     /// The k stored DNAs closest to `q`, planned as `req.mode` asks (see docs/QUERY.md).
     pub fn query(&self, q: &AnyDna, req: &QueryRequest) -> Result<QueryResult, Error> {
+        self.db.sync_if_stale()?;
         query::query(&self.db, q, req)
     }
 
     /// Checks every object, every name and the derived index; with `repair`, rebuilds
     /// the index (objects cannot be rebuilt from the rest: the outcome names them).
     pub fn verify(&self, repair: bool) -> Result<VerifyOutcome, Error> {
+        self.db.sync()?;
         let r = self.db.verify()?;
         let index_problems = query::verify_index(&self.db)?
             .into_iter()
@@ -314,6 +336,7 @@ impl Engine {
     /// Rebuilds the derived index from the catalogue and the objects, with HNSW graphs for
     /// spaces of at least `graphs_min` DNAs (default: `VDNA_DB_HNSW_MIN_ROWS`, else 2,000).
     pub fn reindex(&self, graphs_min: Option<usize>) -> Result<ReindexReport, Error> {
+        self.db.sync()?;
         match graphs_min {
             Some(n) => query::reindex_with(&self.db, n),
             None => query::reindex(&self.db),
@@ -329,6 +352,7 @@ impl Engine {
                 "mask name {name:?}: use letters, digits, _ . - only"
             )));
         }
+        self.db.sync_if_stale()?;
         let spaces = self.db.catalogue().spaces()?;
         let mut ok_in = 0;
         let mut first_err = None;
@@ -343,7 +367,7 @@ impl Engine {
                 "mask {name:?} applies to no stored space: {e}"
             )));
         }
-        self.db.catalogue().put_mask(name, spec)?;
+        self.db.put_mask(name, spec)?;
         Ok(MaskAdded {
             name: name.to_string(),
             spec: spec.to_string(),
@@ -353,13 +377,14 @@ impl Engine {
 
     /// Named masks, by name.
     pub fn masks(&self) -> Result<Vec<(String, String)>, Error> {
+        self.db.sync_if_stale()?;
         self.db.catalogue().masks()
     }
 
     /// Removes a named mask.
     pub fn remove_mask(&self, name: &str) -> Result<(), Error> {
         let name = name.trim_start_matches('@');
-        if !self.db.catalogue().remove_mask(name)? {
+        if !self.db.remove_mask(name)? {
             return Err(Error::NotFound(format!(
                 "no mask named @{name} (list them with vdna-db mask ls)"
             )));

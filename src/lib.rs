@@ -46,7 +46,10 @@ pub mod format;
 pub mod fsio;
 #[cfg(feature = "testing")]
 pub mod fuzz;
+#[cfg(feature = "object-store")]
+pub mod ledger;
 pub mod mask;
+pub mod objstore;
 pub mod protocol;
 pub mod query;
 pub mod reference;
@@ -88,6 +91,10 @@ pub enum Error {
     NotFound(String),
     #[error("{0}")]
     SpaceMismatch(String),
+    /// Another writer changed what this one read (a ref set through another replica at
+    /// the same time): nothing was written; read again and retry.
+    #[error("{0}")]
+    Conflict(String),
     #[error("{0}")]
     Invalid(String),
     #[error("{path}: {source}")]

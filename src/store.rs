@@ -47,6 +47,13 @@ pub trait Backend: Send + Sync {
     fn list(&self) -> io::Result<Vec<String>>;
     /// When an object was last written, `None` when absent.
     fn modified(&self, key: &str) -> io::Result<Option<std::time::SystemTime>>;
+    /// Called when a put finds its object already stored: a backend shared with other
+    /// processes rewrites an old one so that their gc, which spares young objects, cannot
+    /// sweep it before the commit that needs it lands. Nothing to do by default.
+    fn keep_alive(&self, key: &str, bytes: &[u8]) -> io::Result<()> {
+        let _ = (key, bytes);
+        Ok(())
+    }
 }
 
 /// The file-system calls the object store makes, so a simulated file system
@@ -343,6 +350,9 @@ impl ObjectStore {
             .map_err(|e| Self::io(digest, e))?
             .is_some()
         {
+            self.backend
+                .keep_alive(&key, encoded)
+                .map_err(|e| Self::io(digest, e))?;
             return Ok(false);
         }
         self.backend

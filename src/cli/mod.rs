@@ -100,6 +100,25 @@ pub struct Cli {
         default_value = "fast"
     )]
     pub codec: String,
+    /// Where the store lives: a directory (the embedded store; the same as --home),
+    /// s3://BUCKET/PREFIX (S3 or any S3-compatible server; credentials, region and
+    /// endpoint from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
+    /// AWS_ENDPOINT_URL; several `serve` replicas can share one bucket) or memory://NAME
+    /// (this process only, for tests). With a bucket, --home is this machine's cache of
+    /// it (catalogue view and index, rebuilt from the bucket when deleted) [default: a
+    /// directory per bucket under the per-user cache directory]
+    #[arg(long, global = true, env = "VDNA_DB_STORE", value_name = "URL")]
+    pub store: Option<String>,
+    /// With a store in a bucket: seconds a read may lag behind other processes' writes
+    /// before it catches up (a process always sees its own writes at once)
+    #[arg(
+        long,
+        global = true,
+        env = "VDNA_DB_REFRESH",
+        value_name = "SECS",
+        default_value_t = 1.0
+    )]
+    pub refresh: f64,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -368,17 +387,73 @@ pub struct StoreAt {
     home: Option<PathBuf>,
     lock_wait: f64,
     codec: String,
+    store: Option<String>,
+    refresh: f64,
+}
+
+impl StoreAt {
+    fn of(cli: &Cli) -> StoreAt {
+        StoreAt {
+            home: cli.home.clone(),
+            lock_wait: cli.lock_wait,
+            codec: cli.codec.clone(),
+            store: cli.store.clone(),
+            refresh: cli.refresh,
+        }
+    }
+}
+
+/// The local cache of a store in a bucket: a directory per bucket URL under the
+/// per-user cache directory.
+fn cache_home(loc: &db::Location) -> PathBuf {
+    let url = loc.url();
+    let readable: String = url
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .take(48)
+        .collect();
+    let tag = &crate::format::Digest::of(url.as_bytes()).hex()[..8];
+    dirs::cache_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("vdna-db")
+        .join(format!("{readable}-{tag}"))
 }
 
 fn open_db(at: &StoreAt) -> Result<Engine> {
-    let home = at.home.clone().unwrap_or_else(db::default_home);
+    let location = match &at.store {
+        Some(s) => Some(db::Location::parse(s)?),
+        None => None,
+    };
+    let home = match (&location, &at.home) {
+        (_, Some(h)) => h.clone(),
+        (Some(db::Location::Local(dir)), None) => dir.clone(),
+        (Some(loc), None) => cache_home(loc),
+        (None, None) => db::default_home(),
+    };
+    if let (Some(db::Location::Local(dir)), Some(h)) = (&location, &at.home) {
+        if dir != h {
+            bail!(
+                "--store {} and --home {} name two different embedded stores; give one",
+                dir.display(),
+                h.display()
+            );
+        }
+    }
     if !(at.lock_wait.is_finite() && at.lock_wait >= 0.0) {
         bail!(
             "--lock-wait {}: expected a number of seconds >= 0",
             at.lock_wait
         );
     }
+    if !(at.refresh.is_finite() && at.refresh >= 0.0) {
+        bail!(
+            "--refresh {}: expected a number of seconds >= 0",
+            at.refresh
+        );
+    }
     let opts = db::OpenOptions {
+        location,
+        refresh: std::time::Duration::from_secs_f64(at.refresh.min(86_400.0)),
         lock_wait: std::time::Duration::from_secs_f64(at.lock_wait.min(86_400.0)),
         histogram_codec: if at.codec == "compact" {
             crate::format::Codec::Hist
@@ -501,11 +576,7 @@ fn run_remote(cli: &Cli, url: &str, out: &mut Out) -> Result<Option<i32>> {
     let c = remote::client(url, &cli.token);
     match &cli.command {
         Command::Push(a) | Command::Import(a) => {
-            let store = StoreAt {
-                home: cli.home.clone(),
-                lock_wait: cli.lock_wait,
-                codec: cli.codec.clone(),
-            };
+            let store = StoreAt::of(cli);
             let (input, ann, default) = resolve_push_input(&store, out, a)?;
             let name = push_name(a, default)?;
             let objects = input.into_objects(3);
@@ -737,11 +808,7 @@ fn run(cli: Cli, out: &mut Out) -> Result<i32> {
             return Ok(code);
         }
     }
-    let store = StoreAt {
-        home: cli.home.clone(),
-        lock_wait: cli.lock_wait,
-        codec: cli.codec.clone(),
-    };
+    let store = StoreAt::of(&cli);
     match cli.command {
         Command::Init => {
             let db = open_db(&store)?;

@@ -66,6 +66,7 @@ impl From<Error> for ApiError {
             Error::Extract(_) => ApiError::new(S::BAD_REQUEST, "invalid", msg),
             Error::NotFound(_) => ApiError::new(S::NOT_FOUND, "not_found", msg),
             Error::SpaceMismatch(_) => ApiError::new(S::CONFLICT, "space_mismatch", msg),
+            Error::Conflict(_) => ApiError::new(S::CONFLICT, "conflict", msg),
             Error::Store(StoreError::Missing(_)) => ApiError::new(S::NOT_FOUND, "not_found", msg),
             Error::Store(_) => ApiError::internal(msg),
             Error::Catalogue(CatalogueError::Busy(_)) => {

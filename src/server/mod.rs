@@ -156,16 +156,24 @@ impl AppState {
             return Ok(Access::Anonymous);
         };
         let h = token_hash(secret);
-        let tokens = self.engine.tokens().map_err(ApiError::from)?;
-        let mut found = None;
-        for t in &tokens {
-            if ct_eq(&t.hash, &h) {
-                found = Some(if t.scope == "admin" {
-                    Access::Admin
-                } else {
-                    Access::Push
-                });
+        let find = |tokens: &[crate::engine::TokenRecord]| {
+            let mut found = None;
+            for t in tokens {
+                if ct_eq(&t.hash, &h) {
+                    found = Some(if t.scope == "admin" {
+                        Access::Admin
+                    } else {
+                        Access::Push
+                    });
+                }
             }
+            found
+        };
+        let mut found = find(&self.engine.tokens().map_err(ApiError::from)?);
+        if found.is_none() && self.engine.location().is_shared() {
+            // A token created through another replica a moment ago works here at once.
+            self.engine.sync().map_err(ApiError::from)?;
+            found = find(&self.engine.tokens().map_err(ApiError::from)?);
         }
         found.ok_or_else(|| ApiError::unauthorized("unknown or revoked token"))
     }

@@ -13,7 +13,9 @@ mod layers;
 mod properties;
 mod query;
 mod reliability;
+mod s3;
 mod server;
+mod shared;
 mod util;
 mod web;
 
