@@ -125,6 +125,37 @@ mod remote {
         pub modified: SystemTime,
     }
 
+    /// How to reach an S3-compatible server.
+    #[derive(Clone, Debug, Default)]
+    pub struct S3Config {
+        /// `None`: AWS itself.
+        pub endpoint: Option<String>,
+        pub access_key_id: Option<String>,
+        pub secret_access_key: Option<String>,
+        pub session_token: Option<String>,
+        /// `None`: us-east-1.
+        pub region: Option<String>,
+        /// Plain HTTP to a server that is not on this machine.
+        pub allow_http: bool,
+    }
+
+    impl S3Config {
+        /// From the usual variables: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+        /// `AWS_SESSION_TOKEN`, `AWS_REGION` (or `AWS_DEFAULT_REGION`),
+        /// `AWS_ENDPOINT_URL` (or `AWS_ENDPOINT`), `AWS_ALLOW_HTTP=true`.
+        pub fn from_env() -> S3Config {
+            let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+            S3Config {
+                endpoint: var("AWS_ENDPOINT_URL").or_else(|| var("AWS_ENDPOINT")),
+                access_key_id: var("AWS_ACCESS_KEY_ID"),
+                secret_access_key: var("AWS_SECRET_ACCESS_KEY"),
+                session_token: var("AWS_SESSION_TOKEN"),
+                region: var("AWS_REGION").or_else(|| var("AWS_DEFAULT_REGION")),
+                allow_http: var("AWS_ALLOW_HTTP").is_some_and(|v| v == "true" || v == "1"),
+            }
+        }
+    }
+
     /// A bucket (S3-compatible or in memory) under a key prefix, with blocking calls.
     pub struct Remote {
         store: Arc<dyn object_store::ObjectStore>,
@@ -184,39 +215,7 @@ mod remote {
                     (m.entry(name.clone()).or_default().clone(), String::new())
                 }
                 Location::S3 { bucket, prefix } => {
-                    // reqwest's TLS is built without a bundled provider: ring, already
-                    // built for the HTTP client, is installed once (an error means one is).
-                    let _ = rustls::crypto::ring::default_provider().install_default();
-                    let mut b = object_store::aws::AmazonS3Builder::from_env()
-                        .with_bucket_name(bucket)
-                        .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch);
-                    let endpoint = std::env::var("AWS_ENDPOINT_URL")
-                        .or_else(|_| std::env::var("AWS_ENDPOINT"))
-                        .ok()
-                        .filter(|e| !e.is_empty());
-                    if let Some(e) = &endpoint {
-                        b = b.with_endpoint(e);
-                        if is_loopback(e) {
-                            b = b.with_allow_http(true);
-                        }
-                    }
-                    if std::env::var("AWS_REGION").is_err()
-                        && std::env::var("AWS_DEFAULT_REGION").is_err()
-                    {
-                        b = b.with_region("us-east-1");
-                    }
-                    let s = b.build().map_err(|e| {
-                        Error::Invalid(format!(
-                            "{}: {e} (set AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION and, for a server other than AWS, AWS_ENDPOINT_URL)",
-                            loc.url()
-                        ))
-                    })?;
-                    let prefix = if prefix.is_empty() {
-                        String::new()
-                    } else {
-                        format!("{prefix}/")
-                    };
-                    (Arc::new(s), prefix)
+                    return Remote::open_s3(bucket, prefix, &S3Config::from_env())
                 }
                 Location::Local(p) => {
                     return Err(Error::Invalid(format!(
@@ -230,6 +229,52 @@ mod remote {
                 prefix,
                 url: loc.url(),
                 rt,
+            })
+        }
+
+        /// Connects to an S3 bucket with explicit settings.
+        pub fn open_s3(bucket: &str, prefix: &str, cfg: &S3Config) -> Result<Remote, Error> {
+            let url = Location::S3 {
+                bucket: bucket.into(),
+                prefix: prefix.into(),
+            }
+            .url();
+            // reqwest's TLS is built without a bundled provider: ring, already built for
+            // the HTTP client, is installed once (an error means one already is).
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let mut b = object_store::aws::AmazonS3Builder::new()
+                .with_bucket_name(bucket)
+                .with_region(cfg.region.as_deref().unwrap_or("us-east-1"))
+                .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch);
+            if let Some(k) = &cfg.access_key_id {
+                b = b.with_access_key_id(k);
+            }
+            if let Some(k) = &cfg.secret_access_key {
+                b = b.with_secret_access_key(k);
+            }
+            if let Some(t) = &cfg.session_token {
+                b = b.with_token(t);
+            }
+            if let Some(e) = &cfg.endpoint {
+                b = b.with_endpoint(e);
+            }
+            if cfg.allow_http || cfg.endpoint.as_deref().is_some_and(is_loopback) {
+                b = b.with_allow_http(true);
+            }
+            let s = b.build().map_err(|e| {
+                Error::Invalid(format!(
+                    "{url}: {e} (set AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION and, for a server other than AWS, AWS_ENDPOINT_URL)"
+                ))
+            })?;
+            Ok(Remote {
+                store: Arc::new(s),
+                prefix: if prefix.is_empty() {
+                    String::new()
+                } else {
+                    format!("{prefix}/")
+                },
+                url,
+                rt: runtime().map_err(|e| Error::io("object store runtime", e))?,
             })
         }
 

