@@ -56,6 +56,11 @@ pub struct Db {
     /// The shared catalogue of a bucket; sled is then this process's view of it.
     #[cfg(feature = "object-store")]
     ledger: Option<crate::ledger::Ledger>,
+    /// The bucket (for the index's shared summary rows and fetch counts).
+    #[cfg(feature = "object-store")]
+    remote: Option<Arc<crate::objstore::Remote>>,
+    /// Whether the index reads and writes summary rows in the bucket.
+    shared_summaries: bool,
     catalogue: Catalogue,
     level: i32,
     histogram_codec: Codec,
@@ -83,6 +88,9 @@ pub struct OpenOptions {
     /// On a bucket: a read catches up with other processes' commits when its view is
     /// older than this.
     pub refresh: std::time::Duration,
+    /// On a bucket: read and write the index's summary rows there, so a fresh replica
+    /// builds its index without decoding every DNA (off only to measure the difference).
+    pub shared_summaries: bool,
 }
 
 /// How stale a replica's view of a shared catalogue may be before a read catches up.
@@ -96,6 +104,7 @@ impl Default for OpenOptions {
             histogram_codec: Codec::Shuffle32,
             location: None,
             refresh: DEFAULT_REFRESH,
+            shared_summaries: true,
         }
     }
 }
@@ -247,6 +256,9 @@ impl Db {
             fs: Some(fs),
             #[cfg(feature = "object-store")]
             ledger: None,
+            #[cfg(feature = "object-store")]
+            remote: None,
+            shared_summaries: false,
             catalogue,
             level: opts.level,
             histogram_codec: opts.histogram_codec,
@@ -264,9 +276,13 @@ impl Db {
         Ok(Db {
             home: home.to_path_buf(),
             location: loc.clone(),
-            objects: ObjectStore::new(Arc::new(crate::objstore::RemoteObjects::new(remote))),
+            objects: ObjectStore::new(Arc::new(crate::objstore::RemoteObjects::new(
+                remote.clone(),
+            ))),
             fs: None,
             ledger: Some(ledger),
+            remote: Some(remote),
+            shared_summaries: opts.shared_summaries,
             catalogue,
             level: opts.level,
             histogram_codec: opts.histogram_codec,
@@ -286,6 +302,16 @@ impl Db {
     /// Where the store's truth lives.
     pub fn location(&self) -> &Location {
         &self.location
+    }
+
+    /// Bytes of objects fetched over the network from the bucket since the store was
+    /// opened (`None` for the embedded store).
+    pub fn bytes_fetched(&self) -> Option<u64> {
+        #[cfg(feature = "object-store")]
+        if let Some(r) = &self.remote {
+            return Some(r.bytes_fetched());
+        }
+        None
     }
 
     /// True when the store is in a bucket shared with other processes.
@@ -894,10 +920,7 @@ pub fn store_objects(store: &ObjectStore, objects: &[(Digest, Vec<u8>)]) -> Resu
     let Some((manifest, rest)) = objects.split_first() else {
         return Ok(0);
     };
-    let mut new_objects = 0;
-    for (d, bytes) in rest {
-        new_objects += store.put(d, bytes)? as usize;
-    }
+    let mut new_objects = store.put_many(rest)?;
     new_objects += store.put(&manifest.0, &manifest.1)? as usize;
     Ok(new_objects)
 }
@@ -974,5 +997,26 @@ impl crate::query::Source for Db {
 
     fn index_gate(&self) -> std::sync::MutexGuard<'_, ()> {
         self.index_gate.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    #[cfg(feature = "object-store")]
+    fn shared_summaries(&self, keys: &[String]) -> Vec<Option<Vec<u8>>> {
+        match self.remote.as_ref().filter(|_| self.shared_summaries) {
+            // A failed read costs only time: the rows are computed from the DNAs.
+            Some(r) => r
+                .get_many(keys)
+                .map(|v| v.into_iter().map(|g| g.map(|(b, _)| b)).collect())
+                .unwrap_or_else(|_| vec![None; keys.len()]),
+            None => vec![None; keys.len()],
+        }
+    }
+
+    #[cfg(feature = "object-store")]
+    fn put_shared_summary(&self, key: &str, bytes: &[u8]) {
+        // A row is a function of its immutable DNA: replacing one (a damaged row, or
+        // another replica's identical one) is safe.
+        if let Some(r) = self.remote.as_ref().filter(|_| self.shared_summaries) {
+            let _ = r.put(key, bytes);
+        }
     }
 }

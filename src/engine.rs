@@ -108,6 +108,11 @@ impl Engine {
         self.db.location()
     }
 
+    /// Bytes fetched from the bucket since the store was opened (`None`: embedded store).
+    pub fn bytes_fetched(&self) -> Option<u64> {
+        self.db.bytes_fetched()
+    }
+
     /// On a store in a bucket: catches up with other processes' commits now (reads do
     /// it themselves once their view is older than the refresh interval). Returns how
     /// many commits were applied; 0 on the embedded store.

@@ -168,9 +168,13 @@ impl Ledger {
         if view.applied_seq()? == 0 {
             applied += self.load_checkpoint(view)?;
         }
+        // One entry first (a view that is up to date pays one request), then several at
+        // once while there are more.
+        let mut ahead = 1;
         loop {
             let next = view.applied_seq()? + 1;
-            let keys: Vec<String> = (next..next + FETCH_AHEAD as u64).map(log_key).collect();
+            let keys: Vec<String> = (next..next + ahead as u64).map(log_key).collect();
+            ahead = FETCH_AHEAD;
             let got = self
                 .remote
                 .get_many(&keys)

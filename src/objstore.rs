@@ -162,6 +162,7 @@ mod remote {
         prefix: String,
         url: String,
         rt: Arc<tokio::runtime::Runtime>,
+        fetched: Arc<std::sync::atomic::AtomicU64>,
     }
 
     fn memory_buckets() -> &'static Mutex<HashMap<String, Arc<object_store::memory::InMemory>>> {
@@ -229,6 +230,7 @@ mod remote {
                 prefix,
                 url: loc.url(),
                 rt,
+                fetched: Default::default(),
             })
         }
 
@@ -275,7 +277,74 @@ mod remote {
                 },
                 url,
                 rt: runtime().map_err(|e| Error::io("object store runtime", e))?,
+                fetched: Default::default(),
             })
+        }
+
+        /// Bytes of object bodies fetched from the bucket since it was opened.
+        pub fn bytes_fetched(&self) -> u64 {
+            self.fetched.load(std::sync::atomic::Ordering::Relaxed)
+        }
+
+        fn count(&self, n: usize) {
+            self.fetched
+                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+
+        /// Creates every object that is absent, all requests in flight together; an
+        /// object present but older than `renew_after` is rewritten (same bytes) to renew
+        /// its date. Returns how many were created.
+        pub fn put_many_absent(
+            &self,
+            keys: &[String],
+            bytes: &[&[u8]],
+            renew_after: std::time::Duration,
+        ) -> io::Result<usize> {
+            let s = self.store.clone();
+            let jobs: Vec<(OsPath, object_store::PutPayload)> = keys
+                .iter()
+                .zip(bytes)
+                .map(|(k, b)| (self.path(k), object_store::PutPayload::from(b.to_vec())))
+                .collect();
+            let r = self.run(async move {
+                let puts = jobs.into_iter().map(|(p, payload)| {
+                    let s = s.clone();
+                    async move {
+                        let mode = match s.head(&p).await {
+                            Ok(m) => {
+                                let age = SystemTime::now()
+                                    .duration_since(m.last_modified.into())
+                                    .unwrap_or_default();
+                                if age <= renew_after {
+                                    return Ok(false);
+                                }
+                                object_store::PutMode::Overwrite
+                            }
+                            Err(object_store::Error::NotFound { .. }) => {
+                                object_store::PutMode::Create
+                            }
+                            Err(e) => return Err(e),
+                        };
+                        let created = mode == object_store::PutMode::Create;
+                        let opts = object_store::PutOptions {
+                            mode,
+                            ..Default::default()
+                        };
+                        match s.put_opts(&p, payload, opts).await {
+                            Ok(_) => Ok(created),
+                            // Another writer's identical bytes landed first.
+                            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+                            Err(e) => Err(e),
+                        }
+                    }
+                });
+                futures_util::future::join_all(puts).await
+            });
+            let mut created = 0;
+            for (res, key) in r.into_iter().zip(keys) {
+                created += usize::from(res.map_err(|e| self.err(key, e))?);
+            }
+            Ok(created)
         }
 
         /// The bucket's URL, for messages.
@@ -317,7 +386,10 @@ mod remote {
                 Ok::<_, object_store::Error>((bytes.to_vec(), etag))
             });
             match r {
-                Ok(v) => Ok(Some(v)),
+                Ok(v) => {
+                    self.count(v.0.len());
+                    Ok(Some(v))
+                }
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
                 Err(e) => Err(self.err(key, e)),
             }
@@ -345,7 +417,13 @@ mod remote {
             });
             r.into_iter()
                 .zip(keys)
-                .map(|(g, k)| g.map_err(|e| self.err(k, e)))
+                .map(|(g, k)| {
+                    let g = g.map_err(|e| self.err(k, e))?;
+                    if let Some((b, _)) = &g {
+                        self.count(b.len());
+                    }
+                    Ok(g)
+                })
                 .collect()
         }
 
@@ -487,14 +565,76 @@ mod remote {
         hex::encode(b)
     }
 
-    /// The content-addressed objects of a bucket, under `objects/`.
+    /// The content-addressed objects of a bucket, under `objects/`, with a bounded
+    /// in-memory cache of what was read: an address names one content forever, so a
+    /// cached object is never stale (reads still check the digest above this layer).
     pub struct RemoteObjects {
         remote: Arc<Remote>,
+        cache: Mutex<Cache>,
+    }
+
+    /// Objects by key, evicted oldest first past a byte budget.
+    struct Cache {
+        map: HashMap<String, Arc<Vec<u8>>>,
+        order: std::collections::VecDeque<String>,
+        bytes: usize,
+        budget: usize,
+    }
+
+    impl Cache {
+        fn get(&self, key: &str) -> Option<Arc<Vec<u8>>> {
+            self.map.get(key).cloned()
+        }
+
+        fn insert(&mut self, key: &str, bytes: Arc<Vec<u8>>) {
+            if bytes.len() > self.budget / 4 || self.map.contains_key(key) {
+                return;
+            }
+            self.bytes += bytes.len();
+            self.map.insert(key.to_string(), bytes);
+            self.order.push_back(key.to_string());
+            while self.bytes > self.budget {
+                let Some(old) = self.order.pop_front() else {
+                    break;
+                };
+                if let Some(b) = self.map.remove(&old) {
+                    self.bytes -= b.len();
+                }
+            }
+        }
+
+        fn remove(&mut self, key: &str) {
+            if let Some(b) = self.map.remove(key) {
+                self.bytes -= b.len();
+                self.order.retain(|k| k != key);
+            }
+        }
+    }
+
+    /// The object cache's budget: `VDNA_DB_OBJECT_CACHE_MB`, else 256 MiB.
+    fn cache_budget() -> usize {
+        std::env::var("VDNA_DB_OBJECT_CACHE_MB")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(256)
+            << 20
     }
 
     impl RemoteObjects {
         pub fn new(remote: Arc<Remote>) -> RemoteObjects {
-            RemoteObjects { remote }
+            RemoteObjects {
+                remote,
+                cache: Mutex::new(Cache {
+                    map: HashMap::new(),
+                    order: Default::default(),
+                    bytes: 0,
+                    budget: cache_budget(),
+                }),
+            }
+        }
+
+        fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+            self.cache.lock().unwrap_or_else(|p| p.into_inner())
         }
 
         fn key(k: &str) -> String {
@@ -504,7 +644,19 @@ mod remote {
 
     impl crate::store::Backend for RemoteObjects {
         fn read(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
-            Ok(self.remote.get(&Self::key(key))?.map(|(b, _)| b))
+            if let Some(b) = self.cache().get(key) {
+                return Ok(Some(b.as_ref().clone()));
+            }
+            let got = self.remote.get(&Self::key(key))?.map(|(b, _)| b);
+            if let Some(b) = &got {
+                self.cache().insert(key, Arc::new(b.clone()));
+            }
+            Ok(got)
+        }
+        fn put_many(&self, items: &[(String, &[u8])]) -> io::Result<usize> {
+            let keys: Vec<String> = items.iter().map(|(k, _)| Self::key(k)).collect();
+            let bytes: Vec<&[u8]> = items.iter().map(|(_, b)| *b).collect();
+            self.remote.put_many_absent(&keys, &bytes, KEEP_ALIVE_AFTER)
         }
         fn write_durable(&self, key: &str, bytes: &[u8]) -> io::Result<()> {
             // A PUT is durable when it returns. Objects are content-addressed, so one
@@ -517,6 +669,7 @@ mod remote {
             Ok(self.remote.head(&Self::key(key))?.map(|m| m.size))
         }
         fn delete(&self, key: &str) -> io::Result<()> {
+            self.cache().remove(key);
             self.remote.delete(&Self::key(key))
         }
         fn list(&self) -> io::Result<Vec<String>> {

@@ -54,6 +54,21 @@ pub trait Backend: Send + Sync {
         let _ = (key, bytes);
         Ok(())
     }
+    /// Stores several objects (each as `put` would: written when absent, kept alive when
+    /// present); returns how many were new. One at a time by default; a backend over the
+    /// network sends them together.
+    fn put_many(&self, items: &[(String, &[u8])]) -> io::Result<usize> {
+        let mut new = 0;
+        for (key, bytes) in items {
+            if self.size(key)?.is_some() {
+                self.keep_alive(key, bytes)?;
+            } else {
+                self.write_durable(key, bytes)?;
+                new += 1;
+            }
+        }
+        Ok(new)
+    }
 }
 
 /// The file-system calls the object store makes, so a simulated file system
@@ -359,6 +374,25 @@ impl ObjectStore {
             .write_durable(&key, encoded)
             .map_err(|e| Self::io(digest, e))?;
         Ok(true)
+    }
+
+    /// Stores several encoded objects durably (those not already there), together when
+    /// the backend can; returns how many were new. The caller orders what must be durable
+    /// first into separate calls.
+    pub fn put_many(&self, objects: &[(Digest, Vec<u8>)]) -> Result<usize, Error> {
+        if objects.len() == 1 {
+            return self.put(&objects[0].0, &objects[0].1).map(usize::from);
+        }
+        let items: Vec<(String, &[u8])> = objects
+            .iter()
+            .map(|(d, b)| (key_of(d), b.as_slice()))
+            .collect();
+        self.backend.put_many(&items).map_err(|e| {
+            Error::Store(StoreError::Io {
+                digest: format!("{} objects", objects.len()),
+                source: e,
+            })
+        })
     }
 
     /// True when the object is present.

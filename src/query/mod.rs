@@ -176,6 +176,61 @@ pub trait Source: Sync {
     fn index_root(&self) -> PathBuf;
     /// Held while the index is opened for change.
     fn index_gate(&self) -> std::sync::MutexGuard<'_, ()>;
+    /// Summary rows that processes sharing the store kept there (a store in a bucket),
+    /// by key, in the order asked; `None` where there is none. The embedded store keeps
+    /// none: its index is on the same disk.
+    fn shared_summaries(&self, keys: &[String]) -> Vec<Option<Vec<u8>>> {
+        vec![None; keys.len()]
+    }
+    /// Keeps a summary row computed here for the processes sharing the store (best
+    /// effort: a row that is missing is computed again from its DNA).
+    fn put_shared_summary(&self, key: &str, bytes: &[u8]) {
+        let _ = (key, bytes);
+    }
+}
+
+/// Where a DNA's summary row lives in a shared store: immutable, named by the DNA.
+fn summary_key(space: &Digest, dna: &Digest) -> String {
+    format!("index/{}/rows/{}.row", space.hex(), dna.hex())
+}
+
+const ROW_MAGIC: &[u8; 8] = b"VDNAROW1";
+
+/// A summary row as stored for other processes: magic, the DNA's digest, the two part
+/// lengths, the parts, and a CRC-32 of everything before it.
+fn encode_summary(dna: &Digest, a: &[u8], b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(52 + a.len() + b.len());
+    out.extend_from_slice(ROW_MAGIC);
+    out.extend_from_slice(&dna.0);
+    out.extend_from_slice(&(a.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    out.extend_from_slice(a);
+    out.extend_from_slice(b);
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// Reads a stored summary row back, `None` unless it is whole, of this DNA and of the
+/// widths the segment expects (such a row is then computed from the DNA instead).
+fn decode_summary(
+    dna: &Digest,
+    bytes: &[u8],
+    widths: (usize, usize),
+) -> Option<(Vec<u8>, Vec<u8>)> {
+    let (wa, wb) = widths;
+    if bytes.len() != 8 + 32 + 8 + wa + wb + 4 || &bytes[..8] != ROW_MAGIC {
+        return None;
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    if crc32fast::hash(body).to_le_bytes() != crc
+        || body[8..40] != dna.0
+        || u32::from_le_bytes(body[40..44].try_into().ok()?) as usize != wa
+        || u32::from_le_bytes(body[44..48].try_into().ok()?) as usize != wb
+    {
+        return None;
+    }
+    Some((body[48..48 + wa].to_vec(), body[48 + wa..].to_vec()))
 }
 
 fn open_dna(src: &dyn Source, digest: &Digest) -> Result<StoredDna, Error> {
@@ -267,15 +322,29 @@ fn synced_segment(
         .filter(|d| !have.contains(d))
         .copied()
         .collect();
-    // Summaries of missing DNAs in parallel batches, appended in order.
+    // Summaries of missing DNAs in parallel batches, appended in order: the rows that
+    // other processes kept in a shared store when they are there and whole, else
+    // computed from the DNAs (and kept there for the next process).
+    let widths = seg.row_bytes();
     for chunk in missing.chunks(64) {
         use rayon::prelude::*;
+        let keys: Vec<String> = chunk.iter().map(|d| summary_key(space_digest, d)).collect();
+        let shared = db.shared_summaries(&keys);
         let rows = chunk
             .par_iter()
-            .map(|d| summary_row(&AnyDna::Stored(open_dna(db, d)?)))
+            .zip(shared)
+            .map(|(d, kept)| {
+                if let Some(row) = kept.and_then(|b| decode_summary(d, &b, widths)) {
+                    return Ok((row, false));
+                }
+                Ok((summary_row(&AnyDna::Stored(open_dna(db, d)?))?, true))
+            })
             .collect::<Result<Vec<_>, Error>>()?;
-        for (d, (a, b)) in chunk.iter().zip(rows) {
+        for ((d, ((a, b), computed)), key) in chunk.iter().zip(rows).zip(&keys) {
             seg.append(d, &a, &b).map_err(|e| Error::io(&dir, e))?;
+            if computed {
+                db.put_shared_summary(key, &encode_summary(d, &a, &b));
+            }
         }
     }
     Ok(Some(seg))
@@ -296,6 +365,7 @@ pub fn index_pushed(db: &dyn Source, digest: &Digest) -> Result<(), Error> {
             if !seg.rows().contains(digest) {
                 let (a, b) = summary_row(&AnyDna::Stored(dna))?;
                 seg.append(digest, &a, &b).map_err(|e| Error::io(&dir, e))?;
+                db.put_shared_summary(&summary_key(&sd, digest), &encode_summary(digest, &a, &b));
             }
             Ok(())
         }

@@ -80,7 +80,8 @@ impl Segment {
     }
 
     /// Bytes per row in `a.bin` and `b.bin`.
-    fn row_bytes(&self) -> (usize, usize) {
+    /// The byte widths of one row's `a` and `b` parts.
+    pub fn row_bytes(&self) -> (usize, usize) {
         let (a, b) = Self::widths(self.kind);
         (a * self.neurons, b * self.neurons)
     }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use vdna_db::db::{compare_dnas, store_objects, AnyDna};
+use vdna_db::db::{compare_dnas, store_objects, AnyDna, Location, OpenOptions};
 use vdna_db::format::DistKind;
 use vdna_db::mask::Mask;
 use vdna_db::query::{query, reindex_with, verify_index, Mode, QueryRequest};
@@ -140,12 +140,30 @@ fn check_against_model(
 }
 
 fn model_sequence(seed: u64, dist: DistKind, steps: usize) {
+    model_sequence_at(seed, dist, steps, None)
+}
+
+/// The model campaign on the embedded store, or (with `bucket`) on a store in a bucket,
+/// where a reopen is sometimes a fresh replica with an empty cache.
+fn model_sequence_at(seed: u64, dist: DistKind, steps: usize, bucket: Option<Location>) {
     let h = tmp();
+    let mut homes = 0;
+    let open = |homes: usize| {
+        Db::open_with(
+            &h.path().join(format!("home{homes}")),
+            &OpenOptions {
+                location: bucket.clone(),
+                refresh: Duration::ZERO,
+                ..OpenOptions::default()
+            },
+        )
+        .unwrap()
+    };
     let s = spec(seed, dist);
     let dnas: Vec<_> = (0..9).map(|i| synth::member(&s, i / 3, i % 3)).collect();
     let mut model: BTreeMap<String, usize> = BTreeMap::new();
     let mut rng = synth::Rng::new(seed);
-    let mut db = Some(Db::open(h.path()).unwrap());
+    let mut db = Some(open(homes));
     let pick = |model: &BTreeMap<String, usize>, rng: &mut synth::Rng| {
         model
             .keys()
@@ -200,7 +218,10 @@ fn model_sequence(seed: u64, dist: DistKind, steps: usize) {
             _ => {
                 // Close (releasing sled's lock) before reopening.
                 drop(db.take());
-                db = Some(Db::open(h.path()).unwrap());
+                if bucket.is_some() && rng.below(2) == 0 {
+                    homes += 1;
+                }
+                db = Some(open(homes));
             }
         }
         let d = db.as_ref().unwrap();
@@ -219,6 +240,17 @@ fn model_based_histogram_store_and_queries_agree_with_a_btreemap() {
     let steps = env_usize("VDNA_DB_MODEL_STEPS", 60);
     for seed in 0..2 {
         model_sequence(seed, DistKind::Histogram { bins: 8 }, steps);
+    }
+}
+
+#[test]
+fn model_based_store_in_a_bucket_agrees_with_a_btreemap() {
+    let steps = env_usize("VDNA_DB_MODEL_STEPS", 60);
+    for seed in 10..12 {
+        let bucket = Location::Memory {
+            name: format!("model-{seed}-{}", vdna_db::objstore::random_id()),
+        };
+        model_sequence_at(seed, DistKind::Histogram { bins: 8 }, steps, Some(bucket));
     }
 }
 

@@ -337,3 +337,68 @@ fn gc_on_one_replica_never_breaks_pushes_on_another() {
         assert_eq!(v.refs_checked, 6);
     }
 }
+
+/// A replica with an empty cache builds its index from the summary rows that the pushing
+/// replica kept in the bucket, reading no layer of the DNAs it does not rank exactly;
+/// the answer is the one a replica computing every row from the DNAs gives. A damaged
+/// row is not trusted: it is computed again.
+#[test]
+fn a_fresh_replica_builds_its_index_from_the_rows_in_the_bucket() {
+    let dir = tmp();
+    let loc = bucket("rows");
+    let a = replica(&dir.path().join("a"), &loc, Duration::ZERO);
+    let s = spec(9);
+    for f in 0..3 {
+        for m in 0..3 {
+            let n = name(&synth::member_name(f, m));
+            a.push(&synth::member(&s, f, m), Some(&n), Default::default())
+                .unwrap();
+        }
+    }
+    let remote = Remote::open(&loc).unwrap();
+    let rows = remote.list("index").unwrap();
+    assert_eq!(rows.len(), 9, "one row object per DNA");
+    // Damage one row: its replica recomputes it.
+    let (bad, _) = rows[0].clone();
+    let (mut bytes, _) = remote.get(&bad).unwrap().unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    remote.delete(&bad).unwrap();
+    remote.put_if_absent(&bad, &bytes).unwrap();
+
+    let q = vdna_db::engine::AnyDna::Owned(synth::member(&spec(10), 2, 1));
+    let req = QueryRequest {
+        k: 1,
+        ..QueryRequest::default()
+    };
+    let open = |home: &str, shared_summaries| {
+        Engine::open_with(
+            &dir.path().join(home),
+            &OpenOptions {
+                location: Some(loc.clone()),
+                refresh: Duration::ZERO,
+                shared_summaries,
+                ..OpenOptions::default()
+            },
+        )
+        .unwrap()
+    };
+    let from_rows = open("from-rows", true).query(&q, &req).unwrap();
+    let from_dnas = open("from-dnas", false).query(&q, &req).unwrap();
+    assert_eq!(
+        from_rows.results[0].reference,
+        from_dnas.results[0].reference
+    );
+    assert_eq!(from_rows.results[0].distance, from_dnas.results[0].distance);
+    // Rows from the bucket: only the damaged one and the exact re-rank read DNA layers.
+    assert!(
+        from_rows.plan.object_bytes_read * 3 < from_dnas.plan.object_bytes_read,
+        "{} vs {}",
+        from_rows.plan.object_bytes_read,
+        from_dnas.plan.object_bytes_read
+    );
+    // The replica that found the damaged row wrote it back whole.
+    let (fixed, _) = remote.get(&bad).unwrap().unwrap();
+    assert_ne!(fixed, bytes);
+    assert_eq!(fixed.len(), bytes.len());
+}
