@@ -326,7 +326,9 @@ fn synced_segment(
     // other processes kept in a shared store when they are there and whole, else
     // computed from the DNAs (and kept there for the next process).
     let widths = seg.row_bytes();
-    for chunk in missing.chunks(64) {
+    // Batches of up to 32 MiB of rows (16 to 256 rows): one append and one fetch each.
+    let per_batch = ((32 << 20) / (widths.0 + widths.1).max(1)).clamp(16, 256);
+    for chunk in missing.chunks(per_batch) {
         use rayon::prelude::*;
         let keys: Vec<String> = chunk.iter().map(|d| summary_key(space_digest, d)).collect();
         let shared = db.shared_summaries(&keys);
@@ -340,10 +342,15 @@ fn synced_segment(
                 Ok((summary_row(&AnyDna::Stored(open_dna(db, d)?))?, true))
             })
             .collect::<Result<Vec<_>, Error>>()?;
-        for ((d, ((a, b), computed)), key) in chunk.iter().zip(rows).zip(&keys) {
-            seg.append(d, &a, &b).map_err(|e| Error::io(&dir, e))?;
-            if computed {
-                db.put_shared_summary(key, &encode_summary(d, &a, &b));
+        let batch: Vec<(Digest, &[u8], &[u8])> = chunk
+            .iter()
+            .zip(&rows)
+            .map(|(d, ((a, b), _))| (*d, a.as_slice(), b.as_slice()))
+            .collect();
+        seg.append_many(&batch).map_err(|e| Error::io(&dir, e))?;
+        for ((d, ((a, b), computed)), key) in chunk.iter().zip(&rows).zip(&keys) {
+            if *computed {
+                db.put_shared_summary(key, &encode_summary(d, a, b));
             }
         }
     }

@@ -170,11 +170,23 @@ impl Segment {
 
     /// Appends one row. `a` and `b` are the row's little-endian bytes.
     pub fn append(&mut self, digest: &Digest, a: &[u8], b: &[u8]) -> io::Result<()> {
+        self.append_many(&[(*digest, a, b)])
+    }
+
+    /// Appends rows with one write and one fsync per file (a cold build appends
+    /// thousands): `a.bin` and `b.bin` first, then `rows.bin`, whose length alone decides
+    /// how many rows count, so a crash in between leaves the rows before intact.
+    pub fn append_many(&mut self, new: &[(Digest, &[u8], &[u8])]) -> io::Result<()> {
+        if new.is_empty() {
+            return Ok(());
+        }
         let (ra, rb) = self.row_bytes();
-        assert_eq!((a.len(), b.len()), (ra, rb), "row width");
+        for (_, a, b) in new {
+            assert_eq!((a.len(), b.len()), (ra, rb), "row width");
+        }
         let [(rows_p, ..), (a_p, ..), (b_p, ..)] = self.files();
         let n = self.rows.len();
-        for (p, bytes, width) in [(&a_p, a, ra), (&b_p, b, rb)] {
+        for (p, part, width) in [(&a_p, 0, ra), (&b_p, 1, rb)] {
             if width == 0 {
                 continue;
             }
@@ -182,20 +194,28 @@ impl Segment {
             // Overwrite any tail a crash left past the counted rows.
             f.set_len((HEADER + width * n) as u64)?;
             io::Seek::seek(&mut f, io::SeekFrom::End(0))?;
+            let mut bytes = Vec::with_capacity(width * new.len());
+            for (_, a, b) in new {
+                bytes.extend_from_slice(if part == 0 { a } else { b });
+            }
             failpoint!("segment::write");
-            f.write_all(bytes)?;
+            f.write_all(&bytes)?;
             failpoint!("segment::fsync");
             f.sync_all()?;
         }
-        let mut row = [0u8; ROW];
-        row[..32].copy_from_slice(&digest.0);
-        row[32..36].copy_from_slice(&crc_a(&digest.0, a).to_le_bytes());
-        row[36..40].copy_from_slice(&crc32fast::hash(b).to_le_bytes());
+        let mut records = Vec::with_capacity(ROW * new.len());
+        for (digest, a, b) in new {
+            let mut row = [0u8; ROW];
+            row[..32].copy_from_slice(&digest.0);
+            row[32..36].copy_from_slice(&crc_a(&digest.0, a).to_le_bytes());
+            row[36..40].copy_from_slice(&crc32fast::hash(b).to_le_bytes());
+            records.extend_from_slice(&row);
+        }
         let mut f = OpenOptions::new().write(true).open(&rows_p)?;
         f.set_len((HEADER + ROW * n) as u64)?;
         io::Seek::seek(&mut f, io::SeekFrom::End(0))?;
         failpoint!("segment::write_row");
-        f.write_all(&row)?;
+        f.write_all(&records)?;
         failpoint!("segment::fsync_row");
         f.sync_all()?;
         self.load()
