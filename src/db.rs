@@ -60,6 +60,7 @@ pub struct Db {
     #[cfg(feature = "object-store")]
     remote: Option<Arc<crate::objstore::Remote>>,
     /// Whether the index reads and writes summary rows in the bucket.
+    #[cfg(feature = "object-store")]
     shared_summaries: bool,
     catalogue: Catalogue,
     level: i32,
@@ -258,6 +259,7 @@ impl Db {
             ledger: None,
             #[cfg(feature = "object-store")]
             remote: None,
+            #[cfg(feature = "object-store")]
             shared_summaries: false,
             catalogue,
             level: opts.level,
@@ -997,6 +999,11 @@ impl crate::query::Source for Db {
 
     fn index_gate(&self) -> std::sync::MutexGuard<'_, ()> {
         self.index_gate.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    #[cfg(feature = "object-store")]
+    fn shares_summaries(&self) -> bool {
+        self.remote.is_some() && self.shared_summaries
     }
 
     #[cfg(feature = "object-store")]

@@ -248,12 +248,9 @@ impl Ledger {
                 Ok(_) => self.is_mine(seq, &write_id)?,
                 Err(e) => match self.remote.get(&key) {
                     Ok(Some((b, _))) => self.parse(seq, &b)?.write_id == write_id,
-                    // Not written: safe to try again.
-                    Ok(None) => {
-                        last_err = Some(e);
-                        continue;
-                    }
-                    Err(_) => {
+                    // Not written (or not readable yet): the next attempt reads again
+                    // and, if the entry landed after all, recognises its write id.
+                    _ => {
                         last_err = Some(e);
                         continue;
                     }

@@ -176,9 +176,13 @@ pub trait Source: Sync {
     fn index_root(&self) -> PathBuf;
     /// Held while the index is opened for change.
     fn index_gate(&self) -> std::sync::MutexGuard<'_, ()>;
-    /// Summary rows that processes sharing the store kept there (a store in a bucket),
-    /// by key, in the order asked; `None` where there is none. The embedded store keeps
-    /// none: its index is on the same disk.
+    /// True when the store keeps summary rows for the processes sharing it (a store in
+    /// a bucket). The embedded store keeps none: its index is on the same disk.
+    fn shares_summaries(&self) -> bool {
+        false
+    }
+    /// Summary rows that processes sharing the store kept there, by key, in the order
+    /// asked; `None` where there is none.
     fn shared_summaries(&self, keys: &[String]) -> Vec<Option<Vec<u8>>> {
         vec![None; keys.len()]
     }
@@ -330,8 +334,13 @@ fn synced_segment(
     let per_batch = ((32 << 20) / (widths.0 + widths.1).max(1)).clamp(16, 256);
     for chunk in missing.chunks(per_batch) {
         use rayon::prelude::*;
-        let keys: Vec<String> = chunk.iter().map(|d| summary_key(space_digest, d)).collect();
-        let shared = db.shared_summaries(&keys);
+        let keys: Vec<String> = if db.shares_summaries() {
+            chunk.iter().map(|d| summary_key(space_digest, d)).collect()
+        } else {
+            Vec::new()
+        };
+        let mut shared = db.shared_summaries(&keys);
+        shared.resize(chunk.len(), None);
         let rows = chunk
             .par_iter()
             .zip(shared)
@@ -372,7 +381,12 @@ pub fn index_pushed(db: &dyn Source, digest: &Digest) -> Result<(), Error> {
             if !seg.rows().contains(digest) {
                 let (a, b) = summary_row(&AnyDna::Stored(dna))?;
                 seg.append(digest, &a, &b).map_err(|e| Error::io(&dir, e))?;
-                db.put_shared_summary(&summary_key(&sd, digest), &encode_summary(digest, &a, &b));
+                if db.shares_summaries() {
+                    db.put_shared_summary(
+                        &summary_key(&sd, digest),
+                        &encode_summary(digest, &a, &b),
+                    );
+                }
             }
             Ok(())
         }

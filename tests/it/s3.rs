@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use vdna_db::objstore::Remote;
 
+use crate::server::{spawn_server, Server};
 use crate::util::{self, root, tmp};
 
 /// A moto S3 server on a loopback port, killed (by its pid) when dropped.
@@ -138,47 +139,34 @@ fn cli_json(env: &[(&str, String)], home: &Path, args: &[&str]) -> Value {
     serde_json::from_str(&util::stdout(&o)).unwrap()
 }
 
-/// `vdna-db serve` over a bucket, ended by its pid when dropped.
-struct Replica {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(env: &[(&str, String)], home: &Path, store: &str) -> Replica {
+/// `vdna-db serve` over a bucket (ended by its pid when dropped).
+fn serve(env: &[(&str, String)], home: &Path, store: &str) -> Server {
     let mut c = util::bin();
     for (k, v) in env {
         c.env(k, v);
     }
-    let mut child = c
-        .arg("--home")
-        .arg(home)
-        .args([
-            "--store",
-            store,
-            "--refresh",
-            "0.2",
-            "serve",
-            "--addr",
-            "127.0.0.1:0",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line.trim().trim_start_matches("listening on ").to_string();
-    assert!(url.starts_with("http://127.0.0.1:"), "{line}");
-    Replica { child, url }
+    c.arg("--home").arg(home).args([
+        "--store",
+        store,
+        "--refresh",
+        "0.2",
+        "serve",
+        "--addr",
+        "127.0.0.1:0",
+    ]);
+    spawn_server(c)
+}
+
+/// An admin token created directly on the bucket (no server).
+fn admin_token(env: &[(&str, String)], home: &Path, store: &str) -> String {
+    cli_json(
+        env,
+        home,
+        &["--store", store, "token", "create", "--scope", "admin"],
+    )["token"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 fn hits(v: &Value) -> Vec<(String, String)> {
@@ -206,14 +194,7 @@ fn two_replicas_over_one_s3_bucket_serve_as_one_store() {
     let env = m.env();
     let dir = tmp();
     let store = "s3://dnas/team";
-    let admin = cli_json(
-        &env,
-        &dir.path().join("admin"),
-        &["--store", store, "token", "create", "--scope", "admin"],
-    )["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let admin = admin_token(&env, &dir.path().join("admin"), store);
     let ra = serve(&env, &dir.path().join("ra"), store);
     let rb = serve(&env, &dir.path().join("rb"), store);
 
@@ -613,14 +594,7 @@ fn a_replica_killed_mid_push_leaves_nothing_dangling() {
     let env = w.env();
     let dir = tmp();
     let store = "s3://crash/p";
-    let admin = cli_json(
-        &env,
-        &dir.path().join("admin"),
-        &["--store", store, "token", "create", "--scope", "admin"],
-    )["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let admin = admin_token(&env, &dir.path().join("admin"), store);
     let fix = root().join("fixtures/reference");
     let files: Vec<String> = ["gradients-histogram-1000", "checker-histogram-1000"]
         .iter()

@@ -468,15 +468,21 @@ impl Drop for Server {
 }
 
 pub fn start_server(home: &std::path::Path, extra: &[&str]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vdna-db"))
-        .args([
-            "--home",
-            home.to_str().unwrap(),
-            "serve",
-            "--addr",
-            "127.0.0.1:0",
-        ])
-        .args(extra)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vdna-db"));
+    cmd.args([
+        "--home",
+        home.to_str().unwrap(),
+        "serve",
+        "--addr",
+        "127.0.0.1:0",
+    ])
+    .args(extra);
+    spawn_server(cmd)
+}
+
+/// Starts a prepared `vdna-db ... serve --addr 127.0.0.1:0` and reads the URL it prints.
+pub fn spawn_server(mut cmd: Command) -> Server {
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
