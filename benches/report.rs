@@ -209,7 +209,7 @@ fn build(spec: synth::CatalogueSpec) -> (Catalogue, f64, f64) {
                 gen_ms += g;
                 let name = RefName::parse(&synth::member_name(f, m)).unwrap();
                 let r = db.push(&dna, Some(&name), BTreeMap::new()).unwrap();
-                vdna_db::query::index_pushed(&db, &r.digest).unwrap();
+                vdna_db::query::index_pushed_dna(&db, &r.digest, &dna).unwrap();
             }
         }
     });

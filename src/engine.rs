@@ -246,7 +246,7 @@ impl Engine {
         annotations: BTreeMap<String, String>,
     ) -> Result<PushReport, Error> {
         let r = self.db.push(dna, name, annotations)?;
-        query::index_pushed(&self.db, &r.digest)?;
+        query::index_pushed_dna(&self.db, &r.digest, dna)?;
         Ok(r)
     }
 

@@ -258,6 +258,57 @@ impl<F: Fs> Backend for FsBackend<F> {
         absent_ok(self.fs.len(&self.path(key)))
     }
 
+    /// Writes the absent objects concurrently, each by the protocol of `write_durable`:
+    /// they are independent and nothing names them until the caller commits after this
+    /// returns, so their fsyncs may overlap (a push's layers reach the disk together, not
+    /// one after another). Every write is finished when this returns, the first error is
+    /// reported.
+    fn put_many(&self, items: &[(String, &[u8])]) -> io::Result<usize> {
+        let mut absent: Vec<(&str, &[u8])> = Vec::new();
+        for (key, bytes) in items {
+            if absent.iter().any(|(k, _)| k == key) {
+                continue;
+            }
+            if self.size(key)?.is_some() {
+                self.keep_alive(key, bytes)?;
+            } else {
+                absent.push((key, bytes));
+            }
+        }
+        if absent.len() <= 1 {
+            for (key, bytes) in &absent {
+                self.write_durable(key, bytes)?;
+            }
+            return Ok(absent.len());
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let writers = absent.len().min(PUT_WRITERS);
+        let results: Vec<io::Result<()>> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..writers)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut first = Ok(());
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some((key, bytes)) = absent.get(i) else {
+                                return first;
+                            };
+                            if let Err(e) = self.write_durable(key, bytes) {
+                                first = first.and(Err(e));
+                            }
+                        }
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        });
+        results.into_iter().collect::<io::Result<Vec<()>>>()?;
+        Ok(absent.len())
+    }
+
     fn delete(&self, key: &str) -> io::Result<()> {
         absent_ok(self.fs.remove(&self.path(key))).map(|_| ())
     }
@@ -322,6 +373,10 @@ impl Backend for MemBackend {
         Ok(self.map().get(key).map(|e| e.1))
     }
 }
+
+/// Threads that write one batch of objects to a directory store (their time is spent
+/// waiting on fsync, not on a core).
+const PUT_WRITERS: usize = 8;
 
 /// The key of a digest: `sha256/<first two hex>/<hex>`.
 pub fn key_of(d: &Digest) -> String {

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalogue::Catalogue;
 use crate::distance::{self, Comparison, LayerDistance, Metric};
+use crate::dna::Dna;
 use crate::format::{Digest, DistKind, LayerView, SpaceConfig};
 use crate::mask::Mask;
 use crate::refname::RefName;
@@ -259,12 +260,19 @@ fn seg_kind(dist: DistKind) -> Option<SegKind> {
 
 /// Computes a DNA's summary row (`a`, `b` byte vectors).
 fn summary_row(dna: &AnyDna) -> Result<(Vec<u8>, Vec<u8>), Error> {
-    let space = dna.space();
+    summary_row_of(dna.space(), |i| dna.layer(i))
+}
+
+/// A summary row from a DNA's space and a way to get each of its layers.
+fn summary_row_of<'a>(
+    space: &SpaceConfig,
+    layer: impl Fn(usize) -> Result<HeldLayer<'a>, Error>,
+) -> Result<(Vec<u8>, Vec<u8>), Error> {
     let mut a = Vec::new();
     let mut b = Vec::new();
     let mut sk = [0f64; SKETCH_Q];
     for i in 0..space.layers.len() {
-        let held = dna.layer(i)?;
+        let held = layer(i)?;
         match held.view() {
             LayerView::Histogram { bins, counts, .. } => {
                 for h in counts.chunks_exact(bins) {
@@ -366,24 +374,48 @@ fn synced_segment(
     Ok(Some(seg))
 }
 
-/// Adds a just-pushed DNA to its space's index (one row; a no-op when present).
+/// Adds a just-pushed DNA to its space's index (one row; a no-op when present), reading
+/// it back from the store.
 pub fn index_pushed(db: &dyn Source, digest: &Digest) -> Result<(), Error> {
     let _gate = db.index_gate();
-    let dna = open_dna(db, digest)?;
-    let sd = dna.manifest.space;
-    let Some(kind) = seg_kind(dna.space.dist) else {
+    let stored = open_dna(db, digest)?;
+    let sd = stored.manifest.space;
+    let dna = AnyDna::Stored(stored);
+    index_row(db, digest, &sd, dna.space(), || summary_row(&dna))
+}
+
+/// As `index_pushed`, from the DNA as it was pushed: the store is lossless, so its row is
+/// the one a read-back would give, and nothing is read or decoded again.
+pub fn index_pushed_dna(db: &dyn Source, digest: &Digest, dna: &Dna) -> Result<(), Error> {
+    let _gate = db.index_gate();
+    let sd = dna.space.digest();
+    index_row(db, digest, &sd, &dna.space, || {
+        summary_row_of(&dna.space, |i| Ok(HeldLayer::Borrowed(&dna.layers[i])))
+    })
+}
+
+/// Appends one DNA's row to the segment of space `sd` (held under the index gate). The
+/// segment is opened for appending only: its rows are checked when a query opens it.
+fn index_row(
+    db: &dyn Source,
+    digest: &Digest,
+    sd: &Digest,
+    space: &SpaceConfig,
+    row: impl FnOnce() -> Result<(Vec<u8>, Vec<u8>), Error>,
+) -> Result<(), Error> {
+    let Some(kind) = seg_kind(space.dist) else {
         return Ok(());
     };
-    let dir = index_dir(db, &sd);
-    let neurons = dna.space.total_neurons() as usize;
-    match Segment::open(&dir, sd, kind, neurons) {
+    let dir = index_dir(db, sd);
+    let neurons = space.total_neurons() as usize;
+    match Segment::open_for_append(&dir, *sd, kind, neurons) {
         Ok(mut seg) => {
             if !seg.rows().contains(digest) {
-                let (a, b) = summary_row(&AnyDna::Stored(dna))?;
+                let (a, b) = row()?;
                 seg.append(digest, &a, &b).map_err(|e| Error::io(&dir, e))?;
                 if db.shares_summaries() {
                     db.put_shared_summary(
-                        &summary_key(&sd, digest),
+                        &summary_key(sd, digest),
                         &encode_summary(digest, &a, &b),
                     );
                 }
@@ -392,8 +424,8 @@ pub fn index_pushed(db: &dyn Source, digest: &Digest) -> Result<(), Error> {
         }
         // A damaged segment is rebuilt from the catalogue, this DNA included.
         Err(_) => {
-            let stored = stored_in_space(db, &sd)?;
-            synced_segment(db, &sd, &dna.space, &stored).map(|_| ())
+            let stored = stored_in_space(db, sd)?;
+            synced_segment(db, sd, space, &stored).map(|_| ())
         }
     }
 }

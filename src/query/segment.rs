@@ -13,8 +13,10 @@
 //! - `b.bin`: histograms only: the quantile sketch, `SKETCH_Q` f32 per neuron.
 //!
 //! An append writes `a.bin` and `b.bin` first and `rows.bin` last, each fsynced, so a
-//! counted row always has its data. Opening checks every row's `a` checksum (a damaged
-//! segment is rebuilt by the caller); a row's sketches are checked when read, and a
+//! counted row always has its data. Opening for reading checks every row's `a` checksum
+//! (a damaged segment is rebuilt by the caller); opening to append (a push) reads only
+//! the row table, so a push costs the same at any N, and leaves the checks to the next
+//! reader; a row's sketches are checked when read, and a
 //! damaged one is withheld (the caller then bounds nothing and computes the exact
 //! distance), so a flipped byte never changes an answer.
 
@@ -49,6 +51,8 @@ pub struct Segment {
     rows: Vec<Digest>,
     /// Per row, the CRC-32 of its sketches.
     crc_b: Vec<u32>,
+    /// Whether the rows' `a` checksums were checked (not when opened to append).
+    checked: bool,
     a: Option<Mmap>,
     b: Option<Mmap>,
 }
@@ -98,6 +102,27 @@ impl Segment {
     /// Opens (creating when missing) the segment of `space` under `dir`. Fails with
     /// `InvalidData` when the files do not match, so the caller can rebuild.
     pub fn open(dir: &Path, space: Digest, kind: SegKind, neurons: usize) -> io::Result<Segment> {
+        Self::open_with(dir, space, kind, neurons, true)
+    }
+
+    /// Opens (creating when missing) a segment to append rows: headers and lengths are
+    /// checked, row checksums are not (that is O(rows x neurons); readers check them).
+    pub fn open_for_append(
+        dir: &Path,
+        space: Digest,
+        kind: SegKind,
+        neurons: usize,
+    ) -> io::Result<Segment> {
+        Self::open_with(dir, space, kind, neurons, false)
+    }
+
+    fn open_with(
+        dir: &Path,
+        space: Digest,
+        kind: SegKind,
+        neurons: usize,
+        checked: bool,
+    ) -> io::Result<Segment> {
         std::fs::create_dir_all(dir)?;
         let mut seg = Segment {
             dir: dir.to_path_buf(),
@@ -106,6 +131,7 @@ impl Segment {
             space,
             rows: Vec::new(),
             crc_b: Vec::new(),
+            checked,
             a: None,
             b: None,
         };
@@ -158,7 +184,7 @@ impl Segment {
             } else {
                 &a_all[HEADER + r * ra..HEADER + (r + 1) * ra]
             };
-            if crc_a(&d, a_row) != want_a {
+            if self.checked && crc_a(&d, a_row) != want_a {
                 return Err(bad(&rows_p, &format!("row {r} fails its checksum")));
             }
             self.rows.push(Digest(d));
