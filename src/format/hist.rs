@@ -350,17 +350,20 @@ impl BitWriter {
         }
         self.acc |= (v as u64) << self.n;
         self.n += nb;
-        while self.n >= 8 {
-            self.out.push(self.acc as u8);
-            self.acc >>= 8;
-            self.n -= 8;
+        // At most 32 bits are put at once, so 32 pending bits leave the accumulator whole.
+        if self.n >= 32 {
+            self.out.extend_from_slice(&(self.acc as u32).to_le_bytes());
+            self.acc >>= 32;
+            self.n -= 32;
         }
     }
 
     /// The stream, zero-padded to whole 4-byte words (the decoder refills by words).
     fn finish(mut self) -> Vec<u8> {
-        if self.n > 0 {
+        while self.n > 0 {
             self.out.push(self.acc as u8);
+            self.acc >>= 8;
+            self.n = self.n.saturating_sub(8);
         }
         while !self.out.len().is_multiple_of(4) {
             self.out.push(0);
@@ -394,58 +397,36 @@ pub fn encode(
         neurons,
         bins,
     };
-    // The window: the cheapest on a sample of about 256 neurons.
-    let step = (neurons / 256).max(1);
+    // The window: every candidate estimated on a sample of about 32 neurons, then the
+    // two cheapest again on about 128, the cheapest of those taken.
     let w = if bins > 2 {
-        WINDOWS
+        let (coarse, fine) = ((neurons / 16).max(1), (neurons / 64).max(1));
+        let mut est: Vec<(f64, u8)> = WINDOWS
             .iter()
-            .map(|&w| (estimate(&shape, w as usize, step), w))
+            .map(|&w| (estimate(&shape, w as usize, coarse), w))
+            .collect();
+        est.sort_by(|a, b| a.0.total_cmp(&b.0));
+        est.truncate(2);
+        if fine != coarse {
+            for e in &mut est {
+                e.0 = estimate(&shape, e.1 as usize, fine);
+            }
+        }
+        est.iter()
             .min_by(|a, b| a.0.total_cmp(&b.0))
             .map_or(1, |x| x.1)
     } else {
         1
     } as usize;
 
-    // Count every symbol under its raw context.
-    let mut fixed = [[0u64; NTOK]; FIXED_TABLES];
-    let mut hist = vec![[0u64; NTOK]; NRAW];
-    for n in 0..neurons {
-        let row = shape.row(n);
-        if bins >= 2 {
-            match shape.range(n) {
-                None => fixed[T_FIRST][0] += 1,
-                Some((f, l)) => {
-                    fixed[T_FIRST][token(f as u32 + 1).0 as usize] += 1;
-                    fixed[T_LEN][token((l - f) as u32).0 as usize] += 1;
-                    walk_body(&row[1..], f, l, w, |ctx, tok, _, _| {
-                        hist[ctx][tok as usize] += 1
-                    });
-                }
-            }
-        }
-        if total.is_none() {
-            fixed[T_SPIKE][token(row[0]).0 as usize] += 1;
-        }
-    }
-    let (map, body_tables) = cluster(&hist);
-    let mut freqs: Vec<Vec<u32>> = fixed.iter().map(normalise).collect();
-    freqs.extend(body_tables.iter().map(normalise));
-    // Start of each symbol in its table.
-    let starts: Vec<Vec<u32>> = freqs
-        .iter()
-        .map(|f| {
-            f.iter()
-                .scan(0u32, |acc, &x| {
-                    let s = *acc;
-                    *acc += x;
-                    Some(s)
-                })
-                .collect()
+    // One walk: every symbol queued in its lane with its raw context in place of its
+    // table (mapped once the tables are known).
+    let mut lanes: Vec<LaneOut> = (0..LANES)
+        .map(|_| LaneOut {
+            syms: Vec::with_capacity((neurons / LANES + 1) * (bins + 2)),
+            bits: BitWriter::default(),
         })
         .collect();
-
-    // Symbols per lane, in decoding order.
-    let mut lanes: Vec<LaneOut> = (0..LANES).map(|_| LaneOut::default()).collect();
     for n in 0..neurons {
         let lane = &mut lanes[n % LANES];
         let row = shape.row(n);
@@ -461,7 +442,7 @@ pub fn encode(
                     lane.bits.put(x, nb);
                     let LaneOut { syms, bits } = lane;
                     walk_body(&row[1..], f, l, w, |ctx, tok, nb, extra| {
-                        syms.push((FIXED_TABLES as u8 + map[ctx], tok));
+                        syms.push(((FIXED_TABLES + ctx) as u8, tok));
                         bits.put(extra, nb);
                     });
                 }
@@ -473,6 +454,55 @@ pub fn encode(
             lane.bits.put(x, nb);
         }
     }
+    // Count the symbols into four copies of the tables taken in turn, so that runs of
+    // one symbol do not wait on one counter, then add the copies up. A copy sees at most
+    // about a quarter of the layer's symbols: u32 holds them for any layer an object can
+    // hold.
+    const ROWS: usize = FIXED_TABLES + NRAW;
+    let mut copies = vec![[0u32; NTOK]; 4 * ROWS];
+    for lane in &lanes {
+        let mut quads = lane.syms.chunks_exact(4);
+        for q in &mut quads {
+            copies[q[0].0 as usize][q[0].1 as usize] += 1;
+            copies[ROWS + q[1].0 as usize][q[1].1 as usize] += 1;
+            copies[2 * ROWS + q[2].0 as usize][q[2].1 as usize] += 1;
+            copies[3 * ROWS + q[3].0 as usize][q[3].1 as usize] += 1;
+        }
+        for &(t, tok) in quads.remainder() {
+            copies[t as usize][tok as usize] += 1;
+        }
+    }
+    let mut all = vec![[0u64; NTOK]; ROWS];
+    for (r, row) in all.iter_mut().enumerate() {
+        for (k, x) in row.iter_mut().enumerate() {
+            *x = (0..4).map(|c| copies[c * ROWS + r][k] as u64).sum();
+        }
+    }
+    let hist = all.split_off(FIXED_TABLES);
+    let fixed = all;
+    let (map, body_tables) = cluster(&hist);
+    for lane in &mut lanes {
+        for s in &mut lane.syms {
+            if s.0 as usize >= FIXED_TABLES {
+                s.0 = FIXED_TABLES as u8 + map[s.0 as usize - FIXED_TABLES];
+            }
+        }
+    }
+    let mut freqs: Vec<Vec<u32>> = fixed.iter().map(normalise).collect();
+    freqs.extend(body_tables.iter().map(normalise));
+    // Start of each symbol in its table.
+    let starts: Vec<Vec<u32>> = freqs
+        .iter()
+        .map(|f| {
+            f.iter()
+                .scan(0u32, |acc, &x| {
+                    let s = *acc;
+                    *acc += x;
+                    Some(s)
+                })
+                .collect()
+        })
+        .collect();
 
     let mut out = vec![
         VERSION,
@@ -501,9 +531,12 @@ pub fn encode(
             put_varint(&mut out, x as u64);
         }
     }
-    let streams: Vec<(Vec<u8>, Vec<u8>)> = lanes
+    let syms: Vec<&[(u8, u8)]> = lanes.iter().map(|l| l.syms.as_slice()).collect();
+    let coded = rans_encode(&syms, &freqs, &starts);
+    let streams: Vec<(Vec<u8>, Vec<u8>)> = coded
         .into_iter()
-        .map(|lane| (rans_encode(&lane.syms, &freqs, &starts), lane.bits.finish()))
+        .zip(lanes)
+        .map(|(r, lane)| (r, lane.bits.finish()))
         .collect();
     for (r, b) in &streams {
         out.extend_from_slice(&(r.len() as u32).to_le_bytes());
@@ -516,26 +549,64 @@ pub fn encode(
     out
 }
 
-/// rANS-encodes symbols in reverse, so the decoder reads forward: 32-bit state, 16-bit
-/// renormalisation (one conditional read per symbol). The stream opens with the final
-/// state (low half first); all words are little-endian u16.
-fn rans_encode(syms: &[(u8, u8)], freqs: &[Vec<u32>], starts: &[Vec<u32>]) -> Vec<u8> {
-    let mut words: Vec<u16> = Vec::with_capacity(syms.len() / 4 + 4);
-    let mut x: u32 = RANS_L;
-    for &(t, s) in syms.iter().rev() {
-        let freq = freqs[t as usize][s as usize];
-        let start = starts[t as usize][s as usize];
-        let x_max = (((RANS_L >> PROB_BITS) as u64) << 16) * freq as u64;
-        if x as u64 >= x_max {
-            words.push(x as u16);
-            x >>= 16;
+/// rANS-encodes each lane's symbols in reverse, so the decoder reads forward: 32-bit
+/// state, 16-bit renormalisation (one conditional read per symbol). Each stream opens with
+/// its final state (low half first); all words are little-endian u16. The lanes are coded
+/// in lockstep while all have symbols left: their states are independent, so the core
+/// overlaps their divisions.
+fn rans_encode(lanes: &[&[(u8, u8)]], freqs: &[Vec<u32>], starts: &[Vec<u32>]) -> Vec<Vec<u8>> {
+    // (frequency, start) of every (table, token), flat.
+    let mut fs = vec![(1u32, 0u32); freqs.len() * NTOK];
+    for (t, (f, st)) in freqs.iter().zip(starts).enumerate() {
+        for (s, (&f, &st)) in f.iter().zip(st).enumerate() {
+            fs[t * NTOK + s] = (f, st);
         }
-        x = ((x / freq) << PROB_BITS) + (x % freq) + start;
     }
-    words.push((x >> 16) as u16);
-    words.push(x as u16);
-    words.reverse();
-    words.iter().flat_map(|w| w.to_le_bytes()).collect()
+    #[inline(always)]
+    fn put(x: &mut u32, words: &mut Vec<u16>, (freq, start): (u32, u32)) {
+        // x_max = ((RANS_L >> PROB_BITS) << 16) * freq
+        if (*x as u64) >= ((((RANS_L >> PROB_BITS) as u64) << 16) * freq as u64) {
+            words.push(*x as u16);
+            *x >>= 16;
+        }
+        *x = ((*x / freq) << PROB_BITS) + (*x % freq) + start;
+    }
+    let sym = |&(t, s): &(u8, u8)| fs[t as usize * NTOK + s as usize];
+    let mut x = vec![RANS_L; lanes.len()];
+    let mut words: Vec<Vec<u16>> = lanes
+        .iter()
+        .map(|l| Vec::with_capacity(l.len() / 4 + 4))
+        .collect();
+    let common = lanes.iter().map(|l| l.len()).min().unwrap_or(0);
+    if lanes.len() == LANES {
+        let [x0, x1, x2, x3] = &mut x[..] else {
+            unreachable!()
+        };
+        let [w0, w1, w2, w3] = &mut words[..] else {
+            unreachable!()
+        };
+        for i in 1..=common {
+            put(x0, w0, sym(&lanes[0][lanes[0].len() - i]));
+            put(x1, w1, sym(&lanes[1][lanes[1].len() - i]));
+            put(x2, w2, sym(&lanes[2][lanes[2].len() - i]));
+            put(x3, w3, sym(&lanes[3][lanes[3].len() - i]));
+        }
+    }
+    let done = if lanes.len() == LANES { common } else { 0 };
+    for (l, lane) in lanes.iter().enumerate() {
+        for s in lane[..lane.len() - done].iter().rev() {
+            put(&mut x[l], &mut words[l], sym(s));
+        }
+    }
+    x.iter()
+        .zip(words)
+        .map(|(&x, mut w)| {
+            w.push((x >> 16) as u16);
+            w.push(x as u16);
+            w.reverse();
+            w.iter().flat_map(|w| w.to_le_bytes()).collect()
+        })
+        .collect()
 }
 
 /// The fixed part of a payload, read before decoding.
@@ -586,6 +657,14 @@ pub fn parse(payload: &[u8]) -> Result<Header<'_>, FormatError> {
     let neurons = r.u32()? as usize;
     let bins = r.u32()? as usize;
     let total = r.u64()?;
+    if flags & 1 == 0 && total != 0 {
+        // Unused, so written as zero: a damaged byte here would change nothing decoded,
+        // and is refused so that every byte of an object is checked.
+        return Err(FormatError::invalid(
+            WHAT,
+            "a common total without its flag (damaged payload)",
+        ));
+    }
     let total = (flags & 1 == 1).then_some(total);
     let crc = r.u32()?;
     let n = r.u32()? as usize;
@@ -848,7 +927,13 @@ impl Header<'_> {
             // stream must have been needed.
             let used = (lane.bpos * 8) as u64 - lane.nbits as u64;
             let len = lane.bits.len() as u64 * 8;
-            let bits_ok = used <= len && used + 32 > len || len == 0 && used == 0;
+            // The bits past the last one used are the writer's zero padding.
+            let rest_zero = lane.acc == 0
+                && lane
+                    .bits
+                    .get(lane.bpos..)
+                    .is_none_or(|b| b.iter().all(|&x| x == 0));
+            let bits_ok = (used <= len && used + 32 > len || len == 0 && used == 0) && rest_zero;
             if bad || lane.x != RANS_L || lane.pos != lane.words.len() || !bits_ok {
                 return Err(FormatError::invalid(
                     WHAT,

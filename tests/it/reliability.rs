@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use vdna_db::db::{compare_dnas, store_objects, AnyDna, Location, OpenOptions};
-use vdna_db::format::DistKind;
+use vdna_db::format::{Codec, DistKind};
 use vdna_db::mask::Mask;
 use vdna_db::query::{query, reindex_with, verify_index, Mode, QueryRequest};
 use vdna_db::refname::RefName;
@@ -283,9 +283,33 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 /// sound because a rebuild is byte-identical (see the determinism test below).
 #[test]
 fn every_single_byte_flip_is_detected_and_never_changes_an_answer() {
+    byte_flip_campaign(Codec::Shuffle32);
+}
+
+/// The same campaign over a store whose histogram layers are codec 4 (`--codec compact`):
+/// its rANS lanes, tables and CRC must catch every flip as the zstd path does.
+#[test]
+fn every_single_byte_flip_of_a_compact_store_is_detected_and_never_changes_an_answer() {
+    byte_flip_campaign(Codec::Hist);
+}
+
+fn byte_flip_campaign(codec: Codec) {
     let h = tmp();
-    let s = spec(5, DistKind::Histogram { bins: 8 });
-    let db = Db::open(h.path()).unwrap();
+    let mut s = spec(5, DistKind::Histogram { bins: 8 });
+    if codec == Codec::Hist {
+        // Layers of 64 KiB and more are always codec 4 (smaller ones keep whichever of
+        // codec 4 and shuffle + zstd is smaller).
+        s.layers = synth::uniform_layers(2, 64);
+        s.dist = DistKind::Histogram { bins: 256 };
+    }
+    let db = Db::open_with(
+        h.path(),
+        &OpenOptions {
+            histogram_codec: codec,
+            ..OpenOptions::default()
+        },
+    )
+    .unwrap();
     for i in 0..4 {
         let name = RefName::parse(&format!("d{i}")).unwrap();
         db.push(
@@ -323,6 +347,18 @@ fn every_single_byte_flip_is_detected_and_never_changes_an_answer() {
     let objects = files_under(&h.path().join("objects"));
     let index = files_under(&h.path().join("index"));
     assert!(objects.len() >= 4 + 1 + 4 * 2, "{objects:?}");
+    // The layers are in the codec under test (2 layers a DNA).
+    let layers = objects
+        .iter()
+        .filter(|p| {
+            let b = std::fs::read(p).unwrap();
+            vdna_db::format::decode_object_header(&b, "o")
+                .unwrap()
+                .codec
+                == codec
+        })
+        .count();
+    assert!(layers >= 4 * 2, "{layers} objects in {codec:?}");
     assert!(
         index.iter().any(|p| p.ends_with("b.bin"))
             && index.iter().any(|p| p.ends_with("meta.json")),
