@@ -305,7 +305,7 @@ impl<F: Fs> Backend for FsBackend<F> {
                 .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
                 .collect()
         });
-        results.into_iter().collect::<io::Result<Vec<()>>>()?;
+        results.into_iter().collect::<io::Result<()>>()?;
         Ok(absent.len())
     }
 

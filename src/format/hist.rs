@@ -397,8 +397,8 @@ pub fn encode(
         neurons,
         bins,
     };
-    // The window: every candidate estimated on a sample of about 32 neurons, then the
-    // two cheapest again on about 128, the cheapest of those taken.
+    // The window: every candidate estimated on a sample of about 16 neurons, then the
+    // two cheapest again on about 64, the cheapest of those taken.
     let w = if bins > 2 {
         let (coarse, fine) = ((neurons / 16).max(1), (neurons / 64).max(1));
         let mut est: Vec<(f64, u8)> = WINDOWS
