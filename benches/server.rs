@@ -36,7 +36,7 @@ fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let db = Db::open(&dir.path().join("server")).expect("store");
     let (token, rec) = server::new_token("push", "bench").expect("token");
-    db.catalogue().put_token(&rec).expect("token");
+    db.put_token(&rec).expect("token");
     let state = Arc::new(AppState::new(db, false, Limits::default()));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

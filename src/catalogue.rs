@@ -1,8 +1,11 @@
 //! The catalogue: refs (`name:tag` -> manifest digest), per-DNA records, named masks and
 //! spaces, in sled. The only module that imports sled.
 //!
-//! Every write that a caller reports as done is flushed before returning. sled admits one
-//! process per database: a second one gets [`CatalogueError::Busy`], never a hang.
+//! The catalogue is a view: its truth is the store's commit log ([`crate::ledger`]), and
+//! the only write is [`Catalogue::apply`] of a commit (flushed before returning, with the
+//! last commit applied recorded in the same transaction). Deleted, it is rebuilt from the
+//! log. sled admits one process per database: a second one gets
+//! [`CatalogueError::Busy`], never a hang.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -226,25 +229,6 @@ impl<K: Key, V: Record> Table<K, V> {
             Some(v) => self.value(key.as_bytes(), &v).map(Some),
             None => Ok(None),
         }
-    }
-
-    /// Writes a record (the caller flushes).
-    fn insert(&self, k: &K, v: &V) -> Result<(), Error> {
-        self.tree
-            .insert(k.to_key().as_bytes(), v.encode())
-            .map_err(db_err)
-            .map(|_| ())
-    }
-
-    /// Removes a record (the caller flushes); the record it held, if any. A removed
-    /// record that no longer decodes is still removed.
-    fn remove(&self, k: &K) -> Result<Option<Result<V, Error>>, Error> {
-        let key = k.to_key();
-        Ok(self
-            .tree
-            .remove(key.as_bytes())
-            .map_err(db_err)?
-            .map(|v| self.value(key.as_bytes(), &v)))
     }
 
     /// Every record, in key byte order.
@@ -500,48 +484,8 @@ impl Catalogue {
         self.db.flush().map_err(db_err).map(|_| ())
     }
 
-    /// Records a stored DNA, its space and (optionally) a ref to it, atomically, then flushes.
-    /// The caller has made every object durable before.
-    pub fn commit_dna(
-        &self,
-        digest: &Digest,
-        record: &DnaRecord,
-        space: &SpaceRecord,
-        r: Option<(&RefName, &RefRecord)>,
-    ) -> Result<(), Error> {
-        failpoint!("catalogue::commit", |e| db_err(sled::Error::Io(e)));
-        let dkey = digest.to_string();
-        let skey = record.space.to_string();
-        let res: Result<(), TransactionError<()>> =
-            (&self.dnas.tree, &self.spaces.tree, &self.refs.tree).transaction(|(d, s, rf)| {
-                d.insert(dkey.as_bytes(), record.encode())?;
-                s.insert(skey.as_bytes(), space.encode())?;
-                if let Some((name, rec)) = r {
-                    rf.insert(name.to_key().as_bytes(), rec.encode())?;
-                }
-                Ok::<(), ConflictableTransactionError<()>>(())
-            });
-        res.map_err(|e| Error::Catalogue(CatalogueError::Db(format!("{e:?}"))))?;
-        self.flush()
-    }
-
-    /// Points `name` at a stored DNA, then flushes.
-    pub fn set_ref(&self, name: &RefName, rec: &RefRecord) -> Result<(), Error> {
-        failpoint!("catalogue::set_ref", |e| db_err(sled::Error::Io(e)));
-        self.refs.insert(name, rec)?;
-        self.flush()
-    }
-
     pub fn get_ref(&self, name: &RefName) -> Result<Option<RefRecord>, Error> {
         self.refs.get(name)
-    }
-
-    /// Removes a ref; returns what it pointed to.
-    pub fn remove_ref(&self, name: &RefName) -> Result<Option<RefRecord>, Error> {
-        failpoint!("catalogue::remove_ref", |e| db_err(sled::Error::Io(e)));
-        let old = self.refs.remove(name)?;
-        self.flush()?;
-        old.transpose()
     }
 
     /// Every ref, sorted by name and tag.
@@ -560,25 +504,12 @@ impl Catalogue {
         self.dnas.all()
     }
 
-    /// Forgets a DNA record (its objects are the caller's business), then flushes.
-    pub fn remove_dna(&self, d: &Digest) -> Result<(), Error> {
-        self.dnas.remove(d)?;
-        self.flush()
-    }
-
     pub fn space(&self, d: &Digest) -> Result<Option<SpaceRecord>, Error> {
         self.spaces.get(d)
     }
 
     pub fn spaces(&self) -> Result<Vec<(Digest, SpaceRecord)>, Error> {
         self.spaces.all()
-    }
-
-    /// Stores a named mask's spec, then flushes.
-    pub fn put_mask(&self, name: &str, spec: &str) -> Result<(), Error> {
-        self.masks
-            .insert(&name.to_string(), &MaskSpec(spec.to_string()))?;
-        self.flush()
     }
 
     pub fn mask(&self, name: &str) -> Result<Option<String>, Error> {
@@ -604,28 +535,8 @@ impl Catalogue {
             .collect())
     }
 
-    /// Removes a named mask; true when it existed.
-    pub fn remove_mask(&self, name: &str) -> Result<bool, Error> {
-        let had = self.masks.remove(&name.to_string())?.is_some();
-        self.flush()?;
-        Ok(had)
-    }
-
-    /// Stores a token record (keyed by its id), then flushes.
-    pub fn put_token(&self, t: &TokenRecord) -> Result<(), Error> {
-        self.tokens.insert(&t.id, t)?;
-        self.flush()
-    }
-
     pub fn tokens(&self) -> Result<Vec<TokenRecord>, Error> {
         Ok(self.tokens.all()?.into_iter().map(|(_, t)| t).collect())
-    }
-
-    /// Revokes a token; true when it existed.
-    pub fn remove_token(&self, id: &str) -> Result<bool, Error> {
-        let had = self.tokens.remove(&id.to_string())?.is_some();
-        self.flush()?;
-        Ok(had)
     }
 }
 
@@ -670,8 +581,9 @@ mod tests {
                 "{m}"
             );
         }
-        // Removing a damaged record still removes it.
-        assert!(c.remove_mask("m").unwrap());
+        // Applying a commit that removes a damaged record still removes it.
+        c.apply(None, &[Change::RemoveMask { name: "m".into() }])
+            .unwrap();
         assert!(c.masks().unwrap().is_empty());
     }
 }

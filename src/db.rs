@@ -53,9 +53,9 @@ pub struct Db {
     objects: ObjectStore,
     /// The embedded store's objects directory (`None` for a bucket).
     fs: Option<Arc<FsBackend>>,
-    /// The shared catalogue of a bucket; sled is then this process's view of it.
-    #[cfg(feature = "object-store")]
-    ledger: Option<crate::ledger::Ledger>,
+    /// The catalogue's truth: the commit log in the bucket, or in the embedded store's
+    /// `ledger/` directory; sled (`catalogue`) is this process's view of it.
+    ledger: crate::ledger::Ledger,
     /// The bucket (for the index's shared summary rows and fetch counts).
     #[cfg(feature = "object-store")]
     remote: Option<Arc<crate::objstore::Remote>>,
@@ -194,8 +194,8 @@ impl Db {
     pub fn open_with(home: &Path, opts: &OpenOptions) -> Result<Db, Error> {
         match &opts.location {
             Some(loc) if loc.is_shared() => Db::open_shared(home, loc, opts),
-            Some(Location::Local(dir)) => Db::open_local(dir, opts),
-            _ => Db::open_local(home, opts),
+            Some(Location::Local(dir)) => Db::open_local(dir, home, opts),
+            _ => Db::open_local(home, home, opts),
         }
     }
 
@@ -209,12 +209,12 @@ impl Db {
                 "{} holds {}; give another --home {}",
                 home.display(),
                 if s == STORE_VERSION {
-                    "an embedded store, not the cache of a store in a bucket"
+                    "an embedded store, not the cache of a shared store"
                 } else {
-                    "the cache of a store in a bucket, not an embedded store"
+                    "the cache of a shared store, not an embedded store"
                 },
                 if marker_text == CACHE_VERSION {
-                    "for this bucket's cache"
+                    "for this process's cache of the store"
                 } else {
                     "for the embedded store"
                 }
@@ -243,20 +243,38 @@ impl Db {
         }
     }
 
-    fn open_local(home: &Path, opts: &OpenOptions) -> Result<Db, Error> {
-        Db::mark_home(home, STORE_VERSION)?;
+    /// The embedded store at `store`. With `home` the same directory, its own catalogue
+    /// view and index live there too (the usual case, one process at a time); with
+    /// another `home`, that directory holds this process's view and index, so several
+    /// processes (each with its own home) share one directory store through its log, as
+    /// replicas share a bucket.
+    fn open_local(store: &Path, home: &Path, opts: &OpenOptions) -> Result<Db, Error> {
+        Db::mark_home(store, STORE_VERSION)?;
+        let own_view = store == home;
+        if !own_view {
+            Db::mark_home(home, CACHE_VERSION)?;
+        }
         let catalogue = Catalogue::open_wait(&home.join("catalogue"), opts.lock_wait)?;
+        let log = Arc::new(crate::ledger::DirLog::open(&store.join("ledger"))?);
+        if own_view {
+            crate::ledger::Ledger::adopt(log.as_ref(), &catalogue)?;
+        } else if store.join("catalogue").is_dir() && !log.has_identity()? {
+            // A store from before the log, opened first through another view: its own
+            // catalogue is adopted before anything else is committed.
+            let own = Catalogue::open_wait(&store.join("catalogue"), opts.lock_wait)?;
+            crate::ledger::Ledger::adopt(log.as_ref(), &own)?;
+        }
+        let ledger = crate::ledger::Ledger::open(log, &catalogue, opts.refresh)?;
         let fs = Arc::new(
-            FsBackend::open(&home.join("objects"), &home.join("tmp"))
-                .map_err(|e| Error::io(home, e))?,
+            FsBackend::open(&store.join("objects"), &store.join("tmp"))
+                .map_err(|e| Error::io(store, e))?,
         );
         Ok(Db {
             home: home.to_path_buf(),
-            location: Location::Local(home.to_path_buf()),
+            location: Location::Local(store.to_path_buf()),
             objects: ObjectStore::new(fs.clone()),
             fs: Some(fs),
-            #[cfg(feature = "object-store")]
-            ledger: None,
+            ledger,
             #[cfg(feature = "object-store")]
             remote: None,
             #[cfg(feature = "object-store")]
@@ -282,7 +300,7 @@ impl Db {
                 remote.clone(),
             ))),
             fs: None,
-            ledger: Some(ledger),
+            ledger,
             remote: Some(remote),
             shared_summaries: opts.shared_summaries,
             catalogue,
@@ -324,41 +342,24 @@ impl Db {
     /// On a bucket, catches the catalogue view up with every commit (none on the
     /// embedded store). Returns how many commits were applied.
     pub fn sync(&self) -> Result<usize, Error> {
-        #[cfg(feature = "object-store")]
-        if let Some(l) = &self.ledger {
-            return l.sync(&self.catalogue);
-        }
-        Ok(0)
+        self.ledger.sync(&self.catalogue)
     }
 
     /// [`Db::sync`] when the view is older than the refresh interval.
     pub fn sync_if_stale(&self) -> Result<usize, Error> {
-        #[cfg(feature = "object-store")]
-        if let Some(l) = &self.ledger {
-            return l.sync_if_stale(&self.catalogue);
-        }
-        Ok(0)
+        self.ledger.sync_if_stale(&self.catalogue)
     }
 
-    /// On a bucket: commits catalogue changes through the shared log (`Some(result)`);
-    /// `None` on the embedded store, whose callers write sled directly.
-    fn commit_shared(&self, changes: &[Change]) -> Option<Result<(), Error>> {
-        #[cfg(feature = "object-store")]
-        if let Some(l) = &self.ledger {
-            return Some(l.commit(&self.catalogue, changes));
-        }
-        let _ = changes;
-        None
+    /// Commits catalogue changes through the log, then into this process's view.
+    fn commit(&self, changes: &[Change]) -> Result<(), Error> {
+        self.ledger.commit(&self.catalogue, changes)
     }
 
     /// Stores an API token record.
     pub fn put_token(&self, rec: &TokenRecord) -> Result<(), Error> {
-        match self.commit_shared(&[Change::PutToken {
+        self.commit(&[Change::PutToken {
             record: rec.clone(),
-        }]) {
-            Some(r) => r,
-            None => self.catalogue.put_token(rec),
-        }
+        }])
     }
 
     /// Revokes a token; true when it existed.
@@ -367,21 +368,16 @@ impl Db {
         if !self.catalogue.tokens()?.iter().any(|t| t.id == id) {
             return Ok(false);
         }
-        match self.commit_shared(&[Change::RemoveToken { id: id.into() }]) {
-            Some(r) => r.map(|_| true),
-            None => self.catalogue.remove_token(id),
-        }
+        self.commit(&[Change::RemoveToken { id: id.into() }])
+            .map(|_| true)
     }
 
     /// Stores a named mask's spec.
     pub fn put_mask(&self, name: &str, spec: &str) -> Result<(), Error> {
-        match self.commit_shared(&[Change::PutMask {
+        self.commit(&[Change::PutMask {
             name: name.into(),
             spec: spec.into(),
-        }]) {
-            Some(r) => r,
-            None => self.catalogue.put_mask(name, spec),
-        }
+        }])
     }
 
     /// Removes a named mask; true when it existed.
@@ -390,10 +386,8 @@ impl Db {
         if self.catalogue.mask(name)?.is_none() {
             return Ok(false);
         }
-        match self.commit_shared(&[Change::RemoveMask { name: name.into() }]) {
-            Some(r) => r.map(|_| true),
-            None => self.catalogue.remove_mask(name),
-        }
+        self.commit(&[Change::RemoveMask { name: name.into() }])
+            .map(|_| true)
     }
 
     pub fn home(&self) -> &Path {
@@ -464,40 +458,24 @@ impl Db {
             created: now,
             annotations,
         };
-        let shared = if self.is_shared() {
-            // The ref's value as seen now: a commit by another writer in between makes
-            // this one a conflict, not a silent overwrite.
-            self.sync()?;
-            let mut changes = vec![
-                Change::PutSpace {
-                    digest: manifest.space,
-                    record: space_rec.clone(),
-                },
-                Change::PutDna {
-                    digest,
-                    record: record.clone(),
-                },
-            ];
-            if let Some(n) = name {
-                changes.push(Change::SetRef {
-                    name: n.clone(),
-                    record: ref_rec.clone(),
-                    prev: self.catalogue.get_ref(n)?.map(|r| r.digest),
-                });
-            }
-            self.commit_shared(&changes)
-        } else {
-            None
-        };
-        match shared {
-            Some(r) => r?,
-            None => self.catalogue.commit_dna(
-                &digest,
-                &record,
-                &space_rec,
-                name.map(|n| (n, &ref_rec)),
-            )?,
+        // The ref's value as seen now: a commit by another writer in between makes this
+        // one a conflict, not a silent overwrite.
+        self.sync()?;
+        let mut changes = vec![
+            Change::PutSpace {
+                digest: manifest.space,
+                record: space_rec,
+            },
+            Change::PutDna { digest, record },
+        ];
+        if let Some(n) = name {
+            changes.push(Change::SetRef {
+                name: n.clone(),
+                record: ref_rec,
+                prev: self.catalogue.get_ref(n)?.map(|r| r.digest),
+            });
         }
+        self.commit(&changes)?;
         Ok(PushReport {
             digest,
             reference: name.map(|n| n.to_string()),
@@ -748,37 +726,24 @@ impl Db {
             record: record.clone(),
             prev: self.catalogue.get_ref(&name)?.map(|r| r.digest),
         };
-        match self.commit_shared(&[change]) {
-            Some(r) => r?,
-            None => self.catalogue.set_ref(&name, &record)?,
-        }
+        self.commit(&[change])?;
         Ok((digest, name))
     }
 
     /// Removes a ref. Objects stay until `gc`.
     pub fn remove(&self, spec: &str) -> Result<(RefName, Digest), Error> {
         let name = RefName::parse(spec)?;
-        if self.is_shared() {
-            self.sync()?;
-            let Some(r) = self.catalogue.get_ref(&name)? else {
-                return Err(Error::NotFound(format!(
-                    "no DNA named {name} (list them with vdna-db ls)"
-                )));
-            };
-            if let Some(res) = self.commit_shared(&[Change::RemoveRef {
-                name: name.clone(),
-                prev: r.digest,
-            }]) {
-                res?;
-                return Ok((name, r.digest));
-            }
-        }
-        match self.catalogue.remove_ref(&name)? {
-            Some(r) => Ok((name, r.digest)),
-            None => Err(Error::NotFound(format!(
+        self.sync()?;
+        let Some(r) = self.catalogue.get_ref(&name)? else {
+            return Err(Error::NotFound(format!(
                 "no DNA named {name} (list them with vdna-db ls)"
-            ))),
-        }
+            )));
+        };
+        self.commit(&[Change::RemoveRef {
+            name: name.clone(),
+            prev: r.digest,
+        }])?;
+        Ok((name, r.digest))
     }
 
     /// Re-hashes every object and checks every ref's objects are present and valid.
@@ -859,33 +824,26 @@ impl Db {
             .map(|(d, _)| d)
             .filter(|d| !live_dnas.contains(d))
             .collect();
-        if self.is_shared() {
-            let changes: Vec<Change> = dead
-                .iter()
-                .map(|d| Change::RemoveDna { digest: *d })
-                .collect();
-            if let Some(r) = self.commit_shared(&changes) {
-                r?;
-            }
-            // What a concurrent commit made reachable again stays.
-            for d in &dead {
-                if self.catalogue.dna(d)?.is_none() {
-                    report.records_removed += 1;
-                } else {
-                    live_dnas.insert(*d);
-                    if let Ok(raw) = self.objects.get_raw(d) {
-                        if let Ok(m) = Manifest::from_bytes(&raw) {
-                            live.insert(*d);
-                            live.insert(m.space);
-                            live.extend(m.layers.iter().map(|l| l.digest));
-                        }
+        let changes: Vec<Change> = dead
+            .iter()
+            .map(|d| Change::RemoveDna { digest: *d })
+            .collect();
+        if !changes.is_empty() {
+            self.commit(&changes)?;
+        }
+        // What a concurrent commit made reachable again stays.
+        for d in &dead {
+            if self.catalogue.dna(d)?.is_none() {
+                report.records_removed += 1;
+            } else {
+                live_dnas.insert(*d);
+                if let Ok(raw) = self.objects.get_raw(d) {
+                    if let Ok(m) = Manifest::from_bytes(&raw) {
+                        live.insert(*d);
+                        live.insert(m.space);
+                        live.extend(m.layers.iter().map(|l| l.digest));
                     }
                 }
-            }
-        } else {
-            for d in &dead {
-                self.catalogue.remove_dna(d)?;
-                report.records_removed += 1;
             }
         }
         let now = std::time::SystemTime::now();

@@ -51,3 +51,72 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     }
     result
 }
+
+/// Creates `path` holding `bytes` only if no file has that name, atomically and durably:
+/// the bytes go to a temporary file in the same directory (fsync), which is then
+/// hard-linked to `path` (link(2) refuses an existing name, so of several writers exactly
+/// one creates it, and a reader never sees a partial file), then the directory is fsynced.
+/// Returns false, having written nothing under `path`, when the name was taken. The local
+/// counterpart of an object store's `If-None-Match: *`.
+pub fn create_file_new(path: &Path, bytes: &[u8]) -> io::Result<bool> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let tmp = dir.join(format!(".{}", tmp_name()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        failpoint!("file::write");
+        f.write_all(bytes)?;
+        failpoint!("file::fsync");
+        f.sync_all()?;
+        failpoint!("file::link");
+        match std::fs::hard_link(&tmp, path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        failpoint!("file::dir_fsync");
+        sync_dir(&dir)?;
+        Ok(true)
+    })();
+    // The name (when created) holds its own link to the bytes.
+    let _ = std::fs::remove_file(&tmp);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_is_created_once_and_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("entry.json");
+        assert!(create_file_new(&p, b"first").unwrap());
+        assert!(!create_file_new(&p, b"second").unwrap());
+        assert_eq!(std::fs::read(&p).unwrap(), b"first");
+        // No temporary file is left behind by either call.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("entry.json")]);
+    }
+
+    #[test]
+    fn of_racing_creators_exactly_one_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("race");
+        let wins: usize = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8)
+                .map(|i| {
+                    let p = p.clone();
+                    s.spawn(move || create_file_new(&p, format!("{i}").as_bytes()).unwrap())
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap() as usize).sum()
+        });
+        assert_eq!(wins, 1);
+    }
+}

@@ -1,9 +1,12 @@
-//! The catalogue's truth on object storage: an append-only log of commits, each a small
-//! immutable object created with `If-None-Match: *`, as Delta Lake commits its
-//! `_delta_log` and Icechunk its refs. No lock server and no external database: the
-//! object store's conditional create picks exactly one writer for every sequence number.
+//! The catalogue's truth: an append-only log of commits, each a small immutable object
+//! created only if absent, as Delta Lake commits its `_delta_log` and Icechunk its refs.
+//! No lock server and no external database: the conditional create picks exactly one
+//! writer for every sequence number. One protocol on two kinds of storage ([`LogStore`]):
+//! a bucket (`If-None-Match: *` / `If-Match`) and, for the embedded store, a local
+//! directory ([`DirLog`]: link(2) of a fully written temporary file, which refuses an
+//! existing name).
 //!
-//! Layout under the store's prefix:
+//! Layout under the store's prefix (a bucket) or its `ledger/` directory (embedded):
 //! - `store.json`: the store's identity (format, random id), created once.
 //! - `catalogue/log/<seq, 20 digits>.json`: commit `seq` (1, 2, ...): a write id, a time
 //!   and a list of [`Change`]s.
@@ -13,14 +16,17 @@
 //!   (a hint: a stale one only means more log to read).
 //!
 //! Each process keeps a local view in sled ([`Catalogue`]) with the last sequence number
-//! applied. A commit reads the log to its end, checks its changes against the view
-//! ([`Catalogue::check`]: a ref must still be what the writer saw), and creates the next
-//! entry. When another writer took that number first, the commit reads that entry and
-//! checks again, so of two writers setting one ref at once exactly one wins and the other
-//! gets [`Error::Conflict`]. When the reply to a create is lost (a timeout, a cut
-//! connection, a retry that finds its own first attempt), the entry is read back: carrying
-//! this commit's write id it is this commit, never a conflict.
+//! applied; the view can be deleted at any time and is rebuilt from the log. A commit
+//! reads the log to its end, checks its changes against the view ([`Catalogue::check`]: a
+//! ref must still be what the writer saw), and creates the next entry. When another writer
+//! took that number first, the commit reads that entry and checks again, so of two writers
+//! setting one ref at once exactly one wins and the other gets [`Error::Conflict`]. When
+//! the reply to a create is lost (a timeout, a cut connection, a retry that finds its own
+//! first attempt, a failed fsync after the link), the entry is read back: carrying this
+//! commit's write id it is this commit, never a conflict.
 
+use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,8 +34,150 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalogue::{Catalogue, Change};
 use crate::format::Digest;
-use crate::objstore::{random_id, Put, Remote};
+use crate::objstore::{random_id, Put, Tagged};
 use crate::Error;
+
+/// Small objects created only if absent or replaced only if unchanged: what the ledger
+/// needs of its storage.
+pub trait LogStore: Send + Sync {
+    /// Where the log lives, for messages.
+    fn url(&self) -> &str;
+    /// An object's bytes and version tag, `None` when absent.
+    fn get(&self, key: &str) -> io::Result<Option<Tagged>>;
+    /// Several objects, in order.
+    fn get_many(&self, keys: &[String]) -> io::Result<Vec<Option<Tagged>>> {
+        keys.iter().map(|k| self.get(k)).collect()
+    }
+    /// Creates an object only if none is at `key`.
+    fn put_if_absent(&self, key: &str, bytes: &[u8]) -> io::Result<Put>;
+    /// Replaces an object only if its version tag is still `etag`.
+    fn put_if_match(&self, key: &str, bytes: &[u8], etag: &str) -> io::Result<Put>;
+    /// Removes an object (absent is fine).
+    fn delete(&self, key: &str) -> io::Result<()>;
+    /// Refuses storage whose conditional writes are not honoured.
+    fn check_conditional_writes(&self) -> Result<(), Error>;
+}
+
+#[cfg(feature = "object-store")]
+impl LogStore for crate::objstore::Remote {
+    fn url(&self) -> &str {
+        crate::objstore::Remote::url(self)
+    }
+    fn get(&self, key: &str) -> io::Result<Option<Tagged>> {
+        crate::objstore::Remote::get(self, key)
+    }
+    fn get_many(&self, keys: &[String]) -> io::Result<Vec<Option<Tagged>>> {
+        crate::objstore::Remote::get_many(self, keys)
+    }
+    fn put_if_absent(&self, key: &str, bytes: &[u8]) -> io::Result<Put> {
+        crate::objstore::Remote::put_if_absent(self, key, bytes)
+    }
+    fn put_if_match(&self, key: &str, bytes: &[u8], etag: &str) -> io::Result<Put> {
+        crate::objstore::Remote::put_if_match(self, key, bytes, etag)
+    }
+    fn delete(&self, key: &str) -> io::Result<()> {
+        crate::objstore::Remote::delete(self, key)
+    }
+    fn check_conditional_writes(&self) -> Result<(), Error> {
+        crate::objstore::Remote::check_conditional_writes(self)
+    }
+}
+
+/// The log in a local directory (the embedded store's `ledger/`). A create writes and
+/// fsyncs a temporary file, then links it to its name ([`crate::fsio::create_file_new`]):
+/// link(2) fails on an existing name, so it is the directory's `If-None-Match: *`, and a
+/// reader never sees a partial entry. The version tag of a file is the SHA-256 of its
+/// bytes. A replace-if-unchanged compares then renames, so it is atomic within a process
+/// but not between processes; the ledger uses it only for the checkpoint hint, where a
+/// lost update costs a reader time, never a commit.
+pub struct DirLog {
+    root: PathBuf,
+    url: String,
+}
+
+impl DirLog {
+    /// Opens (creating) the log under `root`.
+    pub fn open(root: &Path) -> Result<DirLog, Error> {
+        let log = root.join("catalogue/log");
+        if !log.is_dir() {
+            for d in [log.as_path(), &root.join("catalogue/checkpoints")] {
+                std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+            }
+            // The new directories' names durable before any entry is linked into them.
+            for d in [
+                root.join("catalogue"),
+                root.to_path_buf(),
+                root.parent()
+                    .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+            ] {
+                crate::fsio::sync_dir(&d).map_err(|e| Error::io(&d, e))?;
+            }
+        }
+        Ok(DirLog {
+            root: root.to_path_buf(),
+            url: root.display().to_string(),
+        })
+    }
+
+    /// Whether the log has been given its identity (a store opened since the log existed).
+    pub fn has_identity(&self) -> Result<bool, Error> {
+        let p = self.root.join("store.json");
+        p.try_exists().map_err(|e| Error::io(&p, e))
+    }
+
+    fn tag(bytes: &[u8]) -> String {
+        Digest::of(bytes).hex()
+    }
+}
+
+impl LogStore for DirLog {
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn get(&self, key: &str) -> io::Result<Option<Tagged>> {
+        match std::fs::read(self.root.join(key)) {
+            Ok(b) => {
+                let tag = DirLog::tag(&b);
+                Ok(Some((b, Some(tag))))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn put_if_absent(&self, key: &str, bytes: &[u8]) -> io::Result<Put> {
+        Ok(
+            if crate::fsio::create_file_new(&self.root.join(key), bytes)? {
+                Put::Written(Some(DirLog::tag(bytes)))
+            } else {
+                Put::Exists
+            },
+        )
+    }
+
+    fn put_if_match(&self, key: &str, bytes: &[u8], etag: &str) -> io::Result<Put> {
+        match self.get(key)? {
+            Some((_, Some(now))) if now == etag => {
+                crate::fsio::write_file_atomic(&self.root.join(key), bytes)?;
+                Ok(Put::Written(Some(DirLog::tag(bytes))))
+            }
+            _ => Ok(Put::Changed),
+        }
+    }
+
+    fn delete(&self, key: &str) -> io::Result<()> {
+        match std::fs::remove_file(self.root.join(key)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// link(2) refuses an existing name by definition: nothing to probe.
+    fn check_conditional_writes(&self) -> Result<(), Error> {
+        Ok(())
+    }
+}
 
 const STORE_FORMAT: &str = "vdna-db shared store v1";
 const CHECKPOINT_HINT: &str = "catalogue/checkpoint.json";
@@ -68,7 +216,7 @@ fn log_key(seq: u64) -> String {
 
 /// The shared catalogue of one bucket, mirrored into a local view.
 pub struct Ledger {
-    remote: Arc<Remote>,
+    remote: Arc<dyn LogStore>,
     /// Serialises catch-up and commits of this process (other processes race through
     /// the conditional create).
     lock: Mutex<()>,
@@ -80,9 +228,13 @@ impl Ledger {
     /// Opens the shared catalogue: refuses a store without conditional writes, creates
     /// the store's identity when absent, drops a view that mirrors another store, and
     /// catches the view up (from the newest checkpoint when the view is empty).
-    pub fn open(remote: Arc<Remote>, view: &Catalogue, refresh: Duration) -> Result<Ledger, Error> {
+    pub fn open(
+        remote: Arc<dyn LogStore>,
+        view: &Catalogue,
+        refresh: Duration,
+    ) -> Result<Ledger, Error> {
         remote.check_conditional_writes()?;
-        let id = Self::identity(&remote)?;
+        let id = Self::identity(remote.as_ref())?;
         if view.meta("store_id")?.as_deref() != Some(id.as_str()) {
             view.clear_view()?;
             view.set_meta("store_id", &id)?;
@@ -97,11 +249,45 @@ impl Ledger {
         Ok(ledger)
     }
 
-    fn io(&self, key: &str, e: std::io::Error) -> Error {
+    /// Gives a log to a catalogue that has none: an embedded store written before its
+    /// catalogue moved into `ledger/`, or one whose log was lost. When the log holds
+    /// neither an identity nor a first commit and the view is not empty, the view's whole
+    /// content becomes commit 1. Call it before [`Ledger::open`], which then sees a view of
+    /// no known store, drops it and rebuilds it from that commit: a crash at any point
+    /// repeats nothing and loses nothing. Returns whether a commit was written.
+    pub fn adopt(log: &dyn LogStore, view: &Catalogue) -> Result<bool, Error> {
+        let io = |k: &str, e| Error::io(format!("{}/{k}", log.url()), e);
+        let first = log_key(1);
+        if log
+            .get("store.json")
+            .map_err(|e| io("store.json", e))?
+            .is_some()
+            || log.get(&first).map_err(|e| io(&first, e))?.is_some()
+        {
+            return Ok(false);
+        }
+        let changes = view.snapshot()?;
+        if changes.is_empty() {
+            return Ok(false);
+        }
+        let entry = Entry {
+            seq: 1,
+            write_id: random_id(),
+            time: crate::now_secs(),
+            changes,
+        };
+        let bytes = serde_json::to_vec(&entry).unwrap_or_default();
+        // Exists: another process adopted the same view first; theirs is as good.
+        log.put_if_absent(&first, &bytes)
+            .map_err(|e| io(&first, e))?;
+        Ok(true)
+    }
+
+    fn io(&self, key: &str, e: io::Error) -> Error {
         Error::io(format!("{}/{key}", self.remote.url()), e)
     }
 
-    fn identity(remote: &Remote) -> Result<String, Error> {
+    fn identity(remote: &dyn LogStore) -> Result<String, Error> {
         let io = |e| Error::io(format!("{}/store.json", remote.url()), e);
         let read = |bytes: &[u8]| -> Result<String, Error> {
             let id: Identity = serde_json::from_slice(bytes)
@@ -268,7 +454,7 @@ impl Ledger {
         Err(match last_err {
             Some(e) => self.io(
                 "catalogue/log",
-                std::io::Error::other(format!(
+                io::Error::other(format!(
                     "the commit could not be written after {ATTEMPTS} attempts (nothing was committed; retry): {e}"
                 )),
             ),
@@ -312,12 +498,20 @@ impl Ledger {
                     .map_err(io)?;
             }
             Some((old, etag)) => {
-                let newer = serde_json::from_slice::<Hint>(&old).map_or(true, |h| h.seq < seq);
+                let old = serde_json::from_slice::<Hint>(&old).ok();
+                let newer = old.as_ref().is_none_or(|h| h.seq < seq);
                 if let (true, Some(etag)) = (newer, etag) {
-                    // Lost to a concurrent hint update: that one is as good.
-                    self.remote
+                    // Changed: lost to a concurrent hint update, which is as good.
+                    let put = self
+                        .remote
                         .put_if_match(CHECKPOINT_HINT, &hint, &etag)
                         .map_err(io)?;
+                    // Only the newest checkpoint is kept (each holds the whole catalogue).
+                    // A reader that read the old hint and finds its checkpoint gone reads
+                    // the log from the start instead: slower, never wrong.
+                    if let (Put::Written(_), Some(old)) = (put, old) {
+                        let _ = self.remote.delete(&old.key);
+                    }
                 }
             }
         }

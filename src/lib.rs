@@ -46,7 +46,6 @@ pub mod format;
 pub mod fsio;
 #[cfg(feature = "testing")]
 pub mod fuzz;
-#[cfg(feature = "object-store")]
 pub mod ledger;
 pub mod mask;
 pub mod objstore;

@@ -86,6 +86,27 @@ impl Location {
     }
 }
 
+/// What a conditional write did (on a bucket or in a local directory's log).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Put {
+    /// Written; the new object's ETag when the store gave one.
+    Written(Option<String>),
+    /// A create found an object already there.
+    Exists,
+    /// A replace found another version than the ETag it was given.
+    Changed,
+}
+
+/// An object's bytes and its ETag (when the store gave one).
+pub type Tagged = (Vec<u8>, Option<String>);
+
+/// 128 random bits as hex: write ids of commits, probe keys, store ids.
+pub fn random_id() -> String {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).expect("the operating system's random source failed");
+    hex::encode(b)
+}
+
 #[cfg(feature = "object-store")]
 pub use remote::*;
 
@@ -101,22 +122,8 @@ mod remote {
     use object_store::path::Path as OsPath;
     use object_store::{ObjectStore as _, ObjectStoreExt as _};
 
-    use super::Location;
+    use super::{random_id, Location, Put, Tagged};
     use crate::Error;
-
-    /// What a conditional write did.
-    #[derive(Clone, Debug, PartialEq, Eq)]
-    pub enum Put {
-        /// Written; the new object's ETag when the server gave one.
-        Written(Option<String>),
-        /// A create found an object already there.
-        Exists,
-        /// A replace found another version than the ETag it was given.
-        Changed,
-    }
-
-    /// An object's bytes and its ETag (when the server gave one).
-    pub type Tagged = (Vec<u8>, Option<String>);
 
     /// Size and last-modified time of an object.
     #[derive(Clone, Copy, Debug)]
@@ -556,13 +563,6 @@ mod remote {
             }
             Ok(())
         }
-    }
-
-    /// 128 random bits as hex: write ids of commits, probe keys, store ids.
-    pub fn random_id() -> String {
-        let mut b = [0u8; 16];
-        getrandom::fill(&mut b).expect("the operating system's random source failed");
-        hex::encode(b)
     }
 
     /// The content-addressed objects of a bucket, under `objects/`, with a bounded

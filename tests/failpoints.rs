@@ -23,6 +23,7 @@ const SITES: &[&str] = &[
     "file::write",
     "file::fsync",
     "file::rename",
+    "file::link",
     "file::dir_fsync",
     "segment::write",
     "segment::fsync",
@@ -30,8 +31,6 @@ const SITES: &[&str] = &[
     "segment::fsync_row",
     "catalogue::commit",
     "catalogue::flush",
-    "catalogue::set_ref",
-    "catalogue::remove_ref",
     "graph::write",
     "graph::rename",
 ];

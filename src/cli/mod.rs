@@ -100,17 +100,19 @@ pub struct Cli {
         default_value = "fast"
     )]
     pub codec: String,
-    /// Where the store lives: a directory (the embedded store; the same as --home),
-    /// s3://BUCKET/PREFIX (S3 or any S3-compatible server; credentials, region and
-    /// endpoint from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
+    /// Where the store lives: a directory (the embedded store; alone, the same as
+    /// --home), s3://BUCKET/PREFIX (S3 or any S3-compatible server; credentials, region
+    /// and endpoint from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
     /// AWS_ENDPOINT_URL; several `serve` replicas can share one bucket) or memory://NAME
-    /// (this process only, for tests). With a bucket, --home is this machine's cache of
-    /// it (catalogue view and index, rebuilt from the bucket when deleted) [default: a
-    /// directory per bucket under the per-user cache directory]
+    /// (this process only, for tests). With a bucket, or a directory and another --home,
+    /// --home is this process's cache of the store (catalogue view and index, rebuilt
+    /// from the store when deleted), so several processes can share one store, each with
+    /// its own --home [default for a bucket: a directory per bucket under the per-user
+    /// cache directory]
     #[arg(long, global = true, env = "VDNA_DB_STORE", value_name = "URL")]
     pub store: Option<String>,
-    /// With a store in a bucket: seconds a read may lag behind other processes' writes
-    /// before it catches up (a process always sees its own writes at once)
+    /// Seconds a read may lag behind other processes' writes to a shared store before it
+    /// catches up (a process always sees its own writes at once)
     #[arg(
         long,
         global = true,
@@ -430,15 +432,6 @@ fn open_db(at: &StoreAt) -> Result<Engine> {
         (Some(loc), None) => cache_home(loc),
         (None, None) => db::default_home(),
     };
-    if let (Some(db::Location::Local(dir)), Some(h)) = (&location, &at.home) {
-        if dir != h {
-            bail!(
-                "--store {} and --home {} name two different embedded stores; give one",
-                dir.display(),
-                h.display()
-            );
-        }
-    }
     if !(at.lock_wait.is_finite() && at.lock_wait >= 0.0) {
         bail!(
             "--lock-wait {}: expected a number of seconds >= 0",

@@ -42,9 +42,9 @@ fn fixture(private: bool, max_body: usize) -> Fixture {
     let dir = util::tmp();
     let db = Db::open(dir.path()).unwrap();
     let (push, rec) = server::new_token("push", "tests").unwrap();
-    db.catalogue().put_token(&rec).unwrap();
+    db.put_token(&rec).unwrap();
     let (admin, rec) = server::new_token("admin", "tests").unwrap();
-    db.catalogue().put_token(&rec).unwrap();
+    db.put_token(&rec).unwrap();
     let state = Arc::new(AppState::new(
         db,
         private,

@@ -1,13 +1,17 @@
 //! Stores in a bucket shared by several processes (`--store s3://...`, `memory://`): the
-//! catalogue's commit log, replicas' views, conflicts, lost replies, cold starts. The
-//! in-process tests use memory buckets; `s3` runs the same against a real S3 server
-//! (moto's) started on loopback.
+//! catalogue's commit log, replicas' views, conflicts, lost replies, cold starts; and the
+//! same log in the embedded store's directory. The in-process tests use memory buckets;
+//! `s3` runs the same against a real S3 server (moto's) started on loopback.
 
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use vdna_db::catalogue::{Catalogue, Change, RefRecord};
 use vdna_db::engine::{Engine, Location, OpenOptions, QueryRequest};
+use vdna_db::format::Digest;
+use vdna_db::ledger::{DirLog, Ledger, LogStore};
 use vdna_db::objstore::Remote;
 use vdna_db::refname::RefName;
 use vdna_db::{synth, Error};
@@ -116,6 +120,59 @@ fn replicas_over_one_bucket_agree_with_a_local_store() {
     assert!(a.get_ref(&name("renamed:v1")).unwrap().is_none());
 }
 
+/// Processes sharing one directory store, each with a view and index of its own (`--store
+/// DIR --home H`), behave as replicas over a bucket: the same answers as a store of
+/// their own, names and tokens made through one seen by the other.
+#[test]
+fn views_over_one_directory_store_agree_with_a_store_of_their_own() {
+    let dir = tmp();
+    let store = dir.path().join("store");
+    let a = Engine::open(&store).unwrap();
+    let b = replica(
+        &dir.path().join("b"),
+        &Location::Local(store.clone()),
+        Duration::ZERO,
+    );
+    let local = Engine::open(&dir.path().join("local")).unwrap();
+    let s = spec(9);
+    for f in 0..3 {
+        for m in 0..3 {
+            let dna = synth::member(&s, f, m);
+            let n = name(&synth::member_name(f, m));
+            // Pushes alternate between the two processes' views.
+            let via = if (f + m) % 2 == 0 { &a } else { &b };
+            via.push(&dna, Some(&n), Default::default()).unwrap();
+            local.push(&dna, Some(&n), Default::default()).unwrap();
+        }
+    }
+    let (_, rec) = b.create_token("push", "ci").unwrap();
+    let listing = |e: &Engine| -> Vec<(String, String)> {
+        e.list()
+            .unwrap()
+            .into_iter()
+            .map(|l| (l.reference, l.digest.to_string()))
+            .collect()
+    };
+    a.sync().unwrap();
+    assert_eq!(listing(&a), listing(&local));
+    assert_eq!(listing(&b), listing(&local));
+    assert!(a.tokens().unwrap().iter().any(|t| t.id == rec.id));
+    let q = vdna_db::engine::AnyDna::Owned(synth::member(&spec(10), 2, 0));
+    let want = hits(&local, &q);
+    assert_eq!(want.len(), 5);
+    assert_eq!(hits(&a, &q), want);
+    assert_eq!(hits(&b, &q), want);
+    // b's view is only a cache: deleted, it comes back from the store's log.
+    drop(b);
+    std::fs::remove_dir_all(dir.path().join("b")).unwrap();
+    let b = replica(
+        &dir.path().join("b"),
+        &Location::Local(store),
+        Duration::ZERO,
+    );
+    assert_eq!(listing(&b), listing(&local));
+}
+
 /// Two writers that read one ref and then set it: exactly one commit lands, the other
 /// is a conflict and writes nothing; the log holds the winner only.
 #[test]
@@ -133,13 +190,44 @@ fn of_two_writers_setting_one_ref_exactly_one_wins() {
         .unwrap()
         .digest;
     drop(a);
+    let remote = Arc::new(Remote::open(&loc).unwrap());
+    exactly_one_of_two_writers_wins(remote, dir.path(), d0, d1);
+}
 
-    // Two views of one bucket, each reading the ref before either commits.
-    let remote = std::sync::Arc::new(Remote::open(&loc).unwrap());
-    let va = Catalogue::open(&dir.path().join("va")).unwrap();
-    let vb = Catalogue::open(&dir.path().join("vb")).unwrap();
-    let la = vdna_db::ledger::Ledger::open(remote.clone(), &va, Duration::ZERO).unwrap();
-    let lb = vdna_db::ledger::Ledger::open(remote.clone(), &vb, Duration::ZERO).unwrap();
+/// The embedded store commits through the same protocol on its `ledger/` directory (a
+/// create is a link(2), which refuses a taken name): two writers over that directory,
+/// each with a view of its own, race exactly as over a bucket.
+#[test]
+fn of_two_writers_on_one_local_directory_exactly_one_wins() {
+    let dir = tmp();
+    let store = dir.path().join("store");
+    let e = Engine::open(&store).unwrap();
+    let s = spec(1);
+    let d0 = e
+        .push(&synth::member(&s, 0, 0), None, Default::default())
+        .unwrap()
+        .digest;
+    let d1 = e
+        .push(&synth::member(&s, 0, 1), None, Default::default())
+        .unwrap()
+        .digest;
+    drop(e);
+    let log = Arc::new(DirLog::open(&store.join("ledger")).unwrap());
+    exactly_one_of_two_writers_wins(log, dir.path(), d0, d1);
+    // The store itself sees the winner's commit.
+    let e = Engine::open(&store).unwrap();
+    assert_eq!(
+        e.get_ref(&name("contested:v1")).unwrap().unwrap().digest,
+        d1
+    );
+}
+
+/// Two views over `log`, each reading the ref `contested:v1` before either commits.
+fn exactly_one_of_two_writers_wins(log: Arc<dyn LogStore>, dir: &Path, d0: Digest, d1: Digest) {
+    let va = Catalogue::open(&dir.join("va")).unwrap();
+    let vb = Catalogue::open(&dir.join("vb")).unwrap();
+    let la = Ledger::open(log.clone(), &va, Duration::ZERO).unwrap();
+    let lb = Ledger::open(log, &vb, Duration::ZERO).unwrap();
     let set = |digest, prev| Change::SetRef {
         name: name("contested:v1"),
         record: RefRecord {
@@ -168,6 +256,94 @@ fn of_two_writers_setting_one_ref_exactly_one_wins() {
         d1
     );
     assert_eq!(va.applied_seq().unwrap(), vb.applied_seq().unwrap());
+}
+
+/// Everything a user sees of an embedded store, for comparing two opens of it: names
+/// (digest, annotations), masks, token ids and a query's answers.
+#[derive(Debug, PartialEq)]
+struct Seen {
+    refs: Vec<(String, String, BTreeMap<String, String>)>,
+    masks: Vec<(String, String)>,
+    tokens: Vec<String>,
+    hits: Vec<(String, f64)>,
+}
+
+fn everything(e: &Engine) -> Seen {
+    let q = vdna_db::engine::AnyDna::Owned(synth::member(&spec(31), 1, 1));
+    Seen {
+        refs: e
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|l| (l.reference, l.digest.to_string(), l.annotations))
+            .collect(),
+        masks: e.masks().unwrap(),
+        tokens: e.tokens().unwrap().into_iter().map(|t| t.id).collect(),
+        hits: hits(e, &q),
+    }
+}
+
+/// An embedded store with names, a retag, a removal, a mask, a token and a gc behind it.
+fn a_used_store(home: &Path) {
+    let e = Engine::open(home).unwrap();
+    let s = spec(30);
+    for f in 0..3 {
+        for m in 0..2 {
+            let ann: BTreeMap<String, String> = [("family".to_string(), f.to_string())].into();
+            e.push(
+                &synth::member(&s, f, m),
+                Some(&name(&synth::member_name(f, m))),
+                ann,
+            )
+            .unwrap();
+        }
+    }
+    e.tag(&synth::member_name(1, 1), "best:v2").unwrap();
+    e.remove(&synth::member_name(2, 0)).unwrap();
+    e.add_mask("first", "block_0").unwrap();
+    e.create_token("push", "ci").unwrap();
+    e.gc(Some(Duration::ZERO)).unwrap();
+}
+
+/// The embedded store's sled catalogue is only a view: deleted, it is rebuilt from the
+/// commit log in `ledger/` with every name, annotation, mask and token, and queries
+/// answer as before.
+#[test]
+fn the_embedded_store_rebuilds_a_deleted_catalogue_from_its_log() {
+    let dir = tmp();
+    let home = dir.path().join("store");
+    a_used_store(&home);
+    let before = everything(&Engine::open(&home).unwrap());
+    assert_eq!(before.refs.len(), 6);
+    assert_eq!(before.hits.len(), 5);
+    std::fs::remove_dir_all(home.join("catalogue")).unwrap();
+    let e = Engine::open(&home).unwrap();
+    assert_eq!(everything(&e), before);
+    assert!(e.verify(false).unwrap().clean());
+}
+
+/// A store written before the catalogue had a log (its truth in sled alone; here: the
+/// log removed) is adopted when opened: the catalogue becomes the log's first commit,
+/// so from then on the catalogue is a view that can itself be deleted.
+#[test]
+fn a_store_from_before_the_log_is_adopted_with_nothing_lost() {
+    let dir = tmp();
+    let home = dir.path().join("store");
+    a_used_store(&home);
+    let before = everything(&Engine::open(&home).unwrap());
+    std::fs::remove_dir_all(home.join("ledger")).unwrap();
+    let e = Engine::open(&home).unwrap();
+    assert_eq!(everything(&e), before);
+    // Still writable, and the adopted log is the truth: the view can go.
+    e.tag("best:v2", "after:v1").unwrap();
+    drop(e);
+    std::fs::remove_dir_all(home.join("catalogue")).unwrap();
+    let e = Engine::open(&home).unwrap();
+    let mut now = everything(&e);
+    let added = now.refs.iter().position(|r| r.0 == "after:v1").unwrap();
+    now.refs.remove(added);
+    now.hits = before.hits.clone();
+    assert_eq!(now, before);
 }
 
 /// Threads of two replicas tagging one name at once: every call either lands or is a
@@ -218,7 +394,8 @@ fn racing_replicas_never_lose_a_landed_commit() {
 }
 
 /// A fresh replica (empty cache) rebuilds its view from the newest checkpoint and the
-/// log after it, and a cache of another bucket is dropped, not trusted.
+/// log after it, older checkpoints are removed, and a cache of another bucket is dropped,
+/// not trusted.
 #[test]
 fn a_fresh_replica_starts_from_the_checkpoint_and_the_log() {
     let dir = tmp();
@@ -230,8 +407,8 @@ fn a_fresh_replica_starts_from_the_checkpoint_and_the_log() {
     let dna = synth::member(&spec(4), 0, 0);
     let d = a.push(&dna, None, Default::default()).unwrap().digest;
     l.sync(&v).unwrap();
-    // Enough commits for a checkpoint, then a few more.
-    let total = vdna_db::ledger::CHECKPOINT_EVERY + 7;
+    // Enough commits for two checkpoints, then a few more.
+    let total = 2 * vdna_db::ledger::CHECKPOINT_EVERY + 7;
     while v.applied_seq().unwrap() < total {
         let i = v.applied_seq().unwrap();
         l.commit(
@@ -254,8 +431,9 @@ fn a_fresh_replica_starts_from_the_checkpoint_and_the_log() {
         .into_iter()
         .map(|(k, _)| k)
         .collect();
+    // Only the newest is kept: each holds the whole catalogue.
     assert_eq!(keys.len(), 1, "{keys:?}");
-    assert!(keys[0].contains(&format!("{:020}", vdna_db::ledger::CHECKPOINT_EVERY)));
+    assert!(keys[0].contains(&format!("{:020}", 2 * vdna_db::ledger::CHECKPOINT_EVERY)));
 
     let fresh = replica(&dir.path().join("fresh"), &loc, Duration::ZERO);
     let want: Vec<String> = v
