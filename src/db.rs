@@ -334,9 +334,13 @@ impl Db {
         None
     }
 
-    /// True when the store is in a bucket shared with other processes.
+    /// True when other processes may commit to the store meanwhile: a bucket, or a
+    /// directory store opened with this process's view elsewhere (`--home`).
     pub fn is_shared(&self) -> bool {
-        self.location.is_shared()
+        match &self.location {
+            Location::Local(store) => *store != self.home,
+            other => other.is_shared(),
+        }
     }
 
     /// On a bucket, catches the catalogue view up with every commit (none on the

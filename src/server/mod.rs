@@ -170,8 +170,9 @@ impl AppState {
             found
         };
         let mut found = find(&self.engine.tokens().map_err(ApiError::from)?);
-        if found.is_none() && self.engine.location().is_shared() {
-            // A token created through another replica a moment ago works here at once.
+        if found.is_none() {
+            // A token created through another process sharing the store (a replica, a
+            // CLI) a moment ago works here at once.
             self.engine.sync().map_err(ApiError::from)?;
             found = find(&self.engine.tokens().map_err(ApiError::from)?);
         }

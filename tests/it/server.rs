@@ -1450,3 +1450,69 @@ fn admin_commands_run_through_a_server_that_owns_the_store() {
         util::stderr(&o)
     );
 }
+
+/// A directory store shared by a running server and CLI processes, each with a view of
+/// its own (`--store DIR --home H`): no "busy" error, a token made by the CLI works on the
+/// server at once, and pushes through either side are seen by the other, as replicas
+/// over a bucket. The store's own view (`--home DIR`) stays free for a third process.
+#[test]
+fn a_server_and_clis_share_one_directory_store_through_its_log() {
+    let dir = util::tmp();
+    let store = dir.path().join("store");
+    let st = store.to_str().unwrap();
+    let view = |name: &str| dir.path().join(name);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vdna-db"));
+    cmd.args(["--store", st, "--home"])
+        .arg(view("server"))
+        .args(["--refresh", "0", "serve", "--addr", "127.0.0.1:0"]);
+    let srv = spawn_server(cmd);
+    let cli = |args: &[&str]| -> Value {
+        let mut a = vec!["--store", st, "--refresh", "0"];
+        a.extend_from_slice(args);
+        util::json(&view("cli"), &a)
+    };
+    let token = cli(&["token", "create", "--scope", "push"])["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let fix = root().join("fixtures/reference");
+    let g = fix.join("gradients-histogram-100.json");
+    let c = fix.join("checker-histogram-100.json");
+    cli(&["push", g.to_str().unwrap(), "--name", "g:v1"]);
+    // Through the server, with the token the CLI made a moment ago.
+    let client = view("client");
+    util::ok(
+        &client,
+        &[
+            "--remote",
+            &srv.url,
+            "--token",
+            &token,
+            "push",
+            c.to_str().unwrap(),
+            "--name",
+            "c:v1",
+        ],
+    );
+    let refs = |v: Value| -> BTreeSet<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["ref"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let want: BTreeSet<String> = ["g:v1".to_string(), "c:v1".to_string()].into();
+    assert_eq!(refs(cli(&["ls"])), want);
+    assert_eq!(
+        refs(util::json(&client, &["--remote", &srv.url, "ls"])),
+        want
+    );
+    // The store's own view, opened by a third process while the server runs.
+    assert_eq!(refs(util::json(&store, &["ls"])), want);
+    assert_eq!(
+        util::json(&store, &["verify"])["problems"]
+            .as_array()
+            .map(Vec::len),
+        Some(0)
+    );
+}
