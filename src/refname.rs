@@ -80,6 +80,12 @@ fn is_alnum(b: u8) -> bool {
     b.is_ascii_lowercase() || b.is_ascii_digit()
 }
 
+/// Whether `t` is a valid tag: 1-128 of `A-Za-z0-9_.-`, starting with a letter, digit
+/// or `_`.
+pub fn is_valid_tag(t: &str) -> bool {
+    valid_tag(t)
+}
+
 fn valid_tag(t: &str) -> bool {
     let b = t.as_bytes();
     !b.is_empty()

@@ -64,13 +64,77 @@ fn digest(s: &str) -> Res<Digest> {
     })
 }
 
+/// The longest ref or DNA spec the API takes (schema/openapi.json: `maxLength`).
+pub const MAX_SPEC_LEN: usize = 255;
+/// The largest `offset` of a listing (schema/openapi.json: `maximum`).
+pub const MAX_OFFSET: usize = 1_000_000_000;
+/// The most neurons a comparison lists (`top_neurons`).
+pub const MAX_TOP_NEURONS: usize = 1000;
+/// The longest grace period `gc` takes, in seconds (100 years).
+pub const MAX_GRACE_SECS: u64 = 3_153_600_000;
+
+fn too_long(what: &str, s: &str) -> Res<()> {
+    if s.len() > MAX_SPEC_LEN {
+        return Err(ApiError::bad_request(format!(
+            "{what} is {} characters long; at most {MAX_SPEC_LEN}",
+            s.len()
+        )));
+    }
+    Ok(())
+}
+
+/// A ref name (`name[:tag]`) as schema/openapi.json's `RefName` allows it.
 fn refname(s: &str) -> Res<RefName> {
+    too_long("the ref", s)?;
     RefName::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
-/// Parses a JSON body, refusing it with a JSON 400 (not axum's plain-text rejection).
+/// A DNA named by a ref, a digest or a digest prefix of 8+ hex digits (`DnaSpec`).
+fn spec(what: &str, s: &str) -> Res<String> {
+    too_long(what, s)?;
+    let is_digest = s
+        .strip_prefix("sha256:")
+        .is_some_and(|h| (8..=64).contains(&h.len()) && h.bytes().all(|b| b.is_ascii_hexdigit()));
+    if !is_digest {
+        RefName::parse(s).map_err(|e| {
+            ApiError::bad_request(format!(
+                "{what}: not a ref name, a digest or a digest prefix of 8+ hex digits ({e})"
+            ))
+        })?;
+    }
+    Ok(s.to_string())
+}
+
+/// JSON Schema counts `5.0` as an integer; serde does not. Numbers with no fractional part
+/// that fit a u64 or i64 become integers, so `"k": 5.0` means `"k": 5` as the document says.
+fn integral_floats_as_integers(v: &mut Value) {
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            if f.fract() == 0.0 && f >= 0.0 && f < u64::MAX as f64 {
+                *v = Value::from(f as u64);
+            } else if f.fract() == 0.0 && f < 0.0 && f >= i64::MIN as f64 {
+                *v = Value::from(f as i64);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(integral_floats_as_integers),
+        Value::Object(o) => o.values_mut().for_each(integral_floats_as_integers),
+        _ => {}
+    }
+}
+
+/// Parses a JSON body that must be an object, refusing anything else with a JSON 400
+/// (not axum's plain-text rejection; serde alone would take `[]` for a struct).
 fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Res<T> {
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("request body: {e}")))
+    let mut v: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("request body: {e}")))?;
+    integral_floats_as_integers(&mut v);
+    if !v.is_object() {
+        return Err(ApiError::bad_request(
+            "request body: expected a JSON object",
+        ));
+    }
+    serde_json::from_value(v).map_err(|e| ApiError::bad_request(format!("request body: {e}")))
 }
 
 fn parse_query<T>(q: Result<Query<T>, QueryRejection>) -> Res<T> {
@@ -136,6 +200,8 @@ pub async fn put_blob(
             crate::Error::Invalid(m) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "digest_mismatch", m)
             }
+            // Bytes that are not an encoded object at all: a malformed body.
+            crate::Error::Format(f) => ApiError::bad_request(format!("request body: {f}")),
             other => other.into(),
         })
     })
@@ -234,7 +300,18 @@ pub async fn datasets(
     p: Result<Query<DatasetQuery>, QueryRejection>,
 ) -> Res<Json<Value>> {
     let p = parse_query(p)?;
-    let limit = p.limit.unwrap_or(50).min(1000);
+    let limit = p.limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit {limit}: give 1 to 1000 (page with offset)"
+        )));
+    }
+    if p.offset > MAX_OFFSET {
+        return Err(ApiError::bad_request(format!(
+            "offset {}: at most {MAX_OFFSET}",
+            p.offset
+        )));
+    }
     blocking(&st, move |db| {
         let mut rows = db.list()?;
         if let Some(q) =
@@ -267,6 +344,7 @@ pub async fn dataset(
     State(st): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Res<Json<Value>> {
+    let name = spec("the dataset", &name)?;
     blocking(&st, move |db| {
         let (d, n) = db.resolve(&name)?;
         let stored = db.open_dna(&d)?;
@@ -291,31 +369,40 @@ pub async fn dataset(
 pub async fn compare(State(st): State<Arc<AppState>>, body: Bytes) -> Res<Json<Comparison>> {
     let b: CompareBody = parse_json(&body)?;
     let m = metric(&b.metric)?;
+    spec("a", &b.a)?;
+    spec("b", &b.b)?;
+    if b.top_neurons > MAX_TOP_NEURONS {
+        return Err(ApiError::bad_request(format!(
+            "top_neurons {}: at most {MAX_TOP_NEURONS}",
+            b.top_neurons
+        )));
+    }
     heavy(&st, move |db| {
         let open = |s: &str| -> Res<AnyDna> {
             let (d, _) = db.resolve(s)?;
             Ok(AnyDna::Stored(db.open_dna(&d)?))
         };
         let (x, y) = (open(&b.a)?, open(&b.b)?);
-        Ok(Json(db.compare(
-            &x,
-            &y,
-            &b.mask,
-            m,
-            b.top_neurons.min(1000),
-        )?))
+        Ok(Json(db.compare(&x, &y, &b.mask, m, b.top_neurons)?))
     })
     .await
 }
 
 fn request(q: &QueryBody) -> Res<QueryRequest> {
+    if let Some(t) = &q.tag {
+        if !crate::refname::is_valid_tag(t) {
+            return Err(ApiError::bad_request(format!(
+                "tag {t:?}: 1-128 of A-Z a-z 0-9 _ . -, not starting with . or -"
+            )));
+        }
+    }
     q.to_request().map_err(ApiError::bad_request)
 }
 
 pub async fn query(State(st): State<Arc<AppState>>, body: Bytes) -> Res<Json<QueryResult>> {
     let q: QueryBody = parse_json(&body)?;
     let req = request(&q)?;
-    let Some(spec) = q.reference.clone() else {
+    let Some(spec) = q.reference.as_deref().map(|r| spec("ref", r)).transpose()? else {
         return Err(ApiError::bad_request(
             "give \"ref\" (a stored name or digest), or POST a .vdna bundle to /v1/query/bundle",
         ));
@@ -398,6 +485,12 @@ pub async fn create_token(
 ) -> Res<Response> {
     need(caller, Access::Admin)?;
     let b: TokenCreate = parse_json(&body)?;
+    if b.scope != "push" && b.scope != "admin" {
+        return Err(ApiError::bad_request(format!(
+            "scope {:?}: push or admin",
+            b.scope
+        )));
+    }
     let created = blocking(&st, move |db| {
         let (token, rec) = db.create_token(&b.scope, &b.label)?;
         Ok(TokenCreated {
@@ -431,6 +524,11 @@ pub async fn gc(
 ) -> Res<Json<crate::engine::GcReport>> {
     need(caller, Access::Admin)?;
     let b: GcBody = parse_json_or_default(&body)?;
+    if b.grace_secs.is_some_and(|g| g > MAX_GRACE_SECS) {
+        return Err(ApiError::bad_request(format!(
+            "grace_secs: at most {MAX_GRACE_SECS}"
+        )));
+    }
     blocking(&st, move |db| {
         Ok(Json(
             db.gc(b.grace_secs.map(std::time::Duration::from_secs))?,
@@ -456,5 +554,8 @@ pub async fn reindex(
 ) -> Res<Json<crate::engine::ReindexReport>> {
     need(caller, Access::Admin)?;
     let b: ReindexBody = parse_json_or_default(&body)?;
+    if b.graphs_min == Some(0) {
+        return Err(ApiError::bad_request("graphs_min: at least 1"));
+    }
     heavy(&st, move |db| Ok(Json(db.reindex(b.graphs_min)?))).await
 }

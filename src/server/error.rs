@@ -57,13 +57,17 @@ impl From<Error> for ApiError {
         use StatusCode as S;
         let msg = e.to_string();
         match &e {
+            // A request the API layer found well-formed (400 is its answer otherwise, see
+            // server::api) that the store cannot carry out: a mask naming no layer of the
+            // DNA's space, an uploaded DNA whose layers do not fit its space, an ambiguous
+            // digest prefix. 422, as schema/openapi.json documents.
             Error::Format(_)
             | Error::Mask(_)
             | Error::Reference(_)
             | Error::RefName(_)
-            | Error::Invalid(_) => ApiError::new(S::BAD_REQUEST, "invalid", msg),
+            | Error::Invalid(_) => ApiError::new(S::UNPROCESSABLE_ENTITY, "invalid", msg),
             #[cfg(feature = "extract")]
-            Error::Extract(_) => ApiError::new(S::BAD_REQUEST, "invalid", msg),
+            Error::Extract(_) => ApiError::new(S::UNPROCESSABLE_ENTITY, "invalid", msg),
             Error::NotFound(_) => ApiError::new(S::NOT_FOUND, "not_found", msg),
             Error::SpaceMismatch(_) => ApiError::new(S::CONFLICT, "space_mismatch", msg),
             Error::Conflict(_) => ApiError::new(S::CONFLICT, "conflict", msg),

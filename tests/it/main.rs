@@ -4,6 +4,7 @@
 mod cli;
 mod compat;
 mod concurrency;
+mod contract;
 mod crash;
 mod decoders;
 mod extract;

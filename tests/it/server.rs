@@ -323,10 +323,18 @@ fn a_dna_pushed_blob_by_blob_is_committed_queried_and_compared() {
         );
         // Bad requests: mask, k, metric, bundle, unknown ref.
         for (body, code) in [
+            // Well-formed, but no layer of the space matches: 422, as documented.
             (
                 json!({"ref": "lab/set-0-0:v1", "mask": "nope_*"}),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            // Outside what the document allows: 400.
+            (
+                json!({"ref": "lab/set-0-0:v1", "tag": ""}),
                 StatusCode::BAD_REQUEST,
             ),
+            (json!({"ref": ""}), StatusCode::BAD_REQUEST),
+            (json!([]), StatusCode::BAD_REQUEST),
             (
                 json!({"ref": "lab/set-0-0:v1", "k": 0}),
                 StatusCode::BAD_REQUEST,
