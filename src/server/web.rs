@@ -67,6 +67,7 @@ th{font-size:12px;text-transform:uppercase;letter-spacing:.04em;color:var(--mut)
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 a{color:var(--acc)}code,.mono{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:13px}
 .tag{display:inline-block;background:#eef2fb;color:#33415c;border-radius:999px;padding:1px 9px;margin:1px 3px 1px 0;font-size:12px}
+details.ann{display:inline-block;max-width:100%;vertical-align:top}details.ann>summary{cursor:pointer;list-style:none}details.ann>summary::-webkit-details-marker{display:none}details.ann pre{white-space:pre-wrap;overflow-wrap:anywhere;max-width:60ch;max-height:20em;overflow:auto;font-size:12px;background:#f6f8fc;border-radius:6px;padding:6px 8px;margin:4px 0}
 .muted{color:var(--mut)}form.inline{display:flex;gap:10px;flex-wrap:wrap;align-items:end}
 input,select,button{font:inherit;padding:7px 10px;border:1px solid #c9cfdb;border-radius:7px;background:#fff}
 button{background:var(--acc);color:#fff;border-color:var(--acc);cursor:pointer}
@@ -129,9 +130,32 @@ fn human(n: u64) -> String {
     }
 }
 
+/// Annotation values longer than this many characters are collapsed to their start.
+const ANN_INLINE: usize = 48;
+
+/// Annotations as chips. A long value (a reference DNA's `reference.metadata` JSON runs to
+/// hundreds of characters) shows its start on one line; the whole of it (JSON
+/// pretty-printed) is one click away in a `<details>`, which needs no script.
 fn tags(ann: &BTreeMap<String, String>) -> String {
     ann.iter()
-        .map(|(k, v)| format!("<span class=tag>{}={}</span>", esc(k), esc(v)))
+        .map(|(k, v)| {
+            if v.chars().count() <= ANN_INLINE {
+                return format!("<span class=tag>{}={}</span>", esc(k), esc(v));
+            }
+            let head: String = v.chars().take(ANN_INLINE - 8).collect();
+            let whole = serde_json::from_str::<serde_json::Value>(v)
+                .ok()
+                .filter(|j| j.is_object() || j.is_array())
+                .and_then(|j| serde_json::to_string_pretty(&j).ok())
+                .unwrap_or_else(|| v.clone());
+            format!(
+                "<details class=ann><summary><span class=tag title='{} characters: click to expand'>{}={}…</span></summary><pre>{}</pre></details>",
+                v.chars().count(),
+                esc(k),
+                esc(&head),
+                esc(&whole)
+            )
+        })
         .collect()
 }
 

@@ -1524,3 +1524,55 @@ fn a_server_and_clis_share_one_directory_store_through_its_log() {
         Some(0)
     );
 }
+
+/// A long annotation (a reference DNA's metadata JSON) is collapsed to one line in the
+/// catalogue, its whole value (pretty-printed) one click away in a `<details>`, so the
+/// table no longer runs off the page; short ones stay chips.
+#[test]
+fn long_annotations_are_collapsed_to_one_line_in_the_catalogue() {
+    rt().block_on(async {
+        let f = fixture(false, 1 << 20);
+        let long = format!(
+            "{{\"images\": 1000, \"note\": \"{}\"}}",
+            "many words about the dataset ".repeat(12)
+        );
+        let ann = [
+            ("reference.metadata".to_string(), long.clone()),
+            ("split".to_string(), "val".to_string()),
+        ]
+        .into();
+        f.state
+            .engine
+            .push(
+                &small_dna(3, 0),
+                Some(&vdna_db::refname::RefName::parse("lab/long:v1").unwrap()),
+                ann,
+            )
+            .unwrap();
+        let (s, page) = call(&f, Method::GET, "/", None, Body::empty()).await;
+        assert_eq!(s, StatusCode::OK);
+        let page = String::from_utf8_lossy(&page);
+        assert!(page.contains("<span class=tag>split=val</span>"), "{page}");
+        let at = page.find("reference.metadata=").unwrap();
+        let details = page[..at].rfind("<details class=ann>").unwrap();
+        let summary_end = details + page[details..].find("</summary>").unwrap();
+        // The summary line holds the start of the value only; the body holds all of it.
+        assert!(
+            summary_end - details < 200,
+            "{}",
+            &page[details..summary_end]
+        );
+        assert!(!page[details..summary_end].contains("many words about the dataset many words"));
+        let body_end = summary_end + page[summary_end..].find("</details>").unwrap();
+        let body = &page[summary_end..body_end];
+        assert_eq!(
+            body.matches("many words about the dataset").count(),
+            12,
+            "{body}"
+        );
+        assert!(
+            body.contains("&quot;images&quot;: 1000"),
+            "pretty-printed JSON: {body}"
+        );
+    });
+}
