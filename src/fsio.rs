@@ -27,20 +27,31 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// Writes `bytes` to `path` atomically and durably: temporary file in the same directory,
-/// fsync, rename, fsync of the directory.
-pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+/// The directory of `path` and a fresh temporary name in it.
+fn dir_and_tmp(path: &Path) -> (PathBuf, PathBuf) {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
     let tmp = dir.join(format!(".{}", tmp_name()));
+    (dir, tmp)
+}
+
+/// Writes `bytes` to a new file at `tmp` and fsyncs it.
+fn write_synced(tmp: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut f = std::fs::File::create(tmp)?;
+    failpoint!("file::write");
+    f.write_all(bytes)?;
+    failpoint!("file::fsync");
+    f.sync_all()
+}
+
+/// Writes `bytes` to `path` atomically and durably: temporary file in the same directory,
+/// fsync, rename, fsync of the directory.
+pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let (dir, tmp) = dir_and_tmp(path);
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        failpoint!("file::write");
-        f.write_all(bytes)?;
-        failpoint!("file::fsync");
-        f.sync_all()?;
+        write_synced(&tmp, bytes)?;
         failpoint!("file::rename");
         std::fs::rename(&tmp, path)?;
         failpoint!("file::dir_fsync");
@@ -59,17 +70,9 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// Returns false, having written nothing under `path`, when the name was taken. The local
 /// counterpart of an object store's `If-None-Match: *`.
 pub fn create_file_new(path: &Path, bytes: &[u8]) -> io::Result<bool> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let tmp = dir.join(format!(".{}", tmp_name()));
+    let (dir, tmp) = dir_and_tmp(path);
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        failpoint!("file::write");
-        f.write_all(bytes)?;
-        failpoint!("file::fsync");
-        f.sync_all()?;
+        write_synced(&tmp, bytes)?;
         failpoint!("file::link");
         match std::fs::hard_link(&tmp, path) {
             Ok(()) => {}

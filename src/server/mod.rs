@@ -247,6 +247,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/", get(web::catalogue))
         .route("/d/{*name}", get(web::dataset))
         .route("/compare", get(web::compare))
+        .route("/plot/neuron.svg", get(web::neuron_plot))
         .route("/query", get(web::query_page))
         .route("/query/upload", post(web::query_upload))
         .route("/favicon.ico", get(web::favicon))

@@ -5,8 +5,10 @@
 //! - `/d/{name}` a dataset: metadata, digests, one plot per layer of where its neurons'
 //!   distributions sit (quartiles of the per-neuron means, and the mean spread), and its
 //!   nearest datasets under all neurons.
-//! - `/compare?a=&b=&mask=` two datasets: per-layer distance bars and the most different
-//!   neurons.
+//! - `/compare?a=&b=&mask=` two datasets: per-layer distance bars, the most different
+//!   neurons and, for the first three, their distributions overlaid.
+//! - `/plot/neuron.svg?a=&b=&layer=&neuron=` one neuron's distributions in one or two
+//!   datasets with their per-neuron distance, as a standalone SVG.
 //! - `/query?ref=&mask=&k=` (and an upload form posting a `.vdna` bundle to
 //!   `/query/upload`): ranked results with per-layer bars.
 
@@ -67,6 +69,7 @@ th{font-size:12px;text-transform:uppercase;letter-spacing:.04em;color:var(--mut)
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 a{color:var(--acc)}code,.mono{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:13px}
 .tag{display:inline-block;background:#eef2fb;color:#33415c;border-radius:999px;padding:1px 9px;margin:1px 3px 1px 0;font-size:12px}
+.plots img{max-width:100%;height:auto;border:1px solid var(--line);border-radius:6px}.plots figure{margin:0 0 12px}
 details.ann{display:inline-block;max-width:100%;vertical-align:top}details.ann>summary{cursor:pointer;list-style:none}details.ann>summary::-webkit-details-marker{display:none}details.ann pre{white-space:pre-wrap;overflow-wrap:anywhere;max-width:60ch;max-height:20em;overflow:auto;font-size:12px;background:#f6f8fc;border-radius:6px;padding:6px 8px;margin:4px 0}
 .muted{color:var(--mut)}form.inline{display:flex;gap:10px;flex-wrap:wrap;align-items:end}
 input,select,button{font:inherit;padding:7px 10px;border:1px solid #c9cfdb;border-radius:7px;background:#fff}
@@ -557,6 +560,26 @@ pub async fn compare(
             bars(&c.per_layer.iter().map(|l| (l.layer.clone(), l.distance)).collect::<Vec<_>>()),
             bars(&c.top_neurons.iter().map(|n| (format!("{}#{}", n.layer, n.index), n.distance)).collect::<Vec<_>>())
         );
+        if !c.top_neurons.is_empty() {
+            b.push_str("<div class=card><h2>Their distributions</h2><div class=plots>");
+            for n in c.top_neurons.iter().take(3) {
+                let url = format!(
+                    "/plot/neuron.svg?a={}&amp;b={}&amp;layer={}&amp;neuron={}",
+                    crate::protocol::urlencode(&a),
+                    crate::protocol::urlencode(&bb),
+                    crate::protocol::urlencode(&n.layer),
+                    n.index
+                );
+                let _ = write!(
+                    b,
+                    "<figure><a href='{url}'><img src='{url}' width=640 height=320 loading=lazy alt='{}'></a><figcaption>{}#{} · <a href='{url}'>SVG</a></figcaption></figure>",
+                    esc(&format!("distributions of neuron {} of layer {} in {a} and {bb}", n.index, n.layer)),
+                    esc(&n.layer),
+                    n.index
+                );
+            }
+            b.push_str("</div></div>");
+        }
     }
     Ok(page("Compare", &b).into_response())
 }
@@ -679,4 +702,231 @@ pub async fn favicon() -> Response {
         [(header::CACHE_CONTROL, "max-age=86400")],
     )
         .into_response()
+}
+
+#[derive(Deserialize, Default)]
+pub struct NeuronPlotParams {
+    a: Option<String>,
+    b: Option<String>,
+    layer: Option<String>,
+    neuron: Option<usize>,
+}
+
+/// One neuron's distribution in one DNA.
+enum NeuronDist {
+    /// Counts per bin.
+    Hist(Vec<u32>),
+    /// Mean and variance.
+    Gauss(f64, f64),
+}
+
+/// `GET /plot/neuron.svg?a=A[&b=B]&layer=L&neuron=I`: neuron I of layer L in dataset A, or
+/// in A and B overlaid (histograms as step plots of the bin frequencies over the space's
+/// normalised range, Gaussians as density curves), titled with their per-neuron EMD or
+/// NFD. A standalone SVG, to open from the compare page or embed in a paper or notebook.
+pub async fn neuron_plot(
+    State(st): State<Arc<AppState>>,
+    Query(p): Query<NeuronPlotParams>,
+) -> Result<Response, Response> {
+    let (Some(a), Some(layer), Some(neuron)) = (p.a, p.layer, p.neuron) else {
+        return Err(error_page(
+            StatusCode::BAD_REQUEST,
+            "give a (a dataset), layer (a layer name) and neuron (its index); b (a second dataset) is optional",
+        ));
+    };
+    let b = p.b.filter(|s| !s.is_empty());
+    let svg = blocking(&st, move |db| {
+        let mut series = Vec::new();
+        let mut range = [-1.0, 1.0];
+        let mut space = None;
+        for spec in std::iter::once(&a).chain(b.as_ref()) {
+            let (d, n) = db.resolve(spec)?;
+            let dna = db.open_dna(&d)?;
+            if let Some(s) = space {
+                if s != dna.manifest.space {
+                    return Err(ApiError::from(crate::Error::SpaceMismatch(format!(
+                        "{a} and {spec} are DNAs of different spaces"
+                    ))));
+                }
+            }
+            space = Some(dna.manifest.space);
+            range = dna.space.hist_range.unwrap_or(range);
+            let names: Vec<&str> = dna.space.layers.iter().map(|l| l.name.as_str()).collect();
+            let li = names.iter().position(|l| *l == layer).ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "no layer {layer:?} in the space of {spec} (its layers: {})",
+                    names.join(", ")
+                ))
+            })?;
+            let buf = dna.layer(li)?;
+            let view = buf.view();
+            if neuron >= view.neurons() {
+                return Err(ApiError::not_found(format!(
+                    "layer {layer} has {} neurons; neuron {neuron} is past its end",
+                    view.neurons()
+                )));
+            }
+            let dist = match view {
+                crate::format::LayerView::Histogram { bins, counts, .. } => {
+                    NeuronDist::Hist(counts[neuron * bins..(neuron + 1) * bins].to_vec())
+                }
+                crate::format::LayerView::Gaussian { mean, var } => {
+                    NeuronDist::Gauss(mean[neuron], var[neuron])
+                }
+                _ => {
+                    return Err(ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "invalid",
+                        format!(
+                            "{spec}: a {} DNA keeps no distribution per neuron",
+                            dna.manifest.dist
+                        ),
+                    ))
+                }
+            };
+            let label = n.map(|n| n.to_string()).unwrap_or_else(|| d.short());
+            series.push((label, dist));
+        }
+        Ok(neuron_svg(&layer, neuron, range, &series))
+    })
+    .await?;
+    Ok(([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response())
+}
+
+/// The SVG of [`neuron_plot`]: 640 x 320, one path per dataset.
+fn neuron_svg(
+    layer: &str,
+    neuron: usize,
+    range: [f64; 2],
+    series: &[(String, NeuronDist)],
+) -> String {
+    const W: f64 = 640.0;
+    const H: f64 = 320.0;
+    const L: f64 = 48.0;
+    const R: f64 = 16.0;
+    const T: f64 = 56.0;
+    const B: f64 = 32.0;
+    const COLORS: [&str; 2] = ["#3b5bdb", "#e8590c"];
+    // Each series as points (x in data units, y a density or a frequency).
+    let mut curves: Vec<Vec<(f64, f64)>> = Vec::new();
+    let (mut x0, mut x1) = (range[0], range[1]);
+    let gauss: Vec<(f64, f64)> = series
+        .iter()
+        .filter_map(|(_, d)| match d {
+            NeuronDist::Gauss(m, v) => Some((*m, v.max(1e-12).sqrt())),
+            NeuronDist::Hist(_) => None,
+        })
+        .collect();
+    if !gauss.is_empty() {
+        x0 = gauss
+            .iter()
+            .map(|(m, s)| m - 4.0 * s)
+            .fold(f64::INFINITY, f64::min);
+        x1 = gauss
+            .iter()
+            .map(|(m, s)| m + 4.0 * s)
+            .fold(f64::NEG_INFINITY, f64::max);
+    }
+    for (_, d) in series {
+        curves.push(match d {
+            NeuronDist::Hist(c) => {
+                let total: u64 = c.iter().map(|&x| x as u64).sum::<u64>().max(1);
+                let w = (range[1] - range[0]) / c.len().max(1) as f64;
+                // A step plot: each bin's frequency held across the bin.
+                let mut pts = Vec::with_capacity(2 * c.len());
+                for (i, &n) in c.iter().enumerate() {
+                    let f = n as f64 / total as f64;
+                    pts.push((range[0] + i as f64 * w, f));
+                    pts.push((range[0] + (i + 1) as f64 * w, f));
+                }
+                pts
+            }
+            NeuronDist::Gauss(m, v) => {
+                let s = v.max(1e-12).sqrt();
+                (0..=200)
+                    .map(|i| {
+                        let x = x0 + (x1 - x0) * i as f64 / 200.0;
+                        let z = (x - m) / s;
+                        (
+                            x,
+                            (-0.5 * z * z).exp() / (s * (2.0 * std::f64::consts::PI).sqrt()),
+                        )
+                    })
+                    .collect()
+            }
+        });
+    }
+    let ymax = curves
+        .iter()
+        .flatten()
+        .map(|p| p.1)
+        .fold(0.0f64, f64::max)
+        .max(1e-12);
+    let sx = |x: f64| L + (x - x0) / (x1 - x0).max(1e-300) * (W - L - R);
+    let sy = |y: f64| H - B - y / ymax * (H - T - B);
+    let distance = match (series.first(), series.get(1)) {
+        (Some((_, NeuronDist::Hist(a))), Some((_, NeuronDist::Hist(b)))) => {
+            Some(("EMD", crate::distance::emd_neuron(a, b)))
+        }
+        (Some((_, NeuronDist::Gauss(m1, v1))), Some((_, NeuronDist::Gauss(m2, v2)))) => {
+            Some(("NFD", crate::distance::nfd_neuron(*m1, *v1, *m2, *v2)))
+        }
+        _ => None,
+    };
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{W}' height='{H}' viewBox='0 0 {W} {H}' font-family='sans-serif' font-size='12' role='img' aria-label='{}'>",
+        esc(&format!("neuron {neuron} of layer {layer}"))
+    );
+    let _ = write!(
+        s,
+        "<rect width='{W}' height='{H}' fill='#fff'/><text x='{L}' y='20' font-size='14' font-weight='bold'>{}#{neuron}</text>",
+        esc(layer)
+    );
+    if let Some((name, d)) = distance {
+        let _ = write!(
+            s,
+            "<text id='distance' x='{}' y='20' text-anchor='end' data-metric='{name}' data-distance='{d:e}'>{name} = {d:.6}</text>",
+            W - R
+        );
+    }
+    for (i, ((label, _), pts)) in series.iter().zip(&curves).enumerate() {
+        let color = COLORS[i % 2];
+        let _ = write!(
+            s,
+            "<text x='{}' y='40' fill='{color}'>{} {}</text>",
+            L + i as f64 * 280.0,
+            if i == 0 { "A" } else { "B" },
+            esc(label)
+        );
+        let d: String = pts
+            .iter()
+            .enumerate()
+            .map(|(j, (x, y))| {
+                format!(
+                    "{}{:.2},{:.2}",
+                    if j == 0 { 'M' } else { 'L' },
+                    sx(*x),
+                    sy(*y)
+                )
+            })
+            .collect();
+        let _ = write!(
+            s,
+            "<path class='dist' d='{d}' fill='none' stroke='{color}' stroke-width='1.5' stroke-opacity='0.9'/>"
+        );
+    }
+    // Axes: the x range at both ends and the y scale's top.
+    let _ = write!(
+        s,
+        "<line x1='{L}' y1='{y}' x2='{x2}' y2='{y}' stroke='#888'/><line x1='{L}' y1='{T}' x2='{L}' y2='{y}' stroke='#888'/>\
+         <text x='{L}' y='{ty}' text-anchor='middle'>{x0:.3}</text><text x='{x2}' y='{ty}' text-anchor='middle'>{x1:.3}</text>\
+         <text x='{lx}' y='{T}' text-anchor='end' dominant-baseline='middle'>{ymax:.3}</text><text x='{lx}' y='{y}' text-anchor='end'>0</text></svg>",
+        y = H - B,
+        x2 = W - R,
+        ty = H - B + 16.0,
+        lx = L - 4.0,
+    );
+    s
 }

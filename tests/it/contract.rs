@@ -12,7 +12,7 @@
 //! VDNA_DB_REQUIRE_SCHEMATHESIS=1 (CI sets it).
 
 use std::collections::BTreeSet;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::Value;
 
@@ -20,20 +20,13 @@ use crate::server::start_server;
 use crate::util::{self, root};
 
 fn schemathesis_installed() -> bool {
-    let found = Command::new("st")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var("VDNA_DB_REQUIRE_SCHEMATHESIS").as_deref() != Ok("1"),
-            "schemathesis is not installed (pip install schemathesis), and VDNA_DB_REQUIRE_SCHEMATHESIS=1"
-        );
-        eprintln!("skipped: schemathesis is not installed (pip install schemathesis)");
-    }
-    found
+    util::installed(
+        "st",
+        "--version",
+        "schemathesis",
+        "pip install schemathesis",
+        "VDNA_DB_REQUIRE_SCHEMATHESIS",
+    )
 }
 
 fn env_or(k: &str, d: &str) -> String {

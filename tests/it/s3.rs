@@ -37,23 +37,9 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// True when `program arg` runs; otherwise says so (a failure under
-/// VDNA_DB_REQUIRE_S3=1, as in CI) and the caller skips.
+/// [`util::installed`] under VDNA_DB_REQUIRE_S3.
 fn installed(program: &str, arg: &str, what: &str, how: &str) -> bool {
-    let found = Command::new(program)
-        .arg(arg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var("VDNA_DB_REQUIRE_S3").as_deref() != Ok("1"),
-            "{what} is not installed ({how}), and VDNA_DB_REQUIRE_S3=1"
-        );
-        eprintln!("skipped: {what} is not installed ({how})");
-    }
-    found
+    crate::util::installed(program, arg, what, how, "VDNA_DB_REQUIRE_S3")
 }
 
 /// Starts moto's server, or `None` (after saying why) when it is not installed and CI

@@ -17,7 +17,12 @@ use vdna_db::{synth, Db};
 use crate::util::{self, root};
 
 fn small_dna(family: usize, member: usize) -> vdna_db::dna::Dna {
-    let spec = synth::CatalogueSpec {
+    synth::member(&small_spec(), family, member)
+}
+
+/// The catalogue `small_dna` draws from: 2 layers of 8 neurons, 16 bins.
+fn small_spec() -> synth::CatalogueSpec {
+    synth::CatalogueSpec {
         seed: 5,
         families: 2,
         members: 2,
@@ -27,8 +32,7 @@ fn small_dna(family: usize, member: usize) -> vdna_db::dna::Dna {
         images: 8,
         positions: 16,
         spread: 1.0,
-    };
-    synth::member(&spec, family, member)
+    }
 }
 
 struct Fixture {
@@ -1573,6 +1577,138 @@ fn long_annotations_are_collapsed_to_one_line_in_the_catalogue() {
         assert!(
             body.contains("&quot;images&quot;: 1000"),
             "pretty-printed JSON: {body}"
+        );
+    });
+}
+
+/// The neuron plot: an SVG of one neuron's distributions in two datasets, titled with
+/// their per-neuron distance, which must equal a straightforward computation from the
+/// stored counts (EMD in bin units) or the stored moments (NFD); the compare page embeds
+/// it for its most different neurons.
+#[test]
+fn neuron_plots_draw_both_distributions_with_their_distance() {
+    rt().block_on(async {
+        let f = fixture(false, 1 << 20);
+        let e = &f.state.engine;
+        let name = |s: &str| vdna_db::refname::RefName::parse(s).unwrap();
+        let da = e
+            .push(&small_dna(0, 0), Some(&name("p/a:v1")), Default::default())
+            .unwrap()
+            .digest;
+        let db = e
+            .push(&small_dna(1, 1), Some(&name("p/b:v1")), Default::default())
+            .unwrap()
+            .digest;
+        let gspec = synth::CatalogueSpec {
+            dist: vdna_db::format::DistKind::Gaussian,
+            ..small_spec()
+        };
+        let ga = e
+            .push(
+                &synth::member(&gspec, 0, 0),
+                Some(&name("p/ga:v1")),
+                Default::default(),
+            )
+            .unwrap()
+            .digest;
+        let gb = e
+            .push(
+                &synth::member(&gspec, 1, 0),
+                Some(&name("p/gb:v1")),
+                Default::default(),
+            )
+            .unwrap()
+            .digest;
+        let distance = |svg: &str| -> f64 {
+            let at = svg.find("data-distance='").unwrap() + "data-distance='".len();
+            svg[at..at + svg[at..].find('\'').unwrap()].parse().unwrap()
+        };
+        let get = |path: String| {
+            let f = &f;
+            async move {
+                let (s, b) = call(f, Method::GET, &path, None, Body::empty()).await;
+                (s, String::from_utf8(b).unwrap())
+            }
+        };
+        // Histograms: EMD = sum over bins of |CDF_a - CDF_b|, each normalised by its total.
+        let (sa, sb) = (e.open_dna(&da).unwrap(), e.open_dna(&db).unwrap());
+        let layer = sa.space.layers[1].name.clone();
+        for neuron in [0usize, 5] {
+            let (s, svg) = get(format!(
+                "/plot/neuron.svg?a=p/a:v1&b=p/b:v1&layer={layer}&neuron={neuron}"
+            ))
+            .await;
+            assert_eq!(s, StatusCode::OK, "{svg}");
+            assert!(
+                svg.starts_with("<svg") && svg.matches("<path class='dist'").count() == 2,
+                "{svg}"
+            );
+            let counts = |d: &vdna_db::stored::StoredDna| -> Vec<f64> {
+                match d.layer(1).unwrap().view() {
+                    vdna_db::format::LayerView::Histogram { bins, counts, .. } => counts
+                        [neuron * bins..(neuron + 1) * bins]
+                        .iter()
+                        .map(|&c| c as f64)
+                        .collect(),
+                    _ => unreachable!(),
+                }
+            };
+            let (ca, cb) = (counts(&sa), counts(&sb));
+            let (ta, tb): (f64, f64) = (ca.iter().sum(), cb.iter().sum());
+            let (mut acc_a, mut acc_b, mut want) = (0.0, 0.0, 0.0);
+            for (x, y) in ca.iter().zip(&cb) {
+                acc_a += x / ta;
+                acc_b += y / tb;
+                want += (acc_a - acc_b).abs();
+            }
+            assert!(
+                util::rel(distance(&svg), want) < 1e-9,
+                "{} vs {want}",
+                distance(&svg)
+            );
+        }
+        // Gaussians: NFD = (m1 - m2)^2 + v1 + v2 - 2 sqrt(v1 v2).
+        let (ra, rb) = (e.open_dna(&ga).unwrap(), e.open_dna(&gb).unwrap());
+        let glayer = ra.space.layers[0].name.clone();
+        let (s, svg) = get(format!(
+            "/plot/neuron.svg?a=p/ga:v1&b=p/gb:v1&layer={glayer}&neuron=2"
+        ))
+        .await;
+        assert_eq!(s, StatusCode::OK, "{svg}");
+        let moments = |d: &vdna_db::stored::StoredDna| match d.layer(0).unwrap().view() {
+            vdna_db::format::LayerView::Gaussian { mean, var } => (mean[2], var[2]),
+            _ => unreachable!(),
+        };
+        let ((m1, v1), (m2, v2)) = (moments(&ra), moments(&rb));
+        let want = (m1 - m2).powi(2) + v1 + v2 - 2.0 * (v1 * v2).sqrt();
+        assert!(svg.contains("data-metric='NFD'"), "{svg}");
+        assert!(util::rel(distance(&svg), want) < 1e-9);
+        // One dataset alone: one curve, no distance. Bad requests are clear.
+        let (s, svg) = get(format!("/plot/neuron.svg?a=p/a:v1&layer={layer}&neuron=0")).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(svg.matches("<path class='dist'").count(), 1);
+        assert!(!svg.contains("data-distance"));
+        let (s, page) = get("/plot/neuron.svg?a=p/a:v1&layer=nope&neuron=0".into()).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        assert!(page.contains("no layer") && page.contains(&layer), "{page}");
+        let (s, _) = get(format!(
+            "/plot/neuron.svg?a=p/a:v1&layer={layer}&neuron=999"
+        ))
+        .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        let (s, _) = get(format!(
+            "/plot/neuron.svg?a=p/a:v1&b=p/ga:v1&layer={layer}&neuron=0"
+        ))
+        .await;
+        assert_eq!(s, StatusCode::CONFLICT);
+        // The compare page shows the plots of its most different neurons.
+        let (s, page) = get("/compare?a=p/a:v1&b=p/b:v1".into()).await;
+        assert_eq!(s, StatusCode::OK);
+        assert!(
+            page.matches("<img src='/plot/neuron.svg?a=p%2Fa%3Av1&amp;b=p%2Fb%3Av1")
+                .count()
+                >= 1,
+            "{page}"
         );
     });
 }

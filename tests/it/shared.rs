@@ -179,17 +179,7 @@ fn views_over_one_directory_store_agree_with_a_store_of_their_own() {
 fn of_two_writers_setting_one_ref_exactly_one_wins() {
     let dir = tmp();
     let loc = bucket("race");
-    let a = replica(&dir.path().join("a"), &loc, Duration::ZERO);
-    let s = spec(1);
-    let d0 = a
-        .push(&synth::member(&s, 0, 0), None, Default::default())
-        .unwrap()
-        .digest;
-    let d1 = a
-        .push(&synth::member(&s, 0, 1), None, Default::default())
-        .unwrap()
-        .digest;
-    drop(a);
+    let (d0, d1) = two_dnas(replica(&dir.path().join("a"), &loc, Duration::ZERO));
     let remote = Arc::new(Remote::open(&loc).unwrap());
     exactly_one_of_two_writers_wins(remote, dir.path(), d0, d1);
 }
@@ -201,17 +191,7 @@ fn of_two_writers_setting_one_ref_exactly_one_wins() {
 fn of_two_writers_on_one_local_directory_exactly_one_wins() {
     let dir = tmp();
     let store = dir.path().join("store");
-    let e = Engine::open(&store).unwrap();
-    let s = spec(1);
-    let d0 = e
-        .push(&synth::member(&s, 0, 0), None, Default::default())
-        .unwrap()
-        .digest;
-    let d1 = e
-        .push(&synth::member(&s, 0, 1), None, Default::default())
-        .unwrap()
-        .digest;
-    drop(e);
+    let (d0, d1) = two_dnas(Engine::open(&store).unwrap());
     let log = Arc::new(DirLog::open(&store.join("ledger")).unwrap());
     exactly_one_of_two_writers_wins(log, dir.path(), d0, d1);
     // The store itself sees the winner's commit.
@@ -220,6 +200,17 @@ fn of_two_writers_on_one_local_directory_exactly_one_wins() {
         e.get_ref(&name("contested:v1")).unwrap().unwrap().digest,
         d1
     );
+}
+
+/// Pushes two DNAs (unnamed) through `e` and closes it.
+fn two_dnas(e: Engine) -> (Digest, Digest) {
+    let s = spec(1);
+    let push = |m| {
+        e.push(&synth::member(&s, 0, m), None, Default::default())
+            .unwrap()
+            .digest
+    };
+    (push(0), push(1))
 }
 
 /// Two views over `log`, each reading the ref `contested:v1` before either commits.

@@ -73,3 +73,22 @@ pub fn names(db: &vdna_db::Db) -> std::collections::BTreeMap<String, String> {
 pub fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().expect("tempdir")
 }
+
+/// True when `program arg` runs; otherwise says so and the caller skips, unless the
+/// environment variable `require` is 1 (CI sets it), which makes it a failure.
+pub fn installed(program: &str, arg: &str, what: &str, how: &str, require: &str) -> bool {
+    let found = Command::new(program)
+        .arg(arg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var(require).as_deref() != Ok("1"),
+            "{what} is not installed ({how}), and {require}=1"
+        );
+        eprintln!("skipped: {what} is not installed ({how})");
+    }
+    found
+}
