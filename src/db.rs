@@ -194,7 +194,12 @@ impl Db {
     pub fn open_with(home: &Path, opts: &OpenOptions) -> Result<Db, Error> {
         match &opts.location {
             Some(loc) if loc.is_shared() => Db::open_shared(home, loc, opts),
-            Some(Location::Local(dir)) => Db::open_local(dir, home, opts),
+            Some(Location::Local(dir)) => {
+                // Two spellings of one directory are the store's own view, not a second one.
+                let same = dir == home
+                    || matches!((dir.canonicalize(), home.canonicalize()), (Ok(a), Ok(b)) if a == b);
+                Db::open_local(dir, if same { dir } else { home }, opts)
+            }
             _ => Db::open_local(home, home, opts),
         }
     }
@@ -343,8 +348,8 @@ impl Db {
         }
     }
 
-    /// On a bucket, catches the catalogue view up with every commit (none on the
-    /// embedded store). Returns how many commits were applied.
+    /// Catches the catalogue view up with every commit in the log (other processes' ones,
+    /// on a shared store). Returns how many commits were applied.
     pub fn sync(&self) -> Result<usize, Error> {
         self.ledger.sync(&self.catalogue)
     }
