@@ -921,12 +921,18 @@ fn neuron_svg(
     let _ = write!(
         s,
         "<line x1='{L}' y1='{y}' x2='{x2}' y2='{y}' stroke='#888'/><line x1='{L}' y1='{T}' x2='{L}' y2='{y}' stroke='#888'/>\
-         <text x='{L}' y='{ty}' text-anchor='middle'>{x0:.3}</text><text x='{x2}' y='{ty}' text-anchor='middle'>{x1:.3}</text>\
+         <text x='{L}' y='{ty}' text-anchor='start'>{x0:.3}</text><text x='{mid}' y='{ty}' text-anchor='middle' fill='#666'>{xcap}</text><text x='{x2}' y='{ty}' text-anchor='end'>{x1:.3}</text>\
          <text x='{lx}' y='{T}' text-anchor='end' dominant-baseline='middle'>{ymax:.3}</text><text x='{lx}' y='{y}' text-anchor='end'>0</text></svg>",
         y = H - B,
         x2 = W - R,
         ty = H - B + 16.0,
         lx = L - 4.0,
+        mid = (L + W - R) / 2.0,
+        xcap = if gauss.is_empty() {
+            "activation, normalised (bin frequency)"
+        } else {
+            "activation (density)"
+        },
     );
     s
 }
