@@ -130,6 +130,20 @@ fn web_pages_render_the_catalogue_in_a_browser() {
     );
     shot("compare", &url);
 
+    // Its three most different neurons, drawn: each plot an SVG of both distributions.
+    assert_eq!(dom.matches("<figure>").count(), 3, "three neuron plots");
+    let src = dom
+        .split("<img src=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .replace("&amp;", "&");
+    let plot = format!("{}{src}", srv.url);
+    let svg = browser(&bin, &["--dump-dom"], &plot);
+    assert_eq!(svg.matches("class=\"dist\"").count(), 2, "{svg}");
+    assert!(svg.contains("EMD = "), "{svg}");
+    shot("neuron", &plot);
+
     // Query page: ranked results, the DNA itself first.
     let url = format!("{}/query?ref=ref/checker:h100&mask=layer4_*&k=3", srv.url);
     let dom = browser(&bin, &["--dump-dom"], &url);
