@@ -339,15 +339,6 @@ impl Db {
         None
     }
 
-    /// True when other processes may commit to the store meanwhile: a bucket, or a
-    /// directory store opened with this process's view elsewhere (`--home`).
-    pub fn is_shared(&self) -> bool {
-        match &self.location {
-            Location::Local(store) => *store != self.home,
-            other => other.is_shared(),
-        }
-    }
-
     /// Catches the catalogue view up with every commit in the log (other processes' ones,
     /// on a shared store). Returns how many commits were applied.
     pub fn sync(&self) -> Result<usize, Error> {

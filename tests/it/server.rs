@@ -1591,34 +1591,19 @@ fn neuron_plots_draw_both_distributions_with_their_distance() {
         let f = fixture(false, 1 << 20);
         let e = &f.state.engine;
         let name = |s: &str| vdna_db::refname::RefName::parse(s).unwrap();
-        let da = e
-            .push(&small_dna(0, 0), Some(&name("p/a:v1")), Default::default())
-            .unwrap()
-            .digest;
-        let db = e
-            .push(&small_dna(1, 1), Some(&name("p/b:v1")), Default::default())
-            .unwrap()
-            .digest;
+        let push = |dna: vdna_db::dna::Dna, n: &str| {
+            e.push(&dna, Some(&name(n)), Default::default())
+                .unwrap()
+                .digest
+        };
+        let da = push(small_dna(0, 0), "p/a:v1");
+        let db = push(small_dna(1, 1), "p/b:v1");
         let gspec = synth::CatalogueSpec {
             dist: vdna_db::format::DistKind::Gaussian,
             ..small_spec()
         };
-        let ga = e
-            .push(
-                &synth::member(&gspec, 0, 0),
-                Some(&name("p/ga:v1")),
-                Default::default(),
-            )
-            .unwrap()
-            .digest;
-        let gb = e
-            .push(
-                &synth::member(&gspec, 1, 0),
-                Some(&name("p/gb:v1")),
-                Default::default(),
-            )
-            .unwrap()
-            .digest;
+        let ga = push(synth::member(&gspec, 0, 0), "p/ga:v1");
+        let gb = push(synth::member(&gspec, 1, 0), "p/gb:v1");
         let distance = |svg: &str| -> f64 {
             let at = svg.find("data-distance='").unwrap() + "data-distance='".len();
             svg[at..at + svg[at..].find('\'').unwrap()].parse().unwrap()
