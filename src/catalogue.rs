@@ -13,6 +13,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
+use crate::card::CardRecord;
 use crate::format::Digest;
 use crate::refname::RefName;
 use crate::Error;
@@ -112,6 +113,15 @@ pub enum Change {
     RemoveToken {
         id: String,
     },
+    /// Sets the dataset card of `name`, which must exist (or be set in the same commit).
+    /// Removing a ref removes its card.
+    PutCard {
+        name: RefName,
+        record: CardRecord,
+    },
+    RemoveCard {
+        name: RefName,
+    },
 }
 
 impl Key for RefName {
@@ -133,6 +143,7 @@ pub struct Catalogue {
     masks: Table<String, MaskSpec>,
     spaces: Table<Digest, SpaceRecord>,
     tokens: Table<String, TokenRecord>,
+    cards: Table<RefName, CardRecord>,
 }
 
 /// How a table's keys are written: as UTF-8 text, parsed back on read.
@@ -178,7 +189,7 @@ macro_rules! json_record {
         }
     )*};
 }
-json_record!(RefRecord, DnaRecord, SpaceRecord, TokenRecord);
+json_record!(RefRecord, DnaRecord, SpaceRecord, TokenRecord, CardRecord);
 
 /// A named mask's spec, as stored.
 struct MaskSpec(String);
@@ -288,6 +299,7 @@ impl Catalogue {
             masks: Table::open(&db, "masks")?,
             spaces: Table::open(&db, "spaces")?,
             tokens: Table::open(&db, "tokens")?,
+            cards: Table::open(&db, "cards")?,
             meta: db.open_tree("meta").map_err(db_err)?,
             db,
         })
@@ -332,6 +344,7 @@ impl Catalogue {
             &self.masks.tree,
             &self.spaces.tree,
             &self.tokens.tree,
+            &self.cards.tree,
             &self.meta,
         ] {
             t.clear().map_err(db_err)?;
@@ -391,6 +404,20 @@ impl Catalogue {
                         continue;
                     }
                 }
+                Change::PutCard { name, .. } => {
+                    let set_here = changes
+                        .iter()
+                        .any(|o| matches!(o, Change::SetRef { name: n, .. } if n == name));
+                    let removed_here = changes
+                        .iter()
+                        .any(|o| matches!(o, Change::RemoveRef { name: n, .. } if n == name));
+                    if removed_here || (!set_here && self.refs.get(name)?.is_none()) {
+                        return Err(Error::NotFound(format!(
+                            "no DNA named {name} to hold the card (list them with vdna-db ls); nothing was written"
+                        )));
+                    }
+                }
+                Change::RemoveCard { name } if self.cards.get(name)?.is_none() => continue,
                 Change::RemoveMask { name } if self.mask(name)?.is_none() => continue,
                 Change::RemoveToken { id } if self.tokens.get(id)?.is_none() => continue,
                 _ => {}
@@ -423,6 +450,9 @@ impl Catalogue {
         for record in self.tokens()? {
             out.push(Change::PutToken { record });
         }
+        for (name, record) in self.cards.all()? {
+            out.push(Change::PutCard { name, record });
+        }
         Ok(out)
     }
 
@@ -436,9 +466,10 @@ impl Catalogue {
             &self.spaces.tree,
             &self.masks.tree,
             &self.tokens.tree,
+            &self.cards.tree,
             &self.meta,
         )
-            .transaction(|(rf, d, sp, m, t, meta)| {
+            .transaction(|(rf, d, sp, m, t, cd, meta)| {
                 for c in changes {
                     match c {
                         Change::PutSpace { digest, record } => {
@@ -452,6 +483,7 @@ impl Catalogue {
                         }
                         Change::RemoveRef { name, .. } => {
                             rf.remove(name.to_key().as_bytes())?;
+                            cd.remove(name.to_key().as_bytes())?;
                         }
                         Change::RemoveDna { digest } => {
                             d.remove(digest.to_key().as_bytes())?;
@@ -467,6 +499,12 @@ impl Catalogue {
                         }
                         Change::RemoveToken { id } => {
                             t.remove(id.as_bytes())?;
+                        }
+                        Change::PutCard { name, record } => {
+                            cd.insert(name.to_key().as_bytes(), record.encode())?;
+                        }
+                        Change::RemoveCard { name } => {
+                            cd.remove(name.to_key().as_bytes())?;
                         }
                     }
                 }
@@ -537,6 +575,16 @@ impl Catalogue {
 
     pub fn tokens(&self) -> Result<Vec<TokenRecord>, Error> {
         Ok(self.tokens.all()?.into_iter().map(|(_, t)| t).collect())
+    }
+
+    /// The dataset card of a ref.
+    pub fn card(&self, name: &RefName) -> Result<Option<CardRecord>, Error> {
+        self.cards.get(name)
+    }
+
+    /// Every card, by ref name.
+    pub fn cards(&self) -> Result<Vec<(RefName, CardRecord)>, Error> {
+        self.cards.all()
     }
 }
 

@@ -144,6 +144,9 @@ pub struct Listing {
     pub stored_bytes: u64,
     pub created: u64,
     pub annotations: BTreeMap<String, String>,
+    /// The dataset card's title, licence, tags and summary, when the ref has a card.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub card: Option<crate::card::CardBrief>,
 }
 
 /// A line of `verify`.
@@ -681,6 +684,12 @@ impl Db {
     /// Every ref with its DNA record, sorted by name.
     pub fn list(&self) -> Result<Vec<Listing>, Error> {
         let spaces: BTreeMap<Digest, SpaceRecord> = self.catalogue.spaces()?.into_iter().collect();
+        let mut cards: BTreeMap<RefName, crate::card::CardBrief> = self
+            .catalogue
+            .cards()?
+            .into_iter()
+            .filter_map(|(n, c)| crate::card::parse(&c.markdown).ok().map(|c| (n, c.brief())))
+            .collect();
         let mut out = Vec::new();
         for (name, r) in self.catalogue.refs()? {
             let Some(rec) = self.catalogue.dna(&r.digest)? else {
@@ -704,6 +713,7 @@ impl Db {
                 stored_bytes: rec.stored_bytes,
                 created: r.created,
                 annotations: r.annotations,
+                card: cards.remove(&name),
             });
         }
         Ok(out)
@@ -721,13 +731,56 @@ impl Db {
             created: now_secs(),
             annotations,
         };
-        let change = Change::SetRef {
+        let mut changes = vec![Change::SetRef {
             name: name.clone(),
             record: record.clone(),
             prev: self.catalogue.get_ref(&name)?.map(|r| r.digest),
-        };
-        self.commit(&[change])?;
+        }];
+        // The card goes with the annotations; a target that had a card of its own and a
+        // source without one keeps nothing stale.
+        match from
+            .as_ref()
+            .map(|f| self.catalogue.card(f))
+            .transpose()?
+            .flatten()
+        {
+            Some(record) => changes.push(Change::PutCard {
+                name: name.clone(),
+                record,
+            }),
+            None => changes.push(Change::RemoveCard { name: name.clone() }),
+        }
+        self.commit(&changes)?;
         Ok((digest, name))
+    }
+
+    /// Sets the dataset card of a ref (a `name:tag`, not a digest).
+    pub fn set_card(&self, spec: &str, markdown: &str) -> Result<RefName, Error> {
+        let name = RefName::parse(spec)?;
+        crate::card::validate(&name.to_string(), markdown)?;
+        self.commit(&[Change::PutCard {
+            name: name.clone(),
+            record: crate::card::CardRecord {
+                markdown: markdown.to_string(),
+                updated: now_secs(),
+            },
+        }])?;
+        Ok(name)
+    }
+
+    /// The dataset card of a ref, if it has one.
+    pub fn card(&self, name: &RefName) -> Result<Option<crate::card::CardRecord>, Error> {
+        self.catalogue.card(name)
+    }
+
+    /// Removes the card of a ref; true when it had one.
+    pub fn remove_card(&self, spec: &str) -> Result<bool, Error> {
+        let name = RefName::parse(spec)?;
+        self.sync()?;
+        if self.catalogue.card(&name)?.is_none() {
+            return Ok(false);
+        }
+        self.commit(&[Change::RemoveCard { name }]).map(|_| true)
     }
 
     /// Removes a ref. Objects stay until `gc`.

@@ -23,6 +23,8 @@ use crate::query;
 use crate::refname::RefName;
 use crate::Error;
 
+mod browse;
+pub use browse::{Browse, Page, SortKey};
 #[cfg(feature = "extract")]
 mod input;
 #[cfg(feature = "extract")]
@@ -43,6 +45,7 @@ pub use crate::query::{Hit, Mode, Plan, QueryRequest, QueryResult, ReindexReport
 /// The application layer over one store.
 pub struct Engine {
     db: Db,
+    listing: browse::ListingCache,
 }
 
 /// What `verify` found in objects, names and the derived index, and what `--repair` did.
@@ -76,21 +79,20 @@ pub struct MaskAdded {
 impl Engine {
     /// Opens the store at `home` (created when missing) with default options.
     pub fn open(home: &Path) -> Result<Engine, Error> {
-        Ok(Engine {
-            db: Db::open(home)?,
-        })
+        Ok(Engine::from_db(Db::open(home)?))
     }
 
     /// Opens the store with explicit options (compression level, lock wait).
     pub fn open_with(home: &Path, opts: &OpenOptions) -> Result<Engine, Error> {
-        Ok(Engine {
-            db: Db::open_with(home, opts)?,
-        })
+        Ok(Engine::from_db(Db::open_with(home, opts)?))
     }
 
     /// An engine over an already open store.
     pub fn from_db(db: Db) -> Engine {
-        Engine { db }
+        Engine {
+            db,
+            listing: Default::default(),
+        }
     }
 
     /// The store and catalogue underneath, for reads (listing, resolving, loading DNAs).
@@ -122,8 +124,7 @@ impl Engine {
 
     /// Every name with its DNA record, sorted by name.
     pub fn list(&self) -> Result<Vec<Listing>, Error> {
-        self.db.sync_if_stale()?;
-        self.db.list()
+        Ok(self.listing()?.as_ref().clone())
     }
 
     /// A name, digest or unique digest prefix to the manifest digest (and the name).
@@ -285,9 +286,25 @@ impl Engine {
         self.db.tag(src, new)
     }
 
-    /// Removes a name; its objects stay until `gc`.
+    /// Removes a name (and its card); its objects stay until `gc`.
     pub fn remove(&self, spec: &str) -> Result<(RefName, Digest), Error> {
         self.db.remove(spec)
+    }
+
+    /// Sets the dataset card (markdown, see [`crate::card`]) of a `name:tag`.
+    pub fn set_card(&self, spec: &str, markdown: &str) -> Result<RefName, Error> {
+        self.db.set_card(spec, markdown)
+    }
+
+    /// The dataset card of a ref (the view caught up first when it is stale).
+    pub fn card(&self, name: &RefName) -> Result<Option<crate::card::CardRecord>, Error> {
+        self.db.sync_if_stale()?;
+        self.db.card(name)
+    }
+
+    /// Removes the dataset card of a ref; true when it had one.
+    pub fn remove_card(&self, spec: &str) -> Result<bool, Error> {
+        self.db.remove_card(spec)
     }
 
     /// The distance between two DNAs under a mask spec (named masks resolved).
@@ -400,7 +417,7 @@ impl Engine {
 
 impl From<Db> for Engine {
     fn from(db: Db) -> Engine {
-        Engine { db }
+        Engine::from_db(db)
     }
 }
 

@@ -33,6 +33,7 @@ pub fn failpoint_error(arg: Option<String>) -> std::io::Error {
     }
 }
 
+pub mod card;
 pub mod catalogue;
 #[cfg(feature = "cli")]
 pub mod cli;

@@ -202,6 +202,12 @@ pub struct SetRef {
     pub annotations: BTreeMap<String, String>,
 }
 
+/// `PUT /v1/cards/{name}`: set a ref's dataset card (markdown, see `vdna-db card --help`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SetCard {
+    pub markdown: String,
+}
+
 /// Percent-encodes everything but RFC 3986's unreserved characters.
 pub fn urlencode(s: &str) -> String {
     s.bytes()

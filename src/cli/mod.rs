@@ -152,6 +152,10 @@ pub enum Command {
     /// Manage named masks
     #[command(subcommand)]
     Mask(MaskCommand),
+    /// Dataset cards: markdown saying what a dataset is (description, source, licence,
+    /// citation, tags), shown on its catalogue page and searched by the catalogue
+    #[command(subcommand, after_help = CARD_HELP)]
+    Card(CardCommand),
     /// Re-hash every object and check every name; exit 1 if anything is wrong
     Verify {
         /// Also rebuild derived state (summary segments, HNSW graphs) from the objects
@@ -214,6 +218,10 @@ pub struct PushArgs {
     /// Annotation to attach (repeatable): --meta source=flickr --meta split=val
     #[arg(long = "meta", value_name = "KEY=VALUE")]
     pub meta: Vec<String>,
+    /// A markdown dataset card to set on the name (see `vdna-db card --help`); checked
+    /// before anything is stored
+    #[arg(long, value_name = "FILE")]
+    pub card: Option<PathBuf>,
     #[command(flatten)]
     pub extract: extract::ExtractFlags,
 }
@@ -334,6 +342,78 @@ pub enum MaskCommand {
     Ls,
     /// Remove a named mask
     Rm { name: String },
+}
+
+const CARD_HELP: &str =
+    "A card is CommonMark text of at most 64 KiB. It may open with a front matter block
+of `key: value` lines between two `---` lines; title, source, license (or licence),
+citation and tags are shown as fields, other keys as a table:
+
+  ---
+  title: Street scenes
+  source: https://example.org/street-scenes
+  license: CC-BY-4.0
+  tags: [urban, photos]
+  citation: |
+    @misc{street, title={Street scenes}, year={2026}}
+  ---
+  Photos of streets taken at dawn, 2,000 images at 512 px.
+
+Raw HTML in a card is shown as text, links go only to http(s), mailto and this site,
+and images are shown as links. `rm` removes a name's card with it; `tag` copies it.
+
+Examples:
+  vdna-db push photos/ --name streets:v1 --card README.md
+  vdna-db card set streets:v1 CARD.md
+  vdna-db card show streets:v1 --json
+  vdna-db --remote https://dna.example.org card set streets:v1 CARD.md";
+
+#[derive(Subcommand, Debug)]
+pub enum CardCommand {
+    /// Set the card of a name:tag from a markdown file (- for standard input)
+    Set { reference: String, file: PathBuf },
+    /// Print the card of a name:tag (--json: its markdown and parsed fields)
+    Show { reference: String },
+    /// Remove the card of a name:tag
+    Rm { reference: String },
+}
+
+/// Reads a card file (or standard input for `-`) and checks it before anything is stored.
+fn read_card(path: &Path, what: &str) -> Result<String> {
+    let text = if path.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .context("reading the card from standard input")?;
+        s
+    } else {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("reading card {}", path.display()))?;
+        String::from_utf8(bytes).map_err(|_| {
+            anyhow::anyhow!(
+                "card {} is not UTF-8 text: save it as UTF-8 markdown",
+                path.display()
+            )
+        })?
+    };
+    crate::card::validate(what, &text)?;
+    Ok(text)
+}
+
+/// Prints a card: its fields, then its markdown.
+fn print_card(out: &mut Out, name: &str, markdown: &str, updated: u64) -> Result<()> {
+    let c = crate::card::parse(markdown).unwrap_or_default();
+    out.json(&serde_json::json!({
+        "ref": name,
+        "markdown": markdown,
+        "updated": updated,
+        "title": c.title,
+        "source": c.source,
+        "license": c.license,
+        "citation": c.citation,
+        "tags": c.tags,
+    }))?;
+    out.line(markdown.trim_end())?;
+    Ok(())
 }
 
 #[derive(Args, Debug)]
@@ -572,8 +652,21 @@ fn run_remote(cli: &Cli, url: &str, out: &mut Out) -> Result<Option<i32>> {
             let store = StoreAt::of(cli);
             let (input, ann, default) = resolve_push_input(&store, out, a)?;
             let name = push_name(a, default)?;
+            let card = a
+                .card
+                .as_deref()
+                .map(|p| read_card(p, &name.to_string()))
+                .transpose()?;
             let objects = input.into_objects(3);
             remote::push_remote(out, &c, &objects, &name, &ann)?;
+            if let Some(md) = card {
+                let body = crate::protocol::SetCard { markdown: md };
+                c.put_json(&format!("/v1/cards/{name}"), &serde_json::to_value(&body)?)
+                    .with_context(|| {
+                        format!("{name} is pushed, but its card was not set: run vdna-db --remote {url} card set {name} FILE")
+                    })?;
+                out.line(&format!("set the card of {name}"))?;
+            }
         }
         Command::Ls(a) => {
             // The server pages its list (at most 1,000 a page): read every page.
@@ -696,9 +789,48 @@ fn run_remote(cli: &Cli, url: &str, out: &mut Out) -> Result<Option<i32>> {
                 annotations,
             };
             c.put_json(&format!("/v1/refs/{new}"), &serde_json::to_value(&body)?)?;
+            // The card goes with the name, as a local tag does.
+            if let Ok(from) = RefName::parse(source) {
+                match c.get_json(&format!("/v1/cards/{from}")) {
+                    Ok(v) => {
+                        let body = crate::protocol::SetCard {
+                            markdown: v["markdown"].as_str().unwrap_or_default().to_string(),
+                        };
+                        c.put_json(&format!("/v1/cards/{new}"), &serde_json::to_value(&body)?)?;
+                    }
+                    Err(crate::Error::NotFound(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
             out.line(&format!("{new} -> {digest}"))?;
             out.json(&serde_json::json!({ "ref": new.to_string(), "digest": digest }))?;
         }
+        Command::Card(cmd) => match cmd {
+            CardCommand::Set { reference, file } => {
+                let name = RefName::parse(reference)?;
+                let md = read_card(file, reference)?;
+                let body = crate::protocol::SetCard { markdown: md };
+                let v = c.put_json(&format!("/v1/cards/{name}"), &serde_json::to_value(&body)?)?;
+                out.line(&format!("set the card of {name} on {url}"))?;
+                out.json(&v)?;
+            }
+            CardCommand::Show { reference } => {
+                let name = RefName::parse(reference)?;
+                let v = c.get_json(&format!("/v1/cards/{name}"))?;
+                print_card(
+                    out,
+                    &name.to_string(),
+                    v["markdown"].as_str().unwrap_or_default(),
+                    v["updated"].as_u64().unwrap_or(0),
+                )?;
+            }
+            CardCommand::Rm { reference } => {
+                let name = RefName::parse(reference)?;
+                let v = c.delete_json(&format!("/v1/cards/{name}"))?;
+                out.line(&format!("removed the card of {name} on {url}"))?;
+                out.json(&v)?;
+            }
+        },
         Command::Rm { reference } => {
             let name = RefName::parse(reference)?;
             let v = c.delete_json(&format!("/v1/refs/{name}"))?;
@@ -858,6 +990,31 @@ fn run(cli: Cli, out: &mut Out) -> Result<i32> {
         }
         Command::Compare(a) => compare(&store, out, a)?,
         Command::Query(a) => return query(&store, out, a),
+        Command::Card(c) => {
+            let db = open_db(&store)?;
+            match c {
+                CardCommand::Set { reference, file } => {
+                    let md = read_card(&file, &reference)?;
+                    let name = db.set_card(&reference, &md)?;
+                    out.line(&format!("set the card of {name} ({} bytes)", md.len()))?;
+                    out.json(&serde_json::json!({ "ref": name.to_string(), "bytes": md.len() }))?;
+                }
+                CardCommand::Show { reference } => {
+                    let name = RefName::parse(&reference)?;
+                    let Some(c) = db.card(&name)? else {
+                        bail!("{name} has no card (set one with vdna-db card set {name} FILE)");
+                    };
+                    print_card(out, &name.to_string(), &c.markdown, c.updated)?;
+                }
+                CardCommand::Rm { reference } => {
+                    if !db.remove_card(&reference)? {
+                        bail!("{reference} has no card");
+                    }
+                    out.line(&format!("removed the card of {reference}"))?;
+                    out.json(&serde_json::json!({ "ref": reference, "removed": true }))?;
+                }
+            }
+        }
         Command::Mask(m) => {
             let db = open_db(&store)?;
             match m {
@@ -1016,6 +1173,11 @@ fn push(home: &StoreAt, out: &mut Out, a: PushArgs, require_name: bool) -> Resul
     let (input, ann, default) = resolve_push_input(home, out, &a)?;
     // Without --name, import names the DNA after its file (gc removes unnamed DNAs).
     let name = push_name(&a, default)?;
+    let card = a
+        .card
+        .as_deref()
+        .map(|p| read_card(p, &name.to_string()))
+        .transpose()?;
     let db = open_db(home)?;
     let report = match &input {
         crate::engine::Input::Dna(dna) => {
@@ -1039,6 +1201,12 @@ fn push(home: &StoreAt, out: &mut Out, a: PushArgs, require_name: bool) -> Resul
         human_bytes(report.raw_bytes),
         report.new_objects
     ))?;
+    if let Some(md) = card {
+        db.set_card(&name.to_string(), &md).with_context(|| {
+            format!("{name} is stored, but its card was not set: run vdna-db card set {name} FILE")
+        })?;
+        out.line(&format!("set the card of {name} ({} bytes)", md.len()))?;
+    }
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! The `/v1` handlers. Each parses and checks its input, runs the store work on the
 //! blocking pool and maps the result; the application logic is the `Engine`'s.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
@@ -286,13 +287,88 @@ pub async fn delete_ref(
 
 #[derive(Deserialize)]
 pub struct DatasetQuery {
-    /// Text to find in names and annotations (case-insensitive).
+    /// Text to find in names, annotations and cards (case-insensitive).
     q: Option<String>,
     /// Space digest or a prefix of it.
     space: Option<String>,
+    /// Annotation filters, `key=value`, comma-separated; all must hold.
+    filter: Option<String>,
+    /// name, images, date, size or distance (with `to`).
+    sort: Option<String>,
+    /// asc or desc; each key has its natural order (name asc, distance asc, the rest desc).
+    order: Option<String>,
+    /// The entry distances are measured from, for sort=distance.
+    to: Option<String>,
     #[serde(default)]
     offset: usize,
     limit: Option<usize>,
+}
+
+/// The `browse` request of a dataset listing's query parameters (shared with the web
+/// catalogue).
+pub fn browse_request(
+    q: Option<String>,
+    space: Option<String>,
+    filter: Option<&str>,
+    sort: Option<&str>,
+    order: Option<&str>,
+    to: Option<String>,
+) -> Res<crate::engine::Browse> {
+    let sort = match sort.filter(|s| !s.is_empty()) {
+        Some(s) => {
+            crate::engine::SortKey::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))?
+        }
+        None => Default::default(),
+    };
+    let reverse = match order.filter(|s| !s.is_empty()) {
+        None => false,
+        Some("asc") => sort.descending_by_default(),
+        Some("desc") => !sort.descending_by_default(),
+        Some(o) => {
+            return Err(ApiError::bad_request(format!(
+                "order {o:?}: give asc or desc"
+            )))
+        }
+    };
+    // key=value pairs joined by commas, as schema/openapi.json's pattern has it.
+    let mut filters = BTreeMap::new();
+    for f in filter
+        .unwrap_or("")
+        .split(',')
+        .filter(|_| !filter.unwrap_or("").is_empty())
+    {
+        match f.split_once('=') {
+            Some((k, v)) if !k.is_empty() => {
+                filters.insert(k.trim().to_string(), v.trim().to_string());
+            }
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "filter {f:?}: give key=value pairs separated by commas"
+                )))
+            }
+        }
+    }
+    if let Some(t) = &to {
+        too_long("to", t)?;
+    }
+    if sort == crate::engine::SortKey::Distance && to.as_deref().is_none_or(str::is_empty) {
+        // Each parameter is well-formed; together they ask for what cannot be done.
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "sort=distance needs to=REF: the entry distances are measured from",
+        ));
+    }
+    Ok(crate::engine::Browse {
+        q,
+        space,
+        filters,
+        sort,
+        reverse,
+        to: to.filter(|t| !t.is_empty()),
+        offset: 0,
+        limit: 50,
+    })
 }
 
 pub async fn datasets(
@@ -312,30 +388,94 @@ pub async fn datasets(
             p.offset
         )));
     }
+    for (what, v) in [("q", &p.q), ("space", &p.space)] {
+        if let Some(v) = v {
+            too_long(what, v)?;
+        }
+    }
+    if p.filter.as_ref().is_some_and(|f| f.len() > 4096) {
+        return Err(ApiError::bad_request("filter: at most 4096 characters"));
+    }
+    // The API takes `to` only as a DNA spec; the web form sends it empty when unused.
+    let to = p.to.map(|t| spec("to", &t)).transpose()?;
+    let mut b = browse_request(
+        p.q,
+        p.space,
+        p.filter.as_deref(),
+        p.sort.as_deref(),
+        p.order.as_deref(),
+        to,
+    )?;
+    b.offset = p.offset;
+    b.limit = limit;
     blocking(&st, move |db| {
-        let mut rows = db.list()?;
-        if let Some(q) =
-            p.q.as_deref()
-                .map(str::to_lowercase)
-                .filter(|q| !q.is_empty())
-        {
-            rows.retain(|r| {
-                r.reference.to_lowercase().contains(&q)
-                    || r.annotations
-                        .values()
-                        .any(|v| v.to_lowercase().contains(&q))
-            });
-        }
-        if let Some(sp) = p.space.as_deref().filter(|s| !s.is_empty()) {
-            rows.retain(|r| {
-                r.space.to_string().starts_with(sp) || r.space.to_string()[7..].starts_with(sp)
-            });
-        }
-        let total = rows.len();
-        let items: Vec<_> = rows.into_iter().skip(p.offset).take(limit).collect();
         Ok(Json(
-            json!({"total": total, "offset": p.offset, "limit": limit, "items": items}),
+            serde_json::to_value(db.browse(&b)?).map_err(ApiError::internal)?,
         ))
+    })
+    .await
+}
+
+/// A ref's card as the API answers it: the markdown and its parsed fields.
+fn card_json(n: &RefName, c: &crate::card::CardRecord) -> Value {
+    let parsed = crate::card::parse(&c.markdown).unwrap_or_default();
+    json!({
+        "ref": n.to_string(),
+        "markdown": c.markdown,
+        "updated": c.updated,
+        "title": parsed.title,
+        "source": parsed.source,
+        "license": parsed.license,
+        "citation": parsed.citation,
+        "tags": parsed.tags,
+    })
+}
+
+pub async fn get_card(
+    State(st): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Res<Json<Value>> {
+    let n = refname(&name)?;
+    blocking(&st, move |db| match db.card(&n)? {
+        Some(c) => Ok(Json(card_json(&n, &c))),
+        None => Err(ApiError::not_found(format!(
+            "{n} has no card (set one with PUT /v1/cards/{n} or vdna-db card set)"
+        ))),
+    })
+    .await
+}
+
+pub async fn put_card(
+    State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Res<Json<Value>> {
+    need(caller, Access::Push)?;
+    let body: crate::protocol::SetCard = parse_json(&body)?;
+    let n = refname(&name)?;
+    blocking(&st, move |db| {
+        db.set_card(&n.to_string(), &body.markdown)?;
+        let c = db
+            .card(&n)?
+            .ok_or_else(|| ApiError::internal("a card just set is not there"))?;
+        Ok(Json(card_json(&n, &c)))
+    })
+    .await
+}
+
+pub async fn delete_card(
+    State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Res<Json<Value>> {
+    need(caller, Access::Push)?;
+    let n = refname(&name)?;
+    blocking(&st, move |db| {
+        if !db.remove_card(&n.to_string())? {
+            return Err(ApiError::not_found(format!("{n} has no card")));
+        }
+        Ok(Json(json!({"ref": n.to_string(), "removed": true})))
     })
     .await
 }
@@ -350,6 +490,10 @@ pub async fn dataset(
         let stored = db.open_dna(&d)?;
         let ann = db.annotations(n.as_ref())?;
         let rec = db.dna_record(&d)?;
+        let card = match &n {
+            Some(n) => db.card(n)?.map(|c| card_json(n, &c)),
+            None => None,
+        };
         Ok(Json(json!({
             "ref": n.map(|n| n.to_string()),
             "digest": d,
@@ -361,6 +505,7 @@ pub async fn dataset(
             "stored_bytes": rec.as_ref().map(|r| r.stored_bytes),
             "raw_bytes": rec.as_ref().map(|r| r.raw_bytes),
             "annotations": ann,
+            "card": card,
         })))
     })
     .await

@@ -51,6 +51,7 @@ pub mod paths {
     pub const GC: &str = "/v1/admin/gc";
     pub const VERIFY: &str = "/v1/admin/verify";
     pub const REINDEX: &str = "/v1/admin/reindex";
+    pub const CARD: &str = "/v1/cards/{*name}";
     /// `(method, path)` of every operation.
     pub const ALL: &[(&str, &str)] = &[
         ("get", HEALTH),
@@ -62,6 +63,9 @@ pub mod paths {
         ("get", REF),
         ("put", REF),
         ("delete", REF),
+        ("get", CARD),
+        ("put", CARD),
+        ("delete", CARD),
         ("get", DATASETS),
         ("get", DATASET),
         ("post", COMPARE),
@@ -232,6 +236,10 @@ pub fn app(state: Arc<AppState>) -> Router {
             paths::REF,
             get(api::get_ref).put(api::put_ref).delete(api::delete_ref),
         )
+        .route(
+            paths::CARD,
+            get(api::get_card).put(api::put_card).delete(api::delete_card),
+        )
         .route(paths::DATASETS, get(api::datasets))
         .route(paths::DATASET, get(api::dataset))
         .route(paths::COMPARE, post(api::compare))
@@ -248,6 +256,9 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/d/{*name}", get(web::dataset))
         .route("/compare", get(web::compare))
         .route("/plot/neuron.svg", get(web::neuron_plot))
+        .route("/layer", get(web::layer_page))
+        .route("/docs", get(web::api_docs))
+        .route("/openapi.json", get(web::openapi_json))
         .route("/query", get(web::query_page))
         .route("/query/upload", post(web::query_upload))
         .route("/favicon.ico", get(web::favicon))

@@ -22,6 +22,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("store", 1),
     ("stored", 1),
     ("catalogue", 1),
+    // Dataset cards: their record, front matter and safe rendering.
+    ("card", 1),
     // Object storage, and the shared catalogue's commit log on it.
     ("objstore", 1),
     ("ledger", 1),

@@ -1,6 +1,7 @@
 //! The integration tests: one binary, modules by subject. Each test gets a fresh store in
 //! a temporary directory; CLI tests run the real binary.
 
+mod cards;
 mod cli;
 mod compat;
 mod concurrency;

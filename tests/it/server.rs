@@ -739,8 +739,8 @@ fn every_write_route_needs_a_token_and_paths_cannot_escape() {
         writes.dedup();
         assert_eq!(
             writes.len(),
-            9,
-            "blob PUT, ref PUT, ref DELETE, and the 6 admin operations"
+            11,
+            "blob PUT, ref PUT, ref DELETE, card PUT and DELETE, and the 6 admin operations"
         );
         for (m, p) in writes {
             let path = p
@@ -1695,5 +1695,222 @@ fn neuron_plots_draw_both_distributions_with_their_distance() {
                 >= 1,
             "{page}"
         );
+    });
+}
+
+/// Issue 17: the dataset listing's sorting, filters, search and pages. Every page is held
+/// against an order computed here from what was pushed (image counts, annotations), and
+/// distance order against `compare` run pair by pair (the brute force beside the query
+/// engine's bound cascade).
+#[test]
+fn dataset_listing_sorts_filters_and_pages_like_a_brute_force() {
+    rt().block_on(async {
+        let f = fixture(false, 1 << 20);
+        let e = &f.state.engine;
+        // 12 DNAs of one space: image counts with ties, a `split` annotation in 3 groups.
+        let mut pushed: Vec<(String, u64, String)> = Vec::new();
+        for i in 0..12usize {
+            let images = 8 + ((i * 5) % 7) as u64;
+            let spec = synth::CatalogueSpec {
+                images,
+                ..small_spec()
+            };
+            let name = format!("b/n{i:02}:v1");
+            let split = format!("s{}", i % 3);
+            let ann = [("split".to_string(), split.clone())].into();
+            e.push(
+                &synth::member(&spec, i % 2, i / 2),
+                Some(&vdna_db::refname::RefName::parse(&name).unwrap()),
+                ann,
+            )
+            .unwrap();
+            pushed.push((name, images, split));
+        }
+        let get = |path: String| {
+            let f = &f;
+            async move {
+                let (s, b) = call(f, Method::GET, &path, None, Body::empty()).await;
+                assert_eq!(s, StatusCode::OK, "{path}: {}", String::from_utf8_lossy(&b));
+                serde_json::from_slice::<Value>(&b).unwrap()
+            }
+        };
+        // Every page of 5, concatenated.
+        let all_pages = |query: &'static str| {
+            let get = &get;
+            async move {
+                let mut refs = Vec::new();
+                let mut dists = Vec::new();
+                let mut total = None;
+                for offset in (0..15).step_by(5) {
+                    let v = get(format!("/v1/datasets?{query}&limit=5&offset={offset}")).await;
+                    total = Some(v["total"].as_u64().unwrap());
+                    for r in v["items"].as_array().unwrap() {
+                        refs.push(r["ref"].as_str().unwrap().to_string());
+                    }
+                    for d in v["distances"].as_array().into_iter().flatten() {
+                        dists.push(d.as_f64().unwrap());
+                    }
+                }
+                (refs, dists, total.unwrap())
+            }
+        };
+        // Images, largest first, ties in name order; then ascending.
+        let mut want = pushed.clone();
+        want.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let names = |v: &[(String, u64, String)]| v.iter().map(|p| p.0.clone()).collect::<Vec<_>>();
+        let (got, _, total) = all_pages("sort=images").await;
+        assert_eq!((got, total), (names(&want), 12));
+        want.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)));
+        assert_eq!(all_pages("sort=images&order=asc").await.0, names(&want));
+        // Names descending; an annotation filter with a text search.
+        let mut by_name = names(&pushed);
+        by_name.reverse();
+        assert_eq!(all_pages("order=desc").await.0, by_name);
+        let split1: Vec<String> = pushed
+            .iter()
+            .filter(|p| p.2 == "s1" && p.0.starts_with("b/n0"))
+            .map(|p| p.0.clone())
+            .collect();
+        let (got, _, total) = all_pages("filter=split%3Ds1&q=N0").await;
+        assert_eq!(got, split1);
+        assert_eq!(total as usize, split1.len());
+        // Distance to one entry, closest first, filtered: against compare, pair by pair.
+        let from = e.resolve("b/n00:v1").unwrap().0;
+        let from = vdna_db::engine::AnyDna::Stored(e.open_dna(&from).unwrap());
+        let mut brute: Vec<(f64, String)> = pushed
+            .iter()
+            .filter(|p| p.2 == "s0")
+            .map(|p| {
+                let d = e.resolve(&p.0).unwrap().0;
+                let other = vdna_db::engine::AnyDna::Stored(e.open_dna(&d).unwrap());
+                (
+                    e.compare(&from, &other, "all", None, 0).unwrap().distance,
+                    p.0.clone(),
+                )
+            })
+            .collect();
+        brute.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let (got, dists, total) = all_pages("sort=distance&to=b/n00:v1&filter=split%3Ds0").await;
+        assert_eq!(total as usize, brute.len());
+        assert_eq!(got, brute.iter().map(|b| b.1.clone()).collect::<Vec<_>>());
+        for (g, w) in dists.iter().zip(&brute) {
+            assert!(util::rel(*g, w.0) < 1e-9, "{g} vs {}", w.0);
+        }
+        assert_eq!(dists[0], 0.0, "the entry itself comes first");
+        // Bad parameters are refused with what to give.
+        for (q, says, status) in [
+            (
+                "sort=distance",
+                "needs to=REF",
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            ("sort=weight", "sort by name", StatusCode::BAD_REQUEST),
+            ("order=up", "asc or desc", StatusCode::BAD_REQUEST),
+            ("filter=nokey", "key=value", StatusCode::BAD_REQUEST),
+            (
+                "sort=distance&to=",
+                "not a ref name",
+                StatusCode::BAD_REQUEST,
+            ),
+        ] {
+            let (s, b) = call(
+                &f,
+                Method::GET,
+                &format!("/v1/datasets?{q}"),
+                None,
+                Body::empty(),
+            )
+            .await;
+            assert_eq!(s, status, "{q}");
+            assert!(String::from_utf8_lossy(&b).contains(says), "{q}");
+        }
+        // The catalogue page pages the same way: 12 rows at 5 a page is 3 pages.
+        let (s, b) = call(
+            &f,
+            Method::GET,
+            "/?sort=images&per=5&page=3",
+            None,
+            Body::empty(),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        let page = String::from_utf8(b).unwrap();
+        assert!(
+            page.contains("11–12 of 12") && page.contains("page 3 of 3"),
+            "{page}"
+        );
+        want.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let rows: Vec<&str> = page
+            .split("<td class=name><a href='/d/")
+            .skip(1)
+            .map(|s| s.split('\'').next().unwrap())
+            .collect();
+        assert_eq!(rows, vec![want[10].0.as_str(), want[11].0.as_str()]);
+    });
+}
+
+/// Issue 17: `/docs` renders every operation of schema/openapi.json, and `/layer` shades
+/// each neuron by the distance computed here from the counts.
+#[test]
+fn api_docs_and_layer_pages() {
+    rt().block_on(async {
+        let f = fixture(false, 1 << 20);
+        let (s, b) = call(&f, Method::GET, "/docs", None, Body::empty()).await;
+        assert_eq!(s, StatusCode::OK);
+        let docs = String::from_utf8(b).unwrap();
+        let doc: Value =
+            serde_json::from_slice(&std::fs::read(root().join("schema/openapi.json")).unwrap())
+                .unwrap();
+        let mut ops = 0;
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for m in ["get", "head", "post", "put", "delete"] {
+                if item.get(m).is_some() {
+                    ops += 1;
+                    let head = format!(
+                        "<span class='verb {m}'>{}</span> <code>{path}</code></h2>",
+                        m.to_uppercase()
+                    );
+                    assert!(docs.contains(&head), "/docs lacks {m} {path}");
+                }
+            }
+        }
+        assert_eq!(docs.matches("<section class=card id='").count(), ops + doc["components"]["schemas"].as_object().unwrap().len());
+        let (s, b) = call(&f, Method::GET, "/openapi.json", None, Body::empty()).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(serde_json::from_slice::<Value>(&b).unwrap(), doc);
+
+        let e = &f.state.engine;
+        let name = |s: &str| vdna_db::refname::RefName::parse(s).unwrap();
+        let da = e.push(&small_dna(0, 0), Some(&name("p/a:v1")), Default::default()).unwrap().digest;
+        let db = e.push(&small_dna(1, 1), Some(&name("p/b:v1")), Default::default()).unwrap().digest;
+        let (sa, sb) = (e.open_dna(&da).unwrap(), e.open_dna(&db).unwrap());
+        let layer = sa.space.layers[1].name.clone();
+        let (s, b) = call(&f, Method::GET, &format!("/layer?a=p/a:v1&b=p/b:v1&layer={layer}&neuron=3"), None, Body::empty()).await;
+        assert_eq!(s, StatusCode::OK);
+        let page = String::from_utf8(b).unwrap();
+        let counts = |d: &vdna_db::stored::StoredDna| match d.layer(1).unwrap().view() {
+            vdna_db::format::LayerView::Histogram { bins, counts, neurons } => {
+                (0..neurons).map(|n| counts[n * bins..(n + 1) * bins].iter().map(|&c| c as f64).collect::<Vec<_>>()).collect::<Vec<_>>()
+            }
+            _ => unreachable!(),
+        };
+        let (ca, cb) = (counts(&sa), counts(&sb));
+        assert_eq!(page.matches("data-neuron=").count(), ca.len());
+        for (i, (x, y)) in ca.iter().zip(&cb).enumerate() {
+            let (tx, ty): (f64, f64) = (x.iter().sum(), y.iter().sum());
+            let (mut ax, mut ay, mut want) = (0.0, 0.0, 0.0);
+            for (p, q) in x.iter().zip(y) {
+                ax += p / tx;
+                ay += q / ty;
+                want += (ax - ay).abs();
+            }
+            let at = page.find(&format!("<title>neuron {i}: EMD ")).unwrap() + format!("<title>neuron {i}: EMD ").len();
+            let shown: f64 = page[at..at + page[at..].find('<').unwrap()].parse().unwrap();
+            assert!((shown - want).abs() < 1e-5, "neuron {i}: {shown} vs {want}");
+        }
+        // The asked neuron's plot is on the page.
+        assert!(page.contains(&format!("<img id=plotimg src='/plot/neuron.svg?a=p%2Fa%3Av1&amp;b=p%2Fb%3Av1&amp;layer={layer}&amp;neuron=3'")), "{page}");
+        let (s, _) = call(&f, Method::GET, "/layer?a=p/a:v1&layer=nope", None, Body::empty()).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
     });
 }
