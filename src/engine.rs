@@ -46,6 +46,9 @@ pub use crate::query::{Hit, Mode, Plan, QueryRequest, QueryResult, ReindexReport
 pub struct Engine {
     db: Db,
     listing: browse::ListingCache,
+    /// Spaces images can (or cannot, and why) be extracted into here.
+    #[cfg(feature = "extract")]
+    extractable: std::sync::Mutex<std::collections::HashMap<Digest, Result<(), String>>>,
 }
 
 /// What `verify` found in objects, names and the derived index, and what `--repair` did.
@@ -92,6 +95,8 @@ impl Engine {
         Engine {
             db,
             listing: Default::default(),
+            #[cfg(feature = "extract")]
+            extractable: Default::default(),
         }
     }
 

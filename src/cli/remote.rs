@@ -45,6 +45,14 @@ pub struct ServeArgs {
     /// Requests handled at once (others wait)
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
+    /// Images a visitor may upload in one web query, extracted here with the chosen
+    /// space's network, one core each, queued with the other queries (0 turns image
+    /// uploads off)
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub upload_images: usize,
+    /// Bytes of files one web query may upload (images, a zip, a reference pair)
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
+    pub upload_bytes: usize,
 }
 
 /// The file in a store's home where a running `serve` says where it listens, so a local
@@ -79,6 +87,8 @@ pub fn run_serve(db: Engine, out: &mut Out, a: ServeArgs) -> Result<()> {
             max_body: a.max_body,
             timeout: std::time::Duration::from_secs(a.timeout),
             concurrency: a.concurrency.max(1),
+            upload_images: a.upload_images,
+            upload_bytes: a.upload_bytes,
         },
     ));
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -188,3 +188,57 @@ pub fn default_name(path: &Path) -> Option<RefName> {
         .collect();
     RefName::parse(cleaned.trim_matches(|c: char| !c.is_ascii_alphanumeric())).ok()
 }
+
+impl Engine {
+    /// How images are extracted into the stored space `space` with what this build carries
+    /// ([`extract::settings_for_space`]), or why they cannot be. Answers are kept per space.
+    pub fn extraction_for_space(&self, space: &Digest) -> Result<ExtractSettings, Error> {
+        let config = self.space_config(space)?;
+        let mut known = self.extractable.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(Err(why)) = known.get(space) {
+            return Err(Error::Invalid(why.clone()));
+        }
+        let r = extract::settings_for_space(&config).map_err(|e| e.to_string());
+        known.insert(*space, r.as_ref().map(|_| ()).map_err(Clone::clone));
+        r.map_err(Error::Invalid)
+    }
+
+    /// Whether images can be extracted into `space` here.
+    pub fn can_extract_into(&self, space: &Digest) -> bool {
+        let cached = self
+            .extractable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(space)
+            .map(|r| r.is_ok());
+        cached.unwrap_or_else(|| self.extraction_for_space(space).is_ok())
+    }
+
+    /// The DNA of the images at `source` (a directory, an image or a zip) in the stored
+    /// space `space`, refused before any image is decoded when the source holds more
+    /// than `max_images`; extracted on `threads` threads.
+    pub fn extract_into_space(
+        &self,
+        source: &Path,
+        space: &Digest,
+        max_images: usize,
+        threads: usize,
+    ) -> Result<(Dna, Report), Error> {
+        let mut settings = self.extraction_for_space(space)?;
+        let found = extract::list_images(source)?.len();
+        if found > max_images {
+            return Err(Error::Invalid(format!(
+                "{found} images sent; this server extracts at most {max_images} per query (extract locally with `vdna-db extract` and upload the .vdna bundle)"
+            )));
+        }
+        settings.threads = Some(threads.max(1));
+        let (dna, report) = extract::extract_source(source, &settings, &|_, _| {})?;
+        if dna.space.digest() != *space {
+            return Err(Error::Invalid(
+                "the extracted DNA's space differs from the one asked (a bug: please report it)"
+                    .into(),
+            ));
+        }
+        Ok((dna, report))
+    }
+}

@@ -45,7 +45,7 @@ use crate::format::{
 };
 pub use preprocess::Crop;
 pub use ranges::Ranges;
-pub use settings::{extract_source, pin_import, ExtractSettings};
+pub use settings::{extract_source, pin_import, settings_for_space, ExtractSettings};
 pub use source::{list as list_images, looks_like_image_source, parse_shard, ImageItem, Selection};
 
 /// Errors of extraction; each names its object and the next step.

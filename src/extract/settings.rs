@@ -172,3 +172,50 @@ pub fn pin_import(
     dna.space = pin_imported(&dna.space, &ext, ranges.as_ref(), crop)?;
     Ok(true)
 }
+
+/// The settings that extract images into exactly `space` with what this build carries
+/// (the extractor's embedded weights and shipped ranges), checked by building that space
+/// and comparing digests. Refused, saying why, for a network vdna-db does not run or a
+/// space pinned to other weights or ranges (or an unpinned one).
+pub fn settings_for_space(
+    space: &crate::format::SpaceConfig,
+) -> Result<ExtractSettings, ExtractError> {
+    let kind = ExtractorKind::parse(&space.extractor.name).map_err(|_| {
+        ExtractError::Invalid(format!(
+            "this space's network {:?} is not one vdna-db runs",
+            space.extractor.name
+        ))
+    })?;
+    if space.extractor.weights.is_none() {
+        return Err(ExtractError::Invalid(
+            "this space is unpinned (imported without its weights): images cannot be extracted into it".into(),
+        ));
+    }
+    let crop = match space.preprocessing.as_ref().map(|p| p.crop.as_str()) {
+        Some("center") => Crop::Center,
+        _ => Crop::None,
+    };
+    let settings = ExtractSettings {
+        extractor: kind,
+        options: ExtractOptions {
+            dist: space.dist,
+            crop,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let ext = settings.load_extractor()?;
+    let ranges = match space.dist {
+        DistKind::Histogram { .. } => settings.ranges_for(&ext)?,
+        _ => None,
+    };
+    let made = super::space_for(&ext, ranges.as_ref(), space.dist, crop);
+    if made.digest() != space.digest() {
+        return Err(ExtractError::Invalid(format!(
+            "this space's {} weights or ranges are not the ones this build carries (weights {} here)",
+            kind.name(),
+            ext.weights_digest().short()
+        )));
+    }
+    Ok(settings)
+}

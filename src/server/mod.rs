@@ -99,6 +99,10 @@ pub struct Limits {
     pub timeout: Duration,
     /// Requests handled at once; more wait.
     pub concurrency: usize,
+    /// Images one web query may upload to be extracted here (0: image uploads are off).
+    pub upload_images: usize,
+    /// Bytes of files one web query may upload (images, a zip, a reference pair).
+    pub upload_bytes: usize,
 }
 
 impl Default for Limits {
@@ -107,6 +111,8 @@ impl Default for Limits {
             max_body: 256 << 20,
             timeout: Duration::from_secs(120),
             concurrency: 64,
+            upload_images: 64,
+            upload_bytes: 64 << 20,
         }
     }
 }
@@ -261,6 +267,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/openapi.json", get(web::openapi_json))
         .route("/query", get(web::query_page))
         .route("/query/upload", post(web::query_upload))
+        .route("/query/files", post(web::query_files))
         .route("/favicon.ico", get(web::favicon))
         .fallback(fallback)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth))

@@ -1201,18 +1201,71 @@ pub struct QueryParams {
     k: Option<usize>,
 }
 
-fn query_form(rows: &[Listing], p: &QueryParams) -> String {
+fn query_form(rows: &[Listing], p: &QueryParams, uploads: &UploadChoices) -> String {
     let mask = p.mask.clone().unwrap_or_else(|| "all".into());
+    let k = p.k.unwrap_or(5);
+    let images = if uploads.max_images == 0 {
+        "<p class=muted>Image uploads are turned off on this server.</p>".to_string()
+    } else if uploads.spaces.is_empty() {
+        "<p class=muted>No space in this catalogue is one this server can extract images into (its networks with their shipped weights).</p>".to_string()
+    } else {
+        format!(
+            "<form class=inline method=post action='/query/files' enctype='multipart/form-data'><input type=hidden name=mask value='{m}'><input type=hidden name=k value='{k}'><label>Space<br><select name=space>{opts}</select></label><label>Images or one .zip<br><input type=file name=images multiple accept='image/*,.zip' required></label><button>Extract and query</button></form><p class='muted small'>At most {n} images and {mb} in all, extracted on this server with the space's network (one core per query, queued with the others).</p>",
+            m = esc(&mask),
+            opts = uploads
+                .spaces
+                .iter()
+                .map(|(d, label)| format!("<option value='{}'>{}</option>", esc(&d.to_string()), esc(label)))
+                .collect::<String>(),
+            n = uploads.max_images,
+            mb = human(uploads.max_bytes as u64),
+        )
+    };
     format!(
         "<div class=card><form class=inline method=get action='/query'>{}{}<label>Mask<br><input name=mask value='{}'></label><label>Top<br><input name=k type=number min=1 max=100 value='{}'></label><button>Query</button></form></div>\
-         <div class=card><form class=inline method=post action='/query/upload?mask={}&k={}' enctype='multipart/form-data'><label>Or upload a .vdna bundle<br><input type=file name=bundle accept='.vdna'></label><button>Upload and query</button></form><p class=muted>From the command line: <code>curl --data-binary @mine.vdna '/query/upload?mask=all&amp;k=5'</code> or <code>vdna-db --remote URL query mine.vdna</code>.</p></div>",
+         <div class=card><h2 style='margin-top:0'>Query with your own images</h2>{images}</div>\
+         <div class=card><form class=inline method=post action='/query/upload?mask={}&k={}' enctype='multipart/form-data'><label>Or upload a .vdna bundle<br><input type=file name=bundle accept='.vdna' required></label><button>Upload and query</button></form>\
+         <form class=inline method=post action='/query/files' enctype='multipart/form-data' style='margin-top:12px'><input type=hidden name=mask value='{}'><input type=hidden name=k value='{k}'><label>Or a reference pair (.json and .npz)<br><input type=file name=pair multiple accept='.json,.npz' required></label><button>Upload and query</button></form>\
+         <p class=muted>From the command line: <code>curl --data-binary @mine.vdna '/query/upload?mask=all&amp;k=5'</code>, <code>curl -F space=sha256:… -F images=@photos.zip /query/files</code> or <code>vdna-db --remote URL query mine.vdna</code>.</p></div>",
         dataset_field("Dataset", "ref", p.reference.as_deref().unwrap_or("")),
         names_datalist(rows),
         esc(&mask),
-        p.k.unwrap_or(5),
+        k,
         enc(&mask),
-        p.k.unwrap_or(5)
+        k,
+        esc(&mask),
     )
+}
+
+/// What the image upload form offers: the spaces this server extracts into, and limits.
+struct UploadChoices {
+    spaces: Vec<(crate::format::Digest, String)>,
+    max_images: usize,
+    max_bytes: usize,
+}
+
+/// The spaces of the catalogue that images can be extracted into here.
+fn upload_choices(db: &Engine, limits: &super::Limits) -> Result<UploadChoices, ApiError> {
+    let mut spaces = Vec::new();
+    #[cfg(feature = "extract")]
+    if limits.upload_images > 0 {
+        for (d, s) in db.spaces()? {
+            if db.can_extract_into(&d) {
+                spaces.push((d, s.description));
+            }
+        }
+    }
+    #[cfg(not(feature = "extract"))]
+    let _ = db;
+    Ok(UploadChoices {
+        spaces,
+        max_images: if cfg!(feature = "extract") {
+            limits.upload_images
+        } else {
+            0
+        },
+        max_bytes: limits.upload_bytes,
+    })
 }
 
 pub async fn query_page(
@@ -1224,10 +1277,12 @@ pub async fn query_page(
         p.mask.clone().unwrap_or_else(|| "all".into()),
         p.k.unwrap_or(5).clamp(1, 100),
     );
+    let limits = st.limits.clone();
     let res = blocking(&st, move |db| {
         let rows = db.listing()?;
+        let uploads = upload_choices(db, &limits)?;
         let Some(r) = r2.filter(|r| !r.is_empty()) else {
-            return Ok((rows, None));
+            return Ok((rows, uploads, None));
         };
         let (d, _) = db.resolve(&r)?;
         let q = db.query(
@@ -1240,12 +1295,12 @@ pub async fn query_page(
                 ..Default::default()
             },
         )?;
-        Ok((rows, Some(q)))
+        Ok((rows, uploads, Some(q)))
     })
     .await;
-    let (rows, q) = res?;
+    let (rows, uploads, q) = res?;
     let mut b = String::from("<h1>Which datasets look like this one?</h1>");
-    b.push_str(&query_form(&rows, &p));
+    b.push_str(&query_form(&rows, &p, &uploads));
     if let Some(q) = q {
         let _ = write!(b, "<div class=card><p class=muted>{} distance over {} neurons, mask <code>{}</code>; {} exact distances in {:.1} ms.</p><div class=scroll role=region aria-label='results' tabindex=0>{}</div></div>", q.metric.name(), q.neurons, esc(&q.mask), q.plan.exact_computed, q.plan.total_ms, hits_table(&q));
     }
@@ -1263,8 +1318,10 @@ pub async fn query_upload(
         p.mask.clone().unwrap_or_else(|| "all".into()),
         p.k.unwrap_or(5).clamp(1, 100),
     );
+    let limits = st.limits.clone();
     let res = blocking(&st, move |db| {
         let rows = db.listing()?;
+        let uploads = upload_choices(db, &limits)?;
         let (dna, _) = crate::engine::dna_of_bundle_bytes(&bytes).map_err(|e| {
             ApiError::bad_request(format!("the upload is not a valid .vdna bundle: {e}"))
         })?;
@@ -1278,17 +1335,290 @@ pub async fn query_upload(
                 ..Default::default()
             },
         )?;
-        Ok((rows, q))
+        Ok((rows, uploads, q))
     })
     .await;
-    let (rows, q) = res?;
+    let (rows, uploads, q) = res?;
     let mut b = String::from("<h1>Results for the uploaded DNA</h1>");
-    b.push_str(&query_form(&rows, &p));
+    b.push_str(&query_form(&rows, &p, &uploads));
     let _ = write!(
         b,
         "<div class='card scroll' role=region aria-label='results' tabindex=0>{}</div>",
         hits_table(&q)
     );
+    Ok(page("Query", &b).into_response())
+}
+
+/// A directory removed when dropped: where one upload's files wait for extraction.
+struct UploadDir(std::path::PathBuf);
+
+impl Drop for UploadDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A file name's extension, lower-cased and kept only if plain (letters and digits).
+fn plain_ext(name: &str) -> String {
+    let ext = name
+        .rsplit_once('.')
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if !ext.is_empty() && ext.len() <= 5 && ext.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        ext
+    } else {
+        String::new()
+    }
+}
+
+fn too_large(msg: String) -> Response {
+    error_page(StatusCode::PAYLOAD_TOO_LARGE, &msg)
+}
+
+/// `POST /query/files`: a `multipart/form-data` form with either images (`images`: image
+/// files, or one `.zip` of them; `space`: the stored space to extract them into) or a
+/// reference pair (`pair`: a `.json` and its `.npz`), plus `mask` and `k`. Images are
+/// extracted here with the space's network on one core, waiting for a free core like
+/// every query; files past the server's limits (`serve --upload-images`,
+/// `--upload-bytes`) are refused with a 413 that says the limit, before any extraction.
+pub async fn query_files(
+    State(st): State<Arc<AppState>>,
+    mut form: axum::extract::Multipart,
+) -> Result<Response, Response> {
+    let limits = st.limits.clone();
+    let (mut mask, mut k, mut space) = ("all".to_string(), 5usize, None::<String>);
+    let mut images: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut pair: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut total = 0usize;
+    loop {
+        let field = match form.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => {
+                return Err(error_page(
+                    StatusCode::BAD_REQUEST,
+                    &format!("the form could not be read: {e}"),
+                ))
+            }
+        };
+        let name = field.name().unwrap_or("").to_string();
+        let file = field.file_name().map(str::to_string);
+        let mut field = field;
+        let mut bytes = Vec::new();
+        loop {
+            match field.chunk().await {
+                Ok(Some(c)) => {
+                    total += c.len();
+                    if total > limits.upload_bytes {
+                        return Err(too_large(format!(
+                            "the upload is larger than this server takes ({} at most): send fewer or smaller images, or extract locally with `vdna-db extract` and upload the .vdna bundle",
+                            human(limits.upload_bytes as u64)
+                        )));
+                    }
+                    bytes.extend_from_slice(&c);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(error_page(
+                        StatusCode::BAD_REQUEST,
+                        &format!("the form could not be read: {e}"),
+                    ))
+                }
+            }
+        }
+        let text = || String::from_utf8_lossy(&bytes).trim().to_string();
+        match (name.as_str(), file) {
+            ("mask", _) => mask = text(),
+            ("k", _) => {
+                k = text().parse::<usize>().map_err(|_| {
+                    error_page(
+                        StatusCode::BAD_REQUEST,
+                        "k: give the number of results, 1 to 100",
+                    )
+                })?
+            }
+            ("space", _) => space = Some(text()),
+            ("images", Some(f)) if !bytes.is_empty() => images.push((f, bytes)),
+            ("pair", Some(f)) if !bytes.is_empty() => pair.push((f, bytes)),
+            _ => {}
+        }
+    }
+    let k = k.clamp(1, 100);
+    let dir = UploadDir(
+        std::env::temp_dir().join(format!("vdna-db-upload-{}", crate::objstore::random_id())),
+    );
+    std::fs::create_dir_all(&dir.0).map_err(|e| web_err(ApiError::internal(e)))?;
+    let io = |e: std::io::Error| web_err(ApiError::internal(e));
+    let write = |name: &str, bytes: &[u8]| -> std::io::Result<std::path::PathBuf> {
+        let p = dir.0.join(name);
+        std::fs::write(&p, bytes)?;
+        Ok(p)
+    };
+    enum Upload {
+        Pair(std::path::PathBuf),
+        Images(std::path::PathBuf, crate::format::Digest, usize),
+    }
+    let upload = if !pair.is_empty() {
+        let json = pair
+            .iter()
+            .filter(|f| plain_ext(&f.0) == "json")
+            .collect::<Vec<_>>();
+        let npz = pair
+            .iter()
+            .filter(|f| plain_ext(&f.0) == "npz")
+            .collect::<Vec<_>>();
+        if json.len() != 1 || npz.len() != 1 || pair.len() != 2 {
+            return Err(error_page(
+                StatusCode::BAD_REQUEST,
+                "a reference pair is one .json file and its .npz, as the reference library writes them",
+            ));
+        }
+        write("pair.npz", &npz[0].1).map_err(io)?;
+        Upload::Pair(write("pair.json", &json[0].1).map_err(io)?)
+    } else if !images.is_empty() {
+        if limits.upload_images == 0 || cfg!(not(feature = "extract")) {
+            return Err(error_page(
+                StatusCode::FORBIDDEN,
+                "this server does not extract uploaded images: extract locally with `vdna-db extract` and upload the .vdna bundle",
+            ));
+        }
+        let Some(space) = space.filter(|s| !s.is_empty()) else {
+            return Err(error_page(
+                StatusCode::BAD_REQUEST,
+                "give space: the space (sha256:…) to extract the images into",
+            ));
+        };
+        let space: crate::format::Digest = space.parse().map_err(|_| {
+            error_page(
+                StatusCode::BAD_REQUEST,
+                "space: not a space digest (sha256: and 64 hex digits)",
+            )
+        })?;
+        let zip = images.len() == 1 && plain_ext(&images[0].0) == "zip";
+        if !zip && images.len() > limits.upload_images {
+            return Err(too_large(format!(
+                "{} images sent; this server extracts at most {} per query (extract locally with `vdna-db extract` and upload the .vdna bundle)",
+                images.len(),
+                limits.upload_images
+            )));
+        }
+        let source = if zip {
+            write("images.zip", &images[0].1).map_err(io)?
+        } else {
+            let sub = dir.0.join("images");
+            std::fs::create_dir_all(&sub).map_err(|e| web_err(ApiError::internal(e)))?;
+            for (i, (name, bytes)) in images.iter().enumerate() {
+                let ext = plain_ext(name);
+                std::fs::write(
+                    sub.join(format!(
+                        "{i:05}.{}",
+                        if ext.is_empty() { "img" } else { &ext }
+                    )),
+                    bytes,
+                )
+                .map_err(|e| web_err(ApiError::internal(e)))?;
+            }
+            sub
+        };
+        Upload::Images(source, space, limits.upload_images)
+    } else {
+        return Err(error_page(
+            StatusCode::BAD_REQUEST,
+            "the form holds no file: choose images (or one .zip), or a reference .json and .npz",
+        ));
+    };
+    // Extraction and query wait for a free core, as every query does.
+    let _permit = st
+        .heavy
+        .acquire()
+        .await
+        .map_err(|e| web_err(ApiError::internal(e)))?;
+    let (m2, limits2) = (mask.clone(), limits.clone());
+    let res = blocking(&st, move |db| {
+        let rows = db.listing()?;
+        let uploads = upload_choices(db, &limits2)?;
+        let (dna, what) = match &upload {
+            Upload::Pair(json) => {
+                let (dna, _) = crate::engine::read_dna_file(json).map_err(|e| {
+                    ApiError::bad_request(format!("the reference pair could not be read: {e}"))
+                })?;
+                (dna, "the uploaded reference pair".to_string())
+            }
+            #[cfg(feature = "extract")]
+            Upload::Images(source, space, max) => {
+                let t = std::time::Instant::now();
+                let (dna, report) = db.extract_into_space(source, space, *max, 1).map_err(|e| {
+                    let msg = e.to_string();
+                    if msg.contains("at most") {
+                        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", msg)
+                    } else if matches!(e, crate::Error::Extract(_)) {
+                        ApiError::bad_request(format!("the images could not be extracted: {msg}"))
+                    } else {
+                        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", msg)
+                    }
+                })?;
+                (
+                    dna,
+                    format!(
+                        "{} uploaded image{} (extracted in {:.1} s{})",
+                        report.images,
+                        if report.images == 1 { "" } else { "s" },
+                        t.elapsed().as_secs_f64(),
+                        if report.skipped.is_empty() {
+                            String::new()
+                        } else {
+                            format!(
+                                "; skipped {}: {}",
+                                report.skipped.len(),
+                                report
+                                    .skipped
+                                    .iter()
+                                    .take(3)
+                                    .map(|(n, why)| format!(
+                                        "{} ({why})",
+                                        n.rsplit('/').next().unwrap_or(n)
+                                    ))
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            )
+                        }
+                    ),
+                )
+            }
+            #[cfg(not(feature = "extract"))]
+            Upload::Images(..) => unreachable!("refused above"),
+        };
+        let q = db.query(
+            &AnyDna::Owned(dna),
+            &QueryRequest {
+                mask: m2,
+                k,
+                per_layer: true,
+                mode: Mode::Exact,
+                ..Default::default()
+            },
+        )?;
+        Ok((rows, uploads, q, what))
+    })
+    .await;
+    drop(dir);
+    let (rows, uploads, q, what) = res?;
+    let p = QueryParams {
+        reference: None,
+        mask: Some(mask),
+        k: Some(k),
+    };
+    let mut b = format!("<h1>Results for {}</h1>", esc(&what));
+    let _ = write!(
+        b,
+        "<div class=card><p class=muted id=uploaded>{} distance over {} neurons, mask <code>{}</code>.</p><div class=scroll role=region aria-label='results' tabindex=0>{}</div></div>",
+        q.metric.name(),
+        q.neurons,
+        esc(&q.mask),
+        hits_table(&q)
+    );
+    b.push_str(&query_form(&rows, &p, &uploads));
     Ok(page("Query", &b).into_response())
 }
 

@@ -235,3 +235,202 @@ fn cards_through_a_server_are_rendered_safely_and_searched() {
             && !page.contains("href='/d/ref/checker:h100'")
     );
 }
+
+/// A multipart/form-data body of text fields and files.
+fn multipart(fields: &[(&str, &str)], files: &[(&str, String, Vec<u8>)]) -> (String, Vec<u8>) {
+    let boundary = "vdnaBoundary7MA4YWxkTrZu0gW";
+    let mut b = Vec::new();
+    for (k, v) in fields {
+        b.extend_from_slice(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n")
+                .as_bytes(),
+        );
+    }
+    for (k, name, bytes) in files {
+        b.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n").as_bytes());
+        b.extend_from_slice(bytes);
+        b.extend_from_slice(b"\r\n");
+    }
+    b.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), b)
+}
+
+/// Posts a form and returns the status and page.
+fn post_form(url: &str, form: (String, Vec<u8>)) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut r = agent
+        .post(url)
+        .header("content-type", &form.0)
+        .send(&form.1[..])
+        .unwrap();
+    (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+}
+
+/// The first result row of a query page: its name and distance.
+fn first_hit(page: &str) -> (String, f64) {
+    let row = page
+        .split("<table id=results>")
+        .nth(1)
+        .and_then(|t| t.split("<tbody>").nth(1))
+        .unwrap_or_else(|| panic!("no results in {page}"));
+    let name = row
+        .split("href='/d/")
+        .nth(1)
+        .unwrap()
+        .split('\'')
+        .next()
+        .unwrap();
+    let dist = row
+        .split("<td class=num>")
+        .nth(1)
+        .unwrap()
+        .split('<')
+        .next()
+        .unwrap();
+    (name.to_string(), dist.parse().unwrap())
+}
+
+/// Issue 17: a visitor queries with their own images (files or a zip, extracted on the
+/// server with the chosen space's network) or a reference pair. The same images pushed
+/// from the CLI come back first at distance 0 (extraction is deterministic: the two DNAs
+/// are identical only if the server extracted exactly what the CLI did); limits are 413s
+/// that name the limit.
+#[test]
+fn web_queries_with_uploaded_images_zips_and_reference_pairs() {
+    let dir = util::tmp();
+    let home = dir.path().join("server");
+    let (sky, forest) = (dir.path().join("sky"), dir.path().join("forest"));
+    vdna_db::extract::scenes::write_family(&sky, "sky", 11, 5, 96, 64).unwrap();
+    vdna_db::extract::scenes::write_family(&forest, "forest", 11, 4, 96, 64).unwrap();
+    util::ok(
+        &home,
+        &["push", sky.to_str().unwrap(), "--name", "scenes/sky:v1"],
+    );
+    util::ok(
+        &home,
+        &[
+            "push",
+            forest.to_str().unwrap(),
+            "--name",
+            "scenes/forest:v1",
+        ],
+    );
+    util::ok(
+        &home,
+        &[
+            "push",
+            &fixture_path("gradients-histogram-100.json"),
+            "--name",
+            "ref/gradients:h100",
+        ],
+    );
+    let space = util::json(&home, &["ls", "scenes/*"])[0]["space"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let unpinned = util::json(&home, &["ls", "ref/*"])[0]["space"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let srv = start_server(&home, &["--upload-images", "5"]);
+    let files = |d: &std::path::Path| -> Vec<(&'static str, String, Vec<u8>)> {
+        let mut v: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        v.sort();
+        v.into_iter()
+            .map(|p| {
+                (
+                    "images",
+                    p.file_name().unwrap().to_string_lossy().into_owned(),
+                    std::fs::read(&p).unwrap(),
+                )
+            })
+            .collect()
+    };
+    // The query page offers the space images can be extracted into.
+    let page = ureq::get(&format!("{}/query", srv.url))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        page.contains(&format!("<option value='{space}'>")),
+        "{page}"
+    );
+
+    let url = format!("{}/query/files", srv.url);
+    let (s, page) = post_form(
+        &url,
+        multipart(
+            &[("space", &space), ("k", "2"), ("mask", "all")],
+            &files(&sky),
+        ),
+    );
+    assert_eq!(s, 200, "{page}");
+    assert!(page.contains("5 uploaded images"), "{page}");
+    assert_eq!(first_hit(&page), ("scenes/sky:v1".to_string(), 0.0));
+    // One zip of the forest images: the same, through the archive reader.
+    let zip_path = dir.path().join("forest.zip");
+    {
+        let mut z = zip::ZipWriter::new(std::fs::File::create(&zip_path).unwrap());
+        for (_, name, bytes) in files(&forest) {
+            z.start_file(name, zip::write::SimpleFileOptions::default())
+                .unwrap();
+            std::io::Write::write_all(&mut z, &bytes).unwrap();
+        }
+        z.finish().unwrap();
+    }
+    let (s, page) = post_form(
+        &url,
+        multipart(
+            &[("space", &space)],
+            &[(
+                "images",
+                "forest.zip".into(),
+                std::fs::read(&zip_path).unwrap(),
+            )],
+        ),
+    );
+    assert_eq!(s, 200, "{page}");
+    assert_eq!(first_hit(&page), ("scenes/forest:v1".to_string(), 0.0));
+    // A reference pair: the stored reference DNA itself, at 0.
+    let pair = [
+        (
+            "pair",
+            "g.json".to_string(),
+            std::fs::read(fixture_path("gradients-histogram-100.json")).unwrap(),
+        ),
+        (
+            "pair",
+            "g.npz".to_string(),
+            std::fs::read(fixture_path("gradients-histogram-100.npz")).unwrap(),
+        ),
+    ];
+    let (s, page) = post_form(&url, multipart(&[], &pair));
+    assert_eq!(s, 200, "{page}");
+    assert_eq!(first_hit(&page), ("ref/gradients:h100".to_string(), 0.0));
+    // Limits and mistakes: each refused with what to do, nothing extracted.
+    let mut six = files(&sky);
+    six.extend(files(&forest).into_iter().take(1));
+    let (s, page) = post_form(&url, multipart(&[("space", &space)], &six));
+    assert_eq!(s, 413, "{page}");
+    assert!(
+        page.contains("6 images sent") && page.contains("at most 5"),
+        "{page}"
+    );
+    let (s, page) = post_form(&url, multipart(&[], &files(&sky)));
+    assert_eq!(s, 400);
+    assert!(page.contains("give space"), "{page}");
+    let (s, page) = post_form(&url, multipart(&[("space", &unpinned)], &files(&sky)));
+    assert_eq!(s, 422, "{page}");
+    assert!(page.contains("unpinned"), "{page}");
+    let (s, page) = post_form(&url, multipart(&[], &pair[..1]));
+    assert_eq!(s, 400);
+    assert!(page.contains("one .json file and its .npz"), "{page}");
+}
