@@ -1445,10 +1445,16 @@ pub async fn query_files(
         }
     }
     let k = k.clamp(1, 100);
-    let dir = UploadDir(
-        std::env::temp_dir().join(format!("vdna-db-upload-{}", crate::objstore::random_id())),
-    );
-    std::fs::create_dir_all(&dir.0).map_err(|e| web_err(ApiError::internal(e)))?;
+    static UPLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let dir = UploadDir(std::env::temp_dir().join(format!(
+        "vdna-db-upload-{}-{}-{}",
+        std::process::id(),
+        UPLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+    )));
+    std::fs::create_dir(&dir.0).map_err(|e| web_err(ApiError::internal(e)))?;
     let io = |e: std::io::Error| web_err(ApiError::internal(e));
     let write = |name: &str, bytes: &[u8]| -> std::io::Result<std::path::PathBuf> {
         let p = dir.0.join(name);
