@@ -774,7 +774,7 @@ fn every_write_route_needs_a_token_and_paths_cannot_escape() {
     });
 }
 
-/// Every request body the server decodes (JSON for query, compare and refs, objects for
+/// Every request body the server decodes (JSON for query, compare, refs and cards, objects for
 /// blob uploads, bundles raw and in multipart forms) fed structure-aware mutations of a
 /// valid body: never a 5xx (nor a panic), and every refusal is a JSON error that says
 /// what was wrong.
@@ -821,6 +821,11 @@ fn http_bodies_survive_structure_aware_mutations() {
             Method::PUT,
             "/v1/refs/c:v1".into(),
             json!({"digest": pushed.digest.to_string(), "annotations": {"k": "v"}}).to_string().into_bytes(),
+        ),
+        (
+            Method::PUT,
+            "/v1/cards/a".into(),
+            json!({"markdown": "---\ntitle: A\ntags: [x, y]\n---\n*Body* <b>raw</b>"}).to_string().into_bytes(),
         ),
     ];
     let byte_bodies: Vec<(Method, String, Vec<u8>, &str)> = vec![
