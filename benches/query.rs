@@ -1,6 +1,11 @@
 //! Exact top-5 over a seeded clustered catalogue (N = 400 DNAs of 2,048 neurons x 256
 //! bins) against the naive exact scan (decode every candidate, full distance), in the same
 //! run. The larger configurations live in the report bench (`cargo bench --bench report`).
+//!
+//! First, the decoded-layer cache: the same exact queries repeated with the cache (the
+//! layers of the k answers and the candidates the bounds let through stay decoded) and
+//! without it (every layer read and decoded again), with the ratio printed.
+//! `VDNA_DB_BENCH_ONLY=layer-cache` stops after that part.
 
 #[path = "common.rs"]
 mod common;
@@ -35,6 +40,42 @@ fn bench(c: &mut Criterion) {
         3,
         0,
     ));
+    // The decoded-layer cache, on and off, in one run.
+    println!("\n| mask | exact p50, cache off | exact p50, cache warm | ratio | hits per query |");
+    println!("|---|---|---|---|---|");
+    for mask in ["all", "block_3", "block_0:0-99"] {
+        let req = QueryRequest {
+            mask: mask.into(),
+            k: 5,
+            ..Default::default()
+        };
+        let p50 = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let timed = |budget: usize| {
+            db.objects().set_layer_cache_budget(budget);
+            let _ = query(&db, &q, &req).unwrap();
+            let mut t: Vec<f64> = Vec::new();
+            let mut hits = 0;
+            for _ in 0..15 {
+                let s = std::time::Instant::now();
+                let r = query(&db, &q, &req).unwrap();
+                t.push(s.elapsed().as_secs_f64() * 1e3);
+                hits = r.plan.layer_cache_hits;
+            }
+            (p50(&mut t), hits)
+        };
+        let (off, _) = timed(0);
+        let (on, hits) = timed(vdna_db::store::DEFAULT_LAYER_CACHE_MB << 20);
+        println!(
+            "| {mask} | {off:.1} ms | {on:.1} ms | {:.1}x | {hits} |",
+            off / on.max(1e-9)
+        );
+    }
+    if std::env::var("VDNA_DB_BENCH_ONLY").is_ok_and(|v| v == "layer-cache") {
+        return;
+    }
     let mut g = c.benchmark_group("top5_n400_2048x256");
     g.sample_size(10);
     for mask in ["all", "block_3", "block_0:0-99"] {

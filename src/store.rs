@@ -394,13 +394,151 @@ fn digest_of_key(key: &str) -> Option<Digest> {
 pub struct ObjectStore {
     backend: Arc<dyn Backend>,
     bytes_read: Arc<AtomicU64>,
+    layers: Arc<LayerCache>,
+}
+
+/// Default budget of the decoded-layer cache; `VDNA_DB_LAYER_CACHE_MB` sets another
+/// (0 turns it off).
+pub const DEFAULT_LAYER_CACHE_MB: usize = 256;
+
+/// Decoded layers kept for the query path, the least recently used evicted past a byte
+/// budget, so a repeated or similar query decodes nothing again. An entry never goes
+/// stale: layers are content-addressed and were checked when first read (header and
+/// content checksum, or SHA-256), and deleting an object drops its entry.
+pub struct LayerCache {
+    state: std::sync::Mutex<CacheState>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+#[derive(Default)]
+struct CacheState {
+    budget: usize,
+    bytes: usize,
+    tick: u64,
+    map: std::collections::HashMap<Digest, (LayerBuf, u64)>,
+    order: std::collections::BTreeMap<u64, Digest>,
+}
+
+impl CacheState {
+    fn evict(&mut self) {
+        while self.bytes > self.budget {
+            let Some((_, d)) = self.order.pop_first() else {
+                break;
+            };
+            if let Some((b, _)) = self.map.remove(&d) {
+                self.bytes -= b.bytes().len();
+            }
+        }
+    }
+}
+
+impl LayerCache {
+    fn new(budget: usize) -> LayerCache {
+        LayerCache {
+            state: std::sync::Mutex::new(CacheState {
+                budget,
+                ..Default::default()
+            }),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, d: &Digest) -> Option<LayerBuf> {
+        let mut st = self.lock();
+        if st.budget == 0 {
+            return None;
+        }
+        st.tick += 1;
+        let tick = st.tick;
+        let found = match st.map.get_mut(d) {
+            Some((b, t)) => {
+                let old = std::mem::replace(t, tick);
+                Some((b.clone(), old))
+            }
+            None => None,
+        };
+        match found {
+            Some((b, old)) => {
+                st.order.remove(&old);
+                st.order.insert(tick, *d);
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                Some(b)
+            }
+            None => {
+                self.misses.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    fn insert(&self, d: Digest, b: &LayerBuf) {
+        let mut st = self.lock();
+        // A layer larger than half the budget would flush most of it.
+        if st.budget == 0 || b.bytes().len() > st.budget / 2 || st.map.contains_key(&d) {
+            return;
+        }
+        st.tick += 1;
+        let tick = st.tick;
+        st.bytes += b.bytes().len();
+        st.map.insert(d, (b.clone(), tick));
+        st.order.insert(tick, d);
+        st.evict();
+    }
+
+    fn remove(&self, d: &Digest) {
+        let mut st = self.lock();
+        if let Some((b, t)) = st.map.remove(d) {
+            st.bytes -= b.bytes().len();
+            st.order.remove(&t);
+        }
+    }
+}
+
+/// What the decoded-layer cache holds and how often it answered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LayerCacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub layers: usize,
+    pub bytes: usize,
+    pub budget: usize,
 }
 
 impl ObjectStore {
     pub fn new(backend: Arc<dyn Backend>) -> ObjectStore {
+        let mb = std::env::var("VDNA_DB_LAYER_CACHE_MB")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(DEFAULT_LAYER_CACHE_MB);
         ObjectStore {
             backend,
             bytes_read: Arc::new(AtomicU64::new(0)),
+            layers: Arc::new(LayerCache::new(mb.saturating_mul(1 << 20))),
+        }
+    }
+
+    /// Sets the decoded-layer cache's budget in bytes (0 turns it off and empties it).
+    pub fn set_layer_cache_budget(&self, bytes: usize) {
+        let mut st = self.layers.lock();
+        st.budget = bytes;
+        st.evict();
+    }
+
+    /// The decoded-layer cache's counters and size.
+    pub fn layer_cache_stats(&self) -> LayerCacheStats {
+        let st = self.layers.lock();
+        LayerCacheStats {
+            hits: self.layers.hits.load(Ordering::Relaxed),
+            misses: self.layers.misses.load(Ordering::Relaxed),
+            layers: st.map.len(),
+            bytes: st.bytes,
+            budget: st.budget,
         }
     }
 
@@ -503,6 +641,9 @@ impl ObjectStore {
     /// and zstd content checksum; the SHA-256 too when stored uncompressed), validated,
     /// read in place afterwards.
     pub fn get_layer(&self, digest: &Digest) -> Result<LayerBuf, Error> {
+        if let Some(b) = self.layers.get(digest) {
+            return Ok(b);
+        }
         let enc = self.read(digest)?;
         let h = decode_object_header(&enc, "blob")?;
         let raw = if is_compressed(h.codec) {
@@ -511,7 +652,9 @@ impl ObjectStore {
         } else {
             self.check(digest, &enc)?
         };
-        Ok(decode_layer(raw)?)
+        let buf = decode_layer(raw)?;
+        self.layers.insert(*digest, &buf);
+        Ok(buf)
     }
 
     /// Reads the header only, to report the codec.
@@ -540,6 +683,7 @@ impl ObjectStore {
 
     /// Removes an object.
     pub fn delete(&self, digest: &Digest) -> Result<(), Error> {
+        self.layers.remove(digest);
         self.backend
             .delete(&key_of(digest))
             .map_err(|e| Self::io(digest, e))
@@ -553,5 +697,58 @@ impl ObjectStore {
     /// Bytes read from the backend since the store was opened.
     pub fn bytes_read(&self) -> u64 {
         self.bytes_read.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod layer_cache_tests {
+    use super::*;
+
+    fn layer(n: usize) -> (Digest, LayerBuf) {
+        let dna = crate::synth::member(
+            &crate::synth::CatalogueSpec {
+                seed: n as u64,
+                families: 1,
+                members: 1,
+                layers: crate::synth::uniform_layers(1, 4 + n as u32),
+                dist: crate::format::DistKind::Histogram { bins: 8 },
+                extractor: "rand_resnet50".into(),
+                images: 2,
+                positions: 2,
+                spread: 1.0,
+            },
+            0,
+            0,
+        );
+        let enc = dna.encode(1);
+        let (d, bytes) = enc.objects[2].clone();
+        let raw = crate::format::decode_object(&bytes, "t").unwrap();
+        (d, crate::format::decode_layer(raw).unwrap())
+    }
+
+    /// Hits and misses are counted, the least recently used goes first past the budget,
+    /// a removed entry is gone, and a zero budget caches nothing.
+    #[test]
+    fn evicts_the_least_recently_used_past_its_budget() {
+        let (a, b, c) = (layer(1), layer(2), layer(3));
+        let size = |l: &(Digest, LayerBuf)| l.1.bytes().len();
+        // Room for the two largest together, not for all three.
+        let budget = size(&b) + size(&c) + size(&a) - 1;
+        let cache = LayerCache::new(budget);
+        cache.insert(a.0, &a.1);
+        cache.insert(b.0, &b.1);
+        assert!(cache.get(&a.0).is_some(), "a is now the most recent");
+        cache.insert(c.0, &c.1);
+        assert!(cache.get(&b.0).is_none(), "b was the least recently used");
+        assert!(cache.get(&a.0).is_some() && cache.get(&c.0).is_some());
+        assert_eq!(cache.hits.load(Ordering::Relaxed), 3);
+        assert_eq!(cache.misses.load(Ordering::Relaxed), 1);
+        assert_eq!(cache.lock().bytes, size(&a) + size(&c));
+        cache.remove(&a.0);
+        assert!(cache.get(&a.0).is_none());
+        assert_eq!(cache.lock().bytes, size(&c));
+        let off = LayerCache::new(0);
+        off.insert(a.0, &a.1);
+        assert!(off.get(&a.0).is_none() && off.lock().map.is_empty());
     }
 }

@@ -86,9 +86,11 @@ pub fn encode_layer(blob: &LayerBlob) -> Vec<u8> {
     out
 }
 
-/// Canonical layer bytes in a 16-aligned buffer, validated once at construction.
+/// Canonical layer bytes in a 16-aligned buffer, validated once at construction; clones
+/// share the bytes (a decoded-layer cache hands out clones).
+#[derive(Clone)]
 pub struct LayerBuf {
-    bytes: AlignedVec<16>,
+    bytes: std::sync::Arc<AlignedVec<16>>,
 }
 
 impl std::fmt::Debug for LayerBuf {
@@ -120,7 +122,9 @@ pub fn decode_layer(bytes: AlignedVec<16>) -> Result<LayerBuf, FormatError> {
     let archived = rkyv::access::<ArchivedLayerBlob, rancor::BoxedError>(&bytes[HEADER..])
         .map_err(|e| FormatError::invalid(WHAT, format!("archive fails validation: {e}")))?;
     check_shape(archived)?;
-    Ok(LayerBuf { bytes })
+    Ok(LayerBuf {
+        bytes: std::sync::Arc::new(bytes),
+    })
 }
 
 /// Where a histogram layer's counts lie in its canonical bytes: (byte offset, neurons,

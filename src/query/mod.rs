@@ -116,6 +116,12 @@ pub struct Plan {
     /// Bytes of summaries scanned and of objects read.
     pub summary_bytes: u64,
     pub object_bytes_read: u64,
+    /// Layers the exact stage found decoded in the process's cache, and those it read
+    /// and decoded (counted across the process while the query ran).
+    #[serde(default)]
+    pub layer_cache_hits: u64,
+    #[serde(default)]
+    pub layer_cache_misses: u64,
     pub stages: Vec<Stage>,
     pub total_ms: f64,
 }
@@ -135,6 +141,14 @@ impl Plan {
             crate_bytes(self.summary_bytes),
             crate_bytes(self.object_bytes_read)
         );
+        let looked = self.layer_cache_hits + self.layer_cache_misses;
+        if looked > 0 {
+            s.push_str(&format!(
+                "  decoded-layer cache: {} of {looked} layers found ({:.0}% hits)\n",
+                self.layer_cache_hits,
+                100.0 * self.layer_cache_hits as f64 / looked as f64
+            ));
+        }
         for st in &self.stages {
             s.push_str(&format!(
                 "  stage {:<28} {:>7} -> {:<7} {:>9.2} ms\n",
@@ -566,6 +580,7 @@ fn exact_distance(
 pub fn query(db: &dyn Source, q: &AnyDna, req: &QueryRequest) -> Result<QueryResult, Error> {
     let t0 = Instant::now();
     let bytes0 = db.objects().bytes_read();
+    let cache0 = db.objects().layer_cache_stats();
     if req.k == 0 {
         return Err(Error::Invalid("--top must be at least 1".into()));
     }
@@ -774,6 +789,9 @@ pub fn query(db: &dyn Source, q: &AnyDna, req: &QueryRequest) -> Result<QueryRes
         })
         .collect();
     plan.object_bytes_read = db.objects().bytes_read() - bytes0;
+    let cache1 = db.objects().layer_cache_stats();
+    plan.layer_cache_hits = cache1.hits - cache0.hits;
+    plan.layer_cache_misses = cache1.misses - cache0.misses;
     plan.total_ms = ms(t0);
     Ok(QueryResult {
         results,
