@@ -242,11 +242,21 @@ pub fn safe_url(url: &str) -> bool {
     !head.contains(':') && !u.starts_with("//")
 }
 
+/// A link target as a card may hold it: unsafe ones become a link to nowhere.
+#[cfg(feature = "server")]
+fn checked(url: pulldown_cmark::CowStr<'_>) -> pulldown_cmark::CowStr<'_> {
+    if safe_url(&url) {
+        url
+    } else {
+        pulldown_cmark::CowStr::from("#")
+    }
+}
+
 /// Renders markdown as HTML that is safe to place in a page: raw HTML is shown as text,
 /// unsafe link targets are dropped, images become links to their address.
 #[cfg(feature = "server")]
 pub fn render_markdown(md: &str) -> String {
-    use pulldown_cmark::{CowStr, Event, LinkType, Options, Parser, Tag, TagEnd};
+    use pulldown_cmark::{Event, LinkType, Options, Parser, Tag, TagEnd};
     let opts = Options::ENABLE_TABLES
         | Options::ENABLE_STRIKETHROUGH
         | Options::ENABLE_TASKLISTS
@@ -258,37 +268,23 @@ pub fn render_markdown(md: &str) -> String {
             dest_url,
             title,
             id,
-        }) => {
-            let dest = if safe_url(&dest_url) {
-                dest_url
-            } else {
-                CowStr::from("#")
-            };
-            Event::Start(Tag::Link {
-                link_type,
-                dest_url: dest,
-                title,
-                id,
-            })
-        }
+        }) => Event::Start(Tag::Link {
+            link_type,
+            dest_url: checked(dest_url),
+            title,
+            id,
+        }),
         Event::Start(Tag::Image {
             dest_url,
             title,
             id,
             ..
-        }) => {
-            let dest = if safe_url(&dest_url) {
-                dest_url
-            } else {
-                CowStr::from("#")
-            };
-            Event::Start(Tag::Link {
-                link_type: LinkType::Inline,
-                dest_url: dest,
-                title,
-                id,
-            })
-        }
+        }) => Event::Start(Tag::Link {
+            link_type: LinkType::Inline,
+            dest_url: checked(dest_url),
+            title,
+            id,
+        }),
         Event::End(TagEnd::Image) => Event::End(TagEnd::Link),
         other => other,
     });

@@ -1285,16 +1285,7 @@ pub async fn query_page(
             return Ok((rows, uploads, None));
         };
         let (d, _) = db.resolve(&r)?;
-        let q = db.query(
-            &AnyDna::Stored(db.open_dna(&d)?),
-            &QueryRequest {
-                mask: m2,
-                k,
-                per_layer: true,
-                mode: Mode::Exact,
-                ..Default::default()
-            },
-        )?;
+        let q = exact_query(db, &AnyDna::Stored(db.open_dna(&d)?), m2, k)?;
         Ok((rows, uploads, Some(q)))
     })
     .await;
@@ -1305,6 +1296,20 @@ pub async fn query_page(
         let _ = write!(b, "<div class=card><p class=muted>{} distance over {} neurons, mask <code>{}</code>; {} exact distances in {:.1} ms.</p><div class=scroll role=region aria-label='results' tabindex=0>{}</div></div>", q.metric.name(), q.neurons, esc(&q.mask), q.plan.exact_computed, q.plan.total_ms, hits_table(&q));
     }
     Ok(page("Query", &b).into_response())
+}
+
+/// The exact top-k of the query pages, with per-layer distances.
+fn exact_query(db: &Engine, q: &AnyDna, mask: String, k: usize) -> Result<QueryResult, ApiError> {
+    Ok(db.query(
+        q,
+        &QueryRequest {
+            mask,
+            k,
+            per_layer: true,
+            mode: Mode::Exact,
+            ..Default::default()
+        },
+    )?)
 }
 
 /// A bundle posted as the raw body (or a single-file multipart form) to query with.
@@ -1325,16 +1330,7 @@ pub async fn query_upload(
         let (dna, _) = crate::engine::dna_of_bundle_bytes(&bytes).map_err(|e| {
             ApiError::bad_request(format!("the upload is not a valid .vdna bundle: {e}"))
         })?;
-        let q = db.query(
-            &AnyDna::Owned(dna),
-            &QueryRequest {
-                mask: m2,
-                k,
-                per_layer: true,
-                mode: Mode::Exact,
-                ..Default::default()
-            },
-        )?;
+        let q = exact_query(db, &AnyDna::Owned(dna), m2, k)?;
         Ok((rows, uploads, q))
     })
     .await;
@@ -1595,16 +1591,7 @@ pub async fn query_files(
             #[cfg(not(feature = "extract"))]
             Upload::Images(..) => unreachable!("refused above"),
         };
-        let q = db.query(
-            &AnyDna::Owned(dna),
-            &QueryRequest {
-                mask: m2,
-                k,
-                per_layer: true,
-                mode: Mode::Exact,
-                ..Default::default()
-            },
-        )?;
+        let q = exact_query(db, &AnyDna::Owned(dna), m2, k)?;
         Ok((rows, uploads, q, what))
     })
     .await;
