@@ -144,6 +144,18 @@ pub struct Catalogue {
     spaces: Table<Digest, SpaceRecord>,
     tokens: Table<String, TokenRecord>,
     cards: Table<RefName, CardRecord>,
+    /// Changes applied by this process (every write goes through `apply` or
+    /// `clear_view`, and sled admits one process): what [`Catalogue::snapshot_records`]
+    /// is keyed by.
+    generation: std::sync::atomic::AtomicU64,
+    records: std::sync::Mutex<Option<(u64, SharedRecords)>>,
+}
+
+/// Every ref and every DNA record, decoded once per catalogue state and shared.
+#[derive(Clone)]
+pub struct SharedRecords {
+    pub refs: std::sync::Arc<Vec<(RefName, RefRecord)>>,
+    pub dnas: std::sync::Arc<Vec<(Digest, DnaRecord)>>,
 }
 
 /// How a table's keys are written: as UTF-8 text, parsed back on read.
@@ -300,6 +312,8 @@ impl Catalogue {
             spaces: Table::open(&db, "spaces")?,
             tokens: Table::open(&db, "tokens")?,
             cards: Table::open(&db, "cards")?,
+            generation: Default::default(),
+            records: Default::default(),
             meta: db.open_tree("meta").map_err(db_err)?,
             db,
         })
@@ -349,6 +363,7 @@ impl Catalogue {
         ] {
             t.clear().map_err(db_err)?;
         }
+        self.bump();
         self.flush()
     }
 
@@ -514,7 +529,37 @@ impl Catalogue {
                 Ok::<(), ConflictableTransactionError<()>>(())
             });
         res.map_err(|e| Error::Catalogue(CatalogueError::Db(format!("{e:?}"))))?;
+        self.bump();
         self.flush()
+    }
+
+    fn bump(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Every ref (sorted) and DNA record, decoded once per catalogue state: the query
+    /// path's candidates without decoding every record from sled on every query.
+    pub fn snapshot_records(&self) -> Result<SharedRecords, Error> {
+        // The generation is read before the tables: a change applied meanwhile leaves
+        // this snapshot labelled older, so the next reader decodes again.
+        let gen = self.generation.load(std::sync::atomic::Ordering::SeqCst);
+        if let Some((g, r)) = self
+            .records
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            if *g == gen {
+                return Ok(r.clone());
+            }
+        }
+        let r = SharedRecords {
+            refs: std::sync::Arc::new(self.refs()?),
+            dnas: std::sync::Arc::new(self.dnas()?),
+        };
+        *self.records.lock().unwrap_or_else(|p| p.into_inner()) = Some((gen, r.clone()));
+        Ok(r)
     }
 
     fn flush(&self) -> Result<(), Error> {
@@ -591,6 +636,58 @@ impl Catalogue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shared records are one decode per catalogue state: the same `Arc` while
+    /// nothing changes, and every applied change (a ref set, removed, the view cleared)
+    /// shows in the next read.
+    #[test]
+    fn shared_records_follow_every_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Catalogue::open(dir.path()).unwrap();
+        let (d, name) = (Digest::of(b"dna"), RefName::parse("a:v1").unwrap());
+        let rec = DnaRecord {
+            space: Digest::of(b"space"),
+            dist: "histogram-8".into(),
+            images: 3,
+            stored_bytes: 1,
+            raw_bytes: 1,
+            created: 0,
+        };
+        let s0 = c.snapshot_records().unwrap();
+        assert!(s0.refs.is_empty() && s0.dnas.is_empty());
+        let r = RefRecord {
+            digest: d,
+            created: 0,
+            annotations: Default::default(),
+        };
+        c.apply(
+            None,
+            &[
+                Change::PutDna {
+                    digest: d,
+                    record: rec.clone(),
+                },
+                Change::SetRef {
+                    name: name.clone(),
+                    record: r.clone(),
+                    prev: None,
+                },
+            ],
+        )
+        .unwrap();
+        let s1 = c.snapshot_records().unwrap();
+        assert_eq!(*s1.refs, vec![(name.clone(), r)]);
+        assert_eq!(*s1.dnas, vec![(d, rec)]);
+        assert!(std::sync::Arc::ptr_eq(
+            &s1.refs,
+            &c.snapshot_records().unwrap().refs
+        ));
+        c.apply(None, &[Change::RemoveRef { name, prev: d }])
+            .unwrap();
+        assert!(c.snapshot_records().unwrap().refs.is_empty());
+        c.clear_view().unwrap();
+        assert!(c.snapshot_records().unwrap().dnas.is_empty());
+    }
 
     /// Every table answers a damaged record with the same error, naming table and key,
     /// where reads used to differ (spaces skipped bad keys, masks decoded lossily).

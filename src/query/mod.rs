@@ -586,7 +586,8 @@ pub fn query(db: &dyn Source, q: &AnyDna, req: &QueryRequest) -> Result<QueryRes
     }
     let space = q.space().clone();
     let space_digest = space.digest();
-    let records = db.catalogue().dnas()?;
+    let shared = db.catalogue().snapshot_records()?;
+    let records = &shared.dnas;
     let in_space: HashMap<Digest, u64> = records
         .iter()
         .filter(|(_, r)| r.space == space_digest)
@@ -624,7 +625,7 @@ pub fn query(db: &dyn Source, q: &AnyDna, req: &QueryRequest) -> Result<QueryRes
     let mask = db.catalogue().resolve_mask(&req.mask, &space)?;
 
     // Eligible refs, grouped by DNA.
-    let refs = db.catalogue().refs()?;
+    let refs = &shared.refs;
     for key in req.filters.keys() {
         if !refs
             .iter()
@@ -646,7 +647,7 @@ pub fn query(db: &dyn Source, q: &AnyDna, req: &QueryRequest) -> Result<QueryRes
         None
     };
     let mut by_dna: BTreeMap<Digest, Vec<RefName>> = BTreeMap::new();
-    for (name, r) in &refs {
+    for (name, r) in refs.iter() {
         if !in_space.contains_key(&r.digest)
             || req.tag.as_ref().is_some_and(|t| *t != name.tag)
             || req
