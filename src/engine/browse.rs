@@ -16,6 +16,10 @@ use serde::{Deserialize, Serialize};
 use super::{AnyDna, Engine, Listing, Mode, QueryRequest};
 use crate::Error;
 
+/// The most entries one distance-sorted page ranks when every entry of the space must be
+/// ranked (a text search, a space prefix, or farthest first).
+pub const MAX_RANKED: usize = 5_000;
+
 /// What a listing is ordered by.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -244,7 +248,13 @@ impl Engine {
         let narrowed = b.q.as_deref().is_some_and(|q| !q.trim().is_empty())
             || b.space.as_deref().is_some_and(|s| !s.is_empty());
         let k = if narrowed || b.reverse {
-            rows.iter().filter(|r| r.space == space).count()
+            let all = rows.iter().filter(|r| r.space == space).count();
+            if all > MAX_RANKED {
+                return Err(Error::Invalid(format!(
+                    "sorting by distance with a text search, a space prefix or farthest first ranks every one of the {all} entries of {to}'s space (at most {MAX_RANKED}): narrow it with an annotation filter, or sort closest first"
+                )));
+            }
+            all
         } else {
             want
         };
