@@ -442,8 +442,11 @@ fn quantiles(mut v: Vec<f64>) -> [f64; 5] {
     [at(0.05), at(0.25), at(0.5), at(0.75), at(0.95)]
 }
 
-fn summarise(name: &str, view: LayerView<'_>) -> LayerSummary {
-    let (means, spreads): (Vec<f64>, Vec<f64>) = match view {
+/// Each neuron's mean activation and spread: histograms over the bin centres of
+/// [-1, 1], Gaussians their mean and standard deviation, ranges their midpoint and
+/// half-width.
+fn neuron_moments(view: LayerView<'_>) -> (Vec<f64>, Vec<f64>) {
+    match view {
         LayerView::Histogram {
             neurons,
             bins,
@@ -482,7 +485,11 @@ fn summarise(name: &str, view: LayerView<'_>) -> LayerSummary {
             min.iter().zip(max).map(|(a, b)| (a + b) / 2.0).collect(),
             min.iter().zip(max).map(|(a, b)| (b - a) / 2.0).collect(),
         ),
-    };
+    }
+}
+
+fn summarise(name: &str, view: LayerView<'_>) -> LayerSummary {
+    let (means, spreads) = neuron_moments(view);
     let spread = spreads.iter().sum::<f64>() / spreads.len().max(1) as f64;
     LayerSummary {
         name: name.to_string(),
@@ -1056,7 +1063,7 @@ pub async fn layer_page(
                     "this layer keeps no distribution per neuron (layer-Gaussian or ranges DNAs)",
                 )),
             },
-            None => (neuron_means(va), "mean"),
+            None => (neuron_moments(va).0, "mean"),
         };
         Ok(out)
     })
@@ -1168,29 +1175,6 @@ pub async fn layer_page(
     // With JavaScript: a click on a cell shows its plot in place.
     body.push_str("<script>document.getElementById('grid').addEventListener('click',function(e){var a=e.target.closest('a[data-neuron]');if(!a)return;e.preventDefault();var i=a.getAttribute('data-neuron'),u=new URL(a.getAttribute('href'),location.href);var f=document.getElementById('plot'),im=document.getElementById('plotimg');im.src='/plot/neuron.svg'+u.search;im.alt='distributions of neuron '+i;document.getElementById('plotcap').textContent='neuron '+i+': '+a.querySelector('title').textContent;f.hidden=false;history.replaceState(null,'',u.pathname+u.search+'#plot');f.scrollIntoView({block:'nearest'});});</script>");
     Ok(page(&format!("Layer {layer}"), &body).into_response())
-}
-
-/// Each neuron's mean activation (histograms: over the bin centres of [-1, 1]).
-fn neuron_means(view: LayerView<'_>) -> Vec<f64> {
-    match view {
-        LayerView::Histogram {
-            neurons,
-            bins,
-            counts,
-        } => (0..neurons)
-            .map(|n| {
-                let h = &counts[n * bins..(n + 1) * bins];
-                let tot: f64 = h.iter().map(|&c| c as f64).sum::<f64>().max(1.0);
-                h.iter()
-                    .enumerate()
-                    .map(|(k, &x)| x as f64 * (-1.0 + (k as f64 + 0.5) * 2.0 / bins as f64))
-                    .sum::<f64>()
-                    / tot
-            })
-            .collect(),
-        LayerView::Gaussian { mean, .. } | LayerView::LayerGaussian { mean, .. } => mean.to_vec(),
-        LayerView::Ranges { min, max } => min.iter().zip(max).map(|(a, b)| (a + b) / 2.0).collect(),
-    }
 }
 
 #[derive(Deserialize, Default)]

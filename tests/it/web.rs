@@ -36,6 +36,21 @@ fn browser(bin: &Path, args: &[&str], url: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Pushes the three reference DNAs the web tests browse (with `extra` push flags).
+fn push_references(home: &Path, extra: &[&str]) {
+    let fix = root().join("fixtures/reference");
+    for (file, name) in [
+        ("gradients-histogram-100.json", "ref/gradients:h100"),
+        ("checker-histogram-100.json", "ref/checker:h100"),
+        ("gradients-gaussian.json", "ref/gradients:gauss"),
+    ] {
+        let path = fix.join(file);
+        let mut args = vec!["push", path.to_str().unwrap(), "--name", name];
+        args.extend_from_slice(extra);
+        util::ok(home, &args);
+    }
+}
+
 #[test]
 fn web_pages_render_the_catalogue_in_a_browser() {
     let Some(bin) = chromium() else {
@@ -50,24 +65,7 @@ fn web_pages_render_the_catalogue_in_a_browser() {
     };
     let dir = util::tmp();
     let home = dir.path().join("server");
-    let fix = root().join("fixtures/reference");
-    for (file, name) in [
-        ("gradients-histogram-100.json", "ref/gradients:h100"),
-        ("checker-histogram-100.json", "ref/checker:h100"),
-        ("gradients-gaussian.json", "ref/gradients:gauss"),
-    ] {
-        util::ok(
-            &home,
-            &[
-                "push",
-                fix.join(file).to_str().unwrap(),
-                "--name",
-                name,
-                "--meta",
-                "origin=reference",
-            ],
-        );
-    }
+    push_references(&home, &["--meta", "origin=reference"]);
     let expected = util::json(
         &home,
         &["compare", "ref/gradients:h100", "ref/checker:h100"],
@@ -186,17 +184,7 @@ fn web_pages_pass_layout_keyboard_and_accessibility_audits() {
     }
     let dir = util::tmp();
     let home = dir.path().join("server");
-    let fix = root().join("fixtures/reference");
-    for (file, name) in [
-        ("gradients-histogram-100.json", "ref/gradients:h100"),
-        ("checker-histogram-100.json", "ref/checker:h100"),
-        ("gradients-gaussian.json", "ref/gradients:gauss"),
-    ] {
-        util::ok(
-            &home,
-            &["push", fix.join(file).to_str().unwrap(), "--name", name],
-        );
-    }
+    push_references(&home, &[]);
     let card = dir.path().join("card.md");
     std::fs::write(
         &card,
