@@ -218,7 +218,7 @@ fn main() {
             ..Default::default()
         };
         let (_, rep) =
-            extract::extract(&ext, Some(&ranges), &items, &opts, &|_, _| {}).expect("extract");
+            extract::extract(&ext, Some(&ranges), &items, &opts, &|_| {}).expect("extract");
         let t = &rep.timings;
         let x = Tensor::randn(0f32, 1.0, (BATCH, 224, 224, 3), &Device::Cpu).expect("input");
         let net = best_secs(3, || {

@@ -13,10 +13,10 @@ use serde::Serialize;
 
 use crate::catalogue::{Catalogue, Change, DnaRecord, RefRecord, SpaceRecord, TokenRecord};
 use crate::distance::{Comparison, Metric};
-use crate::dna::{check_layer, Dna, EncodedDna, LayerData};
+use crate::dna::{check_layer, Dna, EncodedDna};
+pub use crate::dna::{dna_of_bundle, dna_of_bundle_bytes};
 use crate::format::{
-    decode_bundle, decode_layer, decode_object, encode_bundle, Bundle, Codec, Digest, Manifest,
-    SpaceConfig,
+    decode_layer, decode_object, encode_bundle, Bundle, Codec, Digest, Manifest, SpaceConfig,
 };
 use crate::mask::Mask;
 pub use crate::objstore::Location;
@@ -947,29 +947,6 @@ pub fn read_dna_file(path: &Path) -> Result<(Dna, BTreeMap<String, String>), Err
     }
     let imported = crate::reference::import_pair(path)?;
     Ok((imported.dna, imported.annotations))
-}
-
-/// Decodes and validates a `.vdna` bundle into an owned DNA and its annotations.
-pub fn dna_of_bundle_bytes(bytes: &[u8]) -> Result<(Dna, BTreeMap<String, String>), Error> {
-    dna_of_bundle(decode_bundle(bytes)?)
-}
-
-/// Decodes and validates the layers of a decoded bundle into an owned DNA.
-pub fn dna_of_bundle(b: Bundle) -> Result<(Dna, BTreeMap<String, String>), Error> {
-    let mut layers = Vec::with_capacity(b.manifest.layers.len());
-    for (i, (_, enc)) in b.objects.iter().skip(2).enumerate() {
-        let buf = decode_layer(decode_object(enc, "bundle entry")?)?;
-        check_layer(&b.space, i, &buf.view())?;
-        layers.push(LayerData::from_view(buf.view()));
-    }
-    Ok((
-        Dna {
-            space: b.space,
-            images: b.manifest.images,
-            layers,
-        },
-        b.annotations,
-    ))
 }
 
 /// True when the file opens with the bundle magic.

@@ -433,3 +433,30 @@ fn merge_layer(a: &LayerData, b: &LayerData, na: u64, nb: u64) -> Result<LayerDa
         _ => return Err("layers of different kinds".into()),
     })
 }
+
+/// Decodes and validates a `.vdna` bundle into an owned DNA and its annotations.
+pub fn dna_of_bundle_bytes(
+    bytes: &[u8],
+) -> Result<(Dna, std::collections::BTreeMap<String, String>), DnaError> {
+    dna_of_bundle(crate::format::decode_bundle(bytes)?)
+}
+
+/// Decodes and validates the layers of a decoded bundle into an owned DNA.
+pub fn dna_of_bundle(
+    b: crate::format::Bundle,
+) -> Result<(Dna, std::collections::BTreeMap<String, String>), DnaError> {
+    let mut layers = Vec::with_capacity(b.manifest.layers.len());
+    for (i, (_, enc)) in b.objects.iter().skip(2).enumerate() {
+        let buf = crate::format::decode_layer(crate::format::decode_object(enc, "bundle entry")?)?;
+        check_layer(&b.space, i, &buf.view())?;
+        layers.push(LayerData::from_view(buf.view()));
+    }
+    Ok((
+        Dna {
+            space: b.space,
+            images: b.manifest.images,
+            layers,
+        },
+        b.annotations,
+    ))
+}

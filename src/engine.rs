@@ -25,6 +25,8 @@ use crate::Error;
 
 mod browse;
 pub use browse::{Browse, Page, SortKey};
+mod shards;
+pub use shards::{shard_annotations, shard_name, ShardSet, SHARD, SHARD_OF, SHARD_SELECTION};
 #[cfg(feature = "extract")]
 mod input;
 #[cfg(feature = "extract")]

@@ -172,6 +172,12 @@ mod remote {
         fetched: Arc<std::sync::atomic::AtomicU64>,
     }
 
+    impl std::fmt::Debug for Remote {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Remote").field("url", &self.url).finish()
+        }
+    }
+
     fn memory_buckets() -> &'static Mutex<HashMap<String, Arc<object_store::memory::InMemory>>> {
         static M: OnceLock<Mutex<HashMap<String, Arc<object_store::memory::InMemory>>>> =
             OnceLock::new();
@@ -288,6 +294,80 @@ mod remote {
             })
         }
 
+        /// A read-only view of a plain HTTP(S) server at `base` (`scheme://host[:port]`),
+        /// whose keys are URL paths: image sources read archives, lists and images from it
+        /// with GET (range GETs for Parquet). Plain HTTP is allowed: the URL says which.
+        pub fn open_http(base: &str) -> Result<Remote, Error> {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let s = object_store::http::HttpBuilder::new()
+                .with_url(base)
+                .with_client_options(
+                    object_store::ClientOptions::new().with_allow_http(base.starts_with("http:")),
+                )
+                .build()
+                .map_err(|e| Error::Invalid(format!("{base}: {e}")))?;
+            Ok(Remote {
+                store: Arc::new(s),
+                prefix: String::new(),
+                url: base.trim_end_matches('/').to_string(),
+                rt: runtime().map_err(|e| Error::io("object store runtime", e))?,
+                fetched: Default::default(),
+            })
+        }
+
+        /// An object's body as a stream read front to back: chunks arrive as they come
+        /// off the network, at most a few in memory at once (the reader's pace holds the
+        /// request back), so a multi-gigabyte archive is read in bounded memory.
+        pub fn reader(&self, key: &str) -> ObjectReader {
+            let (s, p) = (self.store.clone(), self.path(key));
+            let what = format!("{}/{key}", self.url);
+            let fetched = self.fetched.clone();
+            let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Vec<u8>>>(4);
+            self.rt.spawn(async move {
+                let fail = |e: object_store::Error| match e {
+                    object_store::Error::NotFound { .. } => {
+                        io::Error::new(io::ErrorKind::NotFound, format!("{what}: not found"))
+                    }
+                    e => io::Error::other(format!("{what}: {e}")),
+                };
+                let mut body = match s.get(&p).await {
+                    Ok(g) => g.into_stream(),
+                    Err(e) => {
+                        let _ = tx.send(Err(fail(e))).await;
+                        return;
+                    }
+                };
+                while let Some(chunk) = body.next().await {
+                    let chunk = chunk.map(|b| b.to_vec()).map_err(fail);
+                    if let Ok(c) = &chunk {
+                        fetched.fetch_add(c.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    let stop = chunk.is_err();
+                    // A closed channel: the reader was dropped, so the body is not wanted.
+                    if tx.send(chunk).await.is_err() || stop {
+                        return;
+                    }
+                }
+            });
+            ObjectReader {
+                rx,
+                chunk: Vec::new(),
+                at: 0,
+            }
+        }
+
+        /// Bytes `start .. start + len` of an object (a range GET).
+        pub fn get_range(&self, key: &str, start: u64, len: u64) -> io::Result<Vec<u8>> {
+            let (s, p) = (self.store.clone(), self.path(key));
+            match self.run(async move { s.get_range(&p, start..start + len).await }) {
+                Ok(b) => {
+                    self.count(b.len());
+                    Ok(b.to_vec())
+                }
+                Err(e) => Err(self.err(key, e)),
+            }
+        }
+
         /// Bytes of object bodies fetched from the bucket since it was opened.
         pub fn bytes_fetched(&self) -> u64 {
             self.fetched.load(std::sync::atomic::Ordering::Relaxed)
@@ -368,6 +448,10 @@ mod remote {
                 object_store::Error::NotFound { .. } => io::Error::new(
                     io::ErrorKind::NotFound,
                     format!("{}/{key}: not found", self.url),
+                ),
+                e @ object_store::Error::NotSupported { .. } => io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!("{}/{key}: {e}", self.url),
                 ),
                 e => io::Error::other(format!("{}/{key}: {e}", self.url)),
             }
@@ -608,6 +692,32 @@ mod remote {
                 self.bytes -= b.len();
                 self.order.retain(|k| k != key);
             }
+        }
+    }
+
+    /// A blocking [`io::Read`] over an object's body ([`Remote::reader`]).
+    pub struct ObjectReader {
+        rx: tokio::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+        chunk: Vec<u8>,
+        at: usize,
+    }
+
+    impl io::Read for ObjectReader {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            while self.at == self.chunk.len() {
+                match self.rx.blocking_recv() {
+                    None => return Ok(0),
+                    Some(Ok(c)) => {
+                        self.chunk = c;
+                        self.at = 0;
+                    }
+                    Some(Err(e)) => return Err(e),
+                }
+            }
+            let n = buf.len().min(self.chunk.len() - self.at);
+            buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
         }
     }
 

@@ -17,10 +17,26 @@ use crate::extract::{
 };
 use crate::format::DistKind;
 
-pub const EXTRACT_HELP: &str =
-    "Image sources: a directory (recursive; png, jpeg, webp, bmp, gif, tiff, pgm/ppm),
-a .txt list of paths (relative to the list's folder), one image, or a .zip / .tar archive.
-Images are taken in sorted order; unreadable ones are skipped and reported (--strict fails).
+pub const EXTRACT_HELP: &str = "Image sources, read where they live:
+  photos/                          a directory (recursive; png, jpeg, webp, bmp, gif, tiff, pgm/ppm)
+  list.txt                         paths (relative to the list's folder) or URLs, one a line
+  data.zip, data.tar, img.png      a local archive, or one image
+  s3://bucket/prefix/              a bucket's images (sorted keys), or its .tar / .parquet shards;
+                                   credentials and endpoint from AWS_* as for --store s3://
+  https://host/data.tar            an archive, a .txt list of URLs or an image over HTTP(S)
+  shards/train-{0000..0146}.tar    webdataset shards (local, s3:// or http(s)://): samples are
+                                   members sharing a key; the image member is picked by extension
+  train-{00000..00003}.parquet     Parquet files with a column of encoded images (Hugging Face
+                                   datasets' struct of bytes/path, or binary): --column NAME
+Listed sources are taken in sorted order; shards and Parquet files are streamed in their
+order (bounded memory), so --shuffle needs a listed source. Unreadable images are skipped
+and reported (--strict fails).
+
+Long runs: --checkpoint FILE saves the partial DNA after every shard file or every
+--checkpoint-every images; the same command run again resumes there (extract -o OUT
+checkpoints to OUT.partial by default). Spread a run over machines with --shard i/n (or
+auto/n under a Kubernetes Indexed Job or a Slurm array); `push --shard` names each part
+NAME:TAG-shard-i-of-n and `vdna-db merge --shards NAME:TAG` joins them (docs/DISTRIBUTED.md).
 
 Preprocessing is the reference's \"clean\" mode: bicubic resize of float channels (Pillow
 semantics) to the extractor's input size, clipped, not re-quantised, then mean/std.
@@ -86,10 +102,21 @@ pub struct ExtractFlags {
     /// Seed for --shuffle
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub seed: u64,
-    /// Process only shard i of n (images at positions p with p % n == i); merging the n
-    /// shard DNAs gives the DNA of the whole source
+    /// Process only shard i of n: images at positions p with p % n == i, or whole files
+    /// of a sharded source (files i, i+n, ...); `auto/n` takes i from JOB_COMPLETION_INDEX
+    /// or SLURM_ARRAY_TASK_ID. Merging the n shard DNAs gives the whole source's DNA
     #[arg(long, value_name = "i/n", value_parser = parse_shard_arg)]
     pub shard: Option<(usize, usize)>,
+    /// Parquet sources: the column of encoded images [default: the only one]
+    #[arg(long, value_name = "NAME")]
+    pub column: Option<String>,
+    /// Save the partial DNA here after every shard file or --checkpoint-every images, and
+    /// resume from it when the same extraction runs again [extract: OUTPUT.partial]
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: Option<PathBuf>,
+    /// Images of a listed source between checkpoints
+    #[arg(long, value_name = "N", default_value_t = extract::settings::CHECKPOINT_EVERY)]
+    pub checkpoint_every: usize,
     /// Fail on the first unreadable image instead of skipping it
     #[arg(long)]
     pub strict: bool,
@@ -111,6 +138,9 @@ impl Default for ExtractFlags {
             shuffle: false,
             seed: 0,
             shard: None,
+            column: None,
+            checkpoint: None,
+            checkpoint_every: extract::settings::CHECKPOINT_EVERY,
             strict: false,
         }
     }
@@ -156,24 +186,29 @@ impl ExtractFlags {
                 shuffle: self.shuffle.then_some(self.seed),
                 max_images: self.max_images,
                 shard: self.shard,
+                column: self.column.clone(),
             },
             threads: self.threads,
+            checkpoint: self.checkpoint.clone(),
+            checkpoint_every: self.checkpoint_every.max(1),
         })
     }
 }
 
-/// A progress bar on stderr with images/s and ETA; hidden when stderr is not a terminal,
-/// with --quiet or with --json.
+/// A progress bar on stderr with images/s, ETA and skipped images; hidden when stderr is
+/// not a terminal, with --quiet or with --json.
 fn progress_bar(out: &Out, total: u64, what: &str) -> ProgressBar {
     let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
     if !out.shows_progress() {
         pb.set_draw_target(ProgressDrawTarget::hidden());
     }
     pb.set_style(
-        ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} images  {per_sec}  eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{prefix} {bar:30} {pos}/{len} images  {per_sec}  eta {eta}  {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    pb.set_message(what.to_string());
+    pb.set_prefix(what.to_string());
     pb
 }
 
@@ -194,9 +229,24 @@ pub fn with_progress<T>(
             settings.options.dist.name()
         ),
     );
-    let cb = |done: u64, total: u64| {
-        pb.set_length(total);
-        pb.set_position(done)
+    // The bar's rate and ETA count this run's images only: a resumed run starts its
+    // clock at the checkpoint.
+    let started = std::sync::Once::new();
+    let cb = |t: &extract::Tick| {
+        pb.set_length(t.total.max(t.done));
+        pb.set_position(t.done);
+        started.call_once(|| {
+            pb.reset_eta();
+            pb.reset_elapsed();
+        });
+        let mut msg = String::new();
+        if t.estimated {
+            msg.push_str("(total estimated) ");
+        }
+        if t.skipped > 0 {
+            msg.push_str(&format!("{} skipped", t.skipped));
+        }
+        pb.set_message(msg);
     };
     let res = f(&cb);
     pb.finish_and_clear();
@@ -208,6 +258,9 @@ pub fn with_progress<T>(
 }
 
 fn warn_report(out: &mut Out, report: &Report) {
+    for n in &report.notes {
+        out.warn(n);
+    }
     if !report.skipped.is_empty() {
         let first: Vec<String> = report
             .skipped
@@ -246,13 +299,30 @@ pub fn extract_source(out: &mut Out, source: &Path, flags: &ExtractFlags) -> Res
     )
 }
 
+/// Removes the checkpoint of a finished extraction (its DNA is safe now); a failure is
+/// only a warning, as the result is.
+pub fn remove_checkpoint(out: &mut Out, flags: &ExtractFlags) {
+    if let Some(p) = &flags.checkpoint {
+        if let Err(e) = std::fs::remove_file(p) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                out.warn(&format!("could not remove checkpoint {}: {e}", p.display()));
+            }
+        }
+    }
+}
+
 fn timing_line(r: &Report) -> String {
     let t = &r.timings;
+    let run = r.images - r.resumed;
     format!(
-        "{} images in {:.1} s ({:.1} images/s; network {:.1} s, accumulate {:.1} s, decode {:.1} s and resize {:.1} s of CPU time)",
-        r.images,
+        "{run} images in {:.1} s{} ({:.1} images/s; network {:.1} s, accumulate {:.1} s, decode {:.1} s and resize {:.1} s of CPU time)",
         t.wall_s,
-        r.images as f64 / t.wall_s.max(1e-9),
+        if r.resumed > 0 {
+            format!(", {} more from the checkpoint", r.resumed)
+        } else {
+            String::new()
+        },
+        run as f64 / t.wall_s.max(1e-9),
         t.network_s,
         t.accumulate_s,
         t.decode_s,
@@ -263,7 +333,8 @@ fn timing_line(r: &Report) -> String {
 #[derive(Args, Debug)]
 #[command(after_help = EXTRACT_HELP)]
 pub struct ExtractArgs {
-    /// Image source: directory, image, .txt list, .zip or .tar
+    /// Image source: directory, image, .txt list, .zip, .tar, .parquet, a brace pattern of
+    /// shards, or an s3:// / http(s):// URL (see below)
     pub source: PathBuf,
     /// Output: a .vdna bundle, or with --format reference the stem of a .json/.npz pair
     #[arg(long, short)]
@@ -275,7 +346,13 @@ pub struct ExtractArgs {
     pub flags: ExtractFlags,
 }
 
-pub fn run_extract(out: &mut Out, a: ExtractArgs) -> Result<()> {
+pub fn run_extract(out: &mut Out, mut a: ExtractArgs) -> Result<()> {
+    // A long extraction to a file checkpoints next to it unless told otherwise.
+    if a.flags.checkpoint.is_none() {
+        let mut p = a.output.clone().into_os_string();
+        p.push(".partial");
+        a.flags.checkpoint = Some(PathBuf::from(p));
+    }
     let (dna, report) = extract_source(out, &a.source, &a.flags)?;
     let mut ann = std::collections::BTreeMap::new();
     ann.insert("source".to_string(), a.source.display().to_string());
@@ -288,6 +365,7 @@ pub fn run_extract(out: &mut Out, a: ExtractArgs) -> Result<()> {
         let (j, n) = crate::engine::export_reference(&dna, &ann, &a.output)?;
         vec![j, n]
     };
+    remove_checkpoint(out, &a.flags);
     out.json(&serde_json::json!({
         "written": written,
         "digest": dna.digest(),

@@ -190,7 +190,9 @@ pub enum Command {
 
 Examples:
   vdna-db merge part0.vdna part1.vdna part2.vdna part3.vdna -o whole.vdna
-  vdna-db merge photos:v1 new-photos.vdna --name photos:v2"
+  vdna-db merge photos:v1 new-photos.vdna --name photos:v2
+  vdna-db merge --shards imagenet:train      # the parts pushed with --shard I/N
+                                             # (stored as imagenet:train-shard-I-of-N)"
     )]
     Merge(MergeArgs),
     /// Compute per-neuron activation ranges over calibration images (reference JSON layout)
@@ -229,10 +231,14 @@ pub struct PushArgs {
 #[derive(Args, Debug)]
 pub struct MergeArgs {
     /// DNAs to merge: stored name:tag or digests, .vdna bundles or reference pairs
-    #[arg(required = true, num_args = 2..)]
+    #[arg(required_unless_present = "shards", num_args = 2..)]
     pub inputs: Vec<String>,
+    /// Merge the stored parts NAME:TAG-shard-I-of-N of a distributed extraction (checked:
+    /// exactly parts 0..N-1, one space, one source selection) into NAME:TAG
+    #[arg(long, value_name = "NAME:TAG", conflicts_with = "inputs")]
+    pub shards: Option<String>,
     /// Write the merged DNA to this .vdna bundle
-    #[arg(long, short, required_unless_present = "name")]
+    #[arg(long, short, required_unless_present_any = ["name", "shards"])]
     pub output: Option<PathBuf>,
     /// Store the merged DNA under this name[:tag]
     #[arg(long, short)]
@@ -603,7 +609,7 @@ fn resolve_file(
         .with_context(|| format!("extracting a DNA from {}", path.display()))?
     } else {
         out.progress(&format!("reading {}", path.display()));
-        crate::engine::resolve_path(path, &settings, &|_, _| {})?
+        crate::engine::resolve_path(path, &settings, &|_| {})?
     };
     let resolved =
         resolved.with_context(|| format!("{} vanished while being read", path.display()))?;
@@ -650,8 +656,9 @@ fn run_remote(cli: &Cli, url: &str, out: &mut Out) -> Result<Option<i32>> {
     match &cli.command {
         Command::Push(a) | Command::Import(a) => {
             let store = StoreAt::of(cli);
-            let (input, ann, default) = resolve_push_input(&store, out, a)?;
+            let (input, mut ann, default) = resolve_push_input(&store, out, a)?;
             let name = push_name(a, default)?;
+            let name = shard_target(out, a, name, &mut ann)?;
             let card = a
                 .card
                 .as_deref()
@@ -659,6 +666,7 @@ fn run_remote(cli: &Cli, url: &str, out: &mut Out) -> Result<Option<i32>> {
                 .transpose()?;
             let objects = input.into_objects(3);
             remote::push_remote(out, &c, &objects, &name, &ann)?;
+            extract::remove_checkpoint(out, &a.extract);
             if let Some(md) = card {
                 let body = crate::protocol::SetCard { markdown: md };
                 c.put_json(&format!("/v1/cards/{name}"), &serde_json::to_value(&body)?)
@@ -1152,6 +1160,38 @@ fn resolve_push_input(
     Ok((resolved.input, ann, resolved.default_name))
 }
 
+/// With `--shard i/n` over an image source, the name the part is stored under
+/// (`NAME:TAG-shard-i-of-n`) and the marks `merge --shards` checks; otherwise `name`.
+fn shard_target(
+    out: &mut Out,
+    a: &PushArgs,
+    name: RefName,
+    ann: &mut BTreeMap<String, String>,
+) -> Result<RefName> {
+    let Some((i, n)) = a.extract.shard else {
+        return Ok(name);
+    };
+    if crate::engine::path_kind(&a.path) != crate::engine::PathKind::Images {
+        return Ok(name);
+    }
+    let f = &a.extract;
+    // Everything that selects the images, except the shard index.
+    let selection = serde_json::json!({
+        "source": a.path.to_string_lossy(),
+        "shuffle": f.shuffle.then_some(f.seed),
+        "max_images": f.max_images,
+        "shards": n,
+        "column": f.column,
+    })
+    .to_string();
+    ann.extend(crate::engine::shard_annotations(&name, i, n, &selection));
+    let part = crate::engine::shard_name(&name, i, n)?;
+    out.progress(&format!(
+        "shard {i} of {n} of {name}: stored as {part}; join the parts with `vdna-db merge --shards {name}`"
+    ));
+    Ok(part)
+}
+
 /// The name a push stores under: --name, else the input's default (its file stem, or the
 /// stored name it was read from).
 fn push_name(a: &PushArgs, default: Option<RefName>) -> Result<RefName> {
@@ -1170,9 +1210,10 @@ fn push(home: &StoreAt, out: &mut Out, a: PushArgs, require_name: bool) -> Resul
     if require_name && a.name.is_none() {
         bail!("push needs --name NAME[:TAG] (use import to store without a name)");
     }
-    let (input, ann, default) = resolve_push_input(home, out, &a)?;
+    let (input, mut ann, default) = resolve_push_input(home, out, &a)?;
     // Without --name, import names the DNA after its file (gc removes unnamed DNAs).
     let name = push_name(&a, default)?;
+    let name = shard_target(out, &a, name, &mut ann)?;
     let card = a
         .card
         .as_deref()
@@ -1186,6 +1227,7 @@ fn push(home: &StoreAt, out: &mut Out, a: PushArgs, require_name: bool) -> Resul
         }
         crate::engine::Input::Bundle(b) => db.push_bundle(b, Some(&name), ann)?,
     };
+    extract::remove_checkpoint(out, &a.extract);
     out.json(&report)?;
     out.line(&format!(
         "stored {}{} ({}, {} images, {} at rest for {} raw, {} new objects)",
@@ -1212,6 +1254,9 @@ fn push(home: &StoreAt, out: &mut Out, a: PushArgs, require_name: bool) -> Resul
 
 fn merge(home: &StoreAt, out: &mut Out, a: MergeArgs) -> Result<()> {
     let name = a.name.as_deref().map(RefName::parse).transpose()?;
+    if let Some(whole) = &a.shards {
+        return merge_shards(home, out, whole, name, a.output.as_deref());
+    }
     // Stored inputs need the store; files alone do not.
     let needs_store = name.is_some()
         || a.inputs.iter().any(|i| {
@@ -1266,6 +1311,55 @@ fn merge(home: &StoreAt, out: &mut Out, a: MergeArgs) -> Result<()> {
         "images": dna.images,
         "written": a.output,
         "stored": stored,
+    }))?;
+    Ok(())
+}
+
+/// `merge --shards`: the checked parts of a distributed extraction, added up and stored
+/// under the whole's name (or `--name`), and written to `-o` when given. Running it again
+/// stores the same DNA again.
+fn merge_shards(
+    home: &StoreAt,
+    out: &mut Out,
+    whole: &str,
+    name: Option<RefName>,
+    output: Option<&Path>,
+) -> Result<()> {
+    let whole = RefName::parse(whole)?;
+    let db = open_db(home)?;
+    let set = db.shard_set(&whole)?;
+    out.progress(&format!("merging {} shards of {whole}", set.count));
+    let dna = db.merge_shards(&set)?;
+    let target = name.unwrap_or_else(|| whole.clone());
+    // The parts' own annotations (source, extractor, --meta), without their shard marks.
+    let first = RefName::parse(&set.parts[0].0)?;
+    let mut ann: BTreeMap<String, String> = db
+        .annotations(Some(&first))?
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with(crate::engine::SHARD))
+        .collect();
+    ann.insert(
+        "merged_from".to_string(),
+        format!("{} shards of {whole}", set.count),
+    );
+    if let Some(o) = output {
+        crate::fsio::write_file_atomic(o, &db::bundle_of(&dna, &ann, 3))
+            .with_context(|| format!("writing {}", o.display()))?;
+        out.line(&format!("wrote {} ({} images)", o.display(), dna.images))?;
+    }
+    let r = db.push(&dna, Some(&target), ann)?;
+    out.line(&format!(
+        "merged {} shards of {whole} ({} images) and stored {} as {target}",
+        set.count,
+        dna.images,
+        r.digest.short()
+    ))?;
+    out.json(&serde_json::json!({
+        "digest": r.digest,
+        "images": dna.images,
+        "stored": target.to_string(),
+        "written": output,
+        "shards": set,
     }))?;
     Ok(())
 }

@@ -62,7 +62,7 @@ pub enum PathKind {
     Bundle,
     /// A reference `.json` + `.npz` pair (either file, or the stem).
     ReferencePair,
-    /// Images: a directory, a list, an image, a zip or a tar.
+    /// Images: a directory, a list, an image, an archive, Parquet, shards or a URL.
     Images,
     /// A file that is none of these.
     Unknown,
@@ -76,6 +76,8 @@ pub fn path_kind(path: &Path) -> PathKind {
         PathKind::Bundle
     } else if crate::reference::looks_like_pair(path) {
         PathKind::ReferencePair
+    } else if extract::is_source_spec(&path.to_string_lossy()) {
+        PathKind::Images
     } else if !path.exists() {
         PathKind::Missing
     } else if extract::looks_like_image_source(path) {
@@ -232,7 +234,7 @@ impl Engine {
             )));
         }
         settings.threads = Some(threads.max(1));
-        let (dna, report) = extract::extract_source(source, &settings, &|_, _| {})?;
+        let (dna, report) = extract::extract_source(source, &settings, &|_| {})?;
         if dna.space.digest() != *space {
             return Err(Error::Invalid(
                 "the extracted DNA's space differs from the one asked (a bug: please report it)"

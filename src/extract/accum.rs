@@ -43,6 +43,7 @@ impl Norm {
 }
 
 /// One layer's running state.
+#[derive(Clone)]
 pub enum LayerAcc {
     Histogram {
         bins: usize,

@@ -16,6 +16,7 @@
 //! Owns: everything candle, image decoding and resizing. Must not: touch the store.
 
 pub mod accum;
+pub mod checkpoint;
 pub mod clip;
 pub mod efficientnet;
 pub mod inception;
@@ -26,6 +27,7 @@ pub mod resnet;
 pub mod scenes;
 pub mod settings;
 pub mod source;
+pub mod stream;
 pub mod transformer;
 pub mod vgg;
 pub mod vit;
@@ -46,7 +48,10 @@ use crate::format::{
 pub use preprocess::Crop;
 pub use ranges::Ranges;
 pub use settings::{extract_source, pin_import, settings_for_space, ExtractSettings};
-pub use source::{list as list_images, looks_like_image_source, parse_shard, ImageItem, Selection};
+pub use source::{
+    is_source_spec, is_url, list as list_images, list_source, looks_like_image_source, parse_shard,
+    ImageItem, Listing, Segment, Selection, Work,
+};
 
 /// Errors of extraction; each names its object and the next step.
 #[derive(Debug, thiserror::Error)]
@@ -326,10 +331,28 @@ pub struct Report {
     /// NaN / infinite activations left out of the distributions.
     pub nonfinite: u64,
     pub timings: Timings,
+    /// Images taken from a checkpoint instead of extracted again.
+    pub resumed: u64,
+    /// Things to tell the user (e.g. a checkpoint of another job was set aside).
+    pub notes: Vec<String>,
 }
 
-/// Progress after each batch: images done, images in total.
-pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Sync);
+/// Where an extraction is, after each batch.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Tick {
+    /// Images folded in or skipped, those of a resumed checkpoint included.
+    pub done: u64,
+    /// Images in all; for streamed sources an estimate from the files read so far (0
+    /// before the first is done).
+    pub total: u64,
+    /// True when `total` is an estimate.
+    pub estimated: bool,
+    /// Unreadable images so far.
+    pub skipped: u64,
+}
+
+/// Progress after each batch.
+pub type Progress<'a> = &'a (dyn Fn(&Tick) + Sync);
 
 /// The space an extraction produces.
 pub fn space_for(
@@ -489,7 +512,7 @@ fn load_batch(items: &[ImageItem], kind: ExtractorKind, size: usize, crop: Crop)
     b
 }
 
-/// Extracts the DNA of `items`.
+/// Extracts the DNA of `items` (a listing, already selected).
 ///
 /// `ranges` is required for histograms (the normalisation); ignored otherwise.
 pub fn extract(
@@ -499,9 +522,107 @@ pub fn extract(
     opts: &ExtractOptions,
     progress: Progress<'_>,
 ) -> Result<(Dna, Report), ExtractError> {
+    let work = Work {
+        segments: vec![Segment::Items(items.to_vec())],
+        filter: Default::default(),
+        column: None,
+        listed: Some(items.len() as u64),
+    };
+    extract_work(ext, ranges, &work, opts, progress, None)
+}
+
+/// What the producer sends the network.
+enum Msg {
+    Batch(Batch),
+    /// Segment `index` is read to its end; `seen` samples of streams were met so far.
+    SegmentDone {
+        index: usize,
+        seen: u64,
+    },
+    Failed(ExtractError),
+}
+
+/// Reads the segments of `work` from `start`, in batches, onto `tx`.
+fn produce(
+    work: &Work,
+    start: usize,
+    mut seen: u64,
+    (kind, size, crop, batch): (ExtractorKind, usize, Crop, usize),
+    tx: mpsc::SyncSender<Msg>,
+) {
+    let filter = work.filter;
+    for (index, seg) in work.segments.iter().enumerate().skip(start) {
+        match seg {
+            Segment::Items(items) => {
+                for chunk in items.chunks(batch) {
+                    if tx
+                        .send(Msg::Batch(load_batch(chunk, kind, size, crop)))
+                        .is_err()
+                    {
+                        return; // the consumer stopped on an error
+                    }
+                }
+            }
+            Segment::Stream(s) => {
+                let mut chunk = Vec::with_capacity(batch);
+                let mut gone = false;
+                let r = stream::for_each_sample(s, work.column.as_deref(), batch, &mut |item| {
+                    if filter.done(seen) {
+                        return std::ops::ControlFlow::Break(());
+                    }
+                    let pos = seen;
+                    seen += 1;
+                    if filter.keeps(pos) {
+                        chunk.push(item);
+                        if chunk.len() == batch {
+                            let b = load_batch(&std::mem::take(&mut chunk), kind, size, crop);
+                            if tx.send(Msg::Batch(b)).is_err() {
+                                gone = true;
+                                return std::ops::ControlFlow::Break(());
+                            }
+                        }
+                    }
+                    std::ops::ControlFlow::Continue(())
+                });
+                if gone {
+                    return;
+                }
+                if let Err(e) = r {
+                    let _ = tx.send(Msg::Failed(e));
+                    return;
+                }
+                if !chunk.is_empty()
+                    && tx
+                        .send(Msg::Batch(load_batch(&chunk, kind, size, crop)))
+                        .is_err()
+                {
+                    return;
+                }
+            }
+        }
+        if tx.send(Msg::SegmentDone { index, seen }).is_err() {
+            return;
+        }
+    }
+}
+
+/// Extracts the DNA of `work`, segment by segment. With a checkpoint, the partial DNA of
+/// the segments done is written there after each one (atomically), and a run of the same
+/// job (same images, settings and network) resumes after the last segment written: for
+/// histograms the result is identical to an uninterrupted run's (counts add exactly);
+/// Gaussians combine exactly in the math, to rounding in floating point. The caller
+/// removes the checkpoint once the result is safe.
+pub fn extract_work(
+    ext: &Extractor,
+    ranges: Option<&Ranges>,
+    work: &Work,
+    opts: &ExtractOptions,
+    progress: Progress<'_>,
+    checkpoint: Option<&checkpoint::Checkpoint>,
+) -> Result<(Dna, Report), ExtractError> {
     let started = Instant::now();
     ops::tune_allocator();
-    if items.is_empty() {
+    if work.segments.is_empty() {
         return Err(ExtractError::Invalid(
             "the image source holds no images".into(),
         ));
@@ -511,7 +632,6 @@ pub fn extract(
             "batch size must be at least 1".into(),
         ));
     }
-    progress(0, items.len() as u64);
     let layers = ext.layers().to_vec();
     let hist = matches!(opts.dist, DistKind::Histogram { .. });
     let norms = if hist {
@@ -521,6 +641,21 @@ pub fn extract(
         Some(r.norms_for(&layers, ranges::RANGE_SCALE)?)
     } else {
         None
+    };
+    let space = space_for(ext, ranges, opts.dist, opts.crop);
+    let mut report = Report::default();
+    let resume = match checkpoint {
+        Some(c) => c.load(&space, &mut report.notes),
+        None => None,
+    };
+    let (start, seen0, base) = match resume {
+        Some(r) => {
+            report.resumed = r.images;
+            report.skipped = r.skipped;
+            report.nonfinite = r.nonfinite;
+            (r.segments, r.seen, Some(r.dna))
+        }
+        None => (0, 0, None),
     };
     let pooled = matches!(opts.dist, DistKind::Gaussian | DistKind::LayerGaussian);
     let mut accs: Vec<accum::LayerAcc> = layers
@@ -535,24 +670,51 @@ pub fn extract(
         })
         .collect();
 
-    let total = items.len() as u64;
-    let mut report = Report::default();
+    // Progress: a listing's total is known; streams' is estimated from the files done.
+    let prior = report.resumed + report.skipped.len() as u64;
+    let mut tick = Tick {
+        done: prior,
+        total: work.listed.unwrap_or(0),
+        estimated: work.listed.is_none(),
+        skipped: report.skipped.len() as u64,
+    };
+    progress(&tick);
     let size = ext.input_size();
-    let (kind, crop, batch) = (ext.kind, opts.crop, opts.batch);
-    let (tx, rx) = mpsc::sync_channel::<Batch>(1);
-    let mut done = 0u64;
+    let (tx, rx) = mpsc::sync_channel::<Msg>(1);
+    let segments = work.segments.len();
+    let mut images = 0u64; // extracted in this run
     std::thread::scope(|s| -> Result<(), ExtractError> {
         s.spawn(move || {
-            for chunk in items.chunks(batch) {
-                if tx.send(load_batch(chunk, kind, size, crop)).is_err() {
-                    break; // the consumer stopped on an error
-                }
-            }
+            produce(
+                work,
+                start,
+                seen0,
+                (ext.kind, size, opts.crop, opts.batch),
+                tx,
+            )
         });
-        for b in rx {
+        for msg in rx {
+            let b = match msg {
+                Msg::Failed(e) => return Err(e),
+                Msg::SegmentDone { index, seen } => {
+                    if work.listed.is_none() {
+                        let done_here = (index + 1 - start) as u64;
+                        let left = (segments - index - 1) as u64;
+                        tick.total = tick.done + (tick.done - prior) * left / done_here.max(1);
+                    }
+                    progress(&tick);
+                    if let (Some(c), true) = (checkpoint, index + 1 < segments) {
+                        let partial = partial_dna(&accs, &space, images, base.as_ref())?;
+                        c.save(&partial, index + 1, seen, &report)?;
+                    }
+                    continue;
+                }
+                Msg::Batch(b) => b,
+            };
             report.timings.decode_s += b.decode.as_secs_f64();
             report.timings.resize_s += b.resize.as_secs_f64();
-            done += (b.n + b.skipped.len()) as u64;
+            tick.done += (b.n + b.skipped.len()) as u64;
+            tick.skipped += b.skipped.len() as u64;
             if let (true, Some((name, msg))) = (opts.strict, b.skipped.first()) {
                 return Err(ExtractError::Image {
                     name: name.clone(),
@@ -578,32 +740,79 @@ pub fn extract(
                     report.nonfinite += bad;
                 }
                 report.timings.accumulate_s += t1.elapsed().as_secs_f64();
-                report.images += b.n as u64;
+                images += b.n as u64;
             }
-            progress(done, total);
+            if tick.estimated && tick.total < tick.done {
+                tick.total = tick.done;
+            }
+            progress(&tick);
         }
         Ok(())
     })?;
+    report.images = images + report.resumed;
     if report.images == 0 {
-        return Err(ExtractError::Invalid(format!(
-            "none of the {} images could be read (first: {})",
-            report.skipped.len(),
-            report
-                .skipped
-                .first()
-                .map(|(n, m)| format!("{n}: {m}"))
-                .unwrap_or_default()
-        )));
+        return Err(ExtractError::Invalid(if report.skipped.is_empty() {
+            "the source holds no images (or none are left after the selection)".to_string()
+        } else {
+            format!(
+                "none of the {} images could be read (first: {})",
+                report.skipped.len(),
+                report
+                    .skipped
+                    .first()
+                    .map(|(n, m)| format!("{n}: {m}"))
+                    .unwrap_or_default()
+            )
+        }));
     }
-    let mut out = Vec::with_capacity(accs.len());
-    for a in accs {
-        out.push(a.finish().map_err(ExtractError::Invalid)?);
-    }
-    let dna = Dna {
-        space: space_for(ext, ranges, opts.dist, opts.crop),
-        images: report.images,
-        layers: out,
+    let dna = if images == 0 {
+        base.ok_or_else(|| ExtractError::Invalid("nothing was extracted".into()))?
+    } else {
+        let mut out = Vec::with_capacity(accs.len());
+        for a in accs {
+            out.push(a.finish().map_err(ExtractError::Invalid)?);
+        }
+        let run = Dna {
+            space,
+            images,
+            layers: out,
+        };
+        match base {
+            Some(b) => b
+                .merge(&run)
+                .map_err(|e| ExtractError::Invalid(format!("merging with the checkpoint: {e}")))?,
+            None => run,
+        }
     };
     report.timings.wall_s = started.elapsed().as_secs_f64();
     Ok((dna, report))
+}
+
+/// The DNA of what the accumulators hold so far, merged with a resumed checkpoint's.
+fn partial_dna(
+    accs: &[accum::LayerAcc],
+    space: &SpaceConfig,
+    images: u64,
+    base: Option<&Dna>,
+) -> Result<Dna, ExtractError> {
+    if images == 0 {
+        if let Some(b) = base {
+            return Ok(b.clone());
+        }
+    }
+    let layers = accs
+        .iter()
+        .map(|a| a.clone().finish().map_err(ExtractError::Invalid))
+        .collect::<Result<Vec<_>, _>>()?;
+    let run = Dna {
+        space: space.clone(),
+        images,
+        layers,
+    };
+    match base {
+        Some(b) => b
+            .merge(&run)
+            .map_err(|e| ExtractError::Invalid(format!("merging with the checkpoint: {e}"))),
+        None => Ok(run),
+    }
 }

@@ -7,9 +7,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use super::checkpoint::Checkpoint;
 use super::{
-    extract, list_images, pin_imported, Crop, ExtractError, ExtractOptions, Extractor,
-    ExtractorKind, Progress, Ranges, Report, Selection, DEFAULT_SEED,
+    extract_work, list_source, pin_imported, Crop, ExtractError, ExtractOptions, Extractor,
+    ExtractorKind, Listing, Progress, Ranges, Report, Selection, DEFAULT_SEED,
 };
 use crate::dna::Dna;
 use crate::format::DistKind;
@@ -29,7 +30,15 @@ pub struct ExtractSettings {
     pub selection: Selection,
     /// Worker threads; `None` uses every core.
     pub threads: Option<usize>,
+    /// Where to keep the partial DNA of a long extraction, to resume it after an
+    /// interruption ([`super::checkpoint`]); `None`: no checkpoints.
+    pub checkpoint: Option<PathBuf>,
+    /// Images of a listed source per checkpoint segment (streamed sources: one file).
+    pub checkpoint_every: usize,
 }
+
+/// Images per checkpoint segment of a listed source, by default.
+pub const CHECKPOINT_EVERY: usize = 4096;
 
 impl Default for ExtractSettings {
     fn default() -> Self {
@@ -41,6 +50,8 @@ impl Default for ExtractSettings {
             options: ExtractOptions::default(),
             selection: Selection::default(),
             threads: None,
+            checkpoint: None,
+            checkpoint_every: CHECKPOINT_EVERY,
         }
     }
 }
@@ -67,20 +78,33 @@ impl ExtractSettings {
     }
 }
 
-/// Extracts the DNA of an image source (directory, list, image, zip or tar) with
-/// `settings`; `progress(done, total)` is called as images are folded in.
+/// Extracts the DNA of an image source (a directory, list, image, archive, Parquet file,
+/// brace pattern of shards or URL: [`super::source`]) with `settings`; `progress` is
+/// called as images are folded in. With `settings.checkpoint`, the run resumes from the
+/// checkpoint of the same job when there is one, and leaves it for the caller to remove
+/// once the DNA is safe ([`super::checkpoint::Checkpoint::remove`]).
 pub fn extract_source(
     source: &Path,
     settings: &ExtractSettings,
     progress: Progress<'_>,
 ) -> Result<(Dna, Report), ExtractError> {
     let dist = settings.options.dist;
-    let items = list_images(source)?;
-    let found = items.len();
-    let items = settings.selection.apply(items);
-    if items.is_empty() {
+    let spec = source.to_string_lossy();
+    let listing = list_source(&spec)?;
+    let found = match &listing {
+        Listing::Items(v) => v.len(),
+        Listing::Streams(v) => v.len(),
+    };
+    let work = settings
+        .selection
+        .plan(listing, settings.checkpoint_every)
+        .map_err(|msg| ExtractError::Source {
+            source_path: spec.to_string(),
+            msg,
+        })?;
+    if work.segments.is_empty() || work.listed == Some(0) {
         return Err(ExtractError::Source {
-            source_path: source.display().to_string(),
+            source_path: spec.to_string(),
             msg: format!(
                 "no images{} (looked for {})",
                 if found > 0 {
@@ -107,7 +131,33 @@ pub fn extract_source(
     } else {
         None
     };
-    let run = || extract(&ext, ranges.as_ref(), &items, &settings.options, progress);
+    let checkpoint = settings.checkpoint.as_deref().map(|p| {
+        let opts = &settings.options;
+        Checkpoint::new(
+            p,
+            &[
+                &work.identity(),
+                &ext.weights_digest().to_string(),
+                &ranges
+                    .as_ref()
+                    .map(|r| r.digest().to_string())
+                    .unwrap_or_default(),
+                &opts.dist.name(),
+                &format!("{:?}", opts.crop),
+                &settings.checkpoint_every.to_string(),
+            ],
+        )
+    });
+    let run = || {
+        extract_work(
+            &ext,
+            ranges.as_ref(),
+            &work,
+            &settings.options,
+            progress,
+            checkpoint.as_ref(),
+        )
+    };
     match settings.threads {
         Some(0) => Err(ExtractError::Invalid("--threads must be at least 1".into())),
         Some(n) => rayon::ThreadPoolBuilder::new()

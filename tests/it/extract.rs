@@ -173,7 +173,7 @@ fn extract_dir(kind: ExtractorKind, dist: DistKind, sel: Selection) -> vdna_db::
         batch: 3,
         ..Default::default()
     };
-    extract::extract(&ext, Some(&ranges), &items, &opts, &|_, _| {})
+    extract::extract(&ext, Some(&ranges), &items, &opts, &|_| {})
         .unwrap()
         .0
 }

@@ -18,6 +18,7 @@ mod reliability;
 mod s3;
 mod server;
 mod shared;
+mod sources;
 mod util;
 mod web;
 
