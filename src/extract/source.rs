@@ -146,6 +146,55 @@ impl ImageItem {
     }
 }
 
+/// The bytes of a batch's bucket and HTTP objects, fetched with every request in flight at
+/// once (one round trip's latency a batch, not one an image); `None` for items read
+/// otherwise, or when the batched fetch failed (each is then read on its own, so each
+/// error is reported with its image).
+pub fn prefetch(items: &[ImageItem]) -> Vec<Option<std::io::Result<Vec<u8>>>> {
+    let mut out: Vec<Option<std::io::Result<Vec<u8>>>> = items.iter().map(|_| None).collect();
+    #[cfg(feature = "object-store")]
+    {
+        let mut by_remote: Vec<(Arc<Remote>, Vec<usize>)> = Vec::new();
+        for (i, it) in items.iter().enumerate() {
+            if let Loc::Object { remote, .. } = &it.loc {
+                match by_remote.iter_mut().find(|(r, _)| Arc::ptr_eq(r, remote)) {
+                    Some((_, v)) => v.push(i),
+                    None => by_remote.push((remote.clone(), vec![i])),
+                }
+            }
+        }
+        for (remote, idx) in by_remote {
+            let keys: Vec<String> = idx
+                .iter()
+                .map(|&i| match &items[i].loc {
+                    Loc::Object { key, .. } => key.clone(),
+                    _ => String::new(),
+                })
+                .collect();
+            let Ok(got) = remote.get_many(&keys) else {
+                continue;
+            };
+            for ((i, key), g) in idx.into_iter().zip(&keys).zip(got) {
+                out[i] = Some(match g {
+                    Some((b, _)) if b.len() as u64 <= MAX_IMAGE_BYTES => Ok(b),
+                    Some((b, _)) => Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!(
+                            "{} bytes is over the {MAX_IMAGE_BYTES}-byte image limit",
+                            b.len()
+                        ),
+                    )),
+                    None => Err(std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("{}/{key}: not found", remote.url()),
+                    )),
+                });
+            }
+        }
+    }
+    out
+}
+
 pub(crate) fn is_image_name(name: &str) -> bool {
     Path::new(name)
         .extension()
