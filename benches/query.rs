@@ -6,6 +6,11 @@
 //! layers of the k answers and the candidates the bounds let through stay decoded) and
 //! without it (every layer read and decoded again), with the ratio printed.
 //! `VDNA_DB_BENCH_ONLY=layer-cache` stops after that part.
+//!
+//! Then the segment open: the same queries with every summary row checked again on each
+//! (what every query paid before a process remembered what it checked) and with the rows
+//! checked once per process, the "open summary segment" stage printed for both.
+//! `VDNA_DB_BENCH_ONLY=segment-open` runs only that part.
 
 #[path = "common.rs"]
 mod common;
@@ -20,7 +25,12 @@ use vdna_db::refname::RefName;
 use vdna_db::{synth, Db};
 
 fn bench(c: &mut Criterion) {
-    let s = clustered_spec(9, 40);
+    // VDNA_DB_BENCH_FAMILIES (of 10 DNAs each) sizes the catalogue; 40 by default.
+    let families = std::env::var("VDNA_DB_BENCH_FAMILIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40);
+    let s = clustered_spec(9, families);
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(dir.path()).unwrap();
     for f in 0..s.families {
@@ -32,6 +42,9 @@ fn bench(c: &mut Criterion) {
             vdna_db::query::index_pushed(&db, &r.digest).unwrap();
         }
     }
+    // A segment's rows are trusted without a re-check only once its last write is a few
+    // seconds old (coarse file-system clocks): let the catalogue settle first.
+    std::thread::sleep(std::time::Duration::from_millis(3500));
     let q = AnyDna::Owned(synth::member(
         &synth::CatalogueSpec {
             seed: 10,
@@ -40,6 +53,52 @@ fn bench(c: &mut Criterion) {
         3,
         0,
     ));
+    let p50 = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    // The segment open: rows checked on every query against once per process.
+    let open_stage = |r: &vdna_db::query::QueryResult| {
+        r.plan
+            .stages
+            .iter()
+            .find(|s| s.name == "open summary segment")
+            .map_or(0.0, |s| s.ms)
+    };
+    println!(
+        "\n| mask | query p50, rows checked each query | open stage | query p50, rows checked once | open stage | ratio |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for mask in ["all", "block_3"] {
+        let req = QueryRequest {
+            mask: mask.into(),
+            k: 5,
+            ..Default::default()
+        };
+        let timed = |forget: bool| {
+            let _ = query(&db, &q, &req).unwrap();
+            let (mut t, mut open) = (Vec::new(), Vec::new());
+            for _ in 0..15 {
+                if forget {
+                    vdna_db::query::segment::forget_verified();
+                }
+                let s = std::time::Instant::now();
+                let r = query(&db, &q, &req).unwrap();
+                t.push(s.elapsed().as_secs_f64() * 1e3);
+                open.push(open_stage(&r));
+            }
+            (p50(&mut t), p50(&mut open))
+        };
+        let (each, each_open) = timed(true);
+        let (once, once_open) = timed(false);
+        println!(
+            "| {mask} | {each:.2} ms | {each_open:.2} ms | {once:.2} ms | {once_open:.2} ms | {:.2}x |",
+            each / once.max(1e-9)
+        );
+    }
+    if std::env::var("VDNA_DB_BENCH_ONLY").is_ok_and(|v| v == "segment-open") {
+        return;
+    }
     // The decoded-layer cache, on and off, in one run.
     println!("\n| mask | exact p50, cache off | exact p50, cache warm | ratio | hits per query |");
     println!("|---|---|---|---|---|");
@@ -48,10 +107,6 @@ fn bench(c: &mut Criterion) {
             mask: mask.into(),
             k: 5,
             ..Default::default()
-        };
-        let p50 = |v: &mut Vec<f64>| {
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
         };
         let timed = |budget: usize| {
             db.objects().set_layer_cache_budget(budget);

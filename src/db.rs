@@ -801,20 +801,39 @@ impl Db {
 
     /// Re-hashes every object and checks every ref's objects are present and valid.
     pub fn verify(&self) -> Result<VerifyReport, Error> {
+        self.verify_with(&|_, _, _| {})
+    }
+
+    /// [`Db::verify`], calling `progress` as objects, then names, are checked.
+    pub fn verify_with(&self, progress: crate::WorkProgress<'_>) -> Result<VerifyReport, Error> {
+        use std::sync::atomic::{AtomicU64, Ordering};
         let mut report = VerifyReport::default();
         let all = self.objects.list()?;
+        let refs = self.catalogue.refs()?;
+        let total = (all.len() + refs.len()) as u64;
+        let done = AtomicU64::new(0);
+        let tick = |stage: &str| {
+            let d = done.fetch_add(1, Ordering::Relaxed) + 1;
+            if d.is_multiple_of(64) || d == total {
+                progress(stage, d, total);
+            }
+        };
+        progress("objects", 0, total);
         report.objects_checked = all.len();
         let bad: Vec<VerifyProblem> = all
             .par_iter()
             .filter_map(|d| {
-                self.objects.verify(d).err().map(|e| VerifyProblem {
+                let r = self.objects.verify(d).err().map(|e| VerifyProblem {
                     object: d.to_string(),
                     problem: e.to_string(),
-                })
+                });
+                tick("objects");
+                r
             })
             .collect();
         report.problems.extend(bad);
-        for (name, r) in self.catalogue.refs()? {
+        for (name, r) in refs {
+            tick("names");
             report.refs_checked += 1;
             let check = || -> Result<(), Error> {
                 let dna = self.open_dna(&r.digest)?;

@@ -335,14 +335,28 @@ impl Engine {
     /// Checks every object, every name and the derived index; with `repair`, rebuilds
     /// the index (objects cannot be rebuilt from the rest: the outcome names them).
     pub fn verify(&self, repair: bool) -> Result<VerifyOutcome, Error> {
+        self.verify_with(repair, &|_, _, _| {})
+    }
+
+    /// [`Engine::verify`] with progress: objects and names, then (with `repair`) the
+    /// rebuild's summaries.
+    pub fn verify_with(
+        &self,
+        repair: bool,
+        progress: crate::WorkProgress<'_>,
+    ) -> Result<VerifyOutcome, Error> {
         self.db.sync()?;
-        let r = self.db.verify()?;
+        let r = self.db.verify_with(progress)?;
         let index_problems = query::verify_index(&self.db)?
             .into_iter()
             .map(|(object, problem)| VerifyProblem { object, problem })
             .collect();
         let reindexed = if repair {
-            Some(query::reindex(&self.db)?)
+            Some(query::reindex_progress(
+                &self.db,
+                crate::query::hnsw::min_rows(),
+                progress,
+            )?)
         } else {
             None
         };
@@ -365,11 +379,18 @@ impl Engine {
     /// Rebuilds the derived index from the catalogue and the objects, with HNSW graphs for
     /// spaces of at least `graphs_min` DNAs (default: `VDNA_DB_HNSW_MIN_ROWS`, else 2,000).
     pub fn reindex(&self, graphs_min: Option<usize>) -> Result<ReindexReport, Error> {
+        self.reindex_with(graphs_min, &|_, _, _| {})
+    }
+
+    /// [`Engine::reindex`] with progress: summary rows computed, then graphs.
+    pub fn reindex_with(
+        &self,
+        graphs_min: Option<usize>,
+        progress: crate::WorkProgress<'_>,
+    ) -> Result<ReindexReport, Error> {
         self.db.sync()?;
-        match graphs_min {
-            Some(n) => query::reindex_with(&self.db, n),
-            None => query::reindex(&self.db),
-        }
+        let n = graphs_min.unwrap_or_else(crate::query::hnsw::min_rows);
+        query::reindex_progress(&self.db, n, progress)
     }
 
     /// Stores a named mask after checking its name and that its spec applies to at least

@@ -65,6 +65,9 @@ pub mod synth;
 #[cfg(feature = "server")]
 pub mod token;
 
+/// Progress of long store-wide work (verify, reindex): `(stage, done, total)`.
+pub type WorkProgress<'a> = &'a (dyn Fn(&str, u64, u64) + Sync);
+
 pub use db::Db;
 pub use engine::Engine;
 

@@ -1057,7 +1057,12 @@ fn run(cli: Cli, out: &mut Out) -> Result<i32> {
         }
         Command::Verify { repair } => {
             let db = open_db(&store)?;
-            return print_verify(out, &db.verify(repair)?, repair);
+            let pb = out.work_bar("verify");
+            let r = db.verify_with(repair, &|stage, done, total| {
+                output::show_work(&pb, stage, done, total)
+            });
+            pb.finish_and_clear();
+            return print_verify(out, &r?, repair);
         }
         Command::Gc { grace } => {
             let db = open_db(&store)?;
@@ -1067,8 +1072,12 @@ fn run(cli: Cli, out: &mut Out) -> Result<i32> {
         Command::Reindex { graphs_min } => {
             let db = open_db(&store)?;
             let t = std::time::Instant::now();
-            let r = db.reindex(Some(graphs_min))?;
-            print_reindex(out, &r, t.elapsed().as_secs_f64())?;
+            let pb = out.work_bar("reindex");
+            let r = db.reindex_with(Some(graphs_min), &|stage, done, total| {
+                output::show_work(&pb, stage, done, total)
+            });
+            pb.finish_and_clear();
+            print_reindex(out, &r?, t.elapsed().as_secs_f64())?;
         }
         Command::Demo(a) => return demo(&store, out, a),
         Command::Extract(a) => extract::run_extract(out, a)?,

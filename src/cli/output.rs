@@ -63,6 +63,26 @@ impl Out {
         self.progress && !self.json
     }
 
+    /// A progress bar on stderr for store-wide work (`verify`, `reindex`): stage, count,
+    /// rate and ETA; hidden with --quiet, --json or when stderr is not a terminal.
+    pub fn work_bar(&self, what: &str) -> indicatif::ProgressBar {
+        let pb = indicatif::ProgressBar::with_draw_target(
+            Some(0),
+            indicatif::ProgressDrawTarget::stderr(),
+        );
+        if !self.shows_progress() {
+            pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{prefix} {msg:<10} {bar:30} {pos}/{len}  {per_sec}  eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        pb.set_prefix(what.to_string());
+        pb
+    }
+
     /// An aligned table (suppressed with --json).
     pub fn table(&mut self, head: &[&str], rows: Vec<Vec<String>>) -> std::io::Result<()> {
         if self.json {
@@ -120,4 +140,13 @@ pub fn bar(value: f64, max: f64, width: usize) -> String {
     }
     let n = ((value / max) * width as f64).round() as usize;
     "█".repeat(n.min(width))
+}
+
+/// Draws `(stage, done, total)` of store-wide work on a [`Out::work_bar`].
+pub fn show_work(pb: &indicatif::ProgressBar, stage: &str, done: u64, total: u64) {
+    if pb.message() != stage {
+        pb.set_message(stage.to_string());
+    }
+    pb.set_length(total);
+    pb.set_position(done);
 }

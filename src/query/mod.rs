@@ -329,6 +329,17 @@ fn synced_segment(
     space: &SpaceConfig,
     stored: &[Digest],
 ) -> Result<Option<Segment>, Error> {
+    synced_segment_with(db, space_digest, space, stored, &|_| {})
+}
+
+/// [`synced_segment`], calling `appended(rows)` after each batch of rows appended.
+fn synced_segment_with(
+    db: &dyn Source,
+    space_digest: &Digest,
+    space: &SpaceConfig,
+    stored: &[Digest],
+    appended: &dyn Fn(usize),
+) -> Result<Option<Segment>, Error> {
     let Some(kind) = seg_kind(space.dist) else {
         return Ok(None);
     };
@@ -384,6 +395,7 @@ fn synced_segment(
                 db.put_shared_summary(key, &encode_summary(d, a, b));
             }
         }
+        appended(seg.rows().len());
     }
     Ok(Some(seg))
 }
@@ -486,7 +498,7 @@ pub fn verify_index(db: &dyn Source) -> Result<Vec<(String, String)>, Error> {
             out.push((what, "segment files are missing".into()));
             continue;
         }
-        match Segment::open(&dir, sd, kind, space.total_neurons() as usize) {
+        match Segment::open_verify(&dir, sd, kind, space.total_neurons() as usize) {
             Err(e) => out.push((what.clone(), format!("summary segment: {e}"))),
             Ok(seg) => {
                 let bad = seg.damaged_sketches();
@@ -527,6 +539,15 @@ pub fn reindex(db: &dyn Source) -> Result<ReindexReport, Error> {
 
 /// [`reindex`] with an explicit graph threshold.
 pub fn reindex_with(db: &dyn Source, graph_min_rows: usize) -> Result<ReindexReport, Error> {
+    reindex_progress(db, graph_min_rows, &|_, _, _| {})
+}
+
+/// [`reindex_with`], calling `progress` as summary rows are computed and graphs built.
+pub fn reindex_progress(
+    db: &dyn Source,
+    graph_min_rows: usize,
+    progress: crate::WorkProgress<'_>,
+) -> Result<ReindexReport, Error> {
     let _gate = db.index_gate();
     let root = db.index_root();
     if root.exists() {
@@ -537,15 +558,24 @@ pub fn reindex_with(db: &dyn Source, graph_min_rows: usize) -> Result<ReindexRep
     for (d, r) in db.catalogue().dnas()? {
         spaces.entry(r.space).or_default().push(d);
     }
+    let total: u64 = spaces.values().map(|v| v.len() as u64).sum();
+    let mut before = 0u64;
+    progress("summaries", 0, total);
     for (sd, stored) in spaces {
         let space = space_config(db, &sd)?;
-        if let Some(seg) = synced_segment(db, &sd, &space, &stored)? {
+        let rows = |n: usize| progress("summaries", before + n as u64, total);
+        if let Some(seg) = synced_segment_with(db, &sd, &space, &stored, &rows)? {
             report.spaces += 1;
             report.dnas += seg.rows().len();
             report.summary_bytes += seg.mapped_bytes();
+            if seg.rows().len() >= graph_min_rows {
+                progress("graphs", before + stored.len() as u64, total);
+            }
             report.graphs += hnsw::build(&index_dir(db, &sd), &seg, &space, graph_min_rows)?;
         }
+        before += stored.len() as u64;
     }
+    progress("done", total, total);
     Ok(report)
 }
 

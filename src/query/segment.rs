@@ -14,15 +14,22 @@
 //!
 //! An append writes `a.bin` and `b.bin` first and `rows.bin` last, each fsynced, so a
 //! counted row always has its data. Opening for reading checks every row's `a` checksum
-//! (a damaged segment is rebuilt by the caller); opening to append (a push) reads only
-//! the row table, so a push costs the same at any N, and leaves the checks to the next
-//! reader; a row's sketches are checked when read, and a
+//! (a damaged segment is rebuilt by the caller) once per process: what a process checked
+//! is remembered (the files' identities, `a.bin`'s length and modification time, the row
+//! table's bytes), and a later open of the same files, with that table as a prefix, checks
+//! only the rows appended since, or every row again when `a.bin` was rewritten in place;
+//! so a long-running server pays O(rows x neurons) once, not on every query, while
+//! [`Segment::open_verify`] (`verify`) always checks everything. Opening to append (a
+//! push) reads only the row table, so a push costs the same at any N, and leaves the
+//! checks to the next reader; a row's sketches are checked when read, and a
 //! damaged one is withheld (the caller then bounds nothing and computes the exact
 //! distance), so a flipped byte never changes an answer.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 
 use memmap2::Mmap;
 
@@ -42,6 +49,67 @@ pub enum SegKind {
     Gaussian,
 }
 
+/// What this process has checked of a segment: the identities (device, inode) of its
+/// three files, the length and modification time of `a.bin` then, and the bytes of the
+/// row table whose `a` checksums passed.
+struct Verified {
+    ids: [(u64, u64); 3],
+    a_stamp: (u64, Option<std::time::SystemTime>),
+    /// The check came at least [`SETTLED`] after `a.bin`'s last write, so a write since
+    /// would show as a newer modification time (file systems keep coarse clocks).
+    settled: bool,
+    table: Vec<u8>,
+}
+
+/// How long after a file's last write its modification time is trusted to tell a later
+/// write apart (coarser than any file system's timestamp granularity in use).
+const SETTLED: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// A file's length and modification time.
+fn stamp(p: &Path) -> io::Result<(u64, Option<std::time::SystemTime>)> {
+    let m = std::fs::metadata(p)?;
+    Ok((m.len(), m.modified().ok()))
+}
+
+fn verified() -> &'static Mutex<HashMap<PathBuf, Verified>> {
+    static V: OnceLock<Mutex<HashMap<PathBuf, Verified>>> = OnceLock::new();
+    V.get_or_init(Default::default)
+}
+
+/// Forgets what this process checked, so every segment opened next is checked in full
+/// (benches measure both; `verify` never relies on it).
+pub fn forget_verified() {
+    verified().lock().unwrap_or_else(|p| p.into_inner()).clear();
+}
+
+#[cfg(unix)]
+fn file_id(p: &Path) -> io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p)?;
+    Ok((m.dev(), m.ino()))
+}
+
+#[cfg(not(unix))]
+fn file_id(_: &Path) -> io::Result<(u64, u64)> {
+    // No stable identity here: a fresh value every time, so a check is never reused.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    Ok((
+        u64::MAX,
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+    ))
+}
+
+/// How much of a segment's checking an open does.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Checks {
+    /// None (opening to append).
+    None,
+    /// Rows this process has not checked yet.
+    New,
+    /// Every row.
+    All,
+}
+
 /// One space's summary rows, mapped.
 pub struct Segment {
     dir: PathBuf,
@@ -51,8 +119,8 @@ pub struct Segment {
     rows: Vec<Digest>,
     /// Per row, the CRC-32 of its sketches.
     crc_b: Vec<u32>,
-    /// Whether the rows' `a` checksums were checked (not when opened to append).
-    checked: bool,
+    /// Which rows' `a` checksums an open (or a reload after an append) checks.
+    checks: Checks,
     a: Option<Mmap>,
     b: Option<Mmap>,
 }
@@ -101,8 +169,20 @@ impl Segment {
 
     /// Opens (creating when missing) the segment of `space` under `dir`. Fails with
     /// `InvalidData` when the files do not match, so the caller can rebuild.
+    /// Rows this process already checked (same files, same row table) are not checked
+    /// again.
     pub fn open(dir: &Path, space: Digest, kind: SegKind, neurons: usize) -> io::Result<Segment> {
-        Self::open_with(dir, space, kind, neurons, true)
+        Self::open_with(dir, space, kind, neurons, Checks::New)
+    }
+
+    /// Like [`Segment::open`], checking every row whatever this process checked before.
+    pub fn open_verify(
+        dir: &Path,
+        space: Digest,
+        kind: SegKind,
+        neurons: usize,
+    ) -> io::Result<Segment> {
+        Self::open_with(dir, space, kind, neurons, Checks::All)
     }
 
     /// Opens (creating when missing) a segment to append rows: headers and lengths are
@@ -113,7 +193,7 @@ impl Segment {
         kind: SegKind,
         neurons: usize,
     ) -> io::Result<Segment> {
-        Self::open_with(dir, space, kind, neurons, false)
+        Self::open_with(dir, space, kind, neurons, Checks::None)
     }
 
     fn open_with(
@@ -121,7 +201,7 @@ impl Segment {
         space: Digest,
         kind: SegKind,
         neurons: usize,
-        checked: bool,
+        checks: Checks,
     ) -> io::Result<Segment> {
         std::fs::create_dir_all(dir)?;
         let mut seg = Segment {
@@ -131,7 +211,7 @@ impl Segment {
             space,
             rows: Vec::new(),
             crc_b: Vec::new(),
-            checked,
+            checks,
             a: None,
             b: None,
         };
@@ -175,7 +255,28 @@ impl Segment {
         self.rows.clear();
         self.crc_b.clear();
         let a_all = self.a.as_ref().map_or(&[][..], |m| &m[..]);
-        for (r, row) in rows[HEADER..HEADER + ROW * n].chunks_exact(ROW).enumerate() {
+        let table = &rows[HEADER..HEADER + ROW * n];
+        let ids = [file_id(&rows_p)?, file_id(&a_p)?, file_id(&b_p)?];
+        let a_stamp = stamp(&a_p)?;
+        // Rows below `done` were checked by this process in these very files, and `a.bin`
+        // was since either untouched (same length and modification time, checked when that
+        // time had settled) or only grown (appends write past the checked rows). A file
+        // rewritten in place at the same length is checked again in full: a flipped byte
+        // never changes an answer.
+        let done = match self.checks {
+            Checks::New => verified()
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&self.dir)
+                .filter(|v| {
+                    v.ids == ids
+                        && table.starts_with(&v.table)
+                        && ((v.settled && v.a_stamp == a_stamp) || a_stamp.0 > v.a_stamp.0)
+                })
+                .map_or(0, |v| v.table.len() / ROW),
+            Checks::All | Checks::None => 0,
+        };
+        for (r, row) in table.chunks_exact(ROW).enumerate() {
             let mut d = [0u8; 32];
             d.copy_from_slice(&row[..32]);
             let want_a = u32::from_le_bytes([row[32], row[33], row[34], row[35]]);
@@ -184,12 +285,26 @@ impl Segment {
             } else {
                 &a_all[HEADER + r * ra..HEADER + (r + 1) * ra]
             };
-            if self.checked && crc_a(&d, a_row) != want_a {
+            if self.checks != Checks::None && r >= done && crc_a(&d, a_row) != want_a {
                 return Err(bad(&rows_p, &format!("row {r} fails its checksum")));
             }
             self.rows.push(Digest(d));
             self.crc_b
                 .push(u32::from_le_bytes([row[36], row[37], row[38], row[39]]));
+        }
+        if self.checks != Checks::None {
+            verified().lock().unwrap_or_else(|p| p.into_inner()).insert(
+                self.dir.clone(),
+                Verified {
+                    ids,
+                    a_stamp,
+                    settled: a_stamp
+                        .1
+                        .and_then(|m| std::time::SystemTime::now().duration_since(m).ok())
+                        .is_some_and(|age| age >= SETTLED),
+                    table: table.to_vec(),
+                },
+            );
         }
         Ok(())
     }
@@ -317,4 +432,84 @@ fn cast_f64(b: &[u8]) -> &[f64] {
     assert_eq!(b.as_ptr() as usize % 8, 0, "summary rows are 8-aligned");
     // SAFETY: as for `cast_f32`.
     unsafe { std::slice::from_raw_parts(b.as_ptr().cast::<f64>(), b.len() / 8) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Flips one byte of `a.bin` in place (the same file, as damage on disk would).
+    fn flip(dir: &Path, offset: u64) {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.join("a.bin"))
+            .unwrap();
+        let mut b = [0u8];
+        f.seek(SeekFrom::Start(offset)).unwrap();
+        f.read_exact(&mut b).unwrap();
+        f.seek(SeekFrom::Start(offset)).unwrap();
+        f.write_all(&[b[0] ^ 0x40]).unwrap();
+    }
+
+    #[test]
+    fn rows_are_checked_once_per_process_and_again_when_rewritten_in_place() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("seg");
+        let space = Digest([7; 32]);
+        let kind = SegKind::Histogram { q: 2 };
+        let (a, b) = ([0u8; 12], [1u8; 24]); // 3 neurons
+        let row = |i: u8| Digest([i; 32]);
+        let mut s = Segment::open(&dir, space, kind, 3).unwrap();
+        s.append_many(&[(row(1), &a[..], &b[..]), (row(2), &a[..], &b[..])])
+            .unwrap();
+        // A row appended by a writer that checks nothing (a push), then damaged: the next
+        // reader checks it, as it is new to this process.
+        let mut w = Segment::open_for_append(&dir, space, kind, 3).unwrap();
+        w.append(&row(3), &a, &b).unwrap();
+        let third = (HEADER + 2 * 12 + 5) as u64;
+        flip(&dir, third);
+        assert!(Segment::open(&dir, space, kind, 3).is_err());
+        flip(&dir, third);
+        assert_eq!(Segment::open(&dir, space, kind, 3).unwrap().rows().len(), 3);
+        // Just written, so not settled: every open checks again, and an in-place write in
+        // the same clock tick as the last one is still caught.
+        // A file rewritten in place (same length, new modification time) is checked
+        // again in full, so damage to a row checked before is found too.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        flip(&dir, (HEADER + 1) as u64);
+        assert!(Segment::open(&dir, space, kind, 3).is_err());
+        assert!(Segment::open_verify(&dir, space, kind, 3).is_err());
+        forget_verified();
+        assert!(Segment::open(&dir, space, kind, 3).is_err());
+        flip(&dir, (HEADER + 1) as u64);
+        // Settled (last written long before the check): a later open trusts the rows it
+        // checked and reads nothing again. Only damage that keeps both the length and the
+        // modification time escapes it until verify, which always checks.
+        let set_old = || {
+            let past = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+            File::options()
+                .write(true)
+                .open(dir.join("a.bin"))
+                .unwrap()
+                .set_modified(past)
+                .unwrap();
+            past
+        };
+        let past = set_old();
+        assert!(Segment::open(&dir, space, kind, 3).is_ok());
+        flip(&dir, (HEADER + 1) as u64);
+        File::options()
+            .write(true)
+            .open(dir.join("a.bin"))
+            .unwrap()
+            .set_modified(past)
+            .unwrap();
+        assert!(
+            Segment::open(&dir, space, kind, 3).is_ok(),
+            "trusted, not re-read"
+        );
+        assert!(Segment::open_verify(&dir, space, kind, 3).is_err());
+    }
 }
