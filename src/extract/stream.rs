@@ -238,33 +238,28 @@ fn pick_column(schema: &arrow_schema::Schema, column: Option<&str>) -> Result<us
     }
 }
 
-/// The bytes of row `r` of a binary array of any width.
-fn binary_at(a: &dyn Array, r: usize) -> Option<&[u8]> {
-    if a.is_null(r) {
-        return None;
-    }
-    let any = a.as_any();
-    if let Some(b) = any.downcast_ref::<BinaryArray>() {
-        Some(b.value(r))
-    } else if let Some(b) = any.downcast_ref::<LargeBinaryArray>() {
-        Some(b.value(r))
-    } else {
-        any.downcast_ref::<BinaryViewArray>().map(|b| b.value(r))
-    }
+/// Row `r` of `a` read as the first of the array types given that `a` is; `None` for a
+/// null or another type.
+macro_rules! value_at {
+    ($a:expr, $r:expr, $($t:ty),+) => {{
+        let (a, r) = ($a, $r);
+        let any = a.as_any();
+        if a.is_null(r) {
+            None
+        } else {
+            None$(.or_else(|| any.downcast_ref::<$t>().map(|x| x.value(r))))+
+        }
+    }};
 }
 
+/// The bytes of row `r` of a binary array of any width.
+fn binary_at(a: &dyn Array, r: usize) -> Option<&[u8]> {
+    value_at!(a, r, BinaryArray, LargeBinaryArray, BinaryViewArray)
+}
+
+/// The text of row `r` of a string array of any width.
 fn string_at(a: &dyn Array, r: usize) -> Option<&str> {
-    if a.is_null(r) {
-        return None;
-    }
-    let any = a.as_any();
-    if let Some(s) = any.downcast_ref::<StringArray>() {
-        Some(s.value(r))
-    } else if let Some(s) = any.downcast_ref::<LargeStringArray>() {
-        Some(s.value(r))
-    } else {
-        any.downcast_ref::<StringViewArray>().map(|s| s.value(r))
-    }
+    value_at!(a, r, StringArray, LargeStringArray, StringViewArray)
 }
 
 fn parquet_samples<R: ChunkReader + 'static>(
