@@ -441,6 +441,16 @@ pub(crate) enum StreamFormat {
     Parquet,
 }
 
+impl Stream {
+    /// An error about this file.
+    pub(crate) fn error(&self, msg: String) -> ExtractError {
+        ExtractError::Source {
+            source_path: self.name.clone(),
+            msg,
+        }
+    }
+}
+
 impl Origin {
     /// The file's bytes front to back, buffered.
     pub(crate) fn open(&self) -> std::io::Result<Box<dyn Read + Send>> {

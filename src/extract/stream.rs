@@ -49,10 +49,7 @@ pub fn for_each_sample(
     batch: usize,
     f: &mut dyn FnMut(ImageItem) -> ControlFlow<()>,
 ) -> Result<(), ExtractError> {
-    let err = |msg: String| ExtractError::Source {
-        source_path: stream.name.clone(),
-        msg,
-    };
+    let err = |msg: String| stream.error(msg);
     match stream.format {
         StreamFormat::Tar => tar_samples(stream, f).map_err(|e| err(e.to_string())),
         StreamFormat::Parquet => match &stream.origin {
@@ -269,10 +266,7 @@ fn parquet_samples<R: ChunkReader + 'static>(
     batch: usize,
     f: &mut dyn FnMut(ImageItem) -> ControlFlow<()>,
 ) -> Result<(), ExtractError> {
-    let err = |msg: String| ExtractError::Source {
-        source_path: stream.name.clone(),
-        msg,
-    };
+    let err = |msg: String| stream.error(msg);
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(|e| err(format!("not a readable Parquet file: {e}")))?;
     let index = pick_column(builder.schema(), column).map_err(err)?;
