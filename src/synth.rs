@@ -30,6 +30,27 @@ pub fn resnet50_layers() -> Vec<LayerSpec> {
     v
 }
 
+/// The efficientnet_lite0 layer list, the default extractor's (16 block outputs and the
+/// head: 17 layers, 3,088 neurons).
+pub fn efficientnet_lite0_layers() -> Vec<LayerSpec> {
+    let widths = [
+        16, 24, 24, 40, 40, 80, 80, 80, 112, 112, 112, 192, 192, 192, 192, 320,
+    ];
+    let mut v: Vec<LayerSpec> = widths
+        .iter()
+        .enumerate()
+        .map(|(i, w)| LayerSpec {
+            name: format!("blocks_{i}"),
+            neurons: *w,
+        })
+        .collect();
+    v.push(LayerSpec {
+        name: "head".into(),
+        neurons: 1280,
+    });
+    v
+}
+
 /// A catalogue spec of rand_resnet50 size: 15,104 neurons x 1,000 bins, 32 images of
 /// 196 positions (two families of one member unless changed).
 pub fn resnet50_spec(seed: u64) -> CatalogueSpec {

@@ -9,6 +9,7 @@
 pub mod hnsw;
 pub mod segment;
 pub mod sketch;
+mod table;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
@@ -22,7 +23,6 @@ use crate::distance::{self, Comparison, LayerDistance, Metric};
 use crate::dna::Dna;
 use crate::format::{Digest, DistKind, LayerView, SpaceConfig};
 use crate::mask::Mask;
-use crate::refname::RefName;
 use crate::store::ObjectStore;
 use crate::stored::{AnyDna, HeldLayer, StoredDna};
 use crate::Error;
@@ -308,6 +308,20 @@ fn summary_row_of<'a>(
         }
     }
     Ok((a, b))
+}
+
+/// The per-neuron means of a histogram DNA in bin units, in space order: the vectors the
+/// mean bound compares and the graphs index (for tools that compare against them).
+pub fn mean_vector(dna: &AnyDna) -> Result<Vec<f32>, Error> {
+    if !matches!(dna.space().dist, DistKind::Histogram { .. }) {
+        return Err(Error::Invalid(
+            "mean vectors are kept for histogram DNAs only".into(),
+        ));
+    }
+    let (a, _) = summary_row(dna)?;
+    Ok(a.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
 }
 
 fn gaussian_mean_var(v: &LayerView<'_>) -> (Vec<f64>, Vec<f64>) {
@@ -617,13 +631,11 @@ pub fn query(db: &dyn Source, q: &AnyDna, req: &QueryRequest) -> Result<QueryRes
     let space = q.space().clone();
     let space_digest = space.digest();
     let shared = db.catalogue().snapshot_records()?;
-    let records = &shared.dnas;
-    let in_space: HashMap<Digest, u64> = records
-        .iter()
-        .filter(|(_, r)| r.space == space_digest)
-        .map(|(d, r)| (*d, r.images))
-        .collect();
-    if in_space.is_empty() {
+    let dir = index_dir(db, &space_digest);
+    // The space's named DNAs, grouped once per catalogue state (table.rs).
+    let table = table::table(&dir, &shared, &space_digest);
+    if table.stored.is_empty() {
+        let records = &shared.dnas;
         let spaces: Vec<String> = db
             .catalogue()
             .spaces()?
@@ -654,20 +666,17 @@ pub fn query(db: &dyn Source, q: &AnyDna, req: &QueryRequest) -> Result<QueryRes
     metric.check(space.dist)?;
     let mask = db.catalogue().resolve_mask(&req.mask, &space)?;
 
-    // Eligible refs, grouped by DNA.
-    let refs = &shared.refs;
+    // Eligible entries: all of them unless a tag, a filter or --exclude-self narrows
+    // them, which costs one pass over the space's refs.
     for key in req.filters.keys() {
-        if !refs
-            .iter()
-            .any(|(_, r)| in_space.contains_key(&r.digest) && r.annotations.contains_key(key))
-        {
-            let mut keys: BTreeSet<&String> = BTreeSet::new();
-            refs.iter()
-                .filter(|(_, r)| in_space.contains_key(&r.digest))
-                .for_each(|(_, r)| keys.extend(r.annotations.keys()));
+        if !table.keys.contains(key) {
             return Err(Error::Invalid(format!(
                 "--filter {key}=...: no DNA of this space has the annotation {key:?} (keys in use: {})",
-                if keys.is_empty() { "none".into() } else { keys.into_iter().cloned().collect::<Vec<_>>().join(", ") }
+                if table.keys.is_empty() {
+                    "none".into()
+                } else {
+                    table.keys.iter().cloned().collect::<Vec<_>>().join(", ")
+                }
             )));
         }
     }
@@ -676,25 +685,50 @@ pub fn query(db: &dyn Source, q: &AnyDna, req: &QueryRequest) -> Result<QueryRes
     } else {
         None
     };
-    let mut by_dna: BTreeMap<Digest, Vec<RefName>> = BTreeMap::new();
-    for (name, r) in refs.iter() {
-        if !in_space.contains_key(&r.digest)
-            || req.tag.as_ref().is_some_and(|t| *t != name.tag)
-            || req
-                .filters
+    let narrowed = req.tag.is_some() || !req.filters.is_empty() || self_digest.is_some();
+    let eligible: Eligible = if narrowed {
+        let refs = &shared.refs;
+        let mut names: Vec<Vec<u32>> = Vec::new();
+        let mut cands = Vec::new();
+        let mut of_entry = vec![u32::MAX; table.entries.len()];
+        for (e, entry) in table.entries.iter().enumerate() {
+            if self_digest == Some(entry.digest) {
+                continue;
+            }
+            let kept: Vec<u32> = table
+                .refs_of(e)
                 .iter()
-                .any(|(k, v)| r.annotations.get(k) != Some(v))
-            || self_digest == Some(r.digest)
-        {
-            continue;
+                .copied()
+                .filter(|&i| {
+                    let (name, r) = &refs[i as usize];
+                    req.tag.as_ref().is_none_or(|t| *t == name.tag)
+                        && req
+                            .filters
+                            .iter()
+                            .all(|(k, v)| r.annotations.get(k) == Some(v))
+                })
+                .collect();
+            if !kept.is_empty() {
+                of_entry[e] = names.len() as u32;
+                names.push(kept);
+                cands.push(e as u32);
+            }
         }
-        by_dna.entry(r.digest).or_default().push(name.clone());
-    }
+        Eligible {
+            cands,
+            narrowed: Some((of_entry, names)),
+        }
+    } else {
+        Eligible {
+            cands: (0..table.entries.len() as u32).collect(),
+            narrowed: None,
+        }
+    };
     let mut plan = Plan {
         space: format!("{} {}", space_digest.short(), space.describe()),
         mask: mask.canonical_spec(&space),
         neurons: mask.neurons(),
-        candidates: by_dna.len(),
+        candidates: eligible.cands.len(),
         ..Plan::default()
     };
     let qheld = QueryLayers {
@@ -706,27 +740,23 @@ pub fn query(db: &dyn Source, q: &AnyDna, req: &QueryRequest) -> Result<QueryRes
     };
 
     let t = Instant::now();
-    let stored: Vec<Digest> = in_space.keys().copied().collect();
     let seg = if metric == Metric::Fd {
         None
     } else {
-        // Appends past the mapped rows never disturb a segment another thread reads.
-        let _gate = db.index_gate();
-        synced_segment(db, &space_digest, &space, &stored)?
+        open_segment(db, &dir, &space_digest, &space, &table)?
     };
     if seg.is_some() {
         plan.stages.push(Stage {
             name: "open summary segment".into(),
-            candidates_in: by_dna.len(),
-            candidates_out: by_dna.len(),
+            candidates_in: eligible.cands.len(),
+            candidates_out: eligible.cands.len(),
             ms: ms(t),
         });
     }
-    let graph = graph_key(&mask, &space)
-        .filter(|key| seg.is_some() && hnsw::exists(&index_dir(db, &space_digest), key));
+    let graph = graph_key(&mask, &space).filter(|key| seg.is_some() && hnsw::exists(&dir, key));
     let (path, rule) = choose(
         req.mode,
-        by_dna.len(),
+        eligible.cands.len(),
         req.k,
         seg.is_some().then_some(metric),
         graph.as_deref(),
@@ -739,7 +769,8 @@ pub fn query(db: &dyn Source, q: &AnyDna, req: &QueryRequest) -> Result<QueryRes
         mask: &mask,
         metric,
         qheld: &qheld,
-        by_dna: &by_dna,
+        table: &table,
+        eligible: &eligible,
         k: req.k,
     };
     let mut run = Run {
@@ -747,17 +778,10 @@ pub fn query(db: &dyn Source, q: &AnyDna, req: &QueryRequest) -> Result<QueryRes
         comparisons: HashMap::new(),
         plan,
     };
-    let cands: Vec<Digest> = by_dna.keys().copied().collect();
     match (path, &seg) {
-        (Path::Cascade { .. } | Path::Graph, Some(seg)) => {
-            let row_of: HashMap<Digest, usize> = seg
-                .rows()
-                .iter()
-                .enumerate()
-                .map(|(i, d)| (*d, i))
-                .collect();
+        (Path::Cascade { .. } | Path::Graph, Some(open)) => {
             let summaries = QuerySummaries::of(&ctx)?;
-            let mut cands = cands;
+            let mut cands = eligible.cands.clone();
             let mut budget = match path {
                 Path::Cascade { budget } => budget,
                 _ => Some(rerank_budget(req.k)),
@@ -765,7 +789,7 @@ pub fn query(db: &dyn Source, q: &AnyDna, req: &QueryRequest) -> Result<QueryRes
             let mut via = None;
             if path == Path::Graph {
                 let t = Instant::now();
-                match graph_candidates(&ctx, seg, &summaries.graph_vector(), &by_dna)? {
+                match graph_candidates(&ctx, open, &summaries.graph_vector())? {
                     Some((key, found)) => {
                         run.plan.stages.push(Stage {
                             name: format!("hnsw graph ({key})"),
@@ -786,14 +810,14 @@ pub fn query(db: &dyn Source, q: &AnyDna, req: &QueryRequest) -> Result<QueryRes
             }
             match &summaries {
                 QuerySummaries::Histogram { .. } => {
-                    histogram_cascade(&ctx, seg, &row_of, &summaries, cands, budget, via, &mut run)?
+                    histogram_cascade(&ctx, open, &summaries, cands, budget, via, &mut run)?
                 }
                 QuerySummaries::Gaussian { .. } => {
-                    gaussian_cascade(&ctx, seg, &row_of, &summaries, cands, budget, via, &mut run)?
+                    gaussian_cascade(&ctx, open, &summaries, cands, budget, via, &mut run)?
                 }
             }
         }
-        _ => scan(&ctx, &cands, &mut run)?,
+        _ => scan(&ctx, &eligible.cands, &mut run)?,
     }
     let Run {
         top,
@@ -808,7 +832,7 @@ pub fn query(db: &dyn Source, q: &AnyDna, req: &QueryRequest) -> Result<QueryRes
             reference,
             digest,
             distance,
-            images: in_space.get(&digest).copied().unwrap_or(0),
+            images: table.entry(&digest).map_or(0, |e| table.entries[e].images),
             per_layer: if req.per_layer {
                 comparisons
                     .get(&digest)
@@ -940,6 +964,63 @@ fn choose(
     }
 }
 
+/// The entries of a space's table a query may answer with.
+struct Eligible {
+    /// Entries, in entry (digest) order.
+    cands: Vec<u32>,
+    /// When a tag, a filter or `--exclude-self` narrowed them: per entry, its place in
+    /// the list that follows (`u32::MAX` when not eligible), and per eligible entry the
+    /// refs that passed (indices into the records' refs).
+    narrowed: Option<(Vec<u32>, Vec<Vec<u32>>)>,
+}
+
+impl Eligible {
+    fn contains(&self, e: u32) -> bool {
+        self.narrowed
+            .as_ref()
+            .is_none_or(|(of, _)| of[e as usize] != u32::MAX)
+    }
+
+    /// The refs of entry `e` that may be answers.
+    fn names<'a>(&'a self, table: &'a table::SpaceTable, e: u32) -> &'a [u32] {
+        match &self.narrowed {
+            None => table.refs_of(e as usize),
+            Some((of, names)) => match of[e as usize] {
+                u32::MAX => &[],
+                i => &names[i as usize],
+            },
+        }
+    }
+}
+
+/// The space's segment, open, checked and holding a row of every entry of `table`: the
+/// one this process kept when its files are unchanged (table.rs), else opened, synced
+/// with the catalogue (rows appended for stored DNAs it lacks) and kept.
+fn open_segment(
+    db: &dyn Source,
+    dir: &std::path::Path,
+    space_digest: &Digest,
+    space: &SpaceConfig,
+    table: &std::sync::Arc<table::SpaceTable>,
+) -> Result<Option<table::OpenSegment>, Error> {
+    if seg_kind(space.dist).is_none() {
+        return Ok(None);
+    }
+    if let Some(open) = table::kept_segment(dir, table) {
+        return Ok(Some(open));
+    }
+    // Taken before opening: a write in between makes the next query open it again.
+    let stamp = table::SegStamp::of(dir);
+    // Appends past the mapped rows never disturb a segment another thread reads.
+    let _gate = db.index_gate();
+    let Some(seg) = synced_segment(db, space_digest, space, &table.stored)? else {
+        return Ok(None);
+    };
+    let open = table::OpenSegment::new(seg, table, stamp);
+    table::keep_segment(dir, open.clone());
+    Ok(Some(open))
+}
+
 /// What every strategy reads, fixed by plan assembly.
 struct Ctx<'a> {
     db: &'a dyn Source,
@@ -948,7 +1029,8 @@ struct Ctx<'a> {
     mask: &'a Mask,
     metric: Metric,
     qheld: &'a QueryLayers<'a>,
-    by_dna: &'a BTreeMap<Digest, Vec<RefName>>,
+    table: &'a table::SpaceTable,
+    eligible: &'a Eligible,
     k: usize,
 }
 
@@ -960,15 +1042,18 @@ struct Run {
 }
 
 impl Ctx<'_> {
-    /// Computes one candidate's exact distance and offers each of its names to the top k.
-    fn exact(&self, d: &Digest, run: &mut Run) -> Result<(), Error> {
-        let stored = open_dna(self.db, d)?;
+    /// Computes one candidate's exact distance and offers each of its names to the top k
+    /// (names are formatted only here, for the few candidates that get this far).
+    fn exact(&self, e: u32, run: &mut Run) -> Result<(), Error> {
+        let d = self.table.entries[e as usize].digest;
+        let stored = open_dna(self.db, &d)?;
         let c = exact_distance(self.space, self.qheld, &stored, self.mask, self.metric)?;
         run.plan.exact_computed += 1;
-        for name in &self.by_dna[d] {
-            run.top.push(c.distance, name.to_string(), *d);
+        let refs = &self.table.records.refs;
+        for &i in self.eligible.names(self.table, e) {
+            run.top.push(c.distance, refs[i as usize].0.to_string(), d);
         }
-        run.comparisons.insert(*d, c);
+        run.comparisons.insert(d, c);
         Ok(())
     }
 
@@ -995,11 +1080,11 @@ impl Ctx<'_> {
 }
 
 /// Strategy: the exact distance of every candidate.
-fn scan(ctx: &Ctx<'_>, cands: &[Digest], run: &mut Run) -> Result<(), Error> {
+fn scan(ctx: &Ctx<'_>, cands: &[u32], run: &mut Run) -> Result<(), Error> {
     run.plan.strategy = format!("exact scan: {} of every candidate", ctx.metric.name());
     let t = Instant::now();
-    for d in cands {
-        ctx.exact(d, run)?;
+    for &e in cands {
+        ctx.exact(e, run)?;
     }
     run.plan.stages.push(Stage {
         name: "exact scan".into(),
@@ -1071,10 +1156,9 @@ impl QuerySummaries {
 #[allow(clippy::too_many_arguments)]
 fn histogram_cascade(
     ctx: &Ctx<'_>,
-    seg: &Segment,
-    row_of: &HashMap<Digest, usize>,
+    open: &table::OpenSegment,
     summaries: &QuerySummaries,
-    cands: Vec<Digest>,
+    cands: Vec<u32>,
     budget: Option<usize>,
     via: Option<String>,
     run: &mut Run,
@@ -1099,6 +1183,7 @@ fn histogram_cascade(
         (None, None) => "exact: mean bound -> sketch bound -> exact EMD of survivors".into(),
     };
     let budget = budget.unwrap_or(usize::MAX);
+    let (seg, row_of) = (&*open.seg, &open.map.row_of);
     let offsets = ctx.offsets();
     let n_masked = ctx.n_masked();
     // Rounding of stored f32 summaries: each value is within 2^-24 * bins of its f64
@@ -1107,23 +1192,22 @@ fn histogram_cascade(
 
     // Stage 1: mean bound for every candidate.
     let t = Instant::now();
-    let mut lb1: Vec<(f64, Digest)> = {
+    let mut lb1 = ByBound::new({
         use rayon::prelude::*;
         cands
             .par_iter()
-            .map(|d| {
-                let m = seg.means(row_of[d]);
+            .map(|&e| {
+                let m = seg.means(row_of[e as usize] as usize);
                 let mut s = 0f64;
                 let mut qi = 0;
                 for &(off, len) in &offsets {
                     s += sketch::l1(&qmean[qi..qi + len], &m[off..off + len]);
                     qi += len;
                 }
-                (s, *d)
+                (s, e)
             })
             .collect()
-    };
-    lb1.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    });
     run.plan.summary_bytes += (cands.len() * seg.means(0).len() * 4) as u64;
     run.plan.stages.push(Stage {
         name: "mean bound (all candidates)".into(),
@@ -1135,8 +1219,8 @@ fn histogram_cascade(
     // Seed the threshold with the k best by the mean bound.
     let t = Instant::now();
     let seed = lb1.len().min(ctx.k);
-    for (_, d) in &lb1[..seed] {
-        ctx.exact(d, run)?;
+    for i in 0..seed {
+        ctx.exact(lb1.get(i).1, run)?;
     }
     run.plan.stages.push(Stage {
         name: "exact seed (k best by mean)".into(),
@@ -1150,10 +1234,10 @@ fn histogram_cascade(
     // smallest bound left (heap or frontier) can still reach the k-th best. Sketch bounds
     // are never smaller than mean bounds.
     let t = Instant::now();
-    let sketch_bound = |d: &Digest| -> f64 {
+    let sketch_bound = |e: u32| -> f64 {
         // A row whose sketches fail their checksum bounds nothing: its exact distance is
         // computed.
-        let Some(s) = seg.sketches(row_of[d]) else {
+        let Some(s) = seg.sketches(row_of[e as usize] as usize) else {
             return 0.0;
         };
         let mut sum = 0f64;
@@ -1167,19 +1251,23 @@ fn histogram_cascade(
         }
         sum / SKETCH_Q as f64
     };
-    let mut heap: BinaryHeap<Reverse<(TotalF64, Digest)>> = BinaryHeap::new();
+    let mut heap: BinaryHeap<Reverse<(TotalF64, u32)>> = BinaryHeap::new();
     let (mut next, mut sketched, mut done) = (seed, 0usize, 0usize);
     let mut sketch_ms = 0.0;
     loop {
-        let frontier = lb1.get(next).map_or(f64::INFINITY, |x| x.0);
+        let frontier = if next < lb1.len() {
+            lb1.get(next).0
+        } else {
+            f64::INFINITY
+        };
         let limit = run.top.threshold() * n_masked + slack;
         match heap.peek() {
             Some(Reverse((b, _))) if b.0 <= frontier => {
                 if b.0 > limit || done >= budget {
                     break;
                 }
-                if let Some(Reverse((_, d))) = heap.pop() {
-                    ctx.exact(&d, run)?;
+                if let Some(Reverse((_, e))) = heap.pop() {
+                    ctx.exact(e, run)?;
                     done += 1;
                 }
             }
@@ -1187,9 +1275,9 @@ fn histogram_cascade(
             _ if next >= lb1.len() || frontier > limit => break,
             _ => {
                 let ts = Instant::now();
-                let d = lb1[next].1;
+                let e = lb1.get(next).1;
                 next += 1;
-                heap.push(Reverse((TotalF64(sketch_bound(&d)), d)));
+                heap.push(Reverse((TotalF64(sketch_bound(e)), e)));
                 sketched += 1;
                 sketch_ms += ms(ts);
             }
@@ -1217,10 +1305,9 @@ fn histogram_cascade(
 #[allow(clippy::too_many_arguments)]
 fn gaussian_cascade(
     ctx: &Ctx<'_>,
-    seg: &Segment,
-    row_of: &HashMap<Digest, usize>,
+    open: &table::OpenSegment,
     summaries: &QuerySummaries,
-    cands: Vec<Digest>,
+    cands: Vec<u32>,
     budget: Option<usize>,
     via: Option<String>,
     run: &mut Run,
@@ -1236,12 +1323,13 @@ fn gaussian_cascade(
         (None, None) => "exact: NFD from (mean, sd) summaries -> exact NFD of survivors".into(),
     };
     let budget = budget.unwrap_or(usize::MAX);
+    let (seg, row_of) = (&*open.seg, &open.map.row_of);
     let offsets = ctx.offsets();
     let t = Instant::now();
-    let mut est: Vec<(f64, f64, Digest)> = cands
+    let mut est: Vec<(f64, f64, u32)> = cands
         .iter()
-        .map(|d| {
-            let g = seg.gauss(row_of[d]);
+        .map(|&e| {
+            let g = seg.gauss(row_of[e as usize] as usize);
             let (mut s, mut mag) = (0f64, 0f64);
             let mut qi = 0;
             for &(off, len) in &offsets {
@@ -1255,7 +1343,7 @@ fn gaussian_cascade(
             }
             // (m1-m2)^2 + (s1-s2)^2 equals the reference's expression up to rounding of
             // order 1e-15 of the magnitudes involved.
-            (s, mag * 1e-12 + 1e-12, *d)
+            (s, mag * 1e-12 + 1e-12, e)
         })
         .collect();
     est.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.2.cmp(&b.2)));
@@ -1269,11 +1357,11 @@ fn gaussian_cascade(
     let t = Instant::now();
     let n_masked = ctx.n_masked();
     let mut done = 0;
-    for (s, slack, d) in &est {
-        if run.top.full() && *s - slack > run.top.threshold() * n_masked || done >= budget {
+    for &(s, slack, e) in &est {
+        if run.top.full() && s - slack > run.top.threshold() * n_masked || done >= budget {
             break;
         }
-        ctx.exact(d, run)?;
+        ctx.exact(e, run)?;
         done += 1;
     }
     run.plan.stages.push(Stage {
@@ -1301,17 +1389,16 @@ fn graph_key(mask: &Mask, space: &SpaceConfig) -> Option<String> {
 /// DNAs were found (the caller then runs the exact cascade).
 fn graph_candidates(
     ctx: &Ctx<'_>,
-    seg: &Segment,
+    open: &table::OpenSegment,
     query: &[f32],
-    eligible: &BTreeMap<Digest, Vec<RefName>>,
-) -> Result<Option<(String, Vec<Digest>)>, Error> {
+) -> Result<Option<(String, Vec<u32>)>, Error> {
     let Some(key) = graph_key(ctx.mask, ctx.space) else {
         return Ok(None);
     };
     let n = graph_n(ctx.k);
     let Some((rows, covered)) = hnsw::search(
         &index_dir(ctx.db, &ctx.space_digest),
-        seg,
+        &open.seg,
         &key,
         query,
         n,
@@ -1320,21 +1407,56 @@ fn graph_candidates(
     else {
         return Ok(None);
     };
-    let all = seg.rows();
-    let mut found: Vec<Digest> = rows
+    let entry_of = &open.map.entry_of;
+    let eligible = |e: &u32| *e != table::NONE && ctx.eligible.contains(*e);
+    let mut found: Vec<u32> = rows
         .iter()
-        .filter_map(|r| all.get(*r))
-        .filter(|d| eligible.contains_key(d))
-        .copied()
+        .filter_map(|r| entry_of.get(*r).copied())
+        .filter(eligible)
         .collect();
     found.extend(
-        all[covered.min(all.len())..]
+        entry_of[covered.min(entry_of.len())..]
             .iter()
-            .filter(|d| eligible.contains_key(d)),
+            .copied()
+            .filter(eligible),
     );
-    found.sort();
+    found.sort_unstable();
     found.dedup();
     Ok((found.len() >= ctx.k).then_some((key, found)))
+}
+
+/// Candidates in increasing bound order (ties by entry, which is digest order), sorted
+/// only as far as they are visited: an exact query visits a few hundred of N, so a full
+/// sort (O(N log N), milliseconds at 100,000) would cost more than the visit.
+struct ByBound {
+    v: Vec<(f64, u32)>,
+    sorted: usize,
+}
+
+impl ByBound {
+    fn new(v: Vec<(f64, u32)>) -> ByBound {
+        ByBound { v, sorted: 0 }
+    }
+
+    fn len(&self) -> usize {
+        self.v.len()
+    }
+
+    /// The `i`-th in order (`i < len()`); sorts the next block (twice the sorted prefix,
+    /// at least 64) when `i` is past the sorted prefix.
+    fn get(&mut self, i: usize) -> (f64, u32) {
+        let cmp = |a: &(f64, u32), b: &(f64, u32)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
+        while i >= self.sorted {
+            let rest = &mut self.v[self.sorted..];
+            let take = self.sorted.max(64).min(rest.len());
+            if take < rest.len() {
+                rest.select_nth_unstable_by(take - 1, cmp);
+            }
+            rest[..take].sort_unstable_by(cmp);
+            self.sorted += take;
+        }
+        self.v[i]
+    }
 }
 
 fn ms(t: Instant) -> f64 {

@@ -63,7 +63,7 @@ struct Verified {
 
 /// How long after a file's last write its modification time is trusted to tell a later
 /// write apart (coarser than any file system's timestamp granularity in use).
-const SETTLED: std::time::Duration = std::time::Duration::from_secs(3);
+pub(super) const SETTLED: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// A file's length and modification time.
 fn stamp(p: &Path) -> io::Result<(u64, Option<std::time::SystemTime>)> {
@@ -80,6 +80,7 @@ fn verified() -> &'static Mutex<HashMap<PathBuf, Verified>> {
 /// (benches measure both; `verify` never relies on it).
 pub fn forget_verified() {
     verified().lock().unwrap_or_else(|p| p.into_inner()).clear();
+    super::table::forget();
 }
 
 #[cfg(unix)]

@@ -1,0 +1,414 @@
+//! The query engine at catalogue scale (issue 14): top-5 over N clustered DNAs in the
+//! default extractor's layout (efficientnet_lite0: 17 layers, 3,088 neurons) at 100 bins,
+//! for several N in one store, with the per-stage plan, the approximate path beside the
+//! exact one, a cold CLI process, and FAISS over the same per-neuron means when a Python
+//! with `faiss` is given.
+//!
+//! `cargo bench --bench scale`. Environment:
+//! - `VDNA_DB_BENCH_SCALE_N`: the sizes, ascending (`1000,10000` by default); the store is
+//!   filled up to each in turn and measured there.
+//! - `VDNA_DB_BENCH_SCALE_LAYOUT`: `efficientnet` (default) or `resnet50` (15,104 neurons).
+//! - `VDNA_DB_BENCH_SCALE_DIR`: keep the store there (filled stores are reused by later
+//!   runs with the same layout; a temporary directory otherwise).
+//! - `VDNA_DB_BENCH_GRAPHS_MIN`: `reindex --graphs-min` at each size (1000 by default;
+//!   0 skips the graphs, and the approximate columns).
+//! - `VDNA_DB_BENCH_SCALE_FILL_ONLY=1`: fill the store to each size and stop.
+//! - `VDNA_DB_BENCH_FAISS_PYTHON`: a Python with `faiss` (PyPI `faiss-cpu`) to run
+//!   `tools/faiss_bench.py` at each size.
+
+#[path = "common.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use vdna_db::db::AnyDna;
+use vdna_db::format::DistKind;
+use vdna_db::query::{query, Mode, QueryRequest, QueryResult};
+use vdna_db::refname::RefName;
+use vdna_db::{synth, Db};
+
+fn env_or(k: &str, d: &str) -> String {
+    std::env::var(k).unwrap_or_else(|_| d.to_string())
+}
+
+fn p(v: &mut [f64], q: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() as f64 - 1.0) * q).round() as usize]
+}
+
+fn spec(layout: &str, families: usize) -> synth::CatalogueSpec {
+    synth::CatalogueSpec {
+        seed: 41,
+        families,
+        members: 10,
+        layers: if layout == "resnet50" {
+            synth::resnet50_layers()
+        } else {
+            synth::efficientnet_lite0_layers()
+        },
+        dist: DistKind::Histogram { bins: 100 },
+        extractor: format!("bench-{layout}"),
+        images: 16,
+        positions: 49,
+        spread: 1.0,
+    }
+}
+
+/// DNAs stored so far: named `synth/family-F/member-M`, filled in order.
+fn count(db: &Db) -> usize {
+    db.catalogue().snapshot_records().unwrap().refs.len()
+}
+
+/// Fills the store up to `n` DNAs; returns DNAs/s into store + index (generation, done
+/// on the other core meanwhile, not counted).
+fn fill(db: &Db, s: &synth::CatalogueSpec, n: usize) -> Option<f64> {
+    let have = count(db);
+    if have >= n {
+        return None;
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel(8);
+    let gen = {
+        let s = s.clone();
+        std::thread::spawn(move || {
+            for i in have..n {
+                let (f, m) = (i / s.members, i % s.members);
+                if tx.send((i, synth::member(&s, f, m))).is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let mut busy = 0.0;
+    let t0 = Instant::now();
+    for (i, dna) in rx {
+        let t = Instant::now();
+        let name = RefName::parse(&synth::member_name(i / s.members, i % s.members)).unwrap();
+        let r = db.push(&dna, Some(&name), BTreeMap::new()).unwrap();
+        vdna_db::query::index_pushed_dna(db, &r.digest, &dna).unwrap();
+        busy += t.elapsed().as_secs_f64();
+        if (i + 1) % 1000 == 0 {
+            eprintln!(
+                "filled {} of {n} ({:.0} s)",
+                i + 1,
+                t0.elapsed().as_secs_f64()
+            );
+        }
+    }
+    gen.join().unwrap();
+    Some((n - have) as f64 / busy)
+}
+
+fn dir_bytes(p: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(rd) = std::fs::read_dir(p) {
+        for e in rd.flatten() {
+            let m = e.metadata().unwrap();
+            total += if m.is_dir() {
+                dir_bytes(&e.path())
+            } else {
+                m.len()
+            };
+        }
+    }
+    total
+}
+
+/// Milliseconds of a plan spent outside bounds and distances: opening, reading the
+/// catalogue, the eligible set, names (what must not grow with N).
+fn fixed_ms(r: &QueryResult) -> f64 {
+    let work: f64 = r
+        .plan
+        .stages
+        .iter()
+        .filter(|s| s.name != "open summary segment")
+        .map(|s| s.ms)
+        .sum();
+    (r.plan.total_ms - work).max(0.0)
+}
+
+fn stage(r: &QueryResult, prefix: &str) -> f64 {
+    r.plan
+        .stages
+        .iter()
+        .filter(|s| s.name.starts_with(prefix))
+        .map(|s| s.ms)
+        .sum()
+}
+
+fn main() {
+    let layout = env_or("VDNA_DB_BENCH_SCALE_LAYOUT", "efficientnet");
+    let sizes: Vec<usize> = env_or("VDNA_DB_BENCH_SCALE_N", "1000,10000")
+        .split(',')
+        .map(|v| v.trim().parse().expect("VDNA_DB_BENCH_SCALE_N: sizes"))
+        .collect();
+    let graphs_min: usize = env_or("VDNA_DB_BENCH_GRAPHS_MIN", "1000").parse().unwrap();
+    let faiss = std::env::var("VDNA_DB_BENCH_FAISS_PYTHON").ok();
+    let max_n = *sizes.iter().max().unwrap();
+    let s = spec(&layout, max_n.div_ceil(10));
+    let tmp = tempfile::tempdir().unwrap();
+    let home = std::env::var("VDNA_DB_BENCH_SCALE_DIR")
+        .map(|d| Path::new(&d).join(&layout))
+        .unwrap_or_else(|_| tmp.path().join("store"));
+    let neurons: u32 = s.layers.iter().map(|l| l.neurons).sum();
+    println!(
+        "\n### Top-5 at scale: {} layers, {neurons} neurons x 100 bins, clustered (10 members per family)\n",
+        s.layers.len()
+    );
+    // Probes: members of other draws of the same families.
+    let probes: Vec<(AnyDna, std::path::PathBuf)> = (0..10)
+        .map(|i| {
+            let dna = synth::member(
+                &synth::CatalogueSpec {
+                    seed: s.seed + 1000 + i as u64,
+                    ..s.clone()
+                },
+                (i * 7919) % s.families.min(sizes[0] / 10).max(1),
+                0,
+            );
+            let path = tmp.path().join(format!("probe-{i}.vdna"));
+            std::fs::write(&path, vdna_db::db::bundle_of(&dna, &BTreeMap::new(), 3)).unwrap();
+            (AnyDna::Owned(dna), path)
+        })
+        .collect();
+    let layer = "blocks_10".to_string();
+    let random100: String = {
+        let mut rng = synth::Rng::new(5);
+        let mut picks: Vec<u32> = (0..100).map(|_| rng.below(neurons as u64) as u32).collect();
+        picks.sort();
+        picks.dedup();
+        let mut out = Vec::new();
+        for p in picks {
+            let mut base = 0;
+            for l in &s.layers {
+                if p < base + l.neurons {
+                    out.push(format!("{}:{}", l.name, p - base));
+                    break;
+                }
+                base += l.neurons;
+            }
+        }
+        out.join(" ")
+    };
+    let masks = [
+        ("all", "all".to_string()),
+        ("one layer (blocks_10)", layer),
+        ("100 random neurons", random100),
+    ];
+    let mut rows = Vec::new();
+    let mut sizes_line = Vec::new();
+    for &n in &sizes {
+        let db = Db::open(&home).unwrap();
+        let rate = fill(&db, &s, n);
+        if std::env::var("VDNA_DB_BENCH_SCALE_FILL_ONLY").is_ok() {
+            println!("filled to {n}: {rate:?} DNAs/s");
+            continue;
+        }
+        let graphs_t = Instant::now();
+        if graphs_min > 0 {
+            vdna_db::query::reindex_with(&db, graphs_min).unwrap();
+        }
+        let reindex_s = graphs_t.elapsed().as_secs_f64();
+        vdna_db::query::segment::forget_verified();
+        let (rss0, _) = common::rss_mb();
+        for (label, mask) in &masks {
+            let req = QueryRequest {
+                mask: mask.clone(),
+                k: 5,
+                mode: Mode::Exact,
+                ..Default::default()
+            };
+            let approx = QueryRequest {
+                mode: Mode::Approx,
+                ..req.clone()
+            };
+            // The first query of a process opens and checks what later ones reuse.
+            let t = Instant::now();
+            let first = query(&db, &probes[0].0, &req).unwrap();
+            let first_ms = t.elapsed().as_secs_f64() * 1e3;
+            let (mut ex, mut fixed, mut mean, mut emd, mut dists) =
+                (vec![], vec![], vec![], vec![], 0);
+            let (mut ap, mut recall) = (vec![], 0.0);
+            let mut plan = None;
+            for _round in 0..2 {
+                for (q, _) in &probes {
+                    let r = query(&db, q, &req).unwrap();
+                    ex.push(r.plan.total_ms);
+                    fixed.push(fixed_ms(&r));
+                    mean.push(stage(&r, "mean bound"));
+                    emd.push(stage(&r, "exact") + stage(&r, "sketch"));
+                    dists += r.plan.exact_computed;
+                    if graphs_min > 0 && graphs_min <= n && !label.starts_with("100") {
+                        let a = query(&db, q, &approx).unwrap();
+                        ap.push(a.plan.total_ms);
+                        recall += a
+                            .results
+                            .iter()
+                            .filter(|h| r.results.iter().any(|t| t.digest == h.digest))
+                            .count() as f64
+                            / r.results.len() as f64;
+                        if plan.is_none() {
+                            eprintln!("N = {n}, {label}, approx:\n{}", a.plan.explain());
+                        }
+                    }
+                    if plan.is_none() {
+                        eprintln!("N = {n}, {label}, exact:\n{}", r.plan.explain());
+                        plan = Some(());
+                    }
+                }
+            }
+            let runs = ex.len();
+            let (ap50, rec) = if ap.is_empty() {
+                ("".to_string(), "".to_string())
+            } else {
+                let a = p(&mut ap, 0.5);
+                (
+                    format!("{a:.1} ({:.1}x)", p(&mut ex.clone(), 0.5) / a),
+                    format!("{:.3}", recall / ap.len() as f64),
+                )
+            };
+            rows.push(format!(
+                "| {n} | {label} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {ap50} | {rec} |",
+                p(&mut ex, 0.5),
+                p(&mut ex, 0.95),
+                first_ms,
+                p(&mut fixed, 0.5),
+                p(&mut mean, 0.5),
+                p(&mut emd, 0.5),
+                dists as f64 / runs as f64,
+            ));
+            let _ = first;
+        }
+        let (rss, peak) = common::rss_mb();
+        // Summary bytes: the segment files of the space.
+        let index = dir_bytes(&home.join("index"));
+        let objects = dir_bytes(&home.join("objects"));
+        drop(db);
+        // A cold CLI process: opens the store, reads the catalogue, answers, exits.
+        let mut cold = Vec::new();
+        for (_, path) in probes.iter().take(5) {
+            let t = Instant::now();
+            let out = Command::new(env!("CARGO_BIN_EXE_vdna-db"))
+                .arg("--home")
+                .arg(&home)
+                .args(["--json", "query"])
+                .arg(path)
+                .args(["--top", "5", "--exact"])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            cold.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        sizes_line.push(format!(
+            "N = {n}: push {} DNAs/s into store + index; reindex with graphs {reindex_s:.1} s; objects {:.2} GB, index (summaries + graphs) {:.2} GB ({:.0} KB per DNA); bench RSS {rss0:.0} MB before queries, {rss:.0} MB after (peak {peak:.0}); cold CLI exact top-5 (mask all) p50 {:.0} ms",
+            rate.map_or("(reused store)".into(), |r| format!("{r:.1}")),
+            objects as f64 / 1e9,
+            index as f64 / 1e9,
+            index as f64 / 1e3 / n as f64,
+            p(&mut cold, 0.5),
+        ));
+        if let Some(py) = &faiss {
+            faiss_row(py, &home, &s, n, &probes, &mut sizes_line);
+        }
+    }
+    println!("| N | mask | exact p50 ms | p95 | first query of a process | fixed cost p50 | mean bound p50 | sketch + exact p50 | exact distances / query | approx p50 ms (speed-up) | approx recall@5 |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        println!("{r}");
+    }
+    println!();
+    for l in sizes_line {
+        println!("- {l}");
+    }
+}
+
+/// FAISS over the per-neuron means of the N stored DNAs (the mean-bound vectors, read from
+/// the summary segment), the same probes: IndexFlatL1 and IndexHNSWFlat, with recall
+/// against the exact EMD top-5.
+fn faiss_row(
+    py: &str,
+    home: &Path,
+    s: &synth::CatalogueSpec,
+    n: usize,
+    probes: &[(AnyDna, std::path::PathBuf)],
+    out: &mut Vec<String>,
+) {
+    let db = Db::open(home).unwrap();
+    let space = s.space();
+    let sd = space.digest();
+    let neurons = space.total_neurons() as usize;
+    let seg = vdna_db::query::segment::Segment::open(
+        &home.join("index").join(sd.hex()),
+        sd,
+        vdna_db::query::segment::SegKind::Histogram {
+            q: vdna_db::query::sketch::SKETCH_Q,
+        },
+        neurons,
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut base = Vec::with_capacity(seg.rows().len() * neurons * 4);
+    for r in 0..seg.rows().len() {
+        for v in seg.means(r) {
+            base.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    std::fs::write(dir.path().join("base.f32"), &base).unwrap();
+    let mut qs = Vec::new();
+    let mut truth = Vec::new();
+    for (q, _) in probes {
+        for v in vdna_db::query::mean_vector(q).unwrap() {
+            qs.extend_from_slice(&v.to_le_bytes());
+        }
+        let r = query(
+            &db,
+            q,
+            &QueryRequest {
+                k: 5,
+                mode: Mode::Exact,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        truth.push(r.results.iter().map(|h| h.digest).collect::<Vec<_>>());
+    }
+    std::fs::write(dir.path().join("queries.f32"), &qs).unwrap();
+    let tool = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/faiss_bench.py");
+    let o = Command::new(py)
+        .arg(&tool)
+        .arg(dir.path())
+        .arg(neurons.to_string())
+        .arg("5")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = seg.rows();
+    for index in ["flat_l1", "hnsw_flat"] {
+        let r = &v[index];
+        let mut hit = 0.0;
+        for (qi, t) in truth.iter().enumerate() {
+            let got: Vec<_> = r["ids"][qi]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|x| x.as_i64())
+                .filter(|&x| x >= 0)
+                .map(|x| rows[x as usize])
+                .collect();
+            hit += t.iter().filter(|d| got.contains(d)).count() as f64 / t.len() as f64;
+        }
+        out.push(format!(
+            "N = {n}: FAISS {index} (per-neuron means, L1 for flat, L2 for HNSW) p50 {:.2} ms, build {:.1} s, recall@5 against exact EMD {:.3}",
+            r["p50_ms"].as_f64().unwrap(),
+            r["build_s"].as_f64().unwrap(),
+            hit / truth.len() as f64,
+        ));
+    }
+}
