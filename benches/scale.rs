@@ -211,7 +211,7 @@ fn main() {
             vdna_db::query::reindex_with(&db, graphs_min).unwrap();
         }
         let reindex_s = graphs_t.elapsed().as_secs_f64();
-        vdna_db::query::segment::forget_verified();
+        vdna_db::query::forget_kept();
         let (rss0, _) = common::rss_mb();
         for (label, mask) in &masks {
             let req = QueryRequest {
@@ -343,19 +343,21 @@ fn faiss_row(
     let space = s.space();
     let sd = space.digest();
     let neurons = space.total_neurons() as usize;
+    let widths: Vec<u32> = space.layers.iter().map(|l| l.neurons).collect();
     let seg = vdna_db::query::segment::Segment::open(
         &home.join("index").join(sd.hex()),
         sd,
         vdna_db::query::segment::SegKind::Histogram {
             q: vdna_db::query::sketch::SKETCH_Q,
+            bins: 100,
         },
-        neurons,
+        &widths,
     )
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut base = Vec::with_capacity(seg.rows().len() * neurons * 4);
     for r in 0..seg.rows().len() {
-        for v in seg.means(r) {
+        for v in seg.means(r).unwrap() {
             base.extend_from_slice(&v.to_le_bytes());
         }
     }

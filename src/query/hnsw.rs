@@ -48,23 +48,30 @@ pub fn graph_masks(space: &SpaceConfig) -> Vec<(String, Vec<(usize, usize)>)> {
     out
 }
 
-fn row_vector(seg: &Segment, row: usize, runs: &[(usize, usize)]) -> Vec<f32> {
+/// A row's vector for a graph over `runs`; an error when the row fails its checksum (a
+/// graph is built right after its segment, so that is damage on disk: reindex again).
+fn row_vector(seg: &Segment, row: usize, runs: &[(usize, usize)]) -> Result<Vec<f32>, Error> {
+    let damaged = || {
+        Error::Invalid(format!(
+            "summary row {row} fails its checksum while building a graph (run vdna-db reindex)"
+        ))
+    };
     let mut v = Vec::new();
     match seg.kind() {
         SegKind::Histogram { .. } => {
-            let m = seg.means(row);
+            let m = seg.means(row).ok_or_else(damaged)?;
             for &(off, len) in runs {
                 v.extend_from_slice(&m[off..off + len]);
             }
         }
         SegKind::Gaussian => {
-            let g = seg.gauss(row);
+            let g = seg.gauss(row).ok_or_else(damaged)?;
             for &(off, len) in runs {
                 v.extend(g[2 * off..2 * (off + len)].iter().map(|x| *x as f32));
             }
         }
     }
-    v
+    Ok(v)
 }
 
 fn graph_dir(index_dir: &Path, key: &str) -> PathBuf {
@@ -89,7 +96,9 @@ pub fn build(
     }
     let mut built = 0;
     for (key, runs) in graph_masks(space) {
-        let data: Vec<Vec<f32>> = (0..n).map(|r| row_vector(seg, r, &runs)).collect();
+        let data: Vec<Vec<f32>> = (0..n)
+            .map(|r| row_vector(seg, r, &runs))
+            .collect::<Result<_, _>>()?;
         let refs: Vec<(&Vec<f32>, usize)> = data.iter().zip(0..n).collect();
         // hnsw_rs dumps only graphs built with its maximum of 16 layers.
         let tmp = root.join(format!(".{key}.tmp"));

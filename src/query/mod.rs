@@ -264,9 +264,14 @@ fn index_dir(db: &dyn Source, space: &Digest) -> PathBuf {
     db.index_root().join(space.hex())
 }
 
+/// Neurons per layer of a space: what a segment needs to know of it.
+fn layer_widths(space: &SpaceConfig) -> Vec<u32> {
+    space.layers.iter().map(|l| l.neurons).collect()
+}
+
 fn seg_kind(dist: DistKind) -> Option<SegKind> {
     match dist {
-        DistKind::Histogram { .. } => Some(SegKind::Histogram { q: SKETCH_Q }),
+        DistKind::Histogram { bins } => Some(SegKind::Histogram { q: SKETCH_Q, bins }),
         DistKind::Gaussian | DistKind::LayerGaussian => Some(SegKind::Gaussian),
         DistKind::ActivationRanges => None,
     }
@@ -358,13 +363,13 @@ fn synced_segment_with(
         return Ok(None);
     };
     let dir = index_dir(db, space_digest);
-    let neurons = space.total_neurons() as usize;
-    let mut seg = match Segment::open(&dir, *space_digest, kind, neurons) {
+    let widths = layer_widths(space);
+    let mut seg = match Segment::open(&dir, *space_digest, kind, &widths) {
         Ok(s) => s,
         Err(_) => {
             // Derived state that fails its checks is rebuilt, never trusted.
             let _ = std::fs::remove_dir_all(&dir);
-            Segment::open(&dir, *space_digest, kind, neurons).map_err(|e| Error::io(&dir, e))?
+            Segment::open(&dir, *space_digest, kind, &widths).map_err(|e| Error::io(&dir, e))?
         }
     };
     let have: BTreeSet<Digest> = seg.rows().iter().copied().collect();
@@ -447,8 +452,7 @@ fn index_row(
         return Ok(());
     };
     let dir = index_dir(db, sd);
-    let neurons = space.total_neurons() as usize;
-    match Segment::open_for_append(&dir, *sd, kind, neurons) {
+    match Segment::open_for_append(&dir, *sd, kind, &layer_widths(space)) {
         Ok(mut seg) => {
             if !seg.rows().contains(digest) {
                 let (a, b) = row()?;
@@ -512,7 +516,7 @@ pub fn verify_index(db: &dyn Source) -> Result<Vec<(String, String)>, Error> {
             out.push((what, "segment files are missing".into()));
             continue;
         }
-        match Segment::open_verify(&dir, sd, kind, space.total_neurons() as usize) {
+        match Segment::open_verify(&dir, sd, kind, &layer_widths(&space)) {
             Err(e) => out.push((what.clone(), format!("summary segment: {e}"))),
             Ok(seg) => {
                 let bad = seg.damaged_sketches();
@@ -618,6 +622,12 @@ fn exact_distance(
         .map(|(a, b)| (a.view(), b.view()))
         .collect();
     Ok(distance::compare(space, mask, metric, &views, 0)?)
+}
+
+/// Forgets the tables and open segments this process keeps between queries, so the next
+/// query opens everything as a fresh process would (benches measure both).
+pub fn forget_kept() {
+    table::forget();
 }
 
 /// Answers a query.
@@ -1150,9 +1160,10 @@ impl QuerySummaries {
     }
 }
 
-/// Strategy: EMD by the mean bound, then the sketch bound, then exact distances in
-/// sketch-bound order while a bound can still reach the k-th best (docs/QUERY.md); with a
-/// budget, at most that many exact distances (approximate).
+/// Strategy: EMD by the code bound over every candidate, then lazily the mean bound, the
+/// sketch bound and exact distances, always taking the candidate with the smallest bound
+/// known, while a bound can still reach the k-th best (docs/QUERY.md); with a budget, at
+/// most that many exact distances (approximate).
 #[allow(clippy::too_many_arguments)]
 fn histogram_cascade(
     ctx: &Ctx<'_>,
@@ -1178,123 +1189,170 @@ fn histogram_cascade(
             format!("approx: HNSW graph over means ({key}) -> bounds -> exact re-rank of the best")
         }
         (None, Some(b)) => {
-            format!("approx: mean + sketch bound ranking, exact re-rank of the best {b} candidates")
+            format!(
+                "approx: code, mean and sketch bounds, exact re-rank of the best {b} candidates"
+            )
         }
-        (None, None) => "exact: mean bound -> sketch bound -> exact EMD of survivors".into(),
+        (None, None) => {
+            "exact: code bound -> mean bound -> sketch bound -> exact EMD of survivors".into()
+        }
     };
     let budget = budget.unwrap_or(usize::MAX);
     let (seg, row_of) = (&*open.seg, &open.map.row_of);
+    let row = |e: u32| row_of[e as usize] as usize;
     let offsets = ctx.offsets();
     let n_masked = ctx.n_masked();
+    let n_row = seg.layer_starts().last().copied().unwrap_or(0);
     // Rounding of stored f32 summaries: each value is within 2^-24 * bins of its f64
     // value, so a neuron's bound is within that too (docs/QUERY.md).
     let slack = n_masked * bins as f64 * 2f64.powi(-23) + 1e-9;
 
-    // Stage 1: mean bound for every candidate.
+    // Level 0: the code bound of every candidate, one byte per masked neuron, each masked
+    // layer's codes checked as they are read (a layer that fails bounds nothing).
     let t = Instant::now();
-    let mut lb1 = ByBound::new({
+    let qcodes: Vec<u8> = qmean.iter().map(|m| segment::code_of(*m, bins)).collect();
+    let step = bins as f64 / 256.0;
+    let masked_layer_bytes: usize = ctx
+        .mask
+        .layers
+        .iter()
+        .map(|lm| ctx.space.layers[lm.layer].neurons as usize)
+        .sum();
+    let mut order = ByBound::new({
         use rayon::prelude::*;
         cands
             .par_iter()
             .map(|&e| {
-                let m = seg.means(row_of[e as usize] as usize);
-                let mut s = 0f64;
+                let r = row(e);
+                let mut steps = 0u64;
                 let mut qi = 0;
-                for &(off, len) in &offsets {
-                    s += sketch::l1(&qmean[qi..qi + len], &m[off..off + len]);
-                    qi += len;
+                for lm in &ctx.mask.layers {
+                    let codes = seg.codes(r, lm.layer);
+                    for &(s, t) in &lm.runs {
+                        let (s, t) = (s as usize, t as usize);
+                        if let Some(c) = codes {
+                            steps += sketch::code_l1(&qcodes[qi..qi + t - s], &c[s..t]) as u64;
+                        }
+                        qi += t - s;
+                    }
                 }
-                (s, e)
+                (steps as f64 * step, e)
             })
             .collect()
     });
-    run.plan.summary_bytes += (cands.len() * seg.means(0).len() * 4) as u64;
+    run.plan.summary_bytes += (cands.len() * masked_layer_bytes) as u64;
     run.plan.stages.push(Stage {
-        name: "mean bound (all candidates)".into(),
+        name: "code bound (all candidates)".into(),
         candidates_in: cands.len(),
         candidates_out: cands.len(),
         ms: ms(t),
     });
 
-    // Seed the threshold with the k best by the mean bound.
+    // Seed the threshold with the k best by the code bound.
     let t = Instant::now();
-    let seed = lb1.len().min(ctx.k);
+    let seed = order.len().min(ctx.k);
     for i in 0..seed {
-        ctx.exact(lb1.get(i).1, run)?;
+        ctx.exact(order.get(i).1, run)?;
     }
     run.plan.stages.push(Stage {
-        name: "exact seed (k best by mean)".into(),
+        name: "exact seed (k best by code)".into(),
         candidates_in: seed,
         candidates_out: seed,
         ms: ms(t),
     });
 
-    // Stages 2 and 3 interleaved: visit candidates in mean-bound order, compute their
-    // sketch bound lazily, and compute exact distances in sketch-bound order while the
-    // smallest bound left (heap or frontier) can still reach the k-th best. Sketch bounds
-    // are never smaller than mean bounds.
+    // The rest, lazily: candidates leave the code-bound order for a heap keyed by the
+    // tightest bound computed so far (level 1: mean bound, level 2: sketch bound), and the
+    // heap's smallest is refined one level, or its exact distance computed at level 2,
+    // while it can still reach the k-th best. Each bound is at least the one before
+    // (docs/QUERY.md), and a part that fails its checksum keeps the bound it had.
     let t = Instant::now();
-    let sketch_bound = |e: u32| -> f64 {
-        // A row whose sketches fail their checksum bounds nothing: its exact distance is
-        // computed.
-        let Some(s) = seg.sketches(row_of[e as usize] as usize) else {
-            return 0.0;
+    let mean_bound = |e: u32, prev: f64| -> f64 {
+        let Some(m) = seg.means(row(e)) else {
+            return prev;
+        };
+        let mut s = 0f64;
+        let mut qi = 0;
+        for &(off, len) in &offsets {
+            s += sketch::l1(&qmean[qi..qi + len], &m[off..off + len]);
+            qi += len;
+        }
+        s.max(prev)
+    };
+    let sketch_bound = |e: u32, prev: f64| -> f64 {
+        let Some(sk) = seg.sketches(row(e)) else {
+            return prev;
         };
         let mut sum = 0f64;
         let mut qi = 0;
         // A run of neurons has contiguous sketches in both the query and the row.
         for &(off, len) in &offsets {
             let q = &qsk[qi * SKETCH_Q..(qi + len) * SKETCH_Q];
-            let c = &s[off * SKETCH_Q..(off + len) * SKETCH_Q];
+            let c = &sk[off * SKETCH_Q..(off + len) * SKETCH_Q];
             sum += sketch::l1(q, c);
             qi += len;
         }
-        sum / SKETCH_Q as f64
+        (sum / SKETCH_Q as f64).max(prev)
     };
-    let mut heap: BinaryHeap<Reverse<(TotalF64, u32)>> = BinaryHeap::new();
-    let (mut next, mut sketched, mut done) = (seed, 0usize, 0usize);
-    let mut sketch_ms = 0.0;
+    let mut heap: BinaryHeap<Reverse<(TotalF64, u8, u32)>> = BinaryHeap::new();
+    let (mut next, mut meaned, mut sketched, mut done) = (seed, 0usize, 0usize, 0usize);
+    let (mut mean_ms, mut sketch_ms) = (0.0, 0.0);
     loop {
-        let frontier = if next < lb1.len() {
-            lb1.get(next).0
+        let frontier = if next < order.len() {
+            order.get(next).0
         } else {
             f64::INFINITY
         };
         let limit = run.top.threshold() * n_masked + slack;
-        match heap.peek() {
-            Some(Reverse((b, _))) if b.0 <= frontier => {
-                if b.0 > limit || done >= budget {
+        match heap.peek().copied() {
+            Some(Reverse((b, level, e))) if b.0 <= frontier => {
+                if b.0 > limit {
                     break;
                 }
-                if let Some(Reverse((_, e))) = heap.pop() {
+                heap.pop();
+                if level == 1 {
+                    let ts = Instant::now();
+                    heap.push(Reverse((TotalF64(sketch_bound(e, b.0)), 2, e)));
+                    sketched += 1;
+                    sketch_ms += ms(ts);
+                } else {
+                    if done >= budget {
+                        break;
+                    }
                     ctx.exact(e, run)?;
                     done += 1;
                 }
             }
             // Everything left is at least the frontier (heap entries exceed it).
-            _ if next >= lb1.len() || frontier > limit => break,
+            _ if next >= order.len() || frontier > limit => break,
             _ => {
                 let ts = Instant::now();
-                let e = lb1.get(next).1;
+                let (b, e) = order.get(next);
                 next += 1;
-                heap.push(Reverse((TotalF64(sketch_bound(e)), e)));
-                sketched += 1;
-                sketch_ms += ms(ts);
+                heap.push(Reverse((TotalF64(mean_bound(e, b)), 1, e)));
+                meaned += 1;
+                mean_ms += ms(ts);
             }
         }
     }
-    run.plan.summary_bytes += (sketched * seg.means(0).len() * 4 * SKETCH_Q) as u64;
+    run.plan.summary_bytes += (meaned * n_row * 4 + sketched * n_row * 4 * SKETCH_Q) as u64;
     run.plan.stages.push(Stage {
-        name: "sketch bound (lazy, mean order)".into(),
-        candidates_in: lb1.len() - seed,
+        name: "mean bound (lazy, code order)".into(),
+        candidates_in: order.len() - seed,
+        candidates_out: meaned,
+        ms: mean_ms,
+    });
+    run.plan.stages.push(Stage {
+        name: "sketch bound (lazy)".into(),
+        candidates_in: meaned,
         candidates_out: sketched,
         ms: sketch_ms,
     });
     run.plan.stages.push(Stage {
-        name: "exact EMD (sketch order)".into(),
+        name: "exact EMD (bound order)".into(),
         candidates_in: sketched,
         candidates_out: done,
-        ms: ms(t) - sketch_ms,
+        ms: ms(t) - mean_ms - sketch_ms,
     });
     Ok(())
 }
@@ -1329,7 +1387,10 @@ fn gaussian_cascade(
     let mut est: Vec<(f64, f64, u32)> = cands
         .iter()
         .map(|&e| {
-            let g = seg.gauss(row_of[e as usize] as usize);
+            // A row that fails its checksum bounds nothing: its exact distance decides.
+            let Some(g) = seg.gauss(row_of[e as usize] as usize) else {
+                return (0.0, 0.0, e);
+            };
             let (mut s, mut mag) = (0f64, 0f64);
             let mut qi = 0;
             for &(off, len) in &offsets {

@@ -11,119 +11,75 @@
 //! - `a.bin`: histograms: the mean (bin units) per neuron as f32; Gaussians: mean and
 //!   standard deviation per neuron as f64.
 //! - `b.bin`: histograms only: the quantile sketch, `SKETCH_Q` f32 per neuron.
+//! - `c.bin`: histograms only: per neuron, the mean's one-byte code (`code_of`: the mean
+//!   in units of bins/256, floored, at most 255), padded with zeros to a multiple of 4,
+//!   then the CRC-32 of each layer's codes (u32 LE, one per layer of the space). The code
+//!   bound scans these: a quarter of the means' bytes, each layer checked as it is read.
 //!
-//! An append writes `a.bin` and `b.bin` first and `rows.bin` last, each fsynced, so a
-//! counted row always has its data. Opening for reading checks every row's `a` checksum
-//! (a damaged segment is rebuilt by the caller) once per process: what a process checked
-//! is remembered (the files' identities, `a.bin`'s length and modification time, the row
-//! table's bytes), and a later open of the same files, with that table as a prefix, checks
-//! only the rows appended since, or every row again when `a.bin` was rewritten in place;
-//! so a long-running server pays O(rows x neurons) once, not on every query, while
-//! [`Segment::open_verify`] (`verify`) always checks everything. Opening to append (a
-//! push) reads only the row table, so a push costs the same at any N, and leaves the
-//! checks to the next reader; a row's sketches are checked when read, and a
-//! damaged one is withheld (the caller then bounds nothing and computes the exact
-//! distance), so a flipped byte never changes an answer.
+//! An append writes `a.bin`, `b.bin` and `c.bin` first and `rows.bin` last, each fsynced,
+//! so a counted row always has its data. Nothing is checked at open but the headers and
+//! lengths: each part of a row is checked against its checksum when a query reads it (a
+//! layer's codes on every scan, a row's means or sketches when the cascade visits it), so
+//! opening costs O(rows) at any width and a flipped byte never changes an answer: a part
+//! that fails its check bounds nothing, and the candidate's exact distance decides.
+//! [`Segment::open_verify`] (`verify`) checks every part of every row.
 
-use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
 
 use memmap2::Mmap;
 
 use crate::format::Digest;
 
 const MAGIC: &[u8; 8] = b"VDNASUM\0";
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 const ROW: usize = 40;
 const HEADER: usize = 64;
 
 /// What a segment summarises.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SegKind {
-    /// Histogram DNAs: means and quantile sketches.
-    Histogram { q: usize },
+    /// Histogram DNAs of `bins` bins: means, quantile sketches and mean codes.
+    Histogram { q: usize, bins: u32 },
     /// Gaussian DNAs: mean and sd per neuron.
     Gaussian,
-}
-
-/// What this process has checked of a segment: the identities (device, inode) of its
-/// three files, the length and modification time of `a.bin` then, and the bytes of the
-/// row table whose `a` checksums passed.
-struct Verified {
-    ids: [(u64, u64); 3],
-    a_stamp: (u64, Option<std::time::SystemTime>),
-    /// The check came at least [`SETTLED`] after `a.bin`'s last write, so a write since
-    /// would show as a newer modification time (file systems keep coarse clocks).
-    settled: bool,
-    table: Vec<u8>,
-}
-
-/// How long after a file's last write its modification time is trusted to tell a later
-/// write apart (coarser than any file system's timestamp granularity in use).
-pub(super) const SETTLED: std::time::Duration = std::time::Duration::from_secs(3);
-
-/// A file's length and modification time.
-fn stamp(p: &Path) -> io::Result<(u64, Option<std::time::SystemTime>)> {
-    let m = std::fs::metadata(p)?;
-    Ok((m.len(), m.modified().ok()))
-}
-
-fn verified() -> &'static Mutex<HashMap<PathBuf, Verified>> {
-    static V: OnceLock<Mutex<HashMap<PathBuf, Verified>>> = OnceLock::new();
-    V.get_or_init(Default::default)
-}
-
-/// Forgets what this process checked, so every segment opened next is checked in full
-/// (benches measure both; `verify` never relies on it).
-pub fn forget_verified() {
-    verified().lock().unwrap_or_else(|p| p.into_inner()).clear();
-    super::table::forget();
-}
-
-#[cfg(unix)]
-fn file_id(p: &Path) -> io::Result<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(p)?;
-    Ok((m.dev(), m.ino()))
-}
-
-#[cfg(not(unix))]
-fn file_id(_: &Path) -> io::Result<(u64, u64)> {
-    // No stable identity here: a fresh value every time, so a check is never reused.
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    Ok((
-        u64::MAX,
-        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-    ))
 }
 
 /// How much of a segment's checking an open does.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Checks {
-    /// None (opening to append).
+    /// Headers and lengths (parts of rows are checked as they are read).
     None,
-    /// Rows this process has not checked yet.
-    New,
-    /// Every row.
+    /// Every part of every row.
     All,
+}
+
+/// The one-byte code of a mean `m` (bin units) of a histogram of `bins` bins: `m` lies in
+/// `[c, c + 1) * bins / 256` for code `c`, or above for 255.
+pub fn code_of(m: f64, bins: u32) -> u8 {
+    (m * 256.0 / bins as f64).floor().clamp(0.0, 255.0) as u8
 }
 
 /// One space's summary rows, mapped.
 pub struct Segment {
     dir: PathBuf,
     kind: SegKind,
+    /// Neurons per layer, in space order.
+    layers: Vec<u32>,
+    /// First neuron of each layer, and the total at the end.
+    starts: Vec<usize>,
     neurons: usize,
     space: Digest,
     rows: Vec<Digest>,
+    /// Per row, the CRC-32 of its digest and means (or (mean, sd) pairs).
+    crc_a: Vec<u32>,
     /// Per row, the CRC-32 of its sketches.
     crc_b: Vec<u32>,
-    /// Which rows' `a` checksums an open (or a reload after an append) checks.
     checks: Checks,
     a: Option<Mmap>,
     b: Option<Mmap>,
+    c: Option<Mmap>,
 }
 
 fn header(file_kind: u8, neurons: usize, width: usize, space: &Digest) -> [u8; HEADER] {
@@ -145,87 +101,107 @@ fn bad(path: &Path, what: &str) -> io::Error {
 }
 
 impl Segment {
-    fn widths(kind: SegKind) -> (usize, usize) {
+    /// Values per neuron in `a.bin`, `b.bin` and `c.bin` (bytes).
+    fn widths(kind: SegKind) -> (usize, usize, usize) {
         match kind {
-            SegKind::Histogram { q } => (4, 4 * q),
-            SegKind::Gaussian => (16, 0),
+            SegKind::Histogram { q, .. } => (4, 4 * q, 1),
+            SegKind::Gaussian => (16, 0, 0),
         }
     }
 
-    /// Bytes per row in `a.bin` and `b.bin`.
     /// The byte widths of one row's `a` and `b` parts.
     pub fn row_bytes(&self) -> (usize, usize) {
-        let (a, b) = Self::widths(self.kind);
+        let (a, b, _) = Self::widths(self.kind);
         (a * self.neurons, b * self.neurons)
     }
 
-    fn files(&self) -> [(PathBuf, u8, usize); 3] {
-        let (wa, wb) = Self::widths(self.kind);
+    /// Bytes of one row of `c.bin`: codes padded to 4, then a CRC-32 per layer.
+    fn code_row_bytes(&self) -> usize {
+        match self.kind {
+            SegKind::Histogram { .. } => self.neurons.div_ceil(4) * 4 + 4 * self.layers.len(),
+            SegKind::Gaussian => 0,
+        }
+    }
+
+    fn files(&self) -> [(PathBuf, u8, usize); 4] {
+        let (wa, wb, wc) = Self::widths(self.kind);
         [
             (self.dir.join("rows.bin"), 0, 0),
             (self.dir.join("a.bin"), 1, wa),
             (self.dir.join("b.bin"), 2, wb),
+            (self.dir.join("c.bin"), 3, wc),
         ]
     }
 
-    /// Opens (creating when missing) the segment of `space` under `dir`. Fails with
-    /// `InvalidData` when the files do not match, so the caller can rebuild.
-    /// Rows this process already checked (same files, same row table) are not checked
-    /// again.
-    pub fn open(dir: &Path, space: Digest, kind: SegKind, neurons: usize) -> io::Result<Segment> {
-        Self::open_with(dir, space, kind, neurons, Checks::New)
+    /// Opens (creating when missing) the segment of `space`, whose layers have `layers`
+    /// neurons each, under `dir`. Fails with `InvalidData` when the files do not match, so
+    /// the caller can rebuild. Checks headers and lengths only: O(rows), whatever the
+    /// width; parts of rows are checked as they are read.
+    pub fn open(dir: &Path, space: Digest, kind: SegKind, layers: &[u32]) -> io::Result<Segment> {
+        Self::open_with(dir, space, kind, layers, Checks::None)
     }
 
-    /// Like [`Segment::open`], checking every row whatever this process checked before.
+    /// Like [`Segment::open`], checking every part of every row (for `verify`); fails on
+    /// damaged means or codes. Damaged sketches are listed by [`Segment::damaged_sketches`].
     pub fn open_verify(
         dir: &Path,
         space: Digest,
         kind: SegKind,
-        neurons: usize,
+        layers: &[u32],
     ) -> io::Result<Segment> {
-        Self::open_with(dir, space, kind, neurons, Checks::All)
+        Self::open_with(dir, space, kind, layers, Checks::All)
     }
 
-    /// Opens (creating when missing) a segment to append rows: headers and lengths are
-    /// checked, row checksums are not (that is O(rows x neurons); readers check them).
+    /// Opens (creating when missing) a segment to append rows (the same as [`Segment::open`]).
     pub fn open_for_append(
         dir: &Path,
         space: Digest,
         kind: SegKind,
-        neurons: usize,
+        layers: &[u32],
     ) -> io::Result<Segment> {
-        Self::open_with(dir, space, kind, neurons, Checks::None)
+        Self::open_with(dir, space, kind, layers, Checks::None)
     }
 
     fn open_with(
         dir: &Path,
         space: Digest,
         kind: SegKind,
-        neurons: usize,
+        layers: &[u32],
         checks: Checks,
     ) -> io::Result<Segment> {
         std::fs::create_dir_all(dir)?;
+        let mut starts = Vec::with_capacity(layers.len() + 1);
+        let mut at = 0usize;
+        for &l in layers {
+            starts.push(at);
+            at += l as usize;
+        }
+        starts.push(at);
         let mut seg = Segment {
             dir: dir.to_path_buf(),
             kind,
-            neurons,
+            layers: layers.to_vec(),
+            starts,
+            neurons: at,
             space,
             rows: Vec::new(),
+            crc_a: Vec::new(),
             crc_b: Vec::new(),
             checks,
             a: None,
             b: None,
+            c: None,
         };
         for (path, fk, width) in seg.files() {
             if !path.exists() {
                 let mut f = File::create(&path)?;
-                f.write_all(&header(fk, neurons, width, &space))?;
+                f.write_all(&header(fk, seg.neurons, width, &space))?;
                 f.sync_all()?;
             }
             let mut h = [0u8; HEADER];
             let mut f = File::open(&path)?;
             io::Read::read_exact(&mut f, &mut h).map_err(|_| bad(&path, "short header"))?;
-            if h != header(fk, neurons, width, &space) {
+            if h != header(fk, seg.neurons, width, &space) {
                 return Err(bad(&path, "header does not match the space"));
             }
         }
@@ -234,11 +210,12 @@ impl Segment {
     }
 
     fn load(&mut self) -> io::Result<()> {
-        let [(rows_p, ..), (a_p, ..), (b_p, ..)] = self.files();
+        let [(rows_p, ..), (a_p, ..), (b_p, ..), (c_p, ..)] = self.files();
         let rows = std::fs::read(&rows_p)?;
         // A partial last row (an append cut short) is not counted.
         let n = (rows.len() - HEADER) / ROW;
         let (ra, rb) = self.row_bytes();
+        let rc = self.code_row_bytes();
         let map = |p: &Path, row: usize| -> io::Result<Option<Mmap>> {
             if row == 0 {
                 return Ok(None);
@@ -253,59 +230,34 @@ impl Segment {
         };
         self.a = map(&a_p, ra)?;
         self.b = map(&b_p, rb)?;
+        self.c = map(&c_p, rc)?;
         self.rows.clear();
+        self.crc_a.clear();
         self.crc_b.clear();
-        let a_all = self.a.as_ref().map_or(&[][..], |m| &m[..]);
         let table = &rows[HEADER..HEADER + ROW * n];
-        let ids = [file_id(&rows_p)?, file_id(&a_p)?, file_id(&b_p)?];
-        let a_stamp = stamp(&a_p)?;
-        // Rows below `done` were checked by this process in these very files, and `a.bin`
-        // was since either untouched (same length and modification time, checked when that
-        // time had settled) or only grown (appends write past the checked rows). A file
-        // rewritten in place at the same length is checked again in full: a flipped byte
-        // never changes an answer.
-        let done = match self.checks {
-            Checks::New => verified()
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&self.dir)
-                .filter(|v| {
-                    v.ids == ids
-                        && table.starts_with(&v.table)
-                        && ((v.settled && v.a_stamp == a_stamp) || a_stamp.0 > v.a_stamp.0)
-                })
-                .map_or(0, |v| v.table.len() / ROW),
-            Checks::All | Checks::None => 0,
-        };
-        for (r, row) in table.chunks_exact(ROW).enumerate() {
+        for row in table.chunks_exact(ROW) {
             let mut d = [0u8; 32];
             d.copy_from_slice(&row[..32]);
-            let want_a = u32::from_le_bytes([row[32], row[33], row[34], row[35]]);
-            let a_row = if ra == 0 {
-                &[][..]
-            } else {
-                &a_all[HEADER + r * ra..HEADER + (r + 1) * ra]
-            };
-            if self.checks != Checks::None && r >= done && crc_a(&d, a_row) != want_a {
-                return Err(bad(&rows_p, &format!("row {r} fails its checksum")));
-            }
             self.rows.push(Digest(d));
+            self.crc_a
+                .push(u32::from_le_bytes([row[32], row[33], row[34], row[35]]));
             self.crc_b
                 .push(u32::from_le_bytes([row[36], row[37], row[38], row[39]]));
         }
-        if self.checks != Checks::None {
-            verified().lock().unwrap_or_else(|p| p.into_inner()).insert(
-                self.dir.clone(),
-                Verified {
-                    ids,
-                    a_stamp,
-                    settled: a_stamp
-                        .1
-                        .and_then(|m| std::time::SystemTime::now().duration_since(m).ok())
-                        .is_some_and(|age| age >= SETTLED),
-                    table: table.to_vec(),
-                },
-            );
+        if self.checks == Checks::All {
+            for r in 0..n {
+                if self.a_bytes(r).is_none() {
+                    return Err(bad(&rows_p, &format!("row {r} fails its checksum")));
+                }
+                for l in 0..self.layers.len() {
+                    if rc > 0 && self.codes(r, l).is_none() {
+                        return Err(bad(
+                            &c_p,
+                            &format!("row {r}: the codes of layer {l} fail their checksum"),
+                        ));
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -315,20 +267,38 @@ impl Segment {
         self.append_many(&[(*digest, a, b)])
     }
 
+    /// A histogram row's `c.bin` bytes, from its means.
+    fn code_row(&self, a: &[u8]) -> Vec<u8> {
+        let SegKind::Histogram { bins, .. } = self.kind else {
+            return Vec::new();
+        };
+        let mut out = vec![0u8; self.code_row_bytes()];
+        for (o, m) in out.iter_mut().zip(a.chunks_exact(4)) {
+            *o = code_of(f32::from_le_bytes([m[0], m[1], m[2], m[3]]) as f64, bins);
+        }
+        let at = self.neurons.div_ceil(4) * 4;
+        for l in 0..self.layers.len() {
+            let crc = crc32fast::hash(&out[self.starts[l]..self.starts[l + 1]]);
+            out[at + 4 * l..at + 4 * l + 4].copy_from_slice(&crc.to_le_bytes());
+        }
+        out
+    }
+
     /// Appends rows with one write and one fsync per file (a cold build appends
-    /// thousands): `a.bin` and `b.bin` first, then `rows.bin`, whose length alone decides
-    /// how many rows count, so a crash in between leaves the rows before intact.
+    /// thousands): `a.bin`, `b.bin` and `c.bin` first, then `rows.bin`, whose length alone
+    /// decides how many rows count, so a crash in between leaves the rows before intact.
     pub fn append_many(&mut self, new: &[(Digest, &[u8], &[u8])]) -> io::Result<()> {
         if new.is_empty() {
             return Ok(());
         }
         let (ra, rb) = self.row_bytes();
+        let rc = self.code_row_bytes();
         for (_, a, b) in new {
             assert_eq!((a.len(), b.len()), (ra, rb), "row width");
         }
-        let [(rows_p, ..), (a_p, ..), (b_p, ..)] = self.files();
+        let [(rows_p, ..), (a_p, ..), (b_p, ..), (c_p, ..)] = self.files();
         let n = self.rows.len();
-        for (p, part, width) in [(&a_p, 0, ra), (&b_p, 1, rb)] {
+        for (p, part, width) in [(&a_p, 0, ra), (&b_p, 1, rb), (&c_p, 2, rc)] {
             if width == 0 {
                 continue;
             }
@@ -338,7 +308,11 @@ impl Segment {
             io::Seek::seek(&mut f, io::SeekFrom::End(0))?;
             let mut bytes = Vec::with_capacity(width * new.len());
             for (_, a, b) in new {
-                bytes.extend_from_slice(if part == 0 { a } else { b });
+                match part {
+                    0 => bytes.extend_from_slice(a),
+                    1 => bytes.extend_from_slice(b),
+                    _ => bytes.extend_from_slice(&self.code_row(a)),
+                }
             }
             failpoint!("segment::write");
             f.write_all(&bytes)?;
@@ -375,18 +349,41 @@ impl Segment {
         self.kind
     }
 
+    /// First neuron of each layer in a row, then the row's neuron count.
+    pub fn layer_starts(&self) -> &[usize] {
+        &self.starts
+    }
+
     /// Mapped bytes of the summaries (what a full scan reads).
     pub fn mapped_bytes(&self) -> u64 {
         let (ra, rb) = self.row_bytes();
-        ((ra + rb) * self.rows.len()) as u64
+        ((ra + rb + self.code_row_bytes()) * self.rows.len()) as u64
     }
 
-    /// Histogram means of row `r`, one per neuron.
-    pub fn means(&self, r: usize) -> &[f32] {
+    /// Row `r`'s `a` bytes, checked against its checksum.
+    fn a_bytes(&self, r: usize) -> Option<&[u8]> {
         let (ra, _) = self.row_bytes();
-        cast_f32(
-            &self.a.as_ref().map_or(&[][..], |m| &m[..])[HEADER + r * ra..HEADER + (r + 1) * ra],
-        )
+        let a =
+            &self.a.as_ref().map_or(&[][..], |m| &m[..])[HEADER + r * ra..HEADER + (r + 1) * ra];
+        (crc_a(&self.rows[r].0, a) == self.crc_a[r]).then_some(a)
+    }
+
+    /// Histogram means of row `r`, one per neuron, checked against the row's checksum:
+    /// `None` when they fail it (the caller must not bound with them).
+    pub fn means(&self, r: usize) -> Option<&[f32]> {
+        self.a_bytes(r).map(cast_f32)
+    }
+
+    /// The mean codes of layer `l` of row `r` ([`code_of`]), checked against their
+    /// checksum: `None` when they fail it.
+    pub fn codes(&self, r: usize, l: usize) -> Option<&[u8]> {
+        let rc = self.code_row_bytes();
+        let c = self.c.as_ref()?;
+        let row = &c[HEADER + r * rc..HEADER + (r + 1) * rc];
+        let codes = &row[self.starts[l]..self.starts[l + 1]];
+        let at = self.neurons.div_ceil(4) * 4 + 4 * l;
+        let want = u32::from_le_bytes([row[at], row[at + 1], row[at + 2], row[at + 3]]);
+        (crc32fast::hash(codes) == want).then_some(codes)
     }
 
     /// Histogram sketches of row `r`, `q` per neuron, checked against the row's checksum:
@@ -405,12 +402,10 @@ impl Segment {
             .collect()
     }
 
-    /// Gaussian (mean, sd) pairs of row `r`.
-    pub fn gauss(&self, r: usize) -> &[f64] {
-        let (ra, _) = self.row_bytes();
-        cast_f64(
-            &self.a.as_ref().map_or(&[][..], |m| &m[..])[HEADER + r * ra..HEADER + (r + 1) * ra],
-        )
+    /// Gaussian (mean, sd) pairs of row `r`, checked against the row's checksum: `None`
+    /// when they fail it.
+    pub fn gauss(&self, r: usize) -> Option<&[f64]> {
+        self.a_bytes(r).map(cast_f64)
     }
 }
 
@@ -439,78 +434,86 @@ fn cast_f64(b: &[u8]) -> &[f64] {
 mod tests {
     use super::*;
 
-    /// Flips one byte of `a.bin` in place (the same file, as damage on disk would).
-    fn flip(dir: &Path, offset: u64) {
+    /// Flips one byte of a segment file in place (the same file, as damage on disk would).
+    fn flip(dir: &Path, file: &str, offset: usize) {
         use std::io::{Read, Seek, SeekFrom};
         let mut f = OpenOptions::new()
             .read(true)
             .write(true)
-            .open(dir.join("a.bin"))
+            .open(dir.join(file))
             .unwrap();
         let mut b = [0u8];
-        f.seek(SeekFrom::Start(offset)).unwrap();
+        f.seek(SeekFrom::Start(offset as u64)).unwrap();
         f.read_exact(&mut b).unwrap();
-        f.seek(SeekFrom::Start(offset)).unwrap();
+        f.seek(SeekFrom::Start(offset as u64)).unwrap();
         f.write_all(&[b[0] ^ 0x40]).unwrap();
     }
 
     #[test]
-    fn rows_are_checked_once_per_process_and_again_when_rewritten_in_place() {
+    fn codes_place_each_mean_in_its_interval() {
+        // 100 bins: a code is a step of 100/256 = 0.390625 bins.
+        assert_eq!(code_of(0.0, 100), 0);
+        assert_eq!(code_of(0.39, 100), 0);
+        assert_eq!(code_of(0.390625, 100), 1);
+        assert_eq!(code_of(50.0, 100), 128);
+        assert_eq!(code_of(99.0, 100), 253);
+        assert_eq!(code_of(1e9, 100), 255);
+        assert_eq!(code_of(-1.0, 100), 0);
+        for i in 0..1000 {
+            let m = i as f64 * 0.0999;
+            let c = code_of(m, 100) as f64;
+            assert!(c * 0.390625 <= m && m < (c + 1.0) * 0.390625);
+        }
+    }
+
+    #[test]
+    fn every_part_is_checked_when_read_and_damage_stays_local() {
         let t = tempfile::tempdir().unwrap();
         let dir = t.path().join("seg");
         let space = Digest([7; 32]);
-        let kind = SegKind::Histogram { q: 2 };
-        let (a, b) = ([0u8; 12], [1u8; 24]); // 3 neurons
+        let kind = SegKind::Histogram { q: 2, bins: 10 };
+        let layers = [2u32, 3];
+        let means =
+            |x: f32| -> Vec<u8> { (0..5).flat_map(|i| (x + i as f32).to_le_bytes()).collect() };
+        let b = [1u8; 40]; // 5 neurons x 2 quantiles x 4 bytes
         let row = |i: u8| Digest([i; 32]);
-        let mut s = Segment::open(&dir, space, kind, 3).unwrap();
-        s.append_many(&[(row(1), &a[..], &b[..]), (row(2), &a[..], &b[..])])
-            .unwrap();
-        // A row appended by a writer that checks nothing (a push), then damaged: the next
-        // reader checks it, as it is new to this process.
-        let mut w = Segment::open_for_append(&dir, space, kind, 3).unwrap();
-        w.append(&row(3), &a, &b).unwrap();
-        let third = (HEADER + 2 * 12 + 5) as u64;
-        flip(&dir, third);
-        assert!(Segment::open(&dir, space, kind, 3).is_err());
-        flip(&dir, third);
-        assert_eq!(Segment::open(&dir, space, kind, 3).unwrap().rows().len(), 3);
-        // Just written, so not settled: every open checks again, and an in-place write in
-        // the same clock tick as the last one is still caught.
-        // A file rewritten in place (same length, new modification time) is checked
-        // again in full, so damage to a row checked before is found too.
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        flip(&dir, (HEADER + 1) as u64);
-        assert!(Segment::open(&dir, space, kind, 3).is_err());
-        assert!(Segment::open_verify(&dir, space, kind, 3).is_err());
-        forget_verified();
-        assert!(Segment::open(&dir, space, kind, 3).is_err());
-        flip(&dir, (HEADER + 1) as u64);
-        // Settled (last written long before the check): a later open trusts the rows it
-        // checked and reads nothing again. Only damage that keeps both the length and the
-        // modification time escapes it until verify, which always checks.
-        let set_old = || {
-            let past = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
-            File::options()
-                .write(true)
-                .open(dir.join("a.bin"))
-                .unwrap()
-                .set_modified(past)
-                .unwrap();
-            past
-        };
-        let past = set_old();
-        assert!(Segment::open(&dir, space, kind, 3).is_ok());
-        flip(&dir, (HEADER + 1) as u64);
-        File::options()
-            .write(true)
-            .open(dir.join("a.bin"))
-            .unwrap()
-            .set_modified(past)
-            .unwrap();
-        assert!(
-            Segment::open(&dir, space, kind, 3).is_ok(),
-            "trusted, not re-read"
-        );
-        assert!(Segment::open_verify(&dir, space, kind, 3).is_err());
+        let mut s = Segment::open(&dir, space, kind, &layers).unwrap();
+        s.append_many(&[
+            (row(1), &means(0.5)[..], &b[..]),
+            (row(2), &means(2.0)[..], &b[..]),
+        ])
+        .unwrap();
+        let mut w = Segment::open_for_append(&dir, space, kind, &layers).unwrap();
+        w.append(&row(3), &means(4.0), &b).unwrap();
+        let s = Segment::open_verify(&dir, space, kind, &layers).unwrap();
+        assert_eq!(s.rows(), &[row(1), row(2), row(3)]);
+        assert_eq!(s.means(1).unwrap(), &[2.0, 3.0, 4.0, 5.0, 6.0]);
+        // 10 bins: codes are steps of 10/256 bins; layer 1 of row 2 holds means 6, 7, 8.
+        let want: Vec<u8> = [6.0f32, 7.0, 8.0]
+            .iter()
+            .map(|m| (m * 25.6) as u8)
+            .collect();
+        assert_eq!(s.codes(2, 1).unwrap(), &want[..]);
+        // A flipped code fails its layer's check, and only that layer's.
+        let rc = 8 + 4 * 2;
+        flip(&dir, "c.bin", HEADER + rc + 3);
+        let s = Segment::open(&dir, space, kind, &layers).unwrap();
+        assert!(s.codes(1, 0).is_some() && s.codes(1, 1).is_none() && s.codes(0, 1).is_some());
+        assert!(Segment::open_verify(&dir, space, kind, &layers).is_err());
+        flip(&dir, "c.bin", HEADER + rc + 3);
+        // A flipped mean fails its row's check, seen through a mapping opened before.
+        let s = Segment::open(&dir, space, kind, &layers).unwrap();
+        flip(&dir, "a.bin", HEADER + 20 * 2 + 1);
+        assert!(s.means(2).is_none() && s.means(1).is_some());
+        assert!(Segment::open_verify(&dir, space, kind, &layers).is_err());
+        flip(&dir, "a.bin", HEADER + 20 * 2 + 1);
+        // Sketches likewise.
+        flip(&dir, "b.bin", HEADER + 40 + 7);
+        assert!(s.sketches(1).is_none() && s.sketches(0).is_some());
+        assert_eq!(s.damaged_sketches(), vec![1]);
+        flip(&dir, "b.bin", HEADER + 40 + 7);
+        assert!(Segment::open_verify(&dir, space, kind, &layers).is_ok());
+        // Another space's files are refused, to be rebuilt.
+        assert!(Segment::open(&dir, Digest([8; 32]), kind, &layers).is_err());
     }
 }

@@ -109,11 +109,83 @@ fn l1_body(a: &[f64], b: &[f32]) -> f64 {
     ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) + tail
 }
 
+/// `sum_i max(|a_i - b_i| - 1, 0)` over one-byte mean codes: the code bound of a run of
+/// neurons in code steps (docs/QUERY.md). Integer arithmetic, so exact; an AVX2 build of
+/// the same code is chosen at run time on x86-64.
+#[inline]
+pub fn code_l1(a: &[u8], b: &[u8]) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            return unsafe { code_l1_avx2(a, b) };
+        }
+    }
+    code_l1_body(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn code_l1_avx2(a: &[u8], b: &[u8]) -> u32 {
+    code_l1_body(a, b)
+}
+
+#[inline(always)]
+fn code_l1_body(a: &[u8], b: &[u8]) -> u32 {
+    let mut total = 0u32;
+    // Blocks of 256: 16-bit lanes hold up to 256 x 254 without overflow.
+    for (x, y) in a.chunks(256).zip(b.chunks(256)) {
+        let mut acc = [0u16; 32];
+        let (cx, cy) = (x.chunks_exact(32), y.chunks_exact(32));
+        let (rx, ry) = (cx.remainder(), cy.remainder());
+        for (p, q) in cx.zip(cy) {
+            for j in 0..32 {
+                acc[j] += p[j].abs_diff(q[j]).saturating_sub(1) as u16;
+            }
+        }
+        total += acc.iter().map(|v| *v as u32).sum::<u32>();
+        total += rx
+            .iter()
+            .zip(ry)
+            .map(|(p, q)| p.abs_diff(*q).saturating_sub(1) as u32)
+            .sum::<u32>();
+    }
+    total
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::distance::emd_neuron;
     use crate::rng::Rng;
+
+    #[test]
+    fn code_bound_is_below_the_mean_bound_and_its_kernel_exact() {
+        use crate::query::segment::code_of;
+        let mut rng = Rng::new(3);
+        for bins in [8u32, 100, 1000] {
+            for len in [0usize, 1, 31, 32, 33, 255, 256, 257, 700] {
+                let a: Vec<f64> = (0..len).map(|_| rng.f64() * (bins - 1) as f64).collect();
+                let b: Vec<f64> = (0..len).map(|_| rng.f64() * (bins - 1) as f64).collect();
+                let ca: Vec<u8> = a.iter().map(|m| code_of(*m, bins)).collect();
+                let cb: Vec<u8> = b.iter().map(|m| code_of(*m, bins)).collect();
+                let plain: u32 = ca
+                    .iter()
+                    .zip(&cb)
+                    .map(|(x, y)| (*x as i32 - *y as i32).unsigned_abs().max(1) - 1)
+                    .sum();
+                assert_eq!(code_l1(&ca, &cb), plain);
+                let mean_bound: f64 = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).sum();
+                let code_bound = plain as f64 * bins as f64 / 256.0;
+                assert!(
+                    code_bound <= mean_bound + 1e-9,
+                    "{code_bound} > {mean_bound}"
+                );
+                // Within two code steps a neuron of the mean bound.
+                assert!(mean_bound - code_bound <= len as f64 * 2.0 * bins as f64 / 256.0 + 1e-9);
+            }
+        }
+    }
 
     #[test]
     fn l1_kernel_equals_a_plain_sum() {

@@ -5,7 +5,7 @@
 //! Both are built once per catalogue state and segment state, not per query: at 100,000
 //! DNAs, grouping every ref by DNA and hashing every segment row costs tens of
 //! milliseconds, which every query used to pay before computing a single bound. A query
-//! now pays three `stat` calls to learn that nothing changed (docs/QUERY.md, cost model).
+//! now pays four `stat` calls to learn that nothing changed (docs/QUERY.md, cost model).
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -131,33 +131,27 @@ impl RowMap {
     }
 }
 
-/// What identifies a segment's state on disk: its three files' identities and the length
-/// and modification time of `rows.bin` and `a.bin` (appends grow both; anything written
-/// in place changes a modification time).
+/// What identifies a segment's state on disk: its files' identities and the length of
+/// `rows.bin`, which every append grows. Bytes rewritten in place need no stamp: a kept
+/// segment maps the files, sees such bytes, and checks each part of a row as it reads it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SegStamp {
-    files: [(u64, u64, u64, Option<std::time::SystemTime>); 3],
+    ids: [(u64, u64); 4],
+    rows_len: u64,
 }
 
 impl SegStamp {
     pub fn of(dir: &Path) -> Option<SegStamp> {
-        let one = |name: &str| -> Option<(u64, u64, u64, Option<std::time::SystemTime>)> {
-            let m = std::fs::metadata(dir.join(name)).ok()?;
-            let (dev, ino) = file_id(&m);
-            Some((dev, ino, m.len(), m.modified().ok()))
-        };
+        let one = |name: &str| std::fs::metadata(dir.join(name)).ok();
+        let rows = one("rows.bin")?;
         Some(SegStamp {
-            files: [one("rows.bin")?, one("a.bin")?, one("b.bin")?],
-        })
-    }
-
-    /// Whether every file's last write is old enough for its modification time to tell a
-    /// later write apart (the rule [`super::segment`] uses for its checks).
-    pub fn settled(&self) -> bool {
-        let now = std::time::SystemTime::now();
-        self.files.iter().all(|f| {
-            f.3.and_then(|m| now.duration_since(m).ok())
-                .is_some_and(|age| age >= super::segment::SETTLED)
+            ids: [
+                file_id(&rows),
+                file_id(&one("a.bin")?),
+                file_id(&one("b.bin")?),
+                file_id(&one("c.bin")?),
+            ],
+            rows_len: rows.len(),
         })
     }
 }
@@ -204,8 +198,7 @@ impl OpenSegment {
 /// What this process keeps for one index directory (one space of one store).
 struct Kept {
     table: Arc<SpaceTable>,
-    /// The segment last opened and synced, reused while its files are unchanged and
-    /// settled.
+    /// The segment last opened and synced, reused while its files are unchanged.
     seg: Option<OpenSegment>,
     used: u64,
 }
@@ -255,9 +248,8 @@ pub fn table(dir: &Path, records: &SharedRecords, space: &Digest) -> Arc<SpaceTa
     t
 }
 
-/// The kept segment, for `table`, when its files are as they were when it was opened and
-/// that state had settled (so a write since would show in a stamp), and it holds a row
-/// of every entry of `table`. A segment kept for an older table is mapped again (O(N)
+/// The kept segment, for `table`, when its files are the ones it mapped and no row was
+/// appended since, and it holds a row of every entry of `table`. A segment kept for an older table is mapped again (O(N)
 /// hash lookups, once per catalogue change).
 pub fn kept_segment(dir: &Path, table: &Arc<SpaceTable>) -> Option<OpenSegment> {
     let kept_one = {
@@ -265,7 +257,7 @@ pub fn kept_segment(dir: &Path, table: &Arc<SpaceTable>) -> Option<OpenSegment> 
         k.1.get(dir)?.seg.clone()?
     };
     let now = SegStamp::of(dir)?;
-    if kept_one.stamp.as_ref() != Some(&now) || !now.settled() {
+    if kept_one.stamp.as_ref() != Some(&now) {
         return None;
     }
     if Arc::ptr_eq(&kept_one.table, table) {
@@ -293,8 +285,7 @@ pub fn keep_segment(dir: &Path, seg: OpenSegment) {
     }
 }
 
-/// Forgets every kept table and segment (benches measure a cold process; `reindex`
-/// replaces segments).
+/// Forgets every kept table and segment (benches measure a cold process).
 pub fn forget() {
     kept().lock().unwrap_or_else(|p| p.into_inner()).1.clear();
 }

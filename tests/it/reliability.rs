@@ -361,6 +361,7 @@ fn byte_flip_campaign(codec: Codec) {
     assert!(layers >= 4 * 2, "{layers} objects in {codec:?}");
     assert!(
         index.iter().any(|p| p.ends_with("b.bin"))
+            && index.iter().any(|p| p.ends_with("c.bin"))
             && index.iter().any(|p| p.ends_with("meta.json")),
         "{index:?}"
     );
