@@ -149,6 +149,40 @@ pub fn nfd_neuron(m1: f64, v1: f64, m2: f64, v2: f64) -> f64 {
 /// One layer's (sum over neurons, layer distance, per-neuron distances when asked).
 type LayerPart = (f64, f64, Vec<(u32, f64)>);
 
+/// A layer mask cut into masks of at most `chunk` neurons each, in neuron order.
+fn split_mask(lm: &LayerMask, chunk: u32) -> Vec<LayerMask> {
+    let mut out = Vec::new();
+    let mut cur = LayerMask {
+        layer: lm.layer,
+        runs: Vec::new(),
+        count: 0,
+        full: false,
+    };
+    for &(mut s, e) in &lm.runs {
+        while s < e {
+            let take = (e - s).min(chunk - cur.count);
+            cur.runs.push((s, s + take));
+            cur.count += take;
+            s += take;
+            if cur.count == chunk {
+                out.push(std::mem::replace(
+                    &mut cur,
+                    LayerMask {
+                        layer: lm.layer,
+                        runs: Vec::new(),
+                        count: 0,
+                        full: false,
+                    },
+                ));
+            }
+        }
+    }
+    if cur.count > 0 || out.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
 /// Compares two DNAs of `space` under `mask`. `layers[i]` holds the views of the two DNAs
 /// for `mask.layers[i]`. `top_n` > 0 also reports the neurons that differ most.
 pub fn compare(
@@ -160,30 +194,57 @@ pub fn compare(
 ) -> Result<Comparison, DistanceError> {
     metric.check(space.dist)?;
     use rayon::prelude::*;
-    // Layers in parallel; each returns its sum and, when asked, its per-neuron distances.
-    let parts = mask
-        .layers
-        .par_iter()
-        .zip(layers.par_iter())
-        .map(|(lm, (a, b))| -> Result<LayerPart, DistanceError> {
-            let mut each = Vec::new();
-            let (sum, layer_distance) = match metric {
-                Metric::Emd | Metric::Nfd => {
-                    let sum = neuron_sum(metric, lm, a, b, &mut |i, d| {
-                        if top_n > 0 {
-                            each.push((i, d))
-                        }
-                    })?;
-                    (sum, sum / lm.count as f64)
-                }
-                Metric::Fd => {
-                    let fd = fd_layer(lm, a, b)?;
-                    (fd, fd)
-                }
+    let parts: Vec<LayerPart> = match metric {
+        Metric::Emd | Metric::Nfd => {
+            // Pieces of about the same work in parallel (one layer can hold most of a
+            // DNA's neurons), each a sum over its neurons; a layer's sum adds its pieces in
+            // order, so the result does not depend on the threads.
+            let bins = match layers.first().map(|(a, _)| a) {
+                Some(LayerView::Histogram { bins, .. }) => *bins,
+                _ => 1,
             };
-            Ok((sum, layer_distance, each))
-        })
-        .collect::<Result<Vec<_>, DistanceError>>()?;
+            let chunk = (16384 / bins.max(1)).max(8) as u32;
+            let pieces: Vec<(usize, LayerMask)> = mask
+                .layers
+                .iter()
+                .enumerate()
+                .flat_map(|(li, lm)| split_mask(lm, chunk).into_iter().map(move |p| (li, p)))
+                .collect();
+            let sums = pieces
+                .par_iter()
+                .map(
+                    |(li, piece)| -> Result<(f64, Vec<(u32, f64)>), DistanceError> {
+                        let (a, b) = &layers[*li];
+                        let mut each = Vec::new();
+                        let sum = neuron_sum(metric, piece, a, b, &mut |i, d| {
+                            if top_n > 0 {
+                                each.push((i, d))
+                            }
+                        })?;
+                        Ok((sum, each))
+                    },
+                )
+                .collect::<Result<Vec<_>, DistanceError>>()?;
+            let mut parts: Vec<LayerPart> = vec![(0.0, 0.0, Vec::new()); mask.layers.len()];
+            for ((li, _), (sum, each)) in pieces.iter().zip(sums) {
+                parts[*li].0 += sum;
+                parts[*li].2.extend(each);
+            }
+            for (part, lm) in parts.iter_mut().zip(&mask.layers) {
+                part.1 = part.0 / lm.count as f64;
+            }
+            parts
+        }
+        Metric::Fd => mask
+            .layers
+            .par_iter()
+            .zip(layers.par_iter())
+            .map(|(lm, (a, b))| -> Result<LayerPart, DistanceError> {
+                let fd = fd_layer(lm, a, b)?;
+                Ok((fd, fd, Vec::new()))
+            })
+            .collect::<Result<Vec<_>, DistanceError>>()?,
+    };
     let mut per_layer = Vec::with_capacity(mask.layers.len());
     let mut total = 0f64;
     let mut top = TopNeurons::new(top_n);

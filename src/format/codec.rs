@@ -338,11 +338,24 @@ fn zstd_decompress_into(
     out: &mut [u8],
     what: &'static str,
 ) -> Result<(), FormatError> {
-    let mut d = zstd::bulk::Decompressor::new()
-        .map_err(|e| FormatError::invalid(what, format!("zstd: {e}")))?;
-    let n = d
-        .decompress_to_buffer(payload, out)
-        .map_err(|e| FormatError::invalid(what, format!("zstd payload does not decode: {e}")))?;
+    // One decompression context per thread, reused: creating one costs more than
+    // decoding a small layer.
+    thread_local! {
+        static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let n = DCTX.with(|cell| -> Result<usize, FormatError> {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(
+                zstd::bulk::Decompressor::new()
+                    .map_err(|e| FormatError::invalid(what, format!("zstd: {e}")))?,
+            );
+        }
+        let d = slot.as_mut().expect("set just above");
+        d.decompress_to_buffer(payload, out)
+            .map_err(|e| FormatError::invalid(what, format!("zstd payload does not decode: {e}")))
+    })?;
     if n != out.len() {
         return Err(FormatError::invalid(
             what,
