@@ -5,11 +5,10 @@
 //! with `faiss` is given.
 //!
 //! `cargo bench --bench scale`. Environment:
-//! - `VDNA_DB_BENCH_SCALE_N`: the sizes, ascending (`1000,10000` by default); the store is
-//!   filled up to each in turn and measured there.
+//! - `VDNA_DB_BENCH_SCALE_N`: the sizes (`1000,10000` by default), one store each.
 //! - `VDNA_DB_BENCH_SCALE_LAYOUT`: `efficientnet` (default) or `resnet50` (15,104 neurons).
-//! - `VDNA_DB_BENCH_SCALE_DIR`: keep the store there (filled stores are reused by later
-//!   runs with the same layout; a temporary directory otherwise).
+//! - `VDNA_DB_BENCH_SCALE_DIR`: keep the stores there, as `<layout>-<N>` (filled stores
+//!   are reused by later runs; a temporary directory otherwise).
 //! - `VDNA_DB_BENCH_GRAPHS_MIN`: `reindex --graphs-min` at each size (1000 by default;
 //!   0 skips the graphs, and the approximate columns).
 //! - `VDNA_DB_BENCH_SCALE_FILL_ONLY=1`: fill the store to each size and stop.
@@ -26,7 +25,7 @@ use std::time::Instant;
 
 use vdna_db::db::AnyDna;
 use vdna_db::format::DistKind;
-use vdna_db::query::{query, Mode, QueryRequest, QueryResult};
+use vdna_db::query::{brute_force, query, Mode, QueryRequest, QueryResult};
 use vdna_db::refname::RefName;
 use vdna_db::{synth, Db};
 
@@ -149,9 +148,10 @@ fn main() {
     let max_n = *sizes.iter().max().unwrap();
     let s = spec(&layout, max_n.div_ceil(10));
     let tmp = tempfile::tempdir().unwrap();
-    let home = std::env::var("VDNA_DB_BENCH_SCALE_DIR")
-        .map(|d| Path::new(&d).join(&layout))
-        .unwrap_or_else(|_| tmp.path().join("store"));
+    // One store per size (`<layout>-<N>`), kept under VDNA_DB_BENCH_SCALE_DIR when given.
+    let base = std::env::var("VDNA_DB_BENCH_SCALE_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| tmp.path().to_path_buf());
     let neurons: u32 = s.layers.iter().map(|l| l.neurons).sum();
     println!(
         "\n### Top-5 at scale: {} layers, {neurons} neurons x 100 bins, clustered (10 members per family)\n",
@@ -198,7 +198,9 @@ fn main() {
     let mut rows = Vec::new();
     let mut sizes_line = Vec::new();
     for &n in &sizes {
-        let db = Db::open(&home).unwrap();
+        let home = base.join(format!("{layout}-{n}"));
+        let home = home.as_path();
+        let db = Db::open(home).unwrap();
         let rate = fill(&db, &s, n);
         if std::env::var("VDNA_DB_BENCH_SCALE_FILL_ONLY").is_ok() {
             println!("filled to {n}: {rate:?} DNAs/s");
@@ -259,6 +261,26 @@ fn main() {
                     }
                 }
             }
+            // The naive exact scan (decode every candidate, full distance) at the smallest
+            // size, on three probes; its answers must equal the engine's.
+            let mut naive = Vec::new();
+            if n == sizes[0] {
+                for (q, _) in probes.iter().take(3) {
+                    let t = Instant::now();
+                    let want = brute_force(&db, q, &req).unwrap();
+                    naive.push(t.elapsed().as_secs_f64() * 1e3);
+                    let got = query(&db, q, &req).unwrap();
+                    let g: Vec<&str> = got.results.iter().map(|h| h.reference.as_str()).collect();
+                    let w: Vec<&str> = want.iter().map(|h| h.1.as_str()).collect();
+                    assert_eq!(g, w, "the engine's answer differs from brute force");
+                }
+            }
+            let naive = if naive.is_empty() {
+                String::new()
+            } else {
+                let m = p(&mut naive, 0.5);
+                format!("{m:.0} ({:.0}x)", m / p(&mut ex.clone(), 0.5))
+            };
             let runs = ex.len();
             let (ap50, rec) = if ap.is_empty() {
                 ("".to_string(), "".to_string())
@@ -270,7 +292,7 @@ fn main() {
                 )
             };
             rows.push(format!(
-                "| {n} | {label} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {ap50} | {rec} |",
+                "| {n} | {label} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {naive} | {ap50} | {rec} |",
                 p(&mut ex, 0.5),
                 p(&mut ex, 0.95),
                 first_ms,
@@ -292,7 +314,7 @@ fn main() {
             let t = Instant::now();
             let out = Command::new(env!("CARGO_BIN_EXE_vdna-db"))
                 .arg("--home")
-                .arg(&home)
+                .arg(home)
                 .args(["--json", "query"])
                 .arg(path)
                 .args(["--top", "5", "--exact"])
@@ -314,11 +336,11 @@ fn main() {
             p(&mut cold, 0.5),
         ));
         if let Some(py) = &faiss {
-            faiss_row(py, &home, &s, n, &probes, &mut sizes_line);
+            faiss_row(py, home, &s, n, &probes, &mut sizes_line);
         }
     }
-    println!("| N | mask | exact p50 ms | p95 | first query of a process | fixed cost p50 | code bound p50 | mean + sketch + exact p50 | exact distances / query | approx p50 ms (speed-up) | approx recall@5 |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| N | mask | exact p50 ms | p95 | first query of a process | fixed cost p50 | code bound p50 | mean + sketch + exact p50 | exact distances / query | naive scan p50 ms (exact speed-up) | approx p50 ms (speed-up) | approx recall@5 |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!("{r}");
     }

@@ -884,6 +884,21 @@ fn graph_n(k: usize) -> usize {
     (k * 40).max(200)
 }
 
+/// How many neighbours a graph search returns, and its breadth (hnsw's `ef`):
+/// `graph_n(k)` and at least 64 unless `VDNA_DB_GRAPH_FETCH` / `VDNA_DB_GRAPH_EF` say
+/// otherwise (tuning knobs: the benches measure recall and time against them).
+fn graph_search_params(k: usize) -> (usize, usize) {
+    let env = |name: &str, d: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|v| *v >= 1)
+            .unwrap_or(d)
+    };
+    let n = env("VDNA_DB_GRAPH_FETCH", graph_n(k)).max(k);
+    (n, env("VDNA_DB_GRAPH_EF", n.max(64)).max(n))
+}
+
 /// Exact distances an approximate query computes after ranking by bounds.
 fn rerank_budget(k: usize) -> usize {
     (k * 2).max(8)
@@ -1456,14 +1471,14 @@ fn graph_candidates(
     let Some(key) = graph_key(ctx.mask, ctx.space) else {
         return Ok(None);
     };
-    let n = graph_n(ctx.k);
+    let (n, ef) = graph_search_params(ctx.k);
     let Some((rows, covered)) = hnsw::search(
         &index_dir(ctx.db, &ctx.space_digest),
         &open.seg,
         &key,
         query,
         n,
-        n.max(64),
+        ef,
     )?
     else {
         return Ok(None);

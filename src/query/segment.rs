@@ -209,11 +209,9 @@ impl Segment {
         Ok(seg)
     }
 
-    fn load(&mut self) -> io::Result<()> {
-        let [(rows_p, ..), (a_p, ..), (b_p, ..), (c_p, ..)] = self.files();
-        let rows = std::fs::read(&rows_p)?;
-        // A partial last row (an append cut short) is not counted.
-        let n = (rows.len() - HEADER) / ROW;
+    /// Maps `a.bin`, `b.bin` and `c.bin`, each required to hold `n` rows.
+    fn map_files(&mut self, n: usize) -> io::Result<()> {
+        let [_, (a_p, ..), (b_p, ..), (c_p, ..)] = self.files();
         let (ra, rb) = self.row_bytes();
         let rc = self.code_row_bytes();
         let map = |p: &Path, row: usize| -> io::Result<Option<Mmap>> {
@@ -231,6 +229,16 @@ impl Segment {
         self.a = map(&a_p, ra)?;
         self.b = map(&b_p, rb)?;
         self.c = map(&c_p, rc)?;
+        Ok(())
+    }
+
+    fn load(&mut self) -> io::Result<()> {
+        let [(rows_p, ..), _, _, (c_p, ..)] = self.files();
+        let rows = std::fs::read(&rows_p)?;
+        // A partial last row (an append cut short) is not counted.
+        let n = (rows.len() - HEADER) / ROW;
+        let rc = self.code_row_bytes();
+        self.map_files(n)?;
         self.rows.clear();
         self.crc_a.clear();
         self.crc_b.clear();
@@ -334,7 +342,18 @@ impl Segment {
         f.write_all(&records)?;
         failpoint!("segment::fsync_row");
         f.sync_all()?;
-        self.load()
+        // The rows written are the ones this segment now counts (no need to read the row
+        // table back: O(new rows), not O(rows), so a push costs the same at any N).
+        for row in records.chunks_exact(ROW) {
+            let mut d = [0u8; 32];
+            d.copy_from_slice(&row[..32]);
+            self.rows.push(Digest(d));
+            self.crc_a
+                .push(u32::from_le_bytes([row[32], row[33], row[34], row[35]]));
+            self.crc_b
+                .push(u32::from_le_bytes([row[36], row[37], row[38], row[39]]));
+        }
+        self.map_files(self.rows.len())
     }
 
     pub fn rows(&self) -> &[Digest] {
