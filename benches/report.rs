@@ -1,8 +1,7 @@
 //! The README's benchmark table: every claim measured beside its competitor in one run.
 //!
-//! `cargo bench --bench report` (defaults take a few minutes on 2 cores);
-//! `VDNA_DB_BENCH_N=10000` sets the query catalogue size (default 2,000),
-//! `VDNA_DB_BENCH_BIG=1` adds the N = 1,000 rand_resnet50-size catalogue.
+//! `cargo bench --bench report` (a few minutes on 2 cores): distances and bytes at rest.
+//! The query engine's tables come from `cargo bench --bench scale`.
 
 #[path = "common.rs"]
 mod common;
@@ -11,11 +10,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use common::{clustered_spec, counts, naive_emd, pct, rss_mb};
+use common::{counts, naive_emd};
 use vdna_db::db::{compare_dnas, AnyDna};
 use vdna_db::format::{decode_layer, decode_object, Codec, Digest};
 use vdna_db::mask::Mask;
-use vdna_db::query::{brute_force, query, Mode, QueryRequest};
 use vdna_db::refname::RefName;
 use vdna_db::{synth, Db};
 
@@ -210,142 +208,6 @@ fn store_section() {
     }
 }
 
-struct Catalogue {
-    _dir: tempfile::TempDir,
-    db: Db,
-    spec: synth::CatalogueSpec,
-}
-
-fn build(spec: synth::CatalogueSpec) -> (Catalogue, f64, f64) {
-    let dir = tempfile::tempdir().unwrap();
-    let db = Db::open(dir.path()).unwrap();
-    let n = spec.families * spec.members;
-    let mut gen_ms = 0.0;
-    let (push_ms, _) = ms(|| {
-        for f in 0..spec.families {
-            for m in 0..spec.members {
-                let (g, dna) = ms(|| synth::member(&spec, f, m));
-                gen_ms += g;
-                let name = RefName::parse(&synth::member_name(f, m)).unwrap();
-                let r = db.push(&dna, Some(&name), BTreeMap::new()).unwrap();
-                vdna_db::query::index_pushed_dna(&db, &r.digest, &dna).unwrap();
-            }
-        }
-    });
-    let push_rate = n as f64 / ((push_ms - gen_ms) / 1e3);
-    let (reindex_ms, _) = ms(|| vdna_db::query::reindex_with(&db, 1000).unwrap());
-    (
-        Catalogue {
-            _dir: dir,
-            db,
-            spec,
-        },
-        push_rate,
-        reindex_ms,
-    )
-}
-
-fn query_section(label: &str, spec: synth::CatalogueSpec, naive_queries: usize) {
-    let n = spec.families * spec.members;
-    println!("\n### Top-5 queries, N = {n} DNAs, {label}\n");
-    let (cat, push_rate, reindex_ms) = build(spec);
-    let db = &cat.db;
-    let layer = cat.spec.layers[cat.spec.layers.len() / 2].name.clone();
-    let mut rng = synth::Rng::new(5);
-    let total: u32 = cat.spec.layers.iter().map(|l| l.neurons).sum();
-    let random100: Vec<String> = {
-        let mut picks: Vec<u32> = (0..100).map(|_| rng.below(total as u64) as u32).collect();
-        picks.sort();
-        picks.dedup();
-        let mut out = Vec::new();
-        for p in picks {
-            let mut base = 0;
-            for l in &cat.spec.layers {
-                if p < base + l.neurons {
-                    out.push(format!("{}:{}", l.name, p - base));
-                    break;
-                }
-                base += l.neurons;
-            }
-        }
-        out
-    };
-    let masks = [
-        ("all neurons".to_string(), "all".to_string()),
-        (format!("one layer ({layer})"), layer.clone()),
-        ("100 random neurons".to_string(), random100.join(" ")),
-    ];
-    let probes: Vec<AnyDna> = (0..12)
-        .map(|i| {
-            AnyDna::Owned(synth::member(
-                &synth::CatalogueSpec {
-                    seed: cat.spec.seed + 1000 + i as u64,
-                    ..cat.spec.clone()
-                },
-                i % cat.spec.families,
-                0,
-            ))
-        })
-        .collect();
-    println!("| mask | exact p50 ms | exact p95 ms | naive scan p50 ms | speed-up | exact distances / query | approx p50 ms | approx recall@5 |");
-    println!("|---|---|---|---|---|---|---|---|");
-    for (label, mask) in &masks {
-        let req = QueryRequest {
-            mask: mask.clone(),
-            k: 5,
-            ..Default::default()
-        };
-        let approx = QueryRequest {
-            mode: Mode::Approx,
-            ..req.clone()
-        };
-        let (mut ex, mut ap, mut exact_n, mut recall) = (Vec::new(), Vec::new(), 0usize, 0.0);
-        for q in &probes {
-            let (t, r) = ms(|| query(db, q, &req).unwrap());
-            ex.push(t);
-            exact_n += r.plan.exact_computed;
-            let (ta, ra) = ms(|| query(db, q, &approx).unwrap());
-            ap.push(ta);
-            let truth: Vec<&str> = r.results.iter().map(|h| h.reference.as_str()).collect();
-            recall += ra
-                .results
-                .iter()
-                .filter(|h| truth.contains(&h.reference.as_str()))
-                .count() as f64
-                / truth.len() as f64;
-        }
-        if let Some(q) = probes.first() {
-            eprintln!(
-                "{label} exact:\n{}",
-                query(db, q, &req).unwrap().plan.explain()
-            );
-            eprintln!(
-                "{label} approx:\n{}",
-                query(db, q, &approx).unwrap().plan.explain()
-            );
-        }
-        let mut naive: Vec<f64> = probes
-            .iter()
-            .take(naive_queries)
-            .map(|q| ms(|| brute_force(db, q, &req).unwrap()).0)
-            .collect();
-        let (p50, p95, nv) = (
-            pct(&mut ex.clone(), 0.5),
-            pct(&mut ex, 0.95),
-            pct(&mut naive, 0.5),
-        );
-        println!(
-            "| {label} | {p50:.1} | {p95:.1} | {nv:.0} | {:.0}x | {:.1} | {:.1} | {:.3} |",
-            nv / p50,
-            exact_n as f64 / probes.len() as f64,
-            pct(&mut ap, 0.5),
-            recall / probes.len() as f64
-        );
-    }
-    let (rss, hwm) = rss_mb();
-    println!("\npush: {push_rate:.1} DNAs/s into store + index; reindex (summaries + HNSW graphs when N >= 1,000): {:.2} s; resident set {rss:.0} MB (peak {hwm:.0} MB, includes the generator)", reindex_ms / 1e3);
-}
-
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -354,7 +216,7 @@ fn main() {
         "## vdna-db benchmark report ({} threads)",
         rayon::current_num_threads()
     );
-    // VDNA_DB_BENCH_ONLY=store (or distance, query) runs one section.
+    // VDNA_DB_BENCH_ONLY=store (or distance) runs one section.
     let only = std::env::var("VDNA_DB_BENCH_ONLY").ok();
     let run = |s: &str| only.as_deref().is_none_or(|o| o == s);
     if run("distance") {
@@ -363,27 +225,6 @@ fn main() {
     if run("store") {
         store_section();
     }
-    if !run("query") {
-        return;
-    }
-    let n: usize = std::env::var("VDNA_DB_BENCH_N")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2000);
-    query_section(
-        "2,048 neurons x 256 bins (8 layers), clustered: 10 members per family",
-        clustered_spec(9, n / 10),
-        3,
-    );
-    if std::env::var("VDNA_DB_BENCH_BIG").is_ok() {
-        query_section(
-            "rand_resnet50 size (15,104 neurons x 1,000 bins), stored compressed",
-            synth::CatalogueSpec {
-                families: 100,
-                members: 10,
-                ..resnet_spec(21)
-            },
-            2,
-        );
-    }
+    // The query engine's tables (top-k at 1,000 to 100,000 DNAs, approximate against exact,
+    // FAISS beside them) come from `cargo bench --bench scale`.
 }

@@ -11,6 +11,7 @@
 //!   are reused by later runs; a temporary directory otherwise).
 //! - `VDNA_DB_BENCH_GRAPHS_MIN`: `reindex --graphs-min` at each size (1000 by default;
 //!   0 skips the graphs, and the approximate columns).
+//! - `VDNA_DB_BENCH_SCALE_KEEP_INDEX=1`: query the index as it is (no reindex).
 //! - `VDNA_DB_BENCH_SCALE_FILL_ONLY=1`: fill the store to each size and stop.
 //! - `VDNA_DB_BENCH_FAISS_PYTHON`: a Python with `faiss` (PyPI `faiss-cpu`) to run
 //!   `tools/faiss_bench.py` at each size.
@@ -207,7 +208,7 @@ fn main() {
             continue;
         }
         let graphs_t = Instant::now();
-        if graphs_min > 0 {
+        if graphs_min > 0 && std::env::var("VDNA_DB_BENCH_SCALE_KEEP_INDEX").is_err() {
             vdna_db::query::reindex_with(&db, graphs_min).unwrap();
         }
         let reindex_s = graphs_t.elapsed().as_secs_f64();

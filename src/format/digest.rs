@@ -45,16 +45,21 @@ impl FromStr for Digest {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || FormatError::BadDigest(s.chars().take(80).collect());
-        let hex_part = s.strip_prefix("sha256:").ok_or_else(bad)?;
-        if hex_part.len() != 64
-            || !hex_part
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
+        let hex_part = s.strip_prefix("sha256:").ok_or_else(bad)?.as_bytes();
+        if hex_part.len() != 64 {
             return Err(bad());
         }
+        // Lowercase hex only, decoded in one pass (a cold query parses every digest of
+        // the catalogue: hundreds of thousands).
+        let nibble = |b: u8| match b {
+            b'0'..=b'9' => Some(b - b'0'),
+            b'a'..=b'f' => Some(b - b'a' + 10),
+            _ => None,
+        };
         let mut out = [0u8; 32];
-        hex::decode_to_slice(hex_part, &mut out).map_err(|_| bad())?;
+        for (o, pair) in out.iter_mut().zip(hex_part.chunks_exact(2)) {
+            *o = (nibble(pair[0]).ok_or_else(bad)? << 4) | nibble(pair[1]).ok_or_else(bad)?;
+        }
         Ok(Digest(out))
     }
 }
