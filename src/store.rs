@@ -644,6 +644,16 @@ impl ObjectStore {
         if let Some(b) = self.layers.get(digest) {
             return Ok(b);
         }
+        self.load_layer(digest)
+    }
+
+    /// A layer from the decoded-layer cache only (counted as a hit or a miss).
+    pub fn cached_layer(&self, digest: &Digest) -> Option<LayerBuf> {
+        self.layers.get(digest)
+    }
+
+    /// Reads, verifies and decodes a layer, and keeps it in the cache (after a miss).
+    pub fn load_layer(&self, digest: &Digest) -> Result<LayerBuf, Error> {
         let enc = self.read(digest)?;
         let h = decode_object_header(&enc, "blob")?;
         let raw = if is_compressed(h.codec) {

@@ -38,6 +38,21 @@ impl StoredDna {
         })
     }
 
+    /// Layer `i` when the decoded-layer cache holds it (checked against the space).
+    pub fn cached_layer(&self, i: usize) -> Option<LayerBuf> {
+        let buf = self.objects.cached_layer(&self.manifest.layers[i].digest)?;
+        check_layer_shape(&self.space, i, &buf.view()).ok()?;
+        Some(buf)
+    }
+
+    /// Layer `i` read, verified and decoded, skipping the cache lookup (after a miss of
+    /// [`StoredDna::cached_layer`]); kept in the cache.
+    pub fn load_layer(&self, i: usize) -> Result<LayerBuf, Error> {
+        let buf = self.objects.load_layer(&self.manifest.layers[i].digest)?;
+        check_layer_shape(&self.space, i, &buf.view())?;
+        Ok(buf)
+    }
+
     /// Reads, verifies and validates one layer (nothing else is read).
     pub fn layer(&self, i: usize) -> Result<LayerBuf, Error> {
         let r = &self.manifest.layers[i];

@@ -609,12 +609,31 @@ fn exact_distance(
     mask: &Mask,
     metric: Metric,
 ) -> Result<Comparison, Error> {
-    use rayon::prelude::*;
-    let bufs = mask
-        .layers
-        .par_iter()
-        .map(|lm| cand.layer(lm.layer))
-        .collect::<Result<Vec<_>, _>>()?;
+    // Layers already decoded come from the cache at once; the others are decoded in
+    // parallel. (A parallel region per candidate only to read the cache cost more than
+    // the reads: waking the pool is tens of microseconds.)
+    let mut bufs = Vec::with_capacity(mask.layers.len());
+    let mut missing = Vec::new();
+    for (i, lm) in mask.layers.iter().enumerate() {
+        match cand.cached_layer(lm.layer) {
+            Some(b) => bufs.push(Some(b)),
+            None => {
+                bufs.push(None);
+                missing.push(i);
+            }
+        }
+    }
+    if !missing.is_empty() {
+        use rayon::prelude::*;
+        let decoded = missing
+            .par_iter()
+            .map(|&i| cand.load_layer(mask.layers[i].layer))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (i, b) in missing.into_iter().zip(decoded) {
+            bufs[i] = Some(b);
+        }
+    }
+    let bufs: Vec<_> = bufs.into_iter().flatten().collect();
     let views: Vec<(LayerView<'_>, LayerView<'_>)> = q
         .held
         .iter()
