@@ -243,15 +243,7 @@ impl Segment {
         self.crc_a.clear();
         self.crc_b.clear();
         let table = &rows[HEADER..HEADER + ROW * n];
-        for row in table.chunks_exact(ROW) {
-            let mut d = [0u8; 32];
-            d.copy_from_slice(&row[..32]);
-            self.rows.push(Digest(d));
-            self.crc_a
-                .push(u32::from_le_bytes([row[32], row[33], row[34], row[35]]));
-            self.crc_b
-                .push(u32::from_le_bytes([row[36], row[37], row[38], row[39]]));
-        }
+        self.count_rows(table);
         if self.checks == Checks::All {
             for r in 0..n {
                 if self.a_bytes(r).is_none() {
@@ -344,6 +336,12 @@ impl Segment {
         f.sync_all()?;
         // The rows written are the ones this segment now counts (no need to read the row
         // table back: O(new rows), not O(rows), so a push costs the same at any N).
+        self.count_rows(&records);
+        self.map_files(self.rows.len())
+    }
+
+    /// Appends the digests and checksums of whole `rows.bin` records to those counted.
+    fn count_rows(&mut self, records: &[u8]) {
         for row in records.chunks_exact(ROW) {
             let mut d = [0u8; 32];
             d.copy_from_slice(&row[..32]);
@@ -353,7 +351,6 @@ impl Segment {
             self.crc_b
                 .push(u32::from_le_bytes([row[36], row[37], row[38], row[39]]));
         }
-        self.map_files(self.rows.len())
     }
 
     pub fn rows(&self) -> &[Digest] {
