@@ -68,107 +68,90 @@ pub fn sketch_bound(a: &[f64], b: &[f32]) -> f64 {
     l1(a, b) / a.len() as f64
 }
 
-/// `sum_i |a_i - b_i|` in f64: the kernel of every bound scan (means over a run of
-/// neurons, or their sketches, which are contiguous too). Eight independent accumulators
-/// let it vectorise; on x86-64 an AVX2 build of the same code is chosen at run time. Both
-/// builds do the same operations in the same order, so they return identical sums.
-#[inline]
-pub fn l1(a: &[f64], b: &[f32]) -> f64 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked just above).
-            return unsafe { l1_avx2(a, b) };
+/// Defines `pub fn $name` running `$body` compiled for AVX2 when the CPU has it (chosen
+/// at run time on x86-64), else the portable build: the same operations in the same
+/// order, so both return identical results.
+macro_rules! avx2_or_portable {
+    ($(#[$doc:meta])* fn $name:ident / $avx2:ident ($a:ident: $ta:ty, $b:ident: $tb:ty) -> $ret:ty = $body:expr) => {
+        $(#[$doc])*
+        #[inline]
+        pub fn $name($a: $ta, $b: $tb) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU supports AVX2 (checked just above).
+                    return unsafe { $avx2($a, $b) };
+                }
+            }
+            $body($a, $b)
         }
-    }
-    l1_body(a, b)
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2")]
+        unsafe fn $avx2($a: $ta, $b: $tb) -> $ret {
+            $body($a, $b)
+        }
+    };
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn l1_avx2(a: &[f64], b: &[f32]) -> f64 {
-    l1_body(a, b)
+avx2_or_portable! {
+    /// `sum_i |a_i - b_i|` in f64: the kernel of every bound scan (means over a run of
+    /// neurons, or their sketches, which are contiguous too). Eight independent
+    /// accumulators let it vectorise.
+    fn l1 / l1_avx2(a: &[f64], b: &[f32]) -> f64 = l1_body::<f64>
+}
+
+avx2_or_portable! {
+    /// `sum_i |a_i - b_i|` in f32 with eight accumulators in a fixed order: the graphs'
+    /// distance (hnsw_rs's own L1 is a sequential sum that does not vectorise, a few
+    /// microseconds per comparison at 3,088 dimensions). The same order on every CPU, so
+    /// a graph build stays a pure function of its rows.
+    fn l1_f32 / l1_f32_avx2(a: &[f32], b: &[f32]) -> f32 = l1_body::<f32>
+}
+
+avx2_or_portable! {
+    /// `sum_i max(|a_i - b_i| - 1, 0)` over one-byte mean codes: the code bound of a run
+    /// of neurons in code steps (docs/QUERY.md). Integer arithmetic, so exact.
+    fn code_l1 / code_l1_avx2(a: &[u8], b: &[u8]) -> u32 = code_l1_body
+}
+
+/// A float the L1 kernels accumulate in (the stored side is f32, widened to it).
+trait Acc: Copy + From<f32> + std::ops::Add<Output = Self> + std::ops::Sub<Output = Self> {
+    const ZERO: Self;
+    fn abs(self) -> Self;
+}
+
+impl Acc for f64 {
+    const ZERO: f64 = 0.0;
+    fn abs(self) -> f64 {
+        f64::abs(self)
+    }
+}
+
+impl Acc for f32 {
+    const ZERO: f32 = 0.0;
+    fn abs(self) -> f32 {
+        f32::abs(self)
+    }
 }
 
 #[inline(always)]
-fn l1_body(a: &[f64], b: &[f32]) -> f64 {
+fn l1_body<T: Acc>(a: &[T], b: &[f32]) -> T {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0f64; 8];
+    let mut acc = [T::ZERO; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
         for j in 0..8 {
-            acc[j] += (x[j] - y[j] as f64).abs();
+            acc[j] = acc[j] + (x[j] - T::from(y[j])).abs();
         }
     }
-    let mut tail = 0f64;
+    let mut tail = T::ZERO;
     for (x, y) in ra.iter().zip(rb) {
-        tail += (x - *y as f64).abs();
+        tail = tail + (*x - T::from(*y)).abs();
     }
     ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) + tail
-}
-
-/// `sum_i |a_i - b_i|` in f32 with eight accumulators in a fixed order: the graphs'
-/// distance (hnsw_rs's own L1 is a sequential sum that does not vectorise, a few
-/// microseconds per comparison at 3,088 dimensions). The same order on every CPU, so a
-/// graph build stays a pure function of its rows.
-#[inline]
-pub fn l1_f32(a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked just above).
-            return unsafe { l1_f32_avx2(a, b) };
-        }
-    }
-    l1_f32_body(a, b)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn l1_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
-    l1_f32_body(a, b)
-}
-
-#[inline(always)]
-fn l1_f32_body(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for j in 0..8 {
-            acc[j] += (x[j] - y[j]).abs();
-        }
-    }
-    let mut tail = 0f32;
-    for (x, y) in ra.iter().zip(rb) {
-        tail += (x - y).abs();
-    }
-    ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) + tail
-}
-
-/// `sum_i max(|a_i - b_i| - 1, 0)` over one-byte mean codes: the code bound of a run of
-/// neurons in code steps (docs/QUERY.md). Integer arithmetic, so exact; an AVX2 build of
-/// the same code is chosen at run time on x86-64.
-#[inline]
-pub fn code_l1(a: &[u8], b: &[u8]) -> u32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked just above).
-            return unsafe { code_l1_avx2(a, b) };
-        }
-    }
-    code_l1_body(a, b)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn code_l1_avx2(a: &[u8], b: &[u8]) -> u32 {
-    code_l1_body(a, b)
 }
 
 #[inline(always)]
@@ -244,7 +227,7 @@ mod tests {
                 (got - plain).abs() <= 1e-5 * plain.max(1.0),
                 "{got} vs {plain}"
             );
-            assert_eq!(l1_f32(&a, &b).to_bits(), l1_f32_body(&a, &b).to_bits());
+            assert_eq!(l1_f32(&a, &b).to_bits(), l1_body::<f32>(&a, &b).to_bits());
         }
     }
 
