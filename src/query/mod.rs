@@ -439,8 +439,8 @@ pub fn index_pushed_dna(db: &dyn Source, digest: &Digest, dna: &Dna) -> Result<(
     })
 }
 
-/// Appends one DNA's row to the segment of space `sd` (held under the index gate). The
-/// segment is opened for appending only: its rows are checked when a query opens it.
+/// Appends one DNA's row to the segment of space `sd` (held under the index gate). Nothing
+/// is checked here: each part of a row is checked when a query reads it.
 fn index_row(
     db: &dyn Source,
     digest: &Digest,
