@@ -810,7 +810,9 @@ pub fn query(db: &dyn Source, q: &AnyDna, req: &QueryRequest) -> Result<QueryRes
     match (path, &seg) {
         (Path::Cascade { .. } | Path::Graph, Some(open)) => {
             let summaries = QuerySummaries::of(&ctx)?;
-            let mut cands = eligible.cands.clone();
+            // The graph's candidates when it answers, else every eligible entry (borrowed:
+            // no copy of N per query).
+            let mut found_by_graph: Option<Vec<u32>> = None;
             let mut budget = match path {
                 Path::Cascade { budget } => budget,
                 _ => Some(rerank_budget(req.k)),
@@ -822,11 +824,11 @@ pub fn query(db: &dyn Source, q: &AnyDna, req: &QueryRequest) -> Result<QueryRes
                     Some((key, found)) => {
                         run.plan.stages.push(Stage {
                             name: format!("hnsw graph ({key})"),
-                            candidates_in: cands.len(),
+                            candidates_in: eligible.cands.len(),
                             candidates_out: found.len(),
                             ms: ms(t),
                         });
-                        cands = found;
+                        found_by_graph = Some(found);
                         via = Some(key);
                     }
                     None => {
@@ -837,6 +839,7 @@ pub fn query(db: &dyn Source, q: &AnyDna, req: &QueryRequest) -> Result<QueryRes
                     }
                 }
             }
+            let cands = found_by_graph.as_deref().unwrap_or(&eligible.cands);
             match &summaries {
                 QuerySummaries::Histogram { .. } => {
                     histogram_cascade(&ctx, open, &summaries, cands, budget, via, &mut run)?
@@ -1209,7 +1212,7 @@ fn histogram_cascade(
     ctx: &Ctx<'_>,
     open: &table::OpenSegment,
     summaries: &QuerySummaries,
-    cands: Vec<u32>,
+    cands: &[u32],
     budget: Option<usize>,
     via: Option<String>,
     run: &mut Run,
@@ -1405,7 +1408,7 @@ fn gaussian_cascade(
     ctx: &Ctx<'_>,
     open: &table::OpenSegment,
     summaries: &QuerySummaries,
-    cands: Vec<u32>,
+    cands: &[u32],
     budget: Option<usize>,
     via: Option<String>,
     run: &mut Run,
