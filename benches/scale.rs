@@ -13,6 +13,11 @@
 //!   0 skips the graphs, and the approximate columns).
 //! - `VDNA_DB_BENCH_SCALE_KEEP_INDEX=1`: query the index as it is (no reindex).
 //! - `VDNA_DB_BENCH_SCALE_FILL_ONLY=1`: fill the store to each size and stop.
+//! - `VDNA_DB_BENCH_SCALE_PUSH=M`: push M more DNAs into each filled store (store and
+//!   index, as `push` does), report DNAs/s at that size, then remove their names.
+//! - `VDNA_DB_BENCH_SCALE_SERVE=1`: also start `vdna-db serve` on each store and query it
+//!   over loopback from 4 clients (exact and approximate, masks `all` and one layer),
+//!   reporting the server's resident memory under that load.
 //! - `VDNA_DB_BENCH_FAISS_PYTHON`: a Python with `faiss` (PyPI `faiss-cpu`) to run
 //!   `tools/faiss_bench.py` at each size.
 
@@ -336,8 +341,18 @@ fn main() {
             index as f64 / 1e3 / n as f64,
             p(&mut cold, 0.5),
         ));
+        // FAISS first: the push below leaves rows of removed DNAs in the segment.
         if let Some(py) = &faiss {
             faiss_row(py, home, &s, n, &probes, &mut sizes_line);
+        }
+        if let Some(m) = std::env::var("VDNA_DB_BENCH_SCALE_PUSH")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+        {
+            push_row(home, &s, n, m, &mut sizes_line);
+        }
+        if std::env::var("VDNA_DB_BENCH_SCALE_SERVE").is_ok() {
+            serve_row(home, n, &probes, &mut sizes_line);
         }
     }
     println!("| N | mask | exact p50 ms | p95 | first query of a process | fixed cost p50 | code bound p50 | mean + sketch + exact p50 | exact distances / query | naive scan p50 ms (exact speed-up) | approx p50 ms (speed-up) | approx recall@5 |");
@@ -436,4 +451,121 @@ fn faiss_row(
             hit / truth.len() as f64,
         ));
     }
+}
+
+/// `vdna-db serve` on the store (a child process, ended by its handle): 4 clients post
+/// the probes as bundles, exact and approximate, masks `all` and `blocks_10`, for three
+/// rounds; the server's resident memory (now and peak) under that load, and the
+/// latencies seen by the clients.
+fn serve_row(
+    home: &Path,
+    n: usize,
+    probes: &[(AnyDna, std::path::PathBuf)],
+    out: &mut Vec<String>,
+) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vdna-db"))
+        .arg("--home")
+        .arg(home)
+        .args(["--json", "serve", "--addr", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).expect("the listening line");
+    let url = v["listening"].as_str().unwrap().to_string();
+    let bundles: Vec<Vec<u8>> = probes
+        .iter()
+        .map(|(_, p)| std::fs::read(p).unwrap())
+        .collect();
+    let status = |k: &str| -> f64 {
+        std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    let idle = status("VmRSS:");
+    let mut lat: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let t0 = Instant::now();
+    let kinds = [
+        ("exact all", "k=5&mode=exact&mask=all"),
+        ("approx all", "k=5&mode=approx&mask=all"),
+        ("exact blocks_10", "k=5&mode=exact&mask=blocks_10"),
+        ("approx blocks_10", "k=5&mode=approx&mask=blocks_10"),
+    ];
+    let got = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|sc| {
+        for c in 0..4 {
+            let (url, bundles, got) = (&url, &bundles, &got);
+            sc.spawn(move || {
+                let cl = vdna_db::server::client::Client::new(url, None);
+                for round in 0..3 {
+                    for (i, b) in bundles.iter().enumerate() {
+                        let (label, params) = kinds[(i + c + round) % kinds.len()];
+                        let t = Instant::now();
+                        cl.query_bundle(b, params).expect("query over HTTP");
+                        got.lock()
+                            .unwrap()
+                            .push((label, t.elapsed().as_secs_f64() * 1e3));
+                    }
+                }
+            });
+        }
+    });
+    let wall = t0.elapsed().as_secs_f64();
+    let (rss, peak) = (status("VmRSS:"), status("VmHWM:"));
+    let _ = child.kill();
+    let _ = child.wait();
+    let all = got.into_inner().unwrap();
+    for (label, ms) in &all {
+        lat.entry(label).or_default().push(*ms);
+    }
+    let per: Vec<String> = lat
+        .iter_mut()
+        .map(|(k, v)| format!("{k} p50 {:.1} ms", p(v, 0.5)))
+        .collect();
+    out.push(format!(
+        "N = {n}: `serve` under 4 clients ({} queries in {wall:.1} s, {:.1}/s; {}): RSS {idle:.0} MB idle, {rss:.0} MB after, peak {peak:.0} MB",
+        all.len(),
+        all.len() as f64 / wall,
+        per.join(", ")
+    ));
+}
+
+/// Push throughput at size `n`: `m` new DNAs (members of families beyond the store's)
+/// into the store and its index, generated beforehand, then their names removed (their
+/// summary rows stay until the next reindex, matched to no name).
+fn push_row(home: &Path, s: &synth::CatalogueSpec, n: usize, m: usize, out: &mut Vec<String>) {
+    let db = Db::open(home).unwrap();
+    let first = s.families + 1000;
+    let dnas: Vec<_> = (0..m)
+        .map(|i| synth::member(s, first + i / s.members, i % s.members))
+        .collect();
+    let t = Instant::now();
+    let mut names = Vec::new();
+    for (i, dna) in dnas.iter().enumerate() {
+        let name = format!("bench-extra/{i}");
+        let r = db
+            .push(dna, Some(&RefName::parse(&name).unwrap()), BTreeMap::new())
+            .unwrap();
+        vdna_db::query::index_pushed_dna(&db, &r.digest, dna).unwrap();
+        names.push(name);
+    }
+    let secs = t.elapsed().as_secs_f64();
+    for name in &names {
+        db.remove(name).unwrap();
+    }
+    out.push(format!(
+        "N = {n}: push of {m} more DNAs into store + index: {:.1} DNAs/s ({:.1} ms each)",
+        m as f64 / secs,
+        secs * 1e3 / m as f64
+    ));
 }

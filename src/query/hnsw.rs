@@ -1,12 +1,13 @@
-//! Prebuilt HNSW graphs (hnsw_rs) over the per-neuron means of a summary segment, for the
-//! fixed masks that matter: every neuron, and each whole layer. The only file that imports
-//! hnsw_rs.
+//! Prebuilt HNSW graphs (hnsw_rs) over the summaries of a segment, for the fixed masks
+//! that matter: every neuron, and each whole layer. The only file that imports hnsw_rs.
 //!
 //! A graph's distance is fixed when it is built, so a per-query mask cannot search one:
 //! only a query whose mask is exactly a graph's mask uses it, and only on the approximate
-//! path. Histogram graphs use L1 over means (the mean bound of docs/QUERY.md), Gaussian
-//! graphs L2 over (mean, sd) pairs (NFD is its square). Candidates are re-ranked exactly by
-//! the caller. Graphs are derived state, built by `reindex` once a space holds
+//! path. Histogram graphs index the one-byte mean codes of `c.bin` under L1 (the mean
+//! bound of docs/QUERY.md at a resolution of bins / 256: a quarter of the bytes of f32
+//! means, so a quarter of the memory and a distance several times cheaper); Gaussian
+//! graphs index (mean, sd) pairs under L2 (NFD is its square). Candidates are re-ranked
+//! exactly by the caller. Graphs are derived state, built by `reindex` once a space holds
 //! `min_rows()` DNAs; rows appended after a build are not in the graph and are scanned by
 //! the caller instead.
 
@@ -20,20 +21,54 @@ use super::segment::{SegKind, Segment};
 use crate::format::SpaceConfig;
 use crate::Error;
 
-/// L1 between mean vectors, vectorised ([`super::sketch::l1_f32`]): the histogram graphs'
-/// distance.
+/// L1 between mean-code vectors, vectorised ([`super::sketch::code_sad`]): the histogram
+/// graphs' distance.
 #[derive(Default, Clone, Copy)]
-pub struct MeanL1;
+pub struct CodeL1;
 
-impl Distance<f32> for MeanL1 {
-    fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
-        super::sketch::l1_f32(a, b)
+impl Distance<u8> for CodeL1 {
+    fn eval(&self, a: &[u8], b: &[u8]) -> f32 {
+        super::sketch::code_sad(a, b) as f32
     }
 }
 
-/// Neighbours kept per node (measured: 24 gives recall@50 > 0.99 on clustered summaries).
-const MAX_CONNECTIONS: usize = 24;
-const EF_CONSTRUCTION: usize = 200;
+/// A graph query's vector: mean codes for histogram graphs, (mean, sd) pairs for
+/// Gaussian ones.
+pub enum GraphQuery {
+    Codes(Vec<u8>),
+    Pairs(Vec<f32>),
+}
+
+/// What a graph's vectors are, as `meta.json` records it: a graph of another kind (an
+/// older build) is not read.
+fn vectors_of(kind: SegKind) -> &'static str {
+    match kind {
+        SegKind::Histogram { .. } => "mean codes u8, L1",
+        SegKind::Gaussian => "mean and sd f32, L2",
+    }
+}
+
+/// Neighbours kept per node (hnsw_rs keeps twice as many on the bottom layer) and the
+/// breadth of the search that links a new node, for a graph of `dims` dimensions: a build
+/// costs about N x EF x 2M distances. Wide graphs (`all`, and any layer of 1,024 neurons
+/// or more) get 24 and 200, the others 16 and 100: measured in the scale bench at
+/// N = 100,000, the narrow layers answer at recall@5 1.0 either way, while `all` lost
+/// recall with the smaller graph. `VDNA_DB_HNSW_M` and `VDNA_DB_HNSW_EF_CONSTRUCTION`
+/// override both.
+fn build_params(dims: usize) -> (usize, usize) {
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|v| *v >= 2)
+            .unwrap_or(d)
+    };
+    let (m, ef) = if dims >= 1024 { (24, 200) } else { (16, 100) };
+    (
+        env("VDNA_DB_HNSW_M", m),
+        env("VDNA_DB_HNSW_EF_CONSTRUCTION", ef),
+    )
+}
 const BASENAME: &str = "graph";
 
 /// Spaces with fewer DNAs get no graph: the bound scan is as fast there.
@@ -44,92 +79,122 @@ pub fn min_rows() -> usize {
         .unwrap_or(2000)
 }
 
-/// The fixed masks a space gets graphs for: `all` and each layer, as
-/// (key, [(first neuron, count)] runs in row order).
-pub fn graph_masks(space: &SpaceConfig) -> Vec<(String, Vec<(usize, usize)>)> {
-    let mut out = vec![(
-        "all".to_string(),
-        vec![(0usize, space.total_neurons() as usize)],
-    )];
-    let mut base = 0usize;
-    for l in &space.layers {
-        out.push((l.name.clone(), vec![(base, l.neurons as usize)]));
-        base += l.neurons as usize;
+/// The fixed masks a space gets graphs for: `all` and each layer, as (key, layers).
+pub fn graph_masks(space: &SpaceConfig) -> Vec<(String, Vec<usize>)> {
+    let mut out = vec![("all".to_string(), (0..space.layers.len()).collect())];
+    for (i, l) in space.layers.iter().enumerate() {
+        out.push((l.name.clone(), vec![i]));
     }
     out
 }
 
-/// A row's vector for a graph over `runs`; an error when the row fails its checksum (a
+/// A row's vector for a graph over `layers`; an error when the row fails its checksum (a
 /// graph is built right after its segment, so that is damage on disk: reindex again).
-fn row_vector(seg: &Segment, row: usize, runs: &[(usize, usize)]) -> Result<Vec<f32>, Error> {
-    let damaged = || {
-        Error::Invalid(format!(
-            "summary row {row} fails its checksum while building a graph (run vdna-db reindex)"
-        ))
-    };
+fn row_vector<T: Copy>(
+    seg: &Segment,
+    row: usize,
+    layers: &[usize],
+    part: impl Fn(&Segment, usize, usize) -> Option<Vec<T>>,
+) -> Result<Vec<T>, Error> {
     let mut v = Vec::new();
-    match seg.kind() {
-        SegKind::Histogram { .. } => {
-            let m = seg.means(row).ok_or_else(damaged)?;
-            for &(off, len) in runs {
-                v.extend_from_slice(&m[off..off + len]);
-            }
-        }
-        SegKind::Gaussian => {
-            let g = seg.gauss(row).ok_or_else(damaged)?;
-            for &(off, len) in runs {
-                v.extend(g[2 * off..2 * (off + len)].iter().map(|x| *x as f32));
-            }
-        }
+    for &l in layers {
+        let p = part(seg, row, l).ok_or_else(|| {
+            Error::Invalid(format!(
+                "summary row {row} fails its checksum while building a graph (run vdna-db reindex)"
+            ))
+        })?;
+        v.extend_from_slice(&p);
     }
     Ok(v)
 }
 
+/// Layer `l`'s mean codes of row `r`.
+fn codes_part(seg: &Segment, r: usize, l: usize) -> Option<Vec<u8>> {
+    seg.codes(r, l).map(<[u8]>::to_vec)
+}
+
+/// Layer `l`'s (mean, sd) pairs of row `r`, as f32.
+fn pairs_part(seg: &Segment, r: usize, l: usize) -> Option<Vec<f32>> {
+    let (s, e) = (seg.layer_starts()[l], seg.layer_starts()[l + 1]);
+    seg.gauss(r)
+        .map(|g| g[2 * s..2 * e].iter().map(|x| *x as f32).collect())
+}
+
+/// Where a space's graphs live. (Graphs of means as f32 lived in `hnsw/`; a build
+/// removes that directory.)
+const ROOT: &str = "graphs";
+
 fn graph_dir(index_dir: &Path, key: &str) -> PathBuf {
-    index_dir.join("hnsw").join(key)
+    index_dir.join(ROOT).join(key)
 }
 
 /// Builds (replacing) every graph of a segment when it has at least `min_rows` rows;
-/// returns how many were built.
+/// returns how many were built. Graphs are built concurrently, each by one thread (see
+/// [`build_one`]), so the result does not depend on the threads.
 pub fn build(
     index_dir: &Path,
     seg: &Segment,
     space: &SpaceConfig,
     min_rows: usize,
 ) -> Result<usize, Error> {
+    use rayon::prelude::*;
     let n = seg.rows().len();
-    let root = index_dir.join("hnsw");
-    if root.exists() {
-        std::fs::remove_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+    for root in [index_dir.join(ROOT), index_dir.join("hnsw")] {
+        if root.exists() {
+            std::fs::remove_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+        }
     }
     if n < min_rows.max(1) {
         return Ok(0);
     }
-    let mut built = 0;
-    for (key, runs) in graph_masks(space) {
-        let data: Vec<Vec<f32>> = (0..n)
-            .map(|r| row_vector(seg, r, &runs))
-            .collect::<Result<_, _>>()?;
-        let refs: Vec<(&Vec<f32>, usize)> = data.iter().zip(0..n).collect();
-        // hnsw_rs dumps only graphs built with its maximum of 16 layers.
-        let tmp = root.join(format!(".{key}.tmp"));
-        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        let dumped = match seg.kind() {
-            SegKind::Histogram { .. } => build_one(MeanL1, n, &refs, &tmp),
-            SegKind::Gaussian => build_one(DistL2 {}, n, &refs, &tmp),
-        };
-        let name = dumped.map_err(|e| Error::Invalid(format!("writing the {key} graph: {e}")))?;
-        let files = checksums(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        let mut meta = serde_json::json!({ "rows": n, "basename": name, "crc32": files });
-        meta["check"] = meta_crc(&meta).into();
-        failpoint!("graph::write", |e| Error::io(&tmp, e));
-        std::fs::write(tmp.join("meta.json"), meta.to_string()).map_err(|e| Error::io(&tmp, e))?;
-        let dest = graph_dir(index_dir, &key);
-        failpoint!("graph::rename", |e| Error::io(&dest, e));
-        std::fs::rename(&tmp, &dest).map_err(|e| Error::io(&dest, e))?;
-        built += 1;
-    }
-    Ok(built)
+    let root = index_dir.join(ROOT);
+    let masks = graph_masks(space);
+    // Widest first, so the long `all` build starts at once and the layers fill the
+    // other threads.
+    let width = |layers: &[usize]| -> u32 { layers.iter().map(|&l| space.layers[l].neurons).sum() };
+    let mut order: Vec<usize> = (0..masks.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(width(&masks[i].1)));
+    order
+        .par_iter()
+        .with_max_len(1)
+        .map(|&i| {
+            let (key, layers) = &masks[i];
+            let tmp = root.join(format!(".{key}.tmp"));
+            std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+            let dumped = match seg.kind() {
+                SegKind::Histogram { .. } => {
+                    let data = (0..n)
+                        .map(|r| row_vector(seg, r, layers, codes_part))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    build_one(CodeL1, &data, &tmp)
+                }
+                SegKind::Gaussian => {
+                    let data = (0..n)
+                        .map(|r| row_vector(seg, r, layers, pairs_part))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    build_one(DistL2 {}, &data, &tmp)
+                }
+            };
+            let name =
+                dumped.map_err(|e| Error::Invalid(format!("writing the {key} graph: {e}")))?;
+            let files = checksums(&tmp).map_err(|e| Error::io(&tmp, e))?;
+            let mut meta = serde_json::json!({
+                "rows": n,
+                "basename": name,
+                "vectors": vectors_of(seg.kind()),
+                "crc32": files,
+            });
+            meta["check"] = meta_crc(&meta).into();
+            failpoint!("graph::write", |e| Error::io(&tmp, e));
+            std::fs::write(tmp.join("meta.json"), meta.to_string())
+                .map_err(|e| Error::io(&tmp, e))?;
+            let dest = graph_dir(index_dir, key);
+            failpoint!("graph::rename", |e| Error::io(&dest, e));
+            std::fs::rename(&tmp, &dest).map_err(|e| Error::io(&dest, e))?;
+            Ok(())
+        })
+        .collect::<Result<Vec<()>, Error>>()?;
+    Ok(masks.len())
 }
 
 /// The CRC-32 of every file of a graph directory but `meta.json`, by name.
@@ -181,7 +246,7 @@ fn check_graph(dir: &Path, meta: &serde_json::Value) -> Option<String> {
 /// Problems of the graphs under a space's index directory (for `verify`).
 pub fn verify(index_dir: &Path) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(index_dir.join("hnsw")) else {
+    let Ok(rd) = std::fs::read_dir(index_dir.join(ROOT)) else {
         return out;
     };
     for e in rd.flatten() {
@@ -203,30 +268,32 @@ pub fn verify(index_dir: &Path) -> Vec<(String, String)> {
     out
 }
 
-/// Builds one graph with distance `dist` and dumps it into `dir`; returns the basename.
-fn build_one<D: Distance<f32> + Send + Sync>(
-    dist: D,
-    n: usize,
-    refs: &[(&Vec<f32>, usize)],
-    dir: &Path,
-) -> Result<String, String> {
+/// Builds one graph of `data` (row `i` is id `i`) with distance `dist` and dumps it into
+/// `dir`; returns the basename.
+fn build_one<T, D>(dist: D, data: &[Vec<T>], dir: &Path) -> Result<String, String>
+where
+    T: Clone + Send + Sync + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+    D: Distance<T> + Send + Sync,
+{
     // hnsw_rs dumps only graphs built with its maximum of 16 layers.
-    let h = Hnsw::<f32, D>::new(MAX_CONNECTIONS, n, 16, EF_CONSTRUCTION, dist);
+    let (m, ef) = build_params(data.first().map_or(0, Vec::len));
+    let h = Hnsw::<T, D>::new(m, data.len(), 16, ef, dist);
     // One insertion at a time, in row order: hnsw_rs draws each node's level from a
     // generator with a fixed seed, so a serial build is a pure function of the rows and the
     // same catalogue always gives byte-identical graph files. A parallel insert draws the
     // levels in whatever order the threads arrive and links nodes that race differently,
-    // so two rebuilds answered approximate queries differently (issue 19).
-    for (v, id) in refs {
-        h.insert((v.as_slice(), *id));
+    // so two rebuilds answered approximate queries differently (issue 19). Graphs of
+    // different masks are built concurrently instead.
+    for (id, v) in data.iter().enumerate() {
+        h.insert((v.as_slice(), id));
     }
     h.file_dump(dir, BASENAME).map_err(|e| e.to_string())
 }
 
-/// A loaded graph of either distance.
+/// A loaded graph of either kind.
 enum Graph {
-    L1(Hnsw<'static, f32, MeanL1>),
-    L2(Hnsw<'static, f32, DistL2>),
+    Codes(Hnsw<'static, u8, CodeL1>),
+    Pairs(Hnsw<'static, f32, DistL2>),
 }
 
 /// Loaded graphs by directory, with the self-checksum of the `meta.json` they were loaded
@@ -250,6 +317,9 @@ fn load(dir: &Path, kind: SegKind) -> Result<Option<Arc<(Graph, usize)>>, Error>
     let Some(check) = meta["check"].as_u64() else {
         return Ok(None);
     };
+    if meta["vectors"].as_str() != Some(vectors_of(kind)) {
+        return Ok(None);
+    }
     let mut c = cache().lock().unwrap_or_else(|p| p.into_inner());
     if let Some((t, g)) = c.get(dir) {
         // The files were checked when this copy was loaded; the copy in memory is what
@@ -275,11 +345,11 @@ fn load(dir: &Path, kind: SegKind) -> Result<Option<Arc<(Graph, usize)>>, Error>
         ))
     };
     let g = match kind {
-        SegKind::Histogram { .. } => Graph::L1(
-            io.load_hnsw::<f32, MeanL1>()
+        SegKind::Histogram { .. } => Graph::Codes(
+            io.load_hnsw::<u8, CodeL1>()
                 .map_err(|e| bad(e.to_string()))?,
         ),
-        SegKind::Gaussian => Graph::L2(
+        SegKind::Gaussian => Graph::Pairs(
             io.load_hnsw::<f32, DistL2>()
                 .map_err(|e| bad(e.to_string()))?,
         ),
@@ -301,7 +371,7 @@ pub fn search(
     index_dir: &Path,
     seg: &Segment,
     key: &str,
-    query: &[f32],
+    query: &GraphQuery,
     n: usize,
     ef: usize,
 ) -> Result<Option<(Vec<usize>, usize)>, Error> {
@@ -309,9 +379,10 @@ pub fn search(
         return Ok(None);
     };
     let (graph, rows) = &*g;
-    let hits = match graph {
-        Graph::L1(h) => h.search(query, n, ef),
-        Graph::L2(h) => h.search(query, n, ef),
+    let hits = match (graph, query) {
+        (Graph::Codes(h), GraphQuery::Codes(q)) => h.search(q, n, ef),
+        (Graph::Pairs(h), GraphQuery::Pairs(q)) => h.search(q, n, ef),
+        _ => return Ok(None),
     };
     Ok(Some((hits.into_iter().map(|h| h.d_id).collect(), *rows)))
 }

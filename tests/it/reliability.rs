@@ -631,7 +631,7 @@ fn index_rebuilds_are_byte_identical() {
         assert_eq!(ra.graphs, 3, "all + 2 layers ({dist:?})");
         let first = tree(&a.path().join("index"));
         assert!(
-            first.keys().any(|p| p.to_string_lossy().contains("hnsw")),
+            first.keys().any(|p| p.to_string_lossy().contains("graphs")),
             "{:?}",
             first.keys()
         );
