@@ -56,27 +56,27 @@ fn vectors_of(kind: SegKind) -> &'static str {
 /// recall with the smaller graph. `VDNA_DB_HNSW_M` and `VDNA_DB_HNSW_EF_CONSTRUCTION`
 /// override both.
 fn build_params(dims: usize) -> (usize, usize) {
-    let env = |k: &str, d: usize| {
-        std::env::var(k)
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .filter(|v| *v >= 2)
-            .unwrap_or(d)
-    };
     let (m, ef) = if dims >= 1024 { (24, 200) } else { (16, 100) };
     (
-        env("VDNA_DB_HNSW_M", m),
-        env("VDNA_DB_HNSW_EF_CONSTRUCTION", ef),
+        knob("VDNA_DB_HNSW_M", m, 2),
+        knob("VDNA_DB_HNSW_EF_CONSTRUCTION", ef, 2),
     )
+}
+
+/// A tuning knob: the environment variable `name` when it holds a number of at least
+/// `min`, else `default`.
+pub(super) fn knob(name: &str, default: usize, min: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|v| *v >= min)
+        .unwrap_or(default)
 }
 const BASENAME: &str = "graph";
 
 /// Spaces with fewer DNAs get no graph: the bound scan is as fast there.
 pub fn min_rows() -> usize {
-    std::env::var("VDNA_DB_HNSW_MIN_ROWS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2000)
+    knob("VDNA_DB_HNSW_MIN_ROWS", 2000, 0)
 }
 
 /// The fixed masks a space gets graphs for: `all` and each layer, as (key, layers).

@@ -910,15 +910,10 @@ fn graph_n(k: usize) -> usize {
 /// 50) and max(that, 64), or `graph_n(k)` when a tag or filter narrows the candidates
 /// (most neighbours may be filtered out); `VDNA_DB_GRAPH_FETCH` / `VDNA_DB_GRAPH_EF`
 /// override them (tuning knobs: `benches/scale.rs` measures recall and time). Measured
-/// at N = 10,000 (README): 200 / 200 took 14 ms, 50 / 64 8.5 ms, both at recall@5 1.0.
+/// at N = 100,000 (README): 50 / 64 answered `all` at recall@5 1.0 in 6-7 ms, 50 / 96 in
+/// 7.1 ms at the same recall.
 fn graph_search_params(k: usize, narrowed: bool) -> (usize, usize) {
-    let env = |name: &str, d: usize| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .filter(|v| *v >= 1)
-            .unwrap_or(d)
-    };
+    let env = |name: &str, d: usize| hnsw::knob(name, d, 1);
     let default = if narrowed {
         graph_n(k)
     } else {
