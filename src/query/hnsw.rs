@@ -88,36 +88,37 @@ pub fn graph_masks(space: &SpaceConfig) -> Vec<(String, Vec<usize>)> {
     out
 }
 
-/// A row's vector for a graph over `layers`; an error when the row fails its checksum (a
-/// graph is built right after its segment, so that is damage on disk: reindex again).
-fn row_vector<T: Copy>(
+/// A row's vector for a graph over `layers`, each layer's part appended by `part`; an
+/// error when the row fails its checksum (a graph is built right after its segment, so
+/// that is damage on disk: reindex again).
+fn row_vector<T>(
     seg: &Segment,
     row: usize,
     layers: &[usize],
-    part: impl Fn(&Segment, usize, usize) -> Option<Vec<T>>,
+    part: impl Fn(&Segment, usize, usize, &mut Vec<T>) -> Option<()>,
 ) -> Result<Vec<T>, Error> {
     let mut v = Vec::new();
     for &l in layers {
-        let p = part(seg, row, l).ok_or_else(|| {
+        part(seg, row, l, &mut v).ok_or_else(|| {
             Error::Invalid(format!(
                 "summary row {row} fails its checksum while building a graph (run vdna-db reindex)"
             ))
         })?;
-        v.extend_from_slice(&p);
     }
     Ok(v)
 }
 
-/// Layer `l`'s mean codes of row `r`.
-fn codes_part(seg: &Segment, r: usize, l: usize) -> Option<Vec<u8>> {
-    seg.codes(r, l).map(<[u8]>::to_vec)
+/// Appends layer `l`'s mean codes of row `r`.
+fn codes_part(seg: &Segment, r: usize, l: usize, v: &mut Vec<u8>) -> Option<()> {
+    v.extend_from_slice(seg.codes(r, l)?);
+    Some(())
 }
 
-/// Layer `l`'s (mean, sd) pairs of row `r`, as f32.
-fn pairs_part(seg: &Segment, r: usize, l: usize) -> Option<Vec<f32>> {
+/// Appends layer `l`'s (mean, sd) pairs of row `r`, as f32.
+fn pairs_part(seg: &Segment, r: usize, l: usize, v: &mut Vec<f32>) -> Option<()> {
     let (s, e) = (seg.layer_starts()[l], seg.layer_starts()[l + 1]);
-    seg.gauss(r)
-        .map(|g| g[2 * s..2 * e].iter().map(|x| *x as f32).collect())
+    v.extend(seg.gauss(r)?[2 * s..2 * e].iter().map(|x| *x as f32));
+    Some(())
 }
 
 /// Where a space's graphs live. (Graphs of means as f32 lived in `hnsw/`; a build

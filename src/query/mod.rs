@@ -820,7 +820,7 @@ pub fn query(db: &dyn Source, q: &AnyDna, req: &QueryRequest) -> Result<QueryRes
             let mut via = None;
             if path == Path::Graph {
                 let t = Instant::now();
-                match graph_candidates(&ctx, open, &summaries.graph_vector(space.dist))? {
+                match graph_candidates(&ctx, open, &summaries.graph_vector())? {
                     Some((key, found)) => {
                         run.plan.stages.push(Stage {
                             name: format!("hnsw graph ({key})"),
@@ -1172,17 +1172,21 @@ fn scan(ctx: &Ctx<'_>, cands: &[u32], run: &mut Run) -> Result<(), Error> {
 /// The query's summaries over the masked neurons, in mask order, as the segment holds
 /// them for stored DNAs.
 enum QuerySummaries {
-    /// Per neuron: the mean and `SKETCH_Q` quantiles (bin units).
-    Histogram { mean: Vec<f64>, sketch: Vec<f64> },
+    /// Per neuron: the mean and `SKETCH_Q` quantiles (bin units), and the mean's code
+    /// ([`segment::code_of`]: the code bound's and the graphs' one byte).
+    Histogram {
+        mean: Vec<f64>,
+        sketch: Vec<f64>,
+        codes: Vec<u8>,
+    },
     /// Per neuron: (mean, sd).
     Gaussian { ms: Vec<(f64, f64)> },
 }
 
 impl QuerySummaries {
     fn of(ctx: &Ctx<'_>) -> Result<QuerySummaries, Error> {
-        let mut sk = [0f64; SKETCH_Q];
         match ctx.space.dist {
-            DistKind::Histogram { .. } => {
+            DistKind::Histogram { bins: space_bins } => {
                 // Every masked neuron's histogram, in mask order.
                 let mut hists: Vec<&[u32]> = Vec::with_capacity(ctx.mask.neurons() as usize);
                 for (lm, held) in ctx.mask.layers.iter().zip(&ctx.qheld.held) {
@@ -1196,32 +1200,29 @@ impl QuerySummaries {
                     }
                 }
                 // About 0.3 us a neuron: split across threads for large masks (3,088
-                // neurons took 0.9 ms on one).
-                let (mut mean, mut sketch) = (
-                    Vec::with_capacity(hists.len()),
-                    Vec::with_capacity(hists.len() * SKETCH_Q),
-                );
-                if hists.len() >= 512 {
+                // neurons took 0.9 ms on one), kept on this thread for small ones (waking
+                // the pool costs more than they do).
+                let one = |h: &&[u32]| {
+                    let mut sk = [0f64; SKETCH_Q];
+                    (histogram_sketch(h, &mut sk), sk)
+                };
+                let parts: Vec<(f64, [f64; SKETCH_Q])> = if hists.len() >= 512 {
                     use rayon::prelude::*;
-                    let parts: Vec<(f64, [f64; SKETCH_Q])> = hists
-                        .par_iter()
-                        .with_min_len(128)
-                        .map(|h| {
-                            let mut sk = [0f64; SKETCH_Q];
-                            (histogram_sketch(h, &mut sk), sk)
-                        })
-                        .collect();
-                    for (m, sk) in parts {
-                        mean.push(m);
-                        sketch.extend_from_slice(&sk);
-                    }
+                    hists.par_iter().with_min_len(128).map(one).collect()
                 } else {
-                    for h in hists {
-                        mean.push(histogram_sketch(h, &mut sk));
-                        sketch.extend_from_slice(&sk);
-                    }
-                }
-                Ok(QuerySummaries::Histogram { mean, sketch })
+                    hists.iter().map(one).collect()
+                };
+                let mean: Vec<f64> = parts.iter().map(|p| p.0).collect();
+                let sketch = parts.iter().flat_map(|p| p.1).collect();
+                let codes = mean
+                    .iter()
+                    .map(|m| segment::code_of(*m, space_bins))
+                    .collect();
+                Ok(QuerySummaries::Histogram {
+                    mean,
+                    sketch,
+                    codes,
+                })
             }
             _ => {
                 let mut ms = Vec::new();
@@ -1238,20 +1239,15 @@ impl QuerySummaries {
         }
     }
 
-    /// The vector a graph of this kind indexes: mean codes (histograms, [`segment::code_of`] of
-    /// the query's means), or (mean, sd) pairs.
-    fn graph_vector(&self, dist: DistKind) -> hnsw::GraphQuery {
-        match (self, dist) {
-            (QuerySummaries::Histogram { mean, .. }, DistKind::Histogram { bins }) => {
-                hnsw::GraphQuery::Codes(mean.iter().map(|m| segment::code_of(*m, bins)).collect())
-            }
-            (QuerySummaries::Gaussian { ms }, _) => hnsw::GraphQuery::Pairs(
+    /// The vector a graph of this kind indexes: mean codes, or (mean, sd) pairs.
+    fn graph_vector(&self) -> hnsw::GraphQuery {
+        match self {
+            QuerySummaries::Histogram { codes, .. } => hnsw::GraphQuery::Codes(codes.clone()),
+            QuerySummaries::Gaussian { ms } => hnsw::GraphQuery::Pairs(
                 ms.iter()
                     .flat_map(|(m, sd)| [*m as f32, *sd as f32])
                     .collect(),
             ),
-            // Histogram summaries come only from histogram spaces.
-            (QuerySummaries::Histogram { .. }, _) => hnsw::GraphQuery::Pairs(Vec::new()),
         }
     }
 }
@@ -1273,6 +1269,7 @@ fn histogram_cascade(
     let QuerySummaries::Histogram {
         mean: qmean,
         sketch: qsk,
+        codes: qcodes,
     } = summaries
     else {
         return Err(Error::Invalid("query summaries are not histograms".into()));
@@ -1308,7 +1305,6 @@ fn histogram_cascade(
     // Level 0: the code bound of every candidate, one byte per masked neuron, each masked
     // layer's codes checked as they are read (a layer that fails bounds nothing).
     let t = Instant::now();
-    let qcodes: Vec<u8> = qmean.iter().map(|m| segment::code_of(*m, bins)).collect();
     let step = bins as f64 / 256.0;
     let masked_layer_bytes: usize = ctx
         .mask

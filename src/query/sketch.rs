@@ -98,7 +98,7 @@ avx2_or_portable! {
     /// `sum_i |a_i - b_i|` in f64: the kernel of every bound scan (means over a run of
     /// neurons, or their sketches, which are contiguous too). Eight independent
     /// accumulators let it vectorise.
-    fn l1 / l1_avx2(a: &[f64], b: &[f32]) -> f64 = l1_body::<f64>
+    fn l1 / l1_avx2(a: &[f64], b: &[f32]) -> f64 = l1_body
 }
 
 avx2_or_portable! {
@@ -146,47 +146,27 @@ unsafe fn code_sad_avx2(a: &[u8], b: &[u8]) -> u32 {
     lanes.iter().sum::<u64>() as u32 + code_body::<0>(&a[whole..n], &b[whole..n])
 }
 
-/// A float the L1 kernels accumulate in (the stored side is f32, widened to it).
-trait Acc: Copy + From<f32> + std::ops::Add<Output = Self> + std::ops::Sub<Output = Self> {
-    const ZERO: Self;
-    fn abs(self) -> Self;
-}
-
-impl Acc for f64 {
-    const ZERO: f64 = 0.0;
-    fn abs(self) -> f64 {
-        f64::abs(self)
-    }
-}
-
-impl Acc for f32 {
-    const ZERO: f32 = 0.0;
-    fn abs(self) -> f32 {
-        f32::abs(self)
-    }
-}
-
 #[inline(always)]
-fn l1_body<T: Acc>(a: &[T], b: &[f32]) -> T {
+fn l1_body(a: &[f64], b: &[f32]) -> f64 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [T::ZERO; 8];
+    let mut acc = [0f64; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
         for j in 0..8 {
-            acc[j] = acc[j] + (x[j] - T::from(y[j])).abs();
+            acc[j] += (x[j] - y[j] as f64).abs();
         }
     }
-    let mut tail = T::ZERO;
+    let mut tail = 0f64;
     for (x, y) in ra.iter().zip(rb) {
-        tail = tail + (*x - T::from(*y)).abs();
+        tail += (x - *y as f64).abs();
     }
     ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) + tail
 }
 
-#[inline(always)]
 /// `sum_i max(|a_i - b_i| - SLACK, 0)`, vectorisable.
+#[inline(always)]
 fn code_body<const SLACK: u8>(a: &[u8], b: &[u8]) -> u32 {
     let mut total = 0u32;
     // Blocks of 256: 16-bit lanes hold up to 256 x 255 without overflow.
