@@ -1,21 +1,37 @@
-//! Prebuilt HNSW graphs (hnsw_rs) over the summaries of a segment, for the fixed masks
-//! that matter: every neuron, and each whole layer. The only file that imports hnsw_rs.
+//! Prebuilt HNSW graphs over the summaries of a segment, for the fixed masks that matter:
+//! every neuron, and each whole layer. hnsw_rs builds them (the only file that imports
+//! it); the engine searches its own flat, read-only copy.
 //!
 //! A graph's distance is fixed when it is built, so a per-query mask cannot search one:
 //! only a query whose mask is exactly a graph's mask uses it, and only on the approximate
-//! path. Histogram graphs index the one-byte mean codes of `c.bin` under L1 (the mean
-//! bound of docs/QUERY.md at a resolution of bins / 256: a quarter of the bytes of f32
-//! means, so a quarter of the memory and a distance several times cheaper); Gaussian
-//! graphs index (mean, sd) pairs under L2 (NFD is its square). Candidates are re-ranked
-//! exactly by the caller. Graphs are derived state, built by `reindex` once a space holds
-//! `min_rows()` DNAs; rows appended after a build are not in the graph and are scanned by
-//! the caller instead.
+//! path. Histogram graphs link rows by L1 between their one-byte mean codes (`c.bin`: the
+//! mean bound of docs/QUERY.md at a resolution of bins / 256); Gaussian graphs by L2
+//! between (mean, sd) pairs (NFD is its square). Candidates are re-ranked exactly by the
+//! caller. Graphs are derived state, built by `reindex` once a space holds `min_rows()`
+//! DNAs; rows appended after a build are not in the graph and are scanned by the caller.
+//!
+//! ## The flat graph (`graphs/<mask>/graph.bin`)
+//! A graph file holds links only: a node is a segment row, and its vector is read in place
+//! from the mapped segment (the mask's neurons are one contiguous range of every row), so
+//! a graph costs 4 bytes a link and no copy of the vectors. Little-endian u32 words:
+//! - a 64-byte header: `b"VDNAGRF\0"`, version, nodes, levels, entry node, 10 zero words;
+//! - level 0, where every node is: `nodes + 1` offsets, then the links they delimit;
+//! - each level above: its member count, the members (ascending), `count + 1` offsets,
+//!   then the links.
+//!
+//! The search walks plain arrays (no locks, no per-node allocations): greedy descent
+//! through the upper levels, then a best-first search of breadth `ef` on level 0 with a
+//! per-thread visited list. Navigation reads the segment's vectors unchecked: a damaged
+//! byte can only steer the search (which is approximate by definition), never an answer,
+//! since every candidate is bounded with checked parts and its exact distance decides.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use hnsw_rs::prelude::*;
+use memmap2::Mmap;
 
 use super::segment::{SegKind, Segment};
 use crate::format::SpaceConfig;
@@ -32,19 +48,19 @@ impl Distance<u8> for CodeL1 {
     }
 }
 
-/// A graph query's vector: mean codes for histogram graphs, (mean, sd) pairs for
-/// Gaussian ones.
-pub enum GraphQuery {
-    Codes(Vec<u8>),
-    Pairs(Vec<f32>),
+/// A graph query's vector over the mask's neurons: mean codes for histogram graphs,
+/// (mean, sd) pairs for Gaussian ones.
+pub enum GraphQuery<'a> {
+    Codes(&'a [u8]),
+    Pairs(Vec<f64>),
 }
 
-/// What a graph's vectors are, as `meta.json` records it: a graph of another kind (an
-/// older build) is not read.
+/// What a graph's links were built over, as `meta.json` records it: a graph of another
+/// kind or layout (an older build, such as hnsw_rs dumps) is not read.
 fn vectors_of(kind: SegKind) -> &'static str {
     match kind {
-        SegKind::Histogram { .. } => "mean codes u8, L1",
-        SegKind::Gaussian => "mean and sd f32, L2",
+        SegKind::Histogram { .. } => "flat graph v1 over c.bin mean codes, L1",
+        SegKind::Gaussian => "flat graph v1 over a.bin (mean, sd), L2",
     }
 }
 
@@ -72,7 +88,6 @@ pub(super) fn knob(name: &str, default: usize, min: usize) -> usize {
         .filter(|v| *v >= min)
         .unwrap_or(default)
 }
-const BASENAME: &str = "graph";
 
 /// Spaces with fewer DNAs get no graph: the bound scan is as fast there.
 pub fn min_rows() -> usize {
@@ -129,6 +144,24 @@ fn graph_dir(index_dir: &Path, key: &str) -> PathBuf {
     index_dir.join(ROOT).join(key)
 }
 
+/// The first neuron of `layers` (contiguous, ascending) and the one past their last.
+fn span(seg: &Segment, layers: &[usize]) -> (usize, usize) {
+    let starts = seg.layer_starts();
+    match (layers.first(), layers.last()) {
+        (Some(&a), Some(&b)) => (starts[a], starts[b + 1]),
+        _ => (0, 0),
+    }
+}
+
+/// The CRC-32 of the first `rows` row digests: the rows a graph's nodes are.
+fn rows_crc(seg: &Segment, rows: usize) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    for d in &seg.rows()[..rows.min(seg.rows().len())] {
+        h.update(&d.0);
+    }
+    h.finalize()
+}
+
 /// Builds (replacing) every graph of a segment when it has at least `min_rows` rows;
 /// returns how many were built. Graphs are built concurrently, each by one thread (see
 /// [`build_one`]), so the result does not depend on the threads.
@@ -155,6 +188,7 @@ pub fn build(
     let width = |layers: &[usize]| -> u32 { layers.iter().map(|&l| space.layers[l].neurons).sum() };
     let mut order: Vec<usize> = (0..masks.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(width(&masks[i].1)));
+    let rows_check = rows_crc(seg, n);
     order
         .par_iter()
         .with_max_len(1)
@@ -162,31 +196,33 @@ pub fn build(
             let (key, layers) = &masks[i];
             let tmp = root.join(format!(".{key}.tmp"));
             std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-            let dumped = match seg.kind() {
+            let words = match seg.kind() {
                 SegKind::Histogram { .. } => {
                     let data = (0..n)
                         .map(|r| row_vector(seg, r, layers, codes_part))
                         .collect::<Result<Vec<_>, _>>()?;
-                    build_one(CodeL1, &data, &tmp)
+                    build_one(CodeL1, &data)
                 }
                 SegKind::Gaussian => {
                     let data = (0..n)
                         .map(|r| row_vector(seg, r, layers, pairs_part))
                         .collect::<Result<Vec<_>, _>>()?;
-                    build_one(DistL2 {}, &data, &tmp)
+                    build_one(DistL2 {}, &data)
                 }
             };
-            let name =
-                dumped.map_err(|e| Error::Invalid(format!("writing the {key} graph: {e}")))?;
-            let files = checksums(&tmp).map_err(|e| Error::io(&tmp, e))?;
+            let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+            let file = tmp.join(FILE);
+            failpoint!("graph::write", |e| Error::io(&file, e));
+            std::fs::write(&file, &bytes).map_err(|e| Error::io(&file, e))?;
+            let (s, e) = span(seg, layers);
             let mut meta = serde_json::json!({
                 "rows": n,
-                "basename": name,
+                "rows_crc32": rows_check,
+                "neurons": [s, e],
                 "vectors": vectors_of(seg.kind()),
-                "crc32": files,
+                "crc32": { FILE: crc32fast::hash(&bytes) },
             });
             meta["check"] = meta_crc(&meta).into();
-            failpoint!("graph::write", |e| Error::io(&tmp, e));
             std::fs::write(tmp.join("meta.json"), meta.to_string())
                 .map_err(|e| Error::io(&tmp, e))?;
             let dest = graph_dir(index_dir, key);
@@ -221,7 +257,8 @@ fn meta_crc(meta: &serde_json::Value) -> u32 {
 }
 
 /// Checks a graph directory against the checksums its `meta.json` records (and the
-/// metadata against its own); the problem found, if any. Run before hnsw_rs reads a byte.
+/// metadata against its own), then the graph file's structure; the problem found, if
+/// any. Run before a graph is used.
 fn check_graph(dir: &Path, meta: &serde_json::Value) -> Option<String> {
     if meta["check"].as_u64() != Some(u64::from(meta_crc(meta))) {
         return Some("meta.json fails its checksum".into());
@@ -244,7 +281,8 @@ fn check_graph(dir: &Path, meta: &serde_json::Value) -> Option<String> {
     None
 }
 
-/// Problems of the graphs under a space's index directory (for `verify`).
+/// Problems of the graphs under a space's index directory (for `verify`): checksums, the
+/// file's structure, and the format.
 pub fn verify(index_dir: &Path) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let Ok(rd) = std::fs::read_dir(index_dir.join(ROOT)) else {
@@ -260,7 +298,15 @@ pub fn verify(index_dir: &Path) -> Vec<(String, String)> {
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
         let problem = match &meta {
             None => Some("meta.json is missing or unreadable".to_string()),
-            Some(m) => check_graph(&dir, m),
+            Some(m) => check_graph(&dir, m).or_else(|| {
+                let known = [SegKind::Histogram { q: 0, bins: 0 }, SegKind::Gaussian]
+                    .iter()
+                    .any(|k| m["vectors"].as_str() == Some(vectors_of(*k)));
+                if !known {
+                    return Some("an older graph format, not read (run vdna-db reindex)".into());
+                }
+                map_file(&dir.join(FILE)).and_then(Flat::parse).err()
+            }),
         };
         if let Some(p) = problem {
             out.push((dir.display().to_string(), p));
@@ -269,14 +315,13 @@ pub fn verify(index_dir: &Path) -> Vec<(String, String)> {
     out
 }
 
-/// Builds one graph of `data` (row `i` is id `i`) with distance `dist` and dumps it into
-/// `dir`; returns the basename.
-fn build_one<T, D>(dist: D, data: &[Vec<T>], dir: &Path) -> Result<String, String>
+/// Builds one graph of `data` (row `i` is node `i`) with distance `dist`; returns the
+/// graph file's words.
+fn build_one<T, D>(dist: D, data: &[Vec<T>]) -> Vec<u32>
 where
     T: Clone + Send + Sync + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
     D: Distance<T> + Send + Sync,
 {
-    // hnsw_rs dumps only graphs built with its maximum of 16 layers.
     let (m, ef) = build_params(data.first().map_or(0, Vec::len));
     let h = Hnsw::<T, D>::new(m, data.len(), 16, ef, dist);
     // One insertion at a time, in row order: hnsw_rs draws each node's level from a
@@ -288,102 +333,523 @@ where
     for (id, v) in data.iter().enumerate() {
         h.insert((v.as_slice(), id));
     }
-    h.file_dump(dir, BASENAME).map_err(|e| e.to_string())
+    flatten(&h, data.len())
 }
 
-/// A loaded graph of either kind.
-enum Graph {
-    Codes(Hnsw<'static, u8, CodeL1>),
-    Pairs(Hnsw<'static, f32, DistL2>),
+/// The graph file's words for a built hnsw_rs graph of `n` nodes (ids `0..n`).
+fn flatten<T, D>(h: &Hnsw<T, D>, n: usize) -> Vec<u32>
+where
+    T: Clone + Send + Sync,
+    D: Distance<T> + Send + Sync,
+{
+    let pi = h.get_point_indexation();
+    let top = if n == 0 {
+        0
+    } else {
+        pi.get_max_level_observed() as usize
+    };
+    // links[node][level], for levels 0..=the node's level.
+    let mut links: Vec<Vec<Vec<u32>>> = vec![Vec::new(); n];
+    for level in 0..=top {
+        for p in pi.get_layer_iterator(level) {
+            let id = p.get_origin_id();
+            links[id] = p
+                .get_neighborhood_id()
+                .into_iter()
+                .take(level + 1)
+                .map(|l| l.iter().map(|nb| nb.get_origin_id() as u32).collect())
+                .collect();
+        }
+    }
+    // hnsw_rs's entry point is the first node inserted at the top level.
+    let entry = pi
+        .get_layer_iterator(top)
+        .next()
+        .map_or(0, |p| p.get_origin_id() as u32);
+    let mut w = vec![0u32; HEADER_WORDS];
+    w[0] = u32::from_le_bytes(MAGIC[..4].try_into().unwrap());
+    w[1] = u32::from_le_bytes(MAGIC[4..].try_into().unwrap());
+    w[2] = VERSION;
+    w[3] = n as u32;
+    w[4] = (top + 1) as u32;
+    w[5] = entry;
+    let level_words = |w: &mut Vec<u32>, members: &[u32], level: usize| {
+        let mut off = 0u32;
+        w.push(0);
+        for &m in members {
+            off += links[m as usize].get(level).map_or(0, |l| l.len() as u32);
+            w.push(off);
+        }
+        for &m in members {
+            w.extend(links[m as usize].get(level).into_iter().flatten());
+        }
+    };
+    let all: Vec<u32> = (0..n as u32).collect();
+    level_words(&mut w, &all, 0);
+    for level in 1..=top {
+        let members: Vec<u32> = (0..n as u32)
+            .filter(|&i| links[i as usize].len() > level)
+            .collect();
+        w.push(members.len() as u32);
+        w.extend(&members);
+        level_words(&mut w, &members, level);
+    }
+    w
+}
+
+/// The graph file of a graph directory.
+const FILE: &str = "graph.bin";
+const MAGIC: &[u8; 8] = b"VDNAGRF\0";
+const VERSION: u32 = 1;
+const HEADER_WORDS: usize = 16;
+
+fn map_file(p: &Path) -> Result<Mmap, String> {
+    let f = std::fs::File::open(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    // SAFETY: graph files are written once into a temporary directory and renamed into
+    // place, never modified in place; a rebuild replaces the directory.
+    unsafe { Mmap::map(&f) }.map_err(|e| format!("{}: {e}", p.display()))
+}
+
+/// One level above 0: its members (ascending) and their links, as word ranges.
+struct Upper {
+    members: std::ops::Range<usize>,
+    offsets: usize,
+    links: usize,
+}
+
+/// A graph file, mapped and checked: every offset in order and every link a node.
+struct Flat {
+    map: Mmap,
+    nodes: usize,
+    entry: u32,
+    /// Word index of level 0's offsets, then of its links.
+    l0: (usize, usize),
+    upper: Vec<Upper>,
+}
+
+impl Flat {
+    fn words(&self) -> &[u32] {
+        words_of(&self.map)
+    }
+
+    fn parse(map: Mmap) -> Result<Flat, String> {
+        let w = words_of(&map);
+        let bad = |what: &str| Err(format!("graph.bin: {what}"));
+        if !map.len().is_multiple_of(4) || w.len() < HEADER_WORDS {
+            return bad("truncated");
+        }
+        if w[..2]
+            != [
+                u32::from_le_bytes(MAGIC[..4].try_into().unwrap()),
+                u32::from_le_bytes(MAGIC[4..].try_into().unwrap()),
+            ]
+            || w[2] != VERSION
+        {
+            return bad("not a version-1 graph file");
+        }
+        let (nodes, levels, entry) = (w[3] as usize, w[4] as usize, w[5]);
+        if levels == 0 || levels > 64 || (nodes > 0 && entry as usize >= nodes) {
+            return bad("bad header");
+        }
+        // One level's offsets (count + 1, from 0, ascending) and links (all nodes) from
+        // word `at`; the word after them.
+        let level = |at: usize, count: usize| -> Result<usize, String> {
+            let offs = w.get(at..at + count + 1).ok_or("truncated offsets")?;
+            if offs[0] != 0 || offs.windows(2).any(|p| p[0] > p[1]) {
+                return Err("offsets out of order".into());
+            }
+            let end = at + count + 1 + offs[count] as usize;
+            let links = w.get(at + count + 1..end).ok_or("truncated links")?;
+            if links.iter().any(|&l| l as usize >= nodes) {
+                return Err("a link to no node".into());
+            }
+            Ok(end)
+        };
+        let l0 = (HEADER_WORDS, HEADER_WORDS + nodes + 1);
+        let mut at = level(HEADER_WORDS, nodes).map_err(|e| format!("graph.bin: {e}"))?;
+        let mut upper = Vec::new();
+        for _ in 1..levels {
+            let count = *w.get(at).ok_or("graph.bin: truncated level")? as usize;
+            let members = at + 1..at + 1 + count;
+            let m = w
+                .get(members.clone())
+                .ok_or("graph.bin: truncated members")?;
+            if m.windows(2).any(|p| p[0] >= p[1]) || m.iter().any(|&x| x as usize >= nodes) {
+                return bad("level members out of order");
+            }
+            let offsets = members.end;
+            at = level(offsets, count).map_err(|e| format!("graph.bin: {e}"))?;
+            upper.push(Upper {
+                members,
+                offsets,
+                links: offsets + count + 1,
+            });
+        }
+        if at != w.len() {
+            return bad("trailing bytes");
+        }
+        Ok(Flat {
+            map,
+            nodes,
+            entry,
+            l0,
+            upper,
+        })
+    }
+
+    /// The links of `node` on `level` (none when it is not on that level).
+    fn links(&self, level: usize, node: u32) -> &[u32] {
+        let w = self.words();
+        let (offsets, links, i) = if level == 0 {
+            (self.l0.0, self.l0.1, node as usize)
+        } else {
+            let u = &self.upper[level - 1];
+            match w[u.members.clone()].binary_search(&node) {
+                Ok(i) => (u.offsets, u.links, i),
+                Err(_) => return &[],
+            }
+        };
+        let (a, b) = (w[offsets + i] as usize, w[offsets + i + 1] as usize);
+        &w[links + a..links + b]
+    }
+
+    /// The `n` nodes nearest by `dist` that a search of breadth `ef` finds, nearest
+    /// first. Distances must not be negative (their bits then order as the numbers do).
+    fn search(&self, n: usize, ef: usize, dist: impl Fn(u32) -> f32) -> Vec<u32> {
+        if self.nodes == 0 {
+            return Vec::new();
+        }
+        let key = |x: f32| x.to_bits();
+        let mut cur = self.entry;
+        let mut d = key(dist(cur));
+        for level in (1..=self.upper.len()).rev() {
+            loop {
+                let mut moved = false;
+                for &nb in self.links(level, cur) {
+                    let dn = key(dist(nb));
+                    if (dn, nb) < (d, cur) {
+                        (d, cur, moved) = (dn, nb, true);
+                    }
+                }
+                if !moved {
+                    break;
+                }
+            }
+        }
+        let ef = ef.max(n).max(1);
+        VISITED.with(|v| {
+            let mut v = v.borrow_mut();
+            let mut seen = v.start(self.nodes);
+            seen.mark(cur);
+            // Nodes to expand, nearest first; the best `ef` found, farthest on top.
+            let mut todo = BinaryHeap::from([Reverse((d, cur))]);
+            let mut best = BinaryHeap::from([(d, cur)]);
+            while let Some(Reverse((dc, c))) = todo.pop() {
+                if best.len() >= ef && dc > best.peek().map_or(u32::MAX, |b| b.0) {
+                    break;
+                }
+                for &nb in self.links(0, c) {
+                    if !seen.mark(nb) {
+                        continue;
+                    }
+                    let dn = key(dist(nb));
+                    if best.len() < ef || dn < best.peek().map_or(u32::MAX, |b| b.0) {
+                        todo.push(Reverse((dn, nb)));
+                        best.push((dn, nb));
+                        if best.len() > ef {
+                            best.pop();
+                        }
+                    }
+                }
+            }
+            let mut out = best.into_vec();
+            out.sort_unstable();
+            out.into_iter().take(n).map(|(_, id)| id).collect()
+        })
+    }
+}
+
+fn words_of(map: &Mmap) -> &[u32] {
+    // SAFETY: a mapping is page-aligned; every bit pattern is a valid u32; graph files are
+    // little-endian, as is every target this crate builds for (see format::layer).
+    let (head, w, _) = unsafe { map.align_to::<u32>() };
+    assert!(head.is_empty(), "mappings are page-aligned");
+    w
+}
+
+/// A visited list reused across searches: a node is visited when its mark equals the
+/// current epoch, so starting a search costs nothing but a counter (and a clear every
+/// 2^32 searches).
+#[derive(Default)]
+struct Visited {
+    marks: Vec<u32>,
+    epoch: u32,
+}
+
+impl Visited {
+    fn start(&mut self, nodes: usize) -> Seen<'_> {
+        if self.marks.len() < nodes {
+            self.marks.resize(nodes, 0);
+        }
+        self.epoch = self.epoch.wrapping_add(1);
+        if self.epoch == 0 {
+            self.marks.fill(0);
+            self.epoch = 1;
+        }
+        Seen {
+            marks: &mut self.marks,
+            epoch: self.epoch,
+        }
+    }
+}
+
+struct Seen<'a> {
+    marks: &'a mut [u32],
+    epoch: u32,
+}
+
+impl Seen<'_> {
+    /// Marks `node` visited; false when it already was.
+    fn mark(&mut self, node: u32) -> bool {
+        let m = &mut self.marks[node as usize];
+        let fresh = *m != self.epoch;
+        *m = self.epoch;
+        fresh
+    }
+}
+
+thread_local! {
+    static VISITED: std::cell::RefCell<Visited> = std::cell::RefCell::default();
+}
+
+/// A loaded graph and the rows it covers.
+struct Loaded {
+    flat: Flat,
+    rows: usize,
+    neurons: (usize, usize),
 }
 
 /// Loaded graphs by directory, with the self-checksum of the `meta.json` they were loaded
 /// under: a rebuilt graph has new file checksums, so a new `check`, even when the rebuild
 /// lands within the file system's timestamp granularity (an mtime key served a stale graph
 /// after a quick rebuild).
-type Cache = Mutex<HashMap<PathBuf, (u64, Arc<(Graph, usize)>)>>;
+type Cache = Mutex<HashMap<PathBuf, (u64, Arc<Loaded>)>>;
 
 fn cache() -> &'static Cache {
     static CACHE: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
     CACHE.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
-fn load(dir: &Path, kind: SegKind) -> Result<Option<Arc<(Graph, usize)>>, Error> {
-    let meta_p = dir.join("meta.json");
-    let Ok(meta_bytes) = std::fs::read(&meta_p) else {
-        return Ok(None);
-    };
-    let meta: serde_json::Value = serde_json::from_slice(&meta_bytes)
-        .map_err(|e| Error::Invalid(format!("{}: {e} (run vdna-db reindex)", meta_p.display())))?;
-    let Some(check) = meta["check"].as_u64() else {
-        return Ok(None);
-    };
-    if meta["vectors"].as_str() != Some(vectors_of(kind)) {
-        return Ok(None);
-    }
+/// The graph's `meta.json` when it is of the current format for `kind`.
+fn current_meta(dir: &Path, kind: SegKind) -> Option<serde_json::Value> {
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("meta.json")).ok()?).ok()?;
+    (meta["vectors"].as_str() == Some(vectors_of(kind))).then_some(meta)
+}
+
+/// The graph in `dir` for the segment `seg`, loaded and checked once per build; `None`
+/// when there is none of the current format, or it fails its checks (the caller then
+/// scans, which is always correct, and `verify` reports it).
+fn load(dir: &Path, seg: &Segment) -> Option<Arc<Loaded>> {
+    let meta = current_meta(dir, seg.kind())?;
+    let check = meta["check"].as_u64()?;
     let mut c = cache().lock().unwrap_or_else(|p| p.into_inner());
     if let Some((t, g)) = c.get(dir) {
-        // The files were checked when this copy was loaded; the copy in memory is what
-        // was checked, whatever happened to the files since.
+        // The files were checked when this copy was loaded, and they are never modified
+        // in place (a rebuild replaces the directory, and the check with it).
         if *t == check {
-            return Ok(Some(g.clone()));
+            return Some(g.clone());
         }
     }
-    // A graph that fails its checksums is not read: the caller scans instead, which is
-    // always correct, and `verify` reports it.
     if check_graph(dir, &meta).is_some() {
-        return Ok(None);
+        return None;
     }
-    let rows = meta["rows"].as_u64().unwrap_or(0) as usize;
-    let base = meta["basename"].as_str().unwrap_or(BASENAME).to_string();
-    // The loaded graph borrows its loader, so the loader lives for the process; one is
-    // leaked per graph build seen by this process (the cache keys on the build's checksum).
-    let io: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(dir, &base)));
-    let bad = |e: String| {
-        Error::Invalid(format!(
-            "graph {}: {e} (run vdna-db reindex)",
-            dir.display()
-        ))
-    };
-    let g = match kind {
-        SegKind::Histogram { .. } => Graph::Codes(
-            io.load_hnsw::<u8, CodeL1>()
-                .map_err(|e| bad(e.to_string()))?,
-        ),
-        SegKind::Gaussian => Graph::Pairs(
-            io.load_hnsw::<f32, DistL2>()
-                .map_err(|e| bad(e.to_string()))?,
-        ),
-    };
-    let g = Arc::new((g, rows));
+    let rows = meta["rows"].as_u64()? as usize;
+    // The rows must be the ones the graph was built over (a rebuilt segment removes its
+    // graphs, so this holds unless files were moved by hand).
+    if rows > seg.rows().len() || meta["rows_crc32"].as_u64() != Some(rows_crc(seg, rows).into()) {
+        return None;
+    }
+    let neurons = meta["neurons"].as_array()?;
+    let neurons = (
+        neurons.first()?.as_u64()? as usize,
+        neurons.get(1)?.as_u64()? as usize,
+    );
+    let flat = Flat::parse(map_file(&dir.join(FILE)).ok()?).ok()?;
+    if flat.nodes != rows {
+        return None;
+    }
+    let g = Arc::new(Loaded {
+        flat,
+        rows,
+        neurons,
+    });
     c.insert(dir.to_path_buf(), (check, g.clone()));
-    Ok(Some(g))
+    Some(g)
 }
 
-/// True when a graph of mask `key` has been built for this space (it may still fail its
-/// checksums when loaded; `search` then answers `None`).
-pub fn exists(index_dir: &Path, key: &str) -> bool {
-    graph_dir(index_dir, key).join("meta.json").is_file()
+/// True when a graph of mask `key`, of the current format, has been built for this
+/// segment's space (it may still fail its checks when loaded; `search` then answers
+/// `None`).
+pub fn exists(index_dir: &Path, key: &str, kind: SegKind) -> bool {
+    current_meta(&graph_dir(index_dir, key), kind).is_some()
 }
 
-/// Searches the graph of mask `key`: returns the candidate rows and how many rows the
-/// graph covers, or `None` when the space has no such graph.
+/// Searches the graph of mask `key`: returns the candidate rows, nearest first, and how
+/// many rows the graph covers, or `None` when the space has no usable graph for it.
 pub fn search(
     index_dir: &Path,
     seg: &Segment,
     key: &str,
-    query: &GraphQuery,
+    query: &GraphQuery<'_>,
     n: usize,
     ef: usize,
-) -> Result<Option<(Vec<usize>, usize)>, Error> {
-    let Some(g) = load(&graph_dir(index_dir, key), seg.kind())? else {
-        return Ok(None);
+) -> Option<(Vec<usize>, usize)> {
+    let g = load(&graph_dir(index_dir, key), seg)?;
+    let (s, e) = g.neurons;
+    let hits = match query {
+        GraphQuery::Codes(q) => {
+            let (m, stride) = seg.code_matrix()?;
+            if q.len() != e - s || e > stride {
+                return None;
+            }
+            g.flat.search(n, ef, |r| {
+                let at = r as usize * stride;
+                // At most 255 a neuron: exact in f32 below 65,793 neurons.
+                super::sketch::code_sad(q, &m[at + s..at + e]) as f32
+            })
+        }
+        GraphQuery::Pairs(q) => {
+            let (m, stride) = seg.pair_matrix()?;
+            if q.len() != 2 * (e - s) || 2 * e > stride {
+                return None;
+            }
+            g.flat.search(n, ef, |r| {
+                let at = r as usize * stride;
+                let d: f64 = q
+                    .iter()
+                    .zip(&m[at + 2 * s..at + 2 * e])
+                    .map(|(a, b)| (a - b) * (a - b))
+                    .sum();
+                d as f32
+            })
+        }
     };
-    let (graph, rows) = &*g;
-    let hits = match (graph, query) {
-        (Graph::Codes(h), GraphQuery::Codes(q)) => h.search(q, n, ef),
-        (Graph::Pairs(h), GraphQuery::Pairs(q)) => h.search(q, n, ef),
-        _ => return Ok(None),
-    };
-    Ok(Some((hits.into_iter().map(|h| h.d_id).collect(), *rows)))
+    Some((hits.into_iter().map(|r| r as usize).collect(), g.rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// `rows` clustered code vectors of `dims` bytes (clusters of 8 around random
+    /// centres), from a fixed seed.
+    fn codes(rows: usize, dims: usize) -> Vec<Vec<u8>> {
+        let mut rng = crate::rng::Rng::new(5);
+        let mut centre = vec![0u8; dims];
+        (0..rows)
+            .map(|i| {
+                if i % 8 == 0 {
+                    centre = (0..dims).map(|_| rng.below(256) as u8).collect();
+                }
+                centre
+                    .iter()
+                    .map(|&c| c.saturating_add(rng.below(24) as u8).saturating_sub(12))
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn flat(words: &[u32], dir: &Path) -> Result<Flat, String> {
+        let p = dir.join(FILE);
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        std::fs::write(&p, bytes).unwrap();
+        Flat::parse(map_file(&p)?)
+    }
+
+    #[test]
+    fn the_flat_graph_keeps_every_link_and_finds_what_brute_force_finds() {
+        let t = tempfile::tempdir().unwrap();
+        let data = codes(1200, 40);
+        let h = Hnsw::<u8, CodeL1>::new(12, data.len(), 16, 64, CodeL1);
+        for (id, v) in data.iter().enumerate() {
+            h.insert((v.as_slice(), id));
+        }
+        let g = flat(&flatten(&h, data.len()), t.path()).unwrap();
+        assert_eq!(g.nodes, data.len());
+        // Every node's links on every level, as hnsw_rs holds them.
+        let pi = h.get_point_indexation();
+        let mut seen = 0;
+        for level in 0..=pi.get_max_level_observed() as usize {
+            for p in pi.get_layer_iterator(level) {
+                let id = p.get_origin_id() as u32;
+                for (l, want) in p.get_neighborhood_id().iter().take(level + 1).enumerate() {
+                    let want: Vec<u32> = want.iter().map(|n| n.get_origin_id() as u32).collect();
+                    assert_eq!(g.links(l, id), &want[..], "node {id} level {l}");
+                }
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, data.len());
+        assert_eq!(g.upper.len(), pi.get_max_level_observed() as usize);
+        // Searches against brute force: the node itself first, and the 10 nearest.
+        let (mut found, mut asked) = (0, 0);
+        for r in (0..data.len()).step_by(7) {
+            let q = &data[r];
+            let hits = g.search(10, 48, |x| {
+                crate::query::sketch::code_sad(q, &data[x as usize]) as f32
+            });
+            let mut all: Vec<(u32, u32)> = (0..data.len() as u32)
+                .map(|x| (crate::query::sketch::code_sad(q, &data[x as usize]), x))
+                .collect();
+            all.sort_unstable();
+            assert_eq!(hits[0], r as u32, "row {r} finds itself");
+            let want: BTreeSet<u32> = all[..10].iter().map(|p| p.1).collect();
+            found += hits.iter().filter(|h| want.contains(h)).count();
+            asked += 10;
+            // Nearest first.
+            let d: Vec<u32> = hits
+                .iter()
+                .map(|&x| crate::query::sketch::code_sad(q, &data[x as usize]))
+                .collect();
+            assert!(d.windows(2).all(|p| p[0] <= p[1]));
+        }
+        let recall = found as f64 / asked as f64;
+        assert!(recall >= 0.95, "recall@10 {recall}");
+    }
+
+    #[test]
+    fn a_damaged_graph_file_is_refused_not_walked() {
+        let t = tempfile::tempdir().unwrap();
+        let data = codes(300, 16);
+        let h = Hnsw::<u8, CodeL1>::new(8, data.len(), 16, 32, CodeL1);
+        for (id, v) in data.iter().enumerate() {
+            h.insert((v.as_slice(), id));
+        }
+        let words = flatten(&h, data.len());
+        assert!(flat(&words, t.path()).is_ok());
+        let refused = |w: &[u32], what: &str| {
+            let e = flat(w, t.path())
+                .err()
+                .unwrap_or_else(|| panic!("{what} accepted"));
+            assert!(e.contains("graph.bin"), "{what}: {e}");
+        };
+        refused(&words[..words.len() - 1], "a truncated file");
+        refused(&[&words[..], &[0]].concat(), "a trailing word");
+        let mut w = words.clone();
+        w[0] ^= 1;
+        refused(&w, "another magic");
+        let mut w = words.clone();
+        w[5] = 300;
+        refused(&w, "an entry past the nodes");
+        // A link to no node.
+        let mut w = words.clone();
+        w[HEADER_WORDS + data.len() + 1] = 1_000;
+        refused(&w, "a link past the nodes");
+        // Offsets out of order.
+        let mut w = words.clone();
+        w[HEADER_WORDS + 1] = w[HEADER_WORDS + 2] + 1;
+        refused(&w, "offsets out of order");
+    }
 }

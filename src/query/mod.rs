@@ -782,7 +782,10 @@ pub fn query(db: &dyn Source, q: &AnyDna, req: &QueryRequest) -> Result<QueryRes
             ms: ms(t),
         });
     }
-    let graph = graph_key(&mask, &space).filter(|key| seg.is_some() && hnsw::exists(&dir, key));
+    let graph = graph_key(&mask, &space).filter(|key| {
+        seg.as_ref()
+            .is_some_and(|open| hnsw::exists(&dir, key, open.seg.kind()))
+    });
     let (path, rule) = choose(
         req.mode,
         eligible.cands.len(),
@@ -900,6 +903,11 @@ enum Path {
     /// Candidates from the mask's HNSW graph, then the cascade over them with a budget.
     Graph,
 }
+
+/// Masks of at least this many neurons split a query's own summaries, and its seed of
+/// exact distances, across threads; narrower ones stay on the calling thread, where they
+/// take less time than waking the pool.
+const PARALLEL_NEURONS: usize = 512;
 
 /// How many neighbours an approximate query asks a graph for.
 fn graph_n(k: usize) -> usize {
@@ -1103,10 +1111,16 @@ impl Ctx<'_> {
     /// so the answer is the same as one at a time.
     fn exact_many(&self, es: &[u32], run: &mut Run) -> Result<(), Error> {
         use rayon::prelude::*;
-        let got = es
-            .par_iter()
-            .map(|&e| self.distance(e))
-            .collect::<Result<Vec<_>, Error>>()?;
+        // A narrow mask's distance takes less than waking the other threads.
+        let got = if self.mask.neurons() >= PARALLEL_NEURONS as u64 {
+            es.par_iter()
+                .map(|&e| self.distance(e))
+                .collect::<Result<Vec<_>, Error>>()?
+        } else {
+            es.iter()
+                .map(|&e| self.distance(e))
+                .collect::<Result<Vec<_>, Error>>()?
+        };
         for (&e, c) in es.iter().zip(got) {
             self.offer(e, c, run);
         }
@@ -1206,7 +1220,7 @@ impl QuerySummaries {
                     let mut sk = [0f64; SKETCH_Q];
                     (histogram_sketch(h, &mut sk), sk)
                 };
-                let parts: Vec<(f64, [f64; SKETCH_Q])> = if hists.len() >= 512 {
+                let parts: Vec<(f64, [f64; SKETCH_Q])> = if hists.len() >= PARALLEL_NEURONS {
                     use rayon::prelude::*;
                     hists.par_iter().with_min_len(128).map(one).collect()
                 } else {
@@ -1240,14 +1254,12 @@ impl QuerySummaries {
     }
 
     /// The vector a graph of this kind indexes: mean codes, or (mean, sd) pairs.
-    fn graph_vector(&self) -> hnsw::GraphQuery {
+    fn graph_vector(&self) -> hnsw::GraphQuery<'_> {
         match self {
-            QuerySummaries::Histogram { codes, .. } => hnsw::GraphQuery::Codes(codes.clone()),
-            QuerySummaries::Gaussian { ms } => hnsw::GraphQuery::Pairs(
-                ms.iter()
-                    .flat_map(|(m, sd)| [*m as f32, *sd as f32])
-                    .collect(),
-            ),
+            QuerySummaries::Histogram { codes, .. } => hnsw::GraphQuery::Codes(codes),
+            QuerySummaries::Gaussian { ms } => {
+                hnsw::GraphQuery::Pairs(ms.iter().flat_map(|(m, sd)| [*m, *sd]).collect())
+            }
         }
     }
 }
@@ -1544,7 +1556,7 @@ fn graph_key(mask: &Mask, space: &SpaceConfig) -> Option<String> {
 fn graph_candidates(
     ctx: &Ctx<'_>,
     open: &table::OpenSegment,
-    query: &hnsw::GraphQuery,
+    query: &hnsw::GraphQuery<'_>,
 ) -> Result<Option<(String, Vec<u32>)>, Error> {
     let Some(key) = graph_key(ctx.mask, ctx.space) else {
         return Ok(None);
@@ -1557,8 +1569,7 @@ fn graph_candidates(
         query,
         n,
         ef,
-    )?
-    else {
+    ) else {
         return Ok(None);
     };
     let entry_of = &open.map.entry_of;

@@ -402,6 +402,28 @@ impl Segment {
         (crc32fast::hash(codes) == want).then_some(codes)
     }
 
+    /// Every row's `c.bin` bytes (row `r` at `r * stride`), unchecked, and the stride: for
+    /// graph navigation only, which steers by them and answers nothing from them (every
+    /// candidate it finds is bounded with checked parts and re-ranked exactly). `None` for
+    /// Gaussian segments.
+    pub fn code_matrix(&self) -> Option<(&[u8], usize)> {
+        let c = self.c.as_ref()?;
+        let rc = self.code_row_bytes();
+        Some((&c[HEADER..HEADER + self.rows.len() * rc], rc))
+    }
+
+    /// Every row's `a.bin` values (row `r` at `r * stride`, in f64), unchecked, and the
+    /// stride, for Gaussian segments (`None` otherwise): graph navigation only, as for
+    /// [`Segment::code_matrix`].
+    pub fn pair_matrix(&self) -> Option<(&[f64], usize)> {
+        if self.kind != SegKind::Gaussian {
+            return None;
+        }
+        let (ra, _) = self.row_bytes();
+        let a = self.a.as_ref()?;
+        Some((cast_f64(&a[HEADER..HEADER + self.rows.len() * ra]), ra / 8))
+    }
+
     /// Histogram sketches of row `r`, `q` per neuron, checked against the row's checksum:
     /// `None` when they fail it (the caller must not bound with them).
     pub fn sketches(&self, r: usize) -> Option<&[f32]> {
