@@ -151,6 +151,10 @@ pub struct Catalogue {
     records: std::sync::Mutex<Option<(u64, SharedRecords)>>,
 }
 
+/// Meta keys of the state stamp ([`Catalogue::state_stamp`]).
+const INSTANCE: &[u8] = b"instance";
+const COMMITS: &[u8] = b"commits";
+
 /// Every ref and every DNA record, decoded once per catalogue state and shared.
 #[derive(Clone)]
 pub struct SharedRecords {
@@ -526,11 +530,55 @@ impl Catalogue {
                 if let Some(seq) = seq {
                     meta.insert(&b"applied_seq"[..], &seq.to_le_bytes()[..])?;
                 }
+                // Counted with the changes, in the same transaction: what a state stamp
+                // reads (derived state on disk is keyed by it).
+                let commits = meta
+                    .get(COMMITS)?
+                    .and_then(|v| v.as_ref().try_into().ok().map(u64::from_le_bytes))
+                    .unwrap_or(0);
+                meta.insert(COMMITS, &(commits + 1).to_le_bytes()[..])?;
                 Ok::<(), ConflictableTransactionError<()>>(())
             });
         res.map_err(|e| Error::Catalogue(CatalogueError::Db(format!("{e:?}"))))?;
         self.bump();
         self.flush()
+    }
+
+    /// The catalogue's state, as derived files on disk record it: a random identity of
+    /// this catalogue (drawn when first asked, and again when the view is cleared), and
+    /// the number of commits applied since. Every change to the catalogue's contents goes
+    /// through [`Catalogue::apply`] or [`Catalogue::clear_view`], which change it, so two
+    /// equal stamps are two reads of the same contents. One read, O(1).
+    pub fn state_stamp(&self) -> Result<(u64, u64), Error> {
+        let word = |v: Option<sled::IVec>| {
+            v.and_then(|v| v.as_ref().try_into().ok().map(u64::from_le_bytes))
+        };
+        let instance = match word(self.meta.get(INSTANCE).map_err(db_err)?) {
+            Some(i) => i,
+            None => {
+                use std::hash::{BuildHasher, Hasher};
+                let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+                h.write_u128(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos()),
+                );
+                h.write_u32(std::process::id());
+                let fresh = h.finish();
+                // Another thread may draw at the same time: the first one stored wins.
+                let _ = self
+                    .meta
+                    .compare_and_swap(
+                        INSTANCE,
+                        None as Option<&[u8]>,
+                        Some(&fresh.to_le_bytes()[..]),
+                    )
+                    .map_err(db_err)?;
+                word(self.meta.get(INSTANCE).map_err(db_err)?).unwrap_or(fresh)
+            }
+        };
+        let commits = word(self.meta.get(COMMITS).map_err(db_err)?).unwrap_or(0);
+        Ok((instance, commits))
     }
 
     fn bump(&self) {

@@ -372,7 +372,7 @@ fn synced_segment_with(
             Segment::open(&dir, *space_digest, kind, &widths).map_err(|e| Error::io(&dir, e))?
         }
     };
-    let have: BTreeSet<Digest> = seg.rows().iter().copied().collect();
+    let have: std::collections::HashSet<Digest> = seg.rows().iter().copied().collect();
     let missing: Vec<Digest> = stored
         .iter()
         .filter(|d| !have.contains(d))
@@ -535,6 +535,9 @@ pub fn verify_index(db: &dyn Source) -> Result<Vec<(String, String)>, Error> {
         for (g, p) in hnsw::verify(&dir) {
             out.push((format!("graph {g}"), p));
         }
+        if let Some(p) = table::check_file(&dir) {
+            out.push((what.clone(), format!("space table: {p}")));
+        }
     }
     Ok(out)
 }
@@ -577,6 +580,9 @@ pub fn reindex_progress(
         spaces.entry(r.space).or_default().push(d);
     }
     let total: u64 = spaces.values().map(|v| v.len() as u64).sum();
+    // Each space's table too, so that the first query of a new process reads it in place.
+    let stamp = db.catalogue().state_stamp()?;
+    let records = db.catalogue().snapshot_records()?;
     let mut before = 0u64;
     progress("summaries", 0, total);
     for (sd, stored) in spaces {
@@ -590,6 +596,7 @@ pub fn reindex_progress(
                 progress("graphs", before + stored.len() as u64, total);
             }
             report.graphs += hnsw::build(&index_dir(db, &sd), &seg, &space, graph_min_rows)?;
+            table::SpaceTable::build(&records, &sd, stamp).save(&index_dir(db, &sd));
         }
         before += stored.len() as u64;
     }
@@ -659,11 +666,11 @@ pub fn query(db: &dyn Source, q: &AnyDna, req: &QueryRequest) -> Result<QueryRes
     }
     let space = q.space().clone();
     let space_digest = space.digest();
-    let shared = db.catalogue().snapshot_records()?;
     let dir = index_dir(db, &space_digest);
     // The space's named DNAs, grouped once per catalogue state (table.rs).
-    let table = table::table(&dir, &shared, &space_digest);
-    if table.stored.is_empty() {
+    let table = table::table(&dir, db.catalogue(), &space_digest)?;
+    if table.stored_len() == 0 {
+        let shared = db.catalogue().snapshot_records()?;
         let records = &shared.dnas;
         let spaces: Vec<String> = db
             .catalogue()
@@ -716,29 +723,25 @@ pub fn query(db: &dyn Source, q: &AnyDna, req: &QueryRequest) -> Result<QueryRes
     };
     let narrowed = req.tag.is_some() || !req.filters.is_empty() || self_digest.is_some();
     let eligible: Eligible = if narrowed {
-        let refs = &shared.refs;
         let mut names: Vec<Vec<u32>> = Vec::new();
         let mut cands = Vec::new();
-        let mut of_entry = vec![u32::MAX; table.entries.len()];
-        for (e, entry) in table.entries.iter().enumerate() {
-            if self_digest == Some(entry.digest) {
+        let mut of_entry = vec![u32::MAX; table.len()];
+        for (e, slot) in of_entry.iter_mut().enumerate() {
+            if self_digest == Some(table.digest(e)) {
                 continue;
             }
             let kept: Vec<u32> = table
                 .refs_of(e)
-                .iter()
-                .copied()
                 .filter(|&i| {
-                    let (name, r) = &refs[i as usize];
-                    req.tag.as_ref().is_none_or(|t| *t == name.tag)
+                    req.tag.as_ref().is_none_or(|t| t == table.tag(i))
                         && req
                             .filters
                             .iter()
-                            .all(|(k, v)| r.annotations.get(k) == Some(v))
+                            .all(|(k, v)| table.annotation(i, k) == Some(v.as_bytes()))
                 })
                 .collect();
             if !kept.is_empty() {
-                of_entry[e] = names.len() as u32;
+                *slot = names.len() as u32;
                 names.push(kept);
                 cands.push(e as u32);
             }
@@ -749,7 +752,7 @@ pub fn query(db: &dyn Source, q: &AnyDna, req: &QueryRequest) -> Result<QueryRes
         }
     } else {
         Eligible {
-            cands: (0..table.entries.len() as u32).collect(),
+            cands: (0..table.len() as u32).collect(),
             narrowed: None,
         }
     };
@@ -774,6 +777,7 @@ pub fn query(db: &dyn Source, q: &AnyDna, req: &QueryRequest) -> Result<QueryRes
     } else {
         open_segment(db, &dir, &space_digest, &space, &table)?
     };
+    table.persist(&dir);
     if seg.is_some() {
         plan.stages.push(Stage {
             name: "open summary segment".into(),
@@ -867,7 +871,7 @@ pub fn query(db: &dyn Source, q: &AnyDna, req: &QueryRequest) -> Result<QueryRes
             reference,
             digest,
             distance,
-            images: table.entry(&digest).map_or(0, |e| table.entries[e].images),
+            images: table.entry(&digest).map_or(0, |e| table.images(e)),
             per_layer: if req.per_layer {
                 comparisons
                     .get(&digest)
@@ -1038,12 +1042,12 @@ impl Eligible {
     }
 
     /// The refs of entry `e` that may be answers.
-    fn names<'a>(&'a self, table: &'a table::SpaceTable, e: u32) -> &'a [u32] {
+    fn names(&self, table: &table::SpaceTable, e: u32) -> Vec<u32> {
         match &self.narrowed {
-            None => table.refs_of(e as usize),
+            None => table.refs_of(e as usize).collect(),
             Some((of, names)) => match of[e as usize] {
-                u32::MAX => &[],
-                i => &names[i as usize],
+                u32::MAX => Vec::new(),
+                i => names[i as usize].clone(),
             },
         }
     }
@@ -1069,7 +1073,7 @@ fn open_segment(
     let stamp = table::SegStamp::of(dir);
     // Appends past the mapped rows never disturb a segment another thread reads.
     let _gate = db.index_gate();
-    let Some(seg) = synced_segment(db, space_digest, space, &table.stored)? else {
+    let Some(seg) = synced_segment(db, space_digest, space, &table.stored())? else {
         return Ok(None);
     };
     let open = table::OpenSegment::new(seg, table, stamp);
@@ -1129,18 +1133,17 @@ impl Ctx<'_> {
 
     /// Candidate `e`'s exact distance.
     fn distance(&self, e: u32) -> Result<Comparison, Error> {
-        let d = self.table.entries[e as usize].digest;
+        let d = self.table.digest(e as usize);
         let stored = open_dna(self.db, &d)?;
         exact_distance(self.space, self.qheld, &stored, self.mask, self.metric)
     }
 
     /// Offers candidate `e`'s names at distance `c` to the top k.
     fn offer(&self, e: u32, c: Comparison, run: &mut Run) {
-        let d = self.table.entries[e as usize].digest;
+        let d = self.table.digest(e as usize);
         run.plan.exact_computed += 1;
-        let refs = &self.table.records.refs;
-        for &i in self.eligible.names(self.table, e) {
-            run.top.push(c.distance, refs[i as usize].0.to_string(), d);
+        for i in self.eligible.names(self.table, e) {
+            run.top.push(c.distance, self.table.name(i).to_string(), d);
         }
         run.comparisons.insert(d, c);
     }

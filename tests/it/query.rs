@@ -465,3 +465,137 @@ fn kept_tables_and_segments_follow_every_change() {
     let got = check("after damage in place");
     assert_eq!(got.results[0].digest, top);
 }
+
+/// The space's table is kept on disk, stamped with the catalogue state: a new process
+/// reads it in place instead of decoding every record, and rebuilds it after any change
+/// to the catalogue (pushes, annotations, removals) or any damage to the file; answers,
+/// names and filters stay those of brute force throughout.
+#[test]
+fn a_new_process_reads_the_table_on_disk_and_follows_catalogue_changes() {
+    use std::os::unix::fs::MetadataExt;
+    let h = tmp();
+    let s = spec(91, DistKind::Histogram { bins: 32 });
+    let q = AnyDna::Owned(synth::member(&spec(92, s.dist), 0, 0));
+    let file = h
+        .path()
+        .join("index")
+        .join(q.space().digest().hex())
+        .join("table.bin");
+    // Family 0 is annotated split=train, the others split=test.
+    {
+        let db = Db::open(h.path()).unwrap();
+        for f in 0..s.families {
+            for m in 0..s.members {
+                let name = RefName::parse(&synth::member_name(f, m)).unwrap();
+                let split = if f == 0 { "train" } else { "test" };
+                let ann = BTreeMap::from([("split".to_string(), split.to_string())]);
+                let r = db.push(&synth::member(&s, f, m), Some(&name), ann).unwrap();
+                vdna_db::query::index_pushed(&db, &r.digest).unwrap();
+            }
+        }
+    }
+    // A new process each time: the store reopened and nothing kept from before.
+    let fresh = || {
+        vdna_db::query::forget_kept();
+        Db::open(h.path()).unwrap()
+    };
+    let req = |filters: &[(&str, &str)]| QueryRequest {
+        k: 3,
+        filters: filters
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    };
+    // Brute force over every name, then the filter applied by hand to the names.
+    let expect = |db: &Db, keep: &dyn Fn(&str) -> bool| -> Vec<String> {
+        let all = brute_force(
+            db,
+            &q,
+            &QueryRequest {
+                k: 1000,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        all.into_iter()
+            .map(|(_, n)| n)
+            .filter(|n| keep(n))
+            .take(3)
+            .collect()
+    };
+    let names = |r: vdna_db::query::QueryResult| -> Vec<String> {
+        r.results.into_iter().map(|h| h.reference).collect()
+    };
+    let train = |n: &str| n.starts_with("synth/family-00-");
+    let db = fresh();
+    assert_eq!(
+        names(query(&db, &q, &req(&[])).unwrap()),
+        expect(&db, &|_| true)
+    );
+    let ino = std::fs::metadata(&file)
+        .expect("the first query writes the table")
+        .ino();
+    // Read in place by the next process (the same file, not written again).
+    drop(db);
+    let db = fresh();
+    assert_eq!(
+        names(query(&db, &q, &req(&[])).unwrap()),
+        expect(&db, &|_| true)
+    );
+    assert_eq!(
+        names(query(&db, &q, &req(&[("split", "train")])).unwrap()),
+        expect(&db, &|n| train(n))
+    );
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().ino(),
+        ino,
+        "read, not rebuilt"
+    );
+    // A push with a new annotation: the next process sees it (the table is rebuilt).
+    let owned = match &q {
+        AnyDna::Owned(d) => d.clone(),
+        _ => unreachable!(),
+    };
+    let copy = RefName::parse("copy/of-query:v1").unwrap();
+    let ann = BTreeMap::from([("split".to_string(), "val".to_string())]);
+    let pushed = db.push(&owned, Some(&copy), ann).unwrap();
+    vdna_db::query::index_pushed(&db, &pushed.digest).unwrap();
+    drop(db);
+    let db = fresh();
+    let got = query(&db, &q, &req(&[("split", "val")])).unwrap();
+    assert_eq!(names(got), vec!["copy/of-query:v1".to_string()]);
+    assert_ne!(std::fs::metadata(&file).unwrap().ino(), ino, "rebuilt");
+    assert_eq!(
+        names(query(&db, &q, &req(&[])).unwrap()),
+        expect(&db, &|_| true)
+    );
+    // A removal: gone for the next process.
+    db.remove("copy/of-query:v1").unwrap();
+    drop(db);
+    let db = fresh();
+    let got = names(query(&db, &q, &req(&[])).unwrap());
+    assert!(!got.contains(&"copy/of-query:v1".to_string()));
+    assert_eq!(got, expect(&db, &|_| true));
+    // A flipped byte: verify reports it, the next process rebuilds it and answers the same.
+    let mut b = std::fs::read(&file).unwrap();
+    let at = b.len() / 2;
+    b[at] ^= 0x10;
+    std::fs::write(&file, &b).unwrap();
+    let problems = vdna_db::query::verify_index(&db).unwrap();
+    assert!(
+        problems.iter().any(|(_, p)| p.contains("table.bin")),
+        "{problems:?}"
+    );
+    drop(db);
+    let db = fresh();
+    assert_eq!(
+        names(query(&db, &q, &req(&[])).unwrap()),
+        expect(&db, &|_| true)
+    );
+    assert_eq!(
+        names(query(&db, &q, &req(&[("split", "train")])).unwrap()),
+        expect(&db, &|n| train(n))
+    );
+    assert!(vdna_db::query::verify_index(&db).unwrap().is_empty());
+}
