@@ -177,7 +177,13 @@ fn main() {
             (AnyDna::Owned(dna), path)
         })
         .collect();
-    let layer = "blocks_10".to_string();
+    // One whole layer: the 112 neurons of blocks_10, or resnet50's 512 of layer2_0.
+    let layer = if layout == "resnet50" {
+        "layer2_0"
+    } else {
+        "blocks_10"
+    };
+    let layer_label = format!("one layer ({layer})");
     let random100: String = {
         let mut rng = synth::Rng::new(5);
         let mut picks: Vec<u32> = (0..100).map(|_| rng.below(neurons as u64) as u32).collect();
@@ -198,7 +204,7 @@ fn main() {
     };
     let masks = [
         ("all", "all".to_string()),
-        ("one layer (blocks_10)", layer),
+        (layer_label.as_str(), layer.to_string()),
         ("100 random neurons", random100),
     ];
     let mut rows = Vec::new();
@@ -352,7 +358,7 @@ fn main() {
             push_row(home, &s, n, m, &mut sizes_line);
         }
         if std::env::var("VDNA_DB_BENCH_SCALE_SERVE").is_ok() {
-            serve_row(home, n, &probes, &mut sizes_line);
+            serve_row(home, n, &probes, layer, &mut sizes_line);
         }
     }
     println!("| N | mask | exact p50 ms | p95 | first query of a process | fixed cost p50 | code bound p50 | mean + sketch + exact p50 | exact distances / query | naive scan p50 ms (exact speed-up) | approx p50 ms (speed-up) | approx recall@5 |");
@@ -454,13 +460,14 @@ fn faiss_row(
 }
 
 /// `vdna-db serve` on the store (a child process, ended by its handle): 4 clients post
-/// the probes as bundles, exact and approximate, masks `all` and `blocks_10`, for three
+/// the probes as bundles, exact and approximate, masks `all` and one layer, for three
 /// rounds; the server's resident memory (now and peak) under that load, and the
 /// latencies seen by the clients.
 fn serve_row(
     home: &Path,
     n: usize,
     probes: &[(AnyDna, std::path::PathBuf)],
+    layer: &str,
     out: &mut Vec<String>,
 ) {
     use std::io::BufRead;
@@ -495,11 +502,16 @@ fn serve_row(
     let idle = status("VmRSS:");
     let mut lat: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let t0 = Instant::now();
+    let (exact_layer, approx_layer) = (format!("exact {layer}"), format!("approx {layer}"));
+    let (exact_q, approx_q) = (
+        format!("k=5&mode=exact&mask={layer}"),
+        format!("k=5&mode=approx&mask={layer}"),
+    );
     let kinds = [
         ("exact all", "k=5&mode=exact&mask=all"),
         ("approx all", "k=5&mode=approx&mask=all"),
-        ("exact blocks_10", "k=5&mode=exact&mask=blocks_10"),
-        ("approx blocks_10", "k=5&mode=approx&mask=blocks_10"),
+        (exact_layer.as_str(), exact_q.as_str()),
+        (approx_layer.as_str(), approx_q.as_str()),
     ];
     let got = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|sc| {

@@ -16,6 +16,53 @@ pub fn space_config(objects: &ObjectStore, d: &Digest) -> Result<SpaceConfig, Er
     Ok(SpaceConfig::from_bytes(&objects.get_raw(d)?)?)
 }
 
+/// [`space_config`], from this process's copy when it decoded it before (the query path).
+fn space_config_kept(objects: &ObjectStore, d: &Digest) -> Result<SpaceConfig, Error> {
+    if let Some(s) = decoded()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .spaces
+        .get(d)
+    {
+        return Ok(s.clone());
+    }
+    let s = space_config(objects, d)?;
+    remember(|c| &mut c.spaces, *d, s.clone());
+    Ok(s)
+}
+
+/// Manifests and space configs decoded by the query path of this process, by digest.
+/// Objects are immutable and named by the hash of their bytes, and these were checked
+/// against it when read, so a copy serves every later query (a query opens a handful of
+/// DNAs, each of which read and hashed two objects before: a fifth of a one-layer
+/// approximate query). Every other reader reads and checks the objects each time.
+/// Bounded: emptied when full.
+#[derive(Default)]
+struct Decoded {
+    manifests: std::collections::HashMap<Digest, Manifest>,
+    spaces: std::collections::HashMap<Digest, SpaceConfig>,
+}
+
+const DECODED_MAX: usize = 4096;
+
+fn decoded() -> &'static std::sync::Mutex<Decoded> {
+    static D: std::sync::OnceLock<std::sync::Mutex<Decoded>> = std::sync::OnceLock::new();
+    D.get_or_init(Default::default)
+}
+
+fn remember<T>(
+    map: impl FnOnce(&mut Decoded) -> &mut std::collections::HashMap<Digest, T>,
+    d: Digest,
+    v: T,
+) {
+    let mut c = decoded().lock().unwrap_or_else(|p| p.into_inner());
+    let m = map(&mut c);
+    if m.len() >= DECODED_MAX {
+        m.clear();
+    }
+    m.insert(d, v);
+}
+
 /// A stored DNA opened for reading: manifest and space in memory, layers read on demand.
 pub struct StoredDna {
     pub digest: Digest,
@@ -29,6 +76,33 @@ impl StoredDna {
     pub fn open(objects: &ObjectStore, digest: &Digest) -> Result<StoredDna, Error> {
         let manifest = Manifest::from_bytes(&objects.get_raw(digest)?)?;
         let space = space_config(objects, &manifest.space)?;
+        manifest.check_against(&space)?;
+        Ok(StoredDna {
+            digest: *digest,
+            manifest,
+            space,
+            objects: objects.clone(),
+        })
+    }
+
+    /// [`StoredDna::open`] for the query path: the manifest and space from this process's
+    /// copies when it decoded them before ([`Decoded`]).
+    pub fn open_kept(objects: &ObjectStore, digest: &Digest) -> Result<StoredDna, Error> {
+        let kept = decoded()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .manifests
+            .get(digest)
+            .cloned();
+        let manifest = match kept {
+            Some(m) => m,
+            None => {
+                let m = Manifest::from_bytes(&objects.get_raw(digest)?)?;
+                remember(|c| &mut c.manifests, *digest, m.clone());
+                m
+            }
+        };
+        let space = space_config_kept(objects, &manifest.space)?;
         manifest.check_against(&space)?;
         Ok(StoredDna {
             digest: *digest,

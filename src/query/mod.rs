@@ -1134,7 +1134,8 @@ impl Ctx<'_> {
     /// Candidate `e`'s exact distance.
     fn distance(&self, e: u32) -> Result<Comparison, Error> {
         let d = self.table.digest(e as usize);
-        let stored = open_dna(self.db, &d)?;
+        // Candidates are opened on every query: their manifests and space are kept.
+        let stored = StoredDna::open_kept(self.db.objects(), &d)?;
         exact_distance(self.space, self.qheld, &stored, self.mask, self.metric)
     }
 
