@@ -922,8 +922,8 @@ fn graph_n(k: usize) -> usize {
 /// 50) and max(that, 64), or `graph_n(k)` when a tag or filter narrows the candidates
 /// (most neighbours may be filtered out); `VDNA_DB_GRAPH_FETCH` / `VDNA_DB_GRAPH_EF`
 /// override them (tuning knobs: `benches/scale.rs` measures recall and time). Measured
-/// at N = 100,000 (README): 50 / 64 answered `all` at recall@5 1.0 in 6-7 ms, 50 / 96 in
-/// 7.1 ms at the same recall.
+/// at N = 100,000 (README): 50 / 64 answered `all` at recall@5 1.0 in 5.0 ms, 30 / 48 in
+/// 4.6 ms at the same recall, 20 / 32 in 4.3 ms at 0.80.
 fn graph_search_params(k: usize, narrowed: bool) -> (usize, usize) {
     let env = |name: &str, d: usize| hnsw::knob(name, d, 1);
     let default = if narrowed {
