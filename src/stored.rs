@@ -76,6 +76,16 @@ impl StoredDna {
     pub fn open(objects: &ObjectStore, digest: &Digest) -> Result<StoredDna, Error> {
         let manifest = Manifest::from_bytes(&objects.get_raw(digest)?)?;
         let space = space_config(objects, &manifest.space)?;
+        StoredDna::of(objects, digest, manifest, space)
+    }
+
+    /// A stored DNA of this manifest and space, once they agree.
+    fn of(
+        objects: &ObjectStore,
+        digest: &Digest,
+        manifest: Manifest,
+        space: SpaceConfig,
+    ) -> Result<StoredDna, Error> {
         manifest.check_against(&space)?;
         Ok(StoredDna {
             digest: *digest,
@@ -103,13 +113,7 @@ impl StoredDna {
             }
         };
         let space = space_config_kept(objects, &manifest.space)?;
-        manifest.check_against(&space)?;
-        Ok(StoredDna {
-            digest: *digest,
-            manifest,
-            space,
-            objects: objects.clone(),
-        })
+        StoredDna::of(objects, digest, manifest, space)
     }
 
     /// Layer `i` when the decoded-layer cache holds it (checked against the space).
