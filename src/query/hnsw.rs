@@ -210,7 +210,7 @@ pub fn build(
                     build_one(DistL2 {}, &data)
                 }
             };
-            let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+            let bytes = le_bytes(&words);
             let file = tmp.join(FILE);
             failpoint!("graph::write", |e| Error::io(&file, e));
             std::fs::write(&file, &bytes).map_err(|e| Error::io(&file, e))?;
@@ -256,11 +256,16 @@ fn meta_crc(meta: &serde_json::Value) -> u32 {
     crc32fast::hash(m.to_string().as_bytes())
 }
 
+/// Whether a graph's metadata passes its own checksum.
+fn meta_whole(meta: &serde_json::Value) -> bool {
+    meta["check"].as_u64() == Some(u64::from(meta_crc(meta)))
+}
+
 /// Checks a graph directory against the checksums its `meta.json` records (and the
-/// metadata against its own), then the graph file's structure; the problem found, if
-/// any. Run before a graph is used.
+/// metadata against its own); the problem found, if any (for `verify`, which checks the
+/// file's structure after).
 fn check_graph(dir: &Path, meta: &serde_json::Value) -> Option<String> {
-    if meta["check"].as_u64() != Some(u64::from(meta_crc(meta))) {
+    if !meta_whole(meta) {
         return Some("meta.json fails its checksum".into());
     }
     let Some(want) = meta["crc32"].as_object() else {
@@ -367,8 +372,7 @@ where
         .next()
         .map_or(0, |p| p.get_origin_id() as u32);
     let mut w = vec![0u32; HEADER_WORDS];
-    w[0] = u32::from_le_bytes(MAGIC[..4].try_into().unwrap());
-    w[1] = u32::from_le_bytes(MAGIC[4..].try_into().unwrap());
+    w[..2].copy_from_slice(&magic_words());
     w[2] = VERSION;
     w[3] = n as u32;
     w[4] = (top + 1) as u32;
@@ -402,6 +406,19 @@ const FILE: &str = "graph.bin";
 const MAGIC: &[u8; 8] = b"VDNAGRF\0";
 const VERSION: u32 = 1;
 const HEADER_WORDS: usize = 16;
+
+/// The magic as the file's first two words.
+fn magic_words() -> [u32; 2] {
+    [
+        u32::from_le_bytes(MAGIC[..4].try_into().unwrap()),
+        u32::from_le_bytes(MAGIC[4..].try_into().unwrap()),
+    ]
+}
+
+/// A graph file's bytes.
+fn le_bytes(words: &[u32]) -> Vec<u8> {
+    words.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
 
 fn map_file(p: &Path) -> Result<Mmap, String> {
     let f = std::fs::File::open(p).map_err(|e| format!("{}: {e}", p.display()))?;
@@ -438,13 +455,7 @@ impl Flat {
         if !map.len().is_multiple_of(4) || w.len() < HEADER_WORDS {
             return bad("truncated");
         }
-        if w[..2]
-            != [
-                u32::from_le_bytes(MAGIC[..4].try_into().unwrap()),
-                u32::from_le_bytes(MAGIC[4..].try_into().unwrap()),
-            ]
-            || w[2] != VERSION
-        {
+        if w[..2] != magic_words() || w[2] != VERSION {
             return bad("not a version-1 graph file");
         }
         let (nodes, levels, entry) = (w[3] as usize, w[4] as usize, w[5]);
@@ -661,7 +672,10 @@ fn load(dir: &Path, seg: &Segment) -> Option<Arc<Loaded>> {
             return Some(g.clone());
         }
     }
-    if check_graph(dir, &meta).is_some() {
+    // The file is mapped once and checked in place against the checksum its metadata
+    // records (`verify` also reports stray files in the directory).
+    let map = map_file(&dir.join(FILE)).ok()?;
+    if !meta_whole(&meta) || meta["crc32"][FILE].as_u64() != Some(crc32fast::hash(&map).into()) {
         return None;
     }
     let rows = meta["rows"].as_u64()? as usize;
@@ -675,7 +689,7 @@ fn load(dir: &Path, seg: &Segment) -> Option<Arc<Loaded>> {
         neurons.first()?.as_u64()? as usize,
         neurons.get(1)?.as_u64()? as usize,
     );
-    let flat = Flat::parse(map_file(&dir.join(FILE)).ok()?).ok()?;
+    let flat = Flat::parse(map).ok()?;
     if flat.nodes != rows {
         return None;
     }
@@ -761,10 +775,18 @@ mod tests {
             .collect()
     }
 
+    /// An hnsw_rs graph of `data` (row `i` is node `i`), built as `build_one` builds.
+    fn built(data: &[Vec<u8>], m: usize, ef: usize) -> Hnsw<'_, u8, CodeL1> {
+        let h = Hnsw::<u8, CodeL1>::new(m, data.len(), 16, ef, CodeL1);
+        for (id, v) in data.iter().enumerate() {
+            h.insert((v.as_slice(), id));
+        }
+        h
+    }
+
     fn flat(words: &[u32], dir: &Path) -> Result<Flat, String> {
         let p = dir.join(FILE);
-        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-        std::fs::write(&p, bytes).unwrap();
+        std::fs::write(&p, le_bytes(words)).unwrap();
         Flat::parse(map_file(&p)?)
     }
 
@@ -772,10 +794,7 @@ mod tests {
     fn the_flat_graph_keeps_every_link_and_finds_what_brute_force_finds() {
         let t = tempfile::tempdir().unwrap();
         let data = codes(1200, 40);
-        let h = Hnsw::<u8, CodeL1>::new(12, data.len(), 16, 64, CodeL1);
-        for (id, v) in data.iter().enumerate() {
-            h.insert((v.as_slice(), id));
-        }
+        let h = built(&data, 12, 64);
         let g = flat(&flatten(&h, data.len()), t.path()).unwrap();
         assert_eq!(g.nodes, data.len());
         // Every node's links on every level, as hnsw_rs holds them.
@@ -823,11 +842,7 @@ mod tests {
     fn a_damaged_graph_file_is_refused_not_walked() {
         let t = tempfile::tempdir().unwrap();
         let data = codes(300, 16);
-        let h = Hnsw::<u8, CodeL1>::new(8, data.len(), 16, 32, CodeL1);
-        for (id, v) in data.iter().enumerate() {
-            h.insert((v.as_slice(), id));
-        }
-        let words = flatten(&h, data.len());
+        let words = flatten(&built(&data, 8, 32), data.len());
         assert!(flat(&words, t.path()).is_ok());
         let refused = |w: &[u32], what: &str| {
             let e = flat(w, t.path())

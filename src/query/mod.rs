@@ -575,14 +575,15 @@ pub fn reindex_progress(
         std::fs::remove_dir_all(&root).map_err(|e| Error::io(&root, e))?;
     }
     let mut report = ReindexReport::default();
-    let mut spaces: BTreeMap<Digest, Vec<Digest>> = BTreeMap::new();
-    for (d, r) in db.catalogue().dnas()? {
-        spaces.entry(r.space).or_default().push(d);
-    }
-    let total: u64 = spaces.values().map(|v| v.len() as u64).sum();
-    // Each space's table too, so that the first query of a new process reads it in place.
+    // One read of the catalogue: the DNAs to index, and each space's table (so that the
+    // first query of a new process reads it in place).
     let stamp = db.catalogue().state_stamp()?;
     let records = db.catalogue().snapshot_records()?;
+    let mut spaces: BTreeMap<Digest, Vec<Digest>> = BTreeMap::new();
+    for (d, r) in records.dnas.iter() {
+        spaces.entry(r.space).or_default().push(*d);
+    }
+    let total: u64 = spaces.values().map(|v| v.len() as u64).sum();
     let mut before = 0u64;
     progress("summaries", 0, total);
     for (sd, stored) in spaces {

@@ -346,12 +346,16 @@ impl SpaceTable {
 
     /// The table kept in `dir` for `space` at catalogue state `stamp`, if it is whole.
     fn load(dir: &Path, space: &Digest, stamp: CatStamp) -> Option<SpaceTable> {
-        let f = std::fs::File::open(dir.join(FILE)).ok()?;
-        // SAFETY: table files are written whole under another name and renamed into
-        // place, never modified in place; the checksum is verified before any use.
-        let map = unsafe { memmap2::Mmap::map(&f) }.ok()?;
-        SpaceTable::parse(Bytes::Mapped(map), space, stamp)
+        SpaceTable::parse(Bytes::Mapped(map_file(dir)?.ok()?), space, stamp)
     }
+}
+
+/// The table file of `dir`, mapped; `None` when there is none.
+fn map_file(dir: &Path) -> Option<std::io::Result<memmap2::Mmap>> {
+    let f = std::fs::File::open(dir.join(FILE)).ok()?;
+    // SAFETY: table files are written whole under another name and renamed into place,
+    // never modified in place; the checksum is verified before any use.
+    Some(unsafe { memmap2::Mmap::map(&f) })
 }
 
 /// Row number of each entry in a segment, and entry of each row, for one table and one
@@ -567,10 +571,7 @@ pub fn forget() {
 /// What is wrong with the table file in `dir`, if there is one and it is damaged (for
 /// `verify`; a table of an older catalogue state is not damage: it is rebuilt when read).
 pub fn check_file(dir: &Path) -> Option<String> {
-    let p = dir.join(FILE);
-    let f = std::fs::File::open(&p).ok()?;
-    // SAFETY: as for `SpaceTable::load`.
-    let map = match unsafe { memmap2::Mmap::map(&f) } {
+    let map = match map_file(dir)? {
         Ok(m) => m,
         Err(e) => return Some(e.to_string()),
     };
