@@ -108,16 +108,34 @@ pub struct Comparison {
 /// total, and the absolute differences of the cumulative sums are added.
 ///
 /// With `cA`, `cB` the running sums and `tA`, `tB` the totals, the distance is
-/// `sum |cA/tA - cB/tB| = sum |d| / (tA tB)` with `d = cA tB - cB tA`, the running sum of
-/// `a tB - b tA`. When every such product and the sum fit in 64 bits (totals below 2^32
-/// and `tA tB bins < 2^63`, which holds for any dataset below ~10^8 images per histogram
-/// position), the sum is exact integer arithmetic with one division at the end;
-/// otherwise the float path ([`emd_float`]) is taken. Converting each running sum to a
-/// float, as the float path does, cost 1.6x the time (one thread, 3,088 x 100 bins:
-/// 0.41 ms against 0.26 ms). The integer loop runs at about the speed at which the two
-/// histograms stream from memory: a vectorised running sum (tried) gained nothing more.
+/// `sum |cA/tA - cB/tB| = sum |d| / (tA tB)` with `d = cA tB - cB tA`. When every such
+/// product and the sum fit in 64 bits (totals below 2^32 and `tA tB bins < 2^63`, which
+/// holds for any dataset below ~10^8 images per histogram position), the sum is exact
+/// integer arithmetic with one division at the end; otherwise the float path
+/// ([`emd_float`]) is taken. Converting each running sum to a float, as the float path
+/// does, cost 1.6x the time (one thread, 3,088 x 100 bins: 0.41 ms against 0.26 ms).
+///
+/// On x86-64 with AVX2 (detected at run time) the integer sum runs eight bins at a time:
+/// the running sums of eight bins come from an in-register prefix sum plus the carry of
+/// the eight before (totals below 2^32 keep them in 32 bits), and the products and their
+/// absolute differences are formed four lanes of 64 bits at a time; every step is exact, so
+/// the result is bit for bit the scalar loop's (tested). 1.5x the scalar loop's speed at
+/// 100 and 1,000 bins (one thread, resnet50's 15,104 neurons; the scalar loop is bound by
+/// its ten or so instructions per bin, not by memory).
 #[inline]
 pub fn emd_neuron(a: &[u32], b: &[u32]) -> f64 {
+    emd_neuron_with(a, b, true)
+}
+
+/// [`emd_neuron`] with the integer sum one bin at a time (no vector kernel): the
+/// baseline the benches measure the kernel against.
+#[doc(hidden)]
+pub fn emd_neuron_scalar(a: &[u32], b: &[u32]) -> f64 {
+    emd_neuron_with(a, b, false)
+}
+
+#[inline(always)]
+fn emd_neuron_with(a: &[u32], b: &[u32], vector: bool) -> f64 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let ta: u64 = a.iter().map(|x| *x as u64).sum();
@@ -128,16 +146,106 @@ pub fn emd_neuron(a: &[u32], b: &[u32]) -> f64 {
         && tb <= u32::MAX as u64
         && (ta as u128) * (tb as u128) * (n as u128) < (1u128 << 63)
     {
-        // |d| <= tA tB and the sum of |d| is below 2^63: nothing overflows.
-        let (ti, tj) = (ta as i64, tb as i64);
-        let (mut d, mut s) = (0i64, 0u64);
-        for (x, y) in a.iter().zip(b) {
-            d += *x as i64 * tj - *y as i64 * ti;
-            s += d.unsigned_abs();
-        }
+        let s = if vector {
+            emd_sum(a, b, ta, tb)
+        } else {
+            emd_sum_scalar(a, b, ta, tb)
+        };
         return s as f64 / (ta as f64 * tb as f64);
     }
     emd_float(a, b, ta, tb)
+}
+
+/// `sum |cA tB - cB tA|` over the bins, by the AVX2 kernel where the CPU has it. Needs
+/// equal lengths, the totals `ta`, `tb` below 2^32 and `ta tb bins < 2^63`.
+#[inline]
+fn emd_sum(a: &[u32], b: &[u32], ta: u64, tb: u64) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    if a.len() >= 8 && std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 is present (checked just above); the caller meets the bounds.
+        return unsafe { simd::emd_sum_avx2(a, b, ta, tb) };
+    }
+    emd_sum_scalar(a, b, ta, tb)
+}
+
+/// `sum |cA tB - cB tA|` over the bins, one bin at a time. Needs `tA, tB < 2^32` and
+/// `tA tB bins < 2^63` ([`emd_neuron`] checks): `|d| <= tA tB`, so nothing overflows.
+#[inline]
+fn emd_sum_scalar(a: &[u32], b: &[u32], ta: u64, tb: u64) -> u64 {
+    let (ti, tj) = (ta as i64, tb as i64);
+    let (mut d, mut s) = (0i64, 0u64);
+    for (x, y) in a.iter().zip(b) {
+        d += *x as i64 * tj - *y as i64 * ti;
+        s += d.unsigned_abs();
+    }
+    s
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+
+    /// Running sums of the eight u32 lanes of `x` (lane i: x0 + ... + xi), modulo 2^32.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn prefix8(x: __m256i) -> __m256i {
+        // Within each 128-bit half: add the lanes shifted by one, then by two.
+        let x = _mm256_add_epi32(x, _mm256_slli_si256::<4>(x));
+        let x = _mm256_add_epi32(x, _mm256_slli_si256::<8>(x));
+        // The low half's total, broadcast in the high half (zero in the low half).
+        let low_total = _mm256_shuffle_epi32::<0xFF>(x);
+        _mm256_add_epi32(x, _mm256_permute2x128_si256::<0x08>(low_total, low_total))
+    }
+
+    /// `|x tB - y tA|` of the even u32 lanes of `x` and `y`, as four u64 lanes.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn abs_diff_even(x: __m256i, y: __m256i, tav: __m256i, tbv: __m256i) -> __m256i {
+        let d = _mm256_sub_epi64(_mm256_mul_epu32(x, tbv), _mm256_mul_epu32(y, tav));
+        let neg = _mm256_cmpgt_epi64(_mm256_setzero_si256(), d);
+        _mm256_sub_epi64(_mm256_xor_si256(d, neg), neg)
+    }
+
+    /// [`super::emd_sum_scalar`] eight bins at a time, the same sum exactly.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2; `a` and `b` have the same length; the totals are `ta`,
+    /// `tb`, both below 2^32, with `ta tb len < 2^63`.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn emd_sum_avx2(a: &[u32], b: &[u32], ta: u64, tb: u64) -> u64 {
+        let n = a.len().min(b.len());
+        let tav = _mm256_set1_epi64x(ta as i64);
+        let tbv = _mm256_set1_epi64x(tb as i64);
+        let last = _mm256_set1_epi32(7);
+        // The running sums so far, broadcast; every running sum is at most its total.
+        let (mut ca, mut cb) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        let (mut even, mut odd) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        let mut k = 0;
+        while k + 8 <= n {
+            let x = _mm256_loadu_si256(a.as_ptr().add(k).cast());
+            let y = _mm256_loadu_si256(b.as_ptr().add(k).cast());
+            let x = _mm256_add_epi32(prefix8(x), ca);
+            let y = _mm256_add_epi32(prefix8(y), cb);
+            ca = _mm256_permutevar8x32_epi32(x, last);
+            cb = _mm256_permutevar8x32_epi32(y, last);
+            even = _mm256_add_epi64(even, abs_diff_even(x, y, tav, tbv));
+            let (xo, yo) = (_mm256_srli_epi64::<32>(x), _mm256_srli_epi64::<32>(y));
+            odd = _mm256_add_epi64(odd, abs_diff_even(xo, yo, tav, tbv));
+            k += 8;
+        }
+        let mut lanes = [0u64; 4];
+        _mm256_storeu_si256(lanes.as_mut_ptr().cast(), _mm256_add_epi64(even, odd));
+        let mut s: u64 = lanes.iter().sum();
+        let mut pa = _mm256_extract_epi32::<0>(ca) as u32 as u64;
+        let mut pb = _mm256_extract_epi32::<0>(cb) as u32 as u64;
+        while k < n {
+            pa += a[k] as u64;
+            pb += b[k] as u64;
+            s += ((pa * tb) as i64 - (pb * ta) as i64).unsigned_abs();
+            k += 1;
+        }
+        s
+    }
 }
 
 /// [`emd_neuron`] in floating point, for totals too large for the integer path (or
@@ -487,6 +595,72 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn vector_sum_is_the_scalar_sum_exactly() {
+        // The AVX2 kernel against the one-bin-at-a-time loop: lengths around multiples of
+        // eight, zero bins, a single full bin, and totals up to the integer path's limit.
+        let mut rng = crate::rng::Rng::new(29);
+        let mut checked = 0;
+        for bins in [8usize, 9, 15, 16, 17, 31, 100, 257, 1000] {
+            for scale in [1u64, 3, 1000, 1 << 16, 1 << 24] {
+                for sparse in [false, true] {
+                    let draw = |rng: &mut crate::rng::Rng| -> Vec<u32> {
+                        (0..bins)
+                            .map(|_| {
+                                if sparse && rng.f64() < 0.8 {
+                                    0
+                                } else {
+                                    (rng.f64() * scale as f64) as u32
+                                }
+                            })
+                            .collect()
+                    };
+                    let (mut a, mut b) = (draw(&mut rng), draw(&mut rng));
+                    a[0] = a[0].max(1);
+                    b[bins - 1] = b[bins - 1].max(1);
+                    let ta = a.iter().map(|x| *x as u64).sum::<u64>();
+                    let tb = b.iter().map(|x| *x as u64).sum::<u64>();
+                    if (ta as u128) * (tb as u128) * (bins as u128) >= 1 << 63 {
+                        continue; // the float path's case
+                    }
+                    assert_eq!(
+                        emd_sum(&a, &b, ta, tb),
+                        emd_sum_scalar(&a, &b, ta, tb),
+                        "{bins} bins, scale {scale}"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        // Totals near 2^32 (running sums use all 32 bits), with few bins so the product
+        // bound holds: one bin holds almost everything.
+        for bins in [8usize, 12, 16] {
+            let mut a = vec![1u32; bins];
+            let mut b = vec![2u32; bins];
+            a[3] = u32::MAX - 64;
+            b[bins - 2] = 1 << 26;
+            let ta = a.iter().map(|x| *x as u64).sum::<u64>();
+            let tb = b.iter().map(|x| *x as u64).sum::<u64>();
+            assert!(ta <= u32::MAX as u64 && (ta as u128 * tb as u128 * bins as u128) < 1 << 63);
+            assert_eq!(emd_sum(&a, &b, ta, tb), emd_sum_scalar(&a, &b, ta, tb));
+            checked += 1;
+        }
+        assert!(checked > 80, "only {checked} cases on the integer path");
+        // The hand-worked cases of the next test, spread over sixteen bins.
+        let mut a = [0u32; 16];
+        let mut b = [0u32; 16];
+        a[9] = 5;
+        b[10] = 7;
+        assert_eq!(emd_neuron(&a, &b), 1.0);
+        a = [0; 16];
+        b = [0; 16];
+        a[0] = 2;
+        a[12] = 2;
+        b[15] = 4;
+        // Half the mass moves fifteen bins, the other half three: 9.
+        assert_eq!(emd_neuron(&a, &b), 9.0);
     }
 
     #[test]
