@@ -39,6 +39,54 @@ fn env_or(k: &str, d: &str) -> String {
     std::env::var(k).unwrap_or_else(|_| d.to_string())
 }
 
+/// The code bound's checksums over every row of the segment (mask `all`, one thread): a
+/// CRC-32 per layer, as the code bound read them before, against one CRC per row checked
+/// against the join of the layers' CRCs (`Segment::codes_span`), best of 3 each.
+fn checks_row(home: &Path, probe: &AnyDna, n: usize, lines: &mut Vec<String>) {
+    use vdna_db::query::segment::{SegKind, Segment};
+    let space = probe.space();
+    let DistKind::Histogram { bins } = space.dist else {
+        return;
+    };
+    let widths: Vec<u32> = space.layers.iter().map(|l| l.neurons).collect();
+    let dir = home.join("index").join(space.digest().hex());
+    let kind = SegKind::Histogram {
+        q: vdna_db::query::sketch::SKETCH_Q,
+        bins,
+    };
+    let seg = Segment::open(&dir, space.digest(), kind, &widths).unwrap();
+    let (rows, nl) = (seg.rows().len(), widths.len());
+    let best = |f: &dyn Fn() -> usize, want: usize| {
+        (0..3)
+            .map(|_| {
+                let t = Instant::now();
+                assert_eq!(std::hint::black_box(f()), want, "a code check failed");
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .fold(f64::INFINITY, f64::min)
+    };
+    let per_layer = best(
+        &|| {
+            (0..rows)
+                .map(|r| (0..nl).filter(|&l| seg.codes(r, l).is_some()).count())
+                .sum()
+        },
+        rows * nl,
+    );
+    let joined = best(
+        &|| {
+            (0..rows)
+                .filter(|&r| seg.codes_span(r, 0, nl).is_some())
+                .count()
+        },
+        rows,
+    );
+    lines.push(format!(
+        "N = {n}: checking every row's mean codes ({nl} layers, one thread): a CRC-32 per layer {per_layer:.1} ms, one per row joined from the layers' {joined:.1} ms ({:.2}x)",
+        per_layer / joined
+    ));
+}
+
 fn p(v: &mut [f64], q: f64) -> f64 {
     v.sort_by(f64::total_cmp);
     v[((v.len() as f64 - 1.0) * q).round() as usize]
@@ -347,6 +395,7 @@ fn main() {
             index as f64 / 1e3 / n as f64,
             p(&mut cold, 0.5),
         ));
+        checks_row(home, &probes[0].0, n, &mut sizes_line);
         // FAISS first: the push below leaves rows of removed DNAs in the segment.
         if let Some(py) = &faiss {
             faiss_row(py, home, &s, n, &probes, &mut sizes_line);

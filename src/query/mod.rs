@@ -6,6 +6,7 @@
 //! The answer of the exact path equals a brute-force scan (tested), ties broken by
 //! (distance, name:tag).
 
+mod crc;
 pub mod hnsw;
 pub mod segment;
 pub mod sketch;
@@ -1329,6 +1330,19 @@ fn histogram_cascade(
         .iter()
         .map(|lm| ctx.space.layers[lm.layer].neurons as usize)
         .sum();
+    // Masked layers that follow each other in the space are checked together: one CRC
+    // over their codes (segment.rs, `codes_span`), per layer only when that fails.
+    let starts = seg.layer_starts();
+    let mut groups: Vec<(usize, usize, std::ops::Range<usize>)> = Vec::new();
+    for (i, lm) in ctx.mask.layers.iter().enumerate() {
+        match groups.last_mut() {
+            Some((_, l1, idx)) if *l1 == lm.layer => {
+                *l1 += 1;
+                idx.end = i + 1;
+            }
+            _ => groups.push((lm.layer, lm.layer + 1, i..i + 1)),
+        }
+    }
     let mut order = ByBound::new({
         use rayon::prelude::*;
         cands
@@ -1337,14 +1351,27 @@ fn histogram_cascade(
                 let r = row(e);
                 let mut steps = 0u64;
                 let mut qi = 0;
-                for lm in &ctx.mask.layers {
-                    let codes = seg.codes(r, lm.layer);
-                    for &(s, t) in &lm.runs {
-                        let (s, t) = (s as usize, t as usize);
-                        if let Some(c) = codes {
-                            steps += sketch::code_l1(&qcodes[qi..qi + t - s], &c[s..t]) as u64;
+                for (l0, l1, idx) in &groups {
+                    let span = if l1 - l0 > 1 {
+                        seg.codes_span(r, *l0, *l1)
+                    } else {
+                        None
+                    };
+                    for lm in &ctx.mask.layers[idx.clone()] {
+                        let codes = match span {
+                            Some(sp) => Some(
+                                &sp[starts[lm.layer] - starts[*l0]
+                                    ..starts[lm.layer + 1] - starts[*l0]],
+                            ),
+                            None => seg.codes(r, lm.layer),
+                        };
+                        for &(s, t) in &lm.runs {
+                            let (s, t) = (s as usize, t as usize);
+                            if let Some(c) = codes {
+                                steps += sketch::code_l1(&qcodes[qi..qi + t - s], &c[s..t]) as u64;
+                            }
+                            qi += t - s;
                         }
-                        qi += t - s;
                     }
                 }
                 (steps as f64 * step, e)
