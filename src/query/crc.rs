@@ -45,7 +45,6 @@ fn x_pow_bytes(n: u64) -> u32 {
 
 /// Extends a CRC past `len` bytes whose own CRC is given: `crc(A B)` from `crc(A)` and
 /// `crc(B)`, for one fixed `|B|`.
-#[derive(Clone)]
 pub struct Shift {
     tables: Box<[[u32; 256]; 4]>,
 }

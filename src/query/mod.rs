@@ -1331,8 +1331,7 @@ fn histogram_cascade(
         .map(|lm| ctx.space.layers[lm.layer].neurons as usize)
         .sum();
     // Masked layers that follow each other in the space are checked together: one CRC
-    // over their codes (segment.rs, `codes_span`), per layer only when that fails.
-    let starts = seg.layer_starts();
+    // over their codes (segment.rs, `layer_codes`), per layer only when that fails.
     let mut groups: Vec<(usize, usize, std::ops::Range<usize>)> = Vec::new();
     for (i, lm) in ctx.mask.layers.iter().enumerate() {
         match groups.last_mut() {
@@ -1352,19 +1351,8 @@ fn histogram_cascade(
                 let mut steps = 0u64;
                 let mut qi = 0;
                 for (l0, l1, idx) in &groups {
-                    let span = if l1 - l0 > 1 {
-                        seg.codes_span(r, *l0, *l1)
-                    } else {
-                        None
-                    };
-                    for lm in &ctx.mask.layers[idx.clone()] {
-                        let codes = match span {
-                            Some(sp) => Some(
-                                &sp[starts[lm.layer] - starts[*l0]
-                                    ..starts[lm.layer + 1] - starts[*l0]],
-                            ),
-                            None => seg.codes(r, lm.layer),
-                        };
+                    let layers = ctx.mask.layers[idx.clone()].iter();
+                    for (lm, codes) in layers.zip(seg.layer_codes(r, *l0, *l1)) {
                         for &(s, t) in &lm.runs {
                             let (s, t) = (s as usize, t as usize);
                             if let Some(c) = codes {
