@@ -199,6 +199,25 @@ fn store_section() {
             push_compact / push_fast,
         );
     }
+    // The unshuffle step alone on a 1000-bin layer's worth of counts (2,048 neurons,
+    // 8 MB): by SSE2 unpacks and by the byte loop they replaced, best of 5 each.
+    let planes: Vec<u8> = (0..2048 * 1000 * 4u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    let gbs = |byte_loop: bool| {
+        let t = best_of(5, || {
+            std::hint::black_box(vdna_db::format::unshuffle32_for_bench(
+                std::hint::black_box(&planes),
+                byte_loop,
+            ));
+        });
+        planes.len() as f64 / 1e9 / (t / 1e3)
+    };
+    let (fast, slow) = (gbs(false), gbs(true));
+    println!(
+        "\nunshuffle of 8 MB of counts (one thread): unpacks {fast:.2} GB/s, byte loop {slow:.2} GB/s ({:.1}x)",
+        fast / slow
+    );
     println!("\n(decode: the query path, one thread: header check, zstd with its content checksum + unshuffle, or the rANS lanes + CRC-32, then rkyv validation; `verify`, imports and transfers also re-hash with sha256. Encode: the whole DNA on every core. Push: encode, durable writes, catalogue commit and index row, into an empty store. Gaussian layers are shuffle + zstd in every column but zstd 19.)");
 
     println!("\n### Open a stored DNA, first distance under a one-layer mask\n");

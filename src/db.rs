@@ -80,7 +80,7 @@ pub struct OpenOptions {
     /// How long to wait for another process to release the store before failing as busy.
     pub lock_wait: std::time::Duration,
     /// Codec of new histogram layers: [`Codec::Shuffle32`] ("fast", the default: decodes
-    /// 2-3x faster on the query path) or [`Codec::Hist`] ("compact": about 0.7x the
+    /// 3-4x faster on the query path) or [`Codec::Hist`] ("compact": about 0.7x the
     /// bytes, half the reference's npz). Objects of either codec read alike.
     pub histogram_codec: Codec,
     /// Where the store's truth lives: `None` for the embedded store at `home`; a bucket

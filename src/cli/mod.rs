@@ -90,7 +90,7 @@ pub struct Cli {
     )]
     pub lock_wait: f64,
     /// Codec of histogram layers this command stores: fast (4-byte shuffle + zstd, about
-    /// 0.7x the reference's npz, decodes 2-3x faster) or compact (context-modelled rANS,
+    /// 0.7x the reference's npz, decodes 3-4x faster) or compact (context-modelled rANS,
     /// about 0.5x). Stored objects of either codec read alike
     #[arg(
         long,

@@ -93,6 +93,15 @@ pub struct LayerBuf {
     bytes: std::sync::Arc<AlignedVec<16>>,
 }
 
+impl Drop for LayerBuf {
+    /// The last holder of a layer hands its buffer to the next decode (pool.rs).
+    fn drop(&mut self) {
+        if let Some(b) = std::sync::Arc::get_mut(&mut self.bytes) {
+            super::pool::give(std::mem::take(b));
+        }
+    }
+}
+
 impl std::fmt::Debug for LayerBuf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "LayerBuf({} bytes)", self.bytes.len())

@@ -11,11 +11,14 @@ mod digest;
 mod hist;
 mod layer;
 mod manifest;
+mod pool;
 mod space;
 
 pub use bundle::{decode_bundle, encode_bundle, Bundle, BUNDLE_MAGIC};
 #[cfg(any(test, feature = "testing"))]
 pub use codec::object_of_payload;
+#[doc(hidden)]
+pub use codec::unshuffle32_for_bench;
 pub use codec::{
     decode_object, decode_object_header, encode_object, is_compressed, Codec, ObjectHeader,
     OBJECT_MAGIC,
