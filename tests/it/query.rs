@@ -75,6 +75,88 @@ proptest! {
     }
 }
 
+/// Exact queries whose first distances come from the mask's graph and whose code bound
+/// leaves a row once it passes their k-th best: layers wide enough to be read in several
+/// chunks, graphs for `all` and every layer, with and without a tag and --exclude-self.
+#[test]
+fn graph_seeded_exact_queries_equal_brute_force() {
+    let h = tmp();
+    let db = Db::open(h.path()).unwrap();
+    let mut s = spec(77, DistKind::Histogram { bins: 8 });
+    s.layers = synth::uniform_layers(4, 1500);
+    s.families = 4;
+    s.members = 3;
+    fill(&db, &s);
+    let r = vdna_db::query::reindex_with(&db, 1).unwrap();
+    assert_eq!(r.graphs, 5, "graphs for all + 4 layers");
+    db.tag(&synth::member_name(1, 0), "kept:v1").unwrap();
+    db.tag(&synth::member_name(2, 2), "kept:v1").unwrap();
+    let (mut seeded, mut left_early) = (0, 0);
+    for probe in 0..4 {
+        let other = synth::CatalogueSpec {
+            seed: 91 + probe,
+            ..s.clone()
+        };
+        let outside = AnyDna::Owned(synth::member(&other, probe as usize, 0));
+        let (d, _) = db.resolve(&synth::member_name(probe as usize, 1)).unwrap();
+        let inside = AnyDna::Stored(db.open_dna(&d).unwrap());
+        for q in [&outside, &inside] {
+            for (mask, k, tag, exclude_self) in [
+                ("all", 3, None, false),
+                ("all", 5, None, true),
+                ("block_2", 1, None, false),
+                ("all", 1, Some("v1"), false),
+                ("block_0:0-99 block_3", 2, None, false),
+            ] {
+                for mode in [vdna_db::query::Mode::Exact, vdna_db::query::Mode::Auto] {
+                    let req = QueryRequest {
+                        mask: mask.into(),
+                        k,
+                        mode,
+                        tag: tag.map(String::from),
+                        exclude_self,
+                        ..Default::default()
+                    };
+                    let got = query(&db, q, &req).unwrap();
+                    // Brute force over every name, then the tag and --exclude-self.
+                    let every = QueryRequest {
+                        k: usize::MAX,
+                        ..req.clone()
+                    };
+                    let want: Vec<(f64, String)> = brute_force(&db, q, &every)
+                        .unwrap()
+                        .into_iter()
+                        .filter(|(_, name)| tag.is_none_or(|t| name.ends_with(&format!(":{t}"))))
+                        .filter(|(_, name)| {
+                            !exclude_self || db.resolve(name).unwrap().0 != q.digest()
+                        })
+                        .take(k)
+                        .collect();
+                    assert_same(&got, &want);
+                    let stages = &got.plan.stages;
+                    if stages
+                        .iter()
+                        .any(|st| st.name.starts_with("hnsw graph seeds"))
+                    {
+                        seeded += 1;
+                        // "code bound (..., N% of codes read)"
+                        let code = stages.iter().find(|st| st.name.starts_with("code bound"));
+                        let read: f64 = code
+                            .and_then(|st| st.name.rsplit(", ").next())
+                            .and_then(|t| t.strip_suffix("% of codes read)"))
+                            .and_then(|p| p.parse().ok())
+                            .expect("a seeded code bound states what it read");
+                        left_early += (read < 100.0) as usize;
+                    }
+                }
+            }
+        }
+    }
+    // Only the masks with graphs take seeds (all, block_2), when k names are eligible.
+    assert!(seeded >= 16, "{seeded} queries seeded by a graph");
+    assert!(left_early > 0, "no code bound stopped early");
+}
+
 #[test]
 fn bounds_prune_on_clustered_data() {
     let h = tmp();
