@@ -854,9 +854,17 @@ pub fn query(db: &dyn Source, q: &AnyDna, req: &QueryRequest) -> Result<QueryRes
                     // An exact query over a mask with a graph takes its first k exact
                     // distances from the graph's nearest, so the code bound can stop
                     // reading a row once it passes their k-th best.
-                    let seeds = if budget.is_none() && via.is_none() && graph.is_some() {
+                    let seeds = if budget.is_none() && via.is_none() {
                         let t = Instant::now();
-                        let seeds = graph_seeds(&ctx, open, &summaries.graph_vector())?;
+                        let seeds = match (&graph, all_graph_codes(&ctx, q, open, &dir)?) {
+                            (Some(key), _) => {
+                                graph_seeds(&ctx, open, key, &summaries.graph_vector())?
+                            }
+                            (None, Some(codes)) => {
+                                graph_seeds(&ctx, open, "all", &hnsw::GraphQuery::Codes(&codes))?
+                            }
+                            (None, None) => None,
+                        };
                         if let Some((key, found)) = &seeds {
                             run.plan.stages.push(Stage {
                                 name: format!("hnsw graph seeds ({key})"),
@@ -1693,22 +1701,73 @@ fn graph_candidates(
     Ok((found.len() >= ctx.k).then_some((key, found)))
 }
 
-/// The first `k` eligible entries the mask's graph finds, nearest first (`None` without
-/// a graph for the mask, or when it finds fewer). Any k candidates' exact distances bound
-/// the answer's k-th best from above; near ones bound it tightly.
+/// The query's mean codes over every neuron of the space, for a search of the `all`
+/// graph that seeds an exact query whose mask has no graph of its own (a partial layer,
+/// several layers, random neurons): `None` when the mask has its own graph, the space has
+/// no `all` graph, or the seeds would cost more than they save. The query's layers
+/// outside the mask are read only when the code bound has enough rows to repay it (a
+/// stored query decodes them); a mask that touches every layer reads nothing more.
+fn all_graph_codes(
+    ctx: &Ctx<'_>,
+    q: &AnyDna,
+    open: &table::OpenSegment,
+    dir: &std::path::Path,
+) -> Result<Option<Vec<u8>>, Error> {
+    let DistKind::Histogram { bins } = ctx.space.dist else {
+        return Ok(None);
+    };
+    let every_layer = ctx.mask.layers.len() == ctx.space.layers.len();
+    if graph_key(ctx.mask, ctx.space).is_some()
+        || (!every_layer && ctx.eligible.cands.len() < hnsw::min_rows())
+        || !hnsw::exists(dir, "all", open.seg.kind())
+    {
+        return Ok(None);
+    }
+    let mean_code = |h: &[u32]| -> u8 {
+        let (mut t, mut m) = (0u64, 0u64);
+        for (k, &c) in h.iter().enumerate() {
+            t += c as u64;
+            m += k as u64 * c as u64;
+        }
+        // A neuron with no count has mean 0, as its stored summary does.
+        let mean = if t == 0 { 0.0 } else { m as f64 / t as f64 };
+        segment::code_of(mean, bins)
+    };
+    let mut codes = Vec::with_capacity(open.seg.layer_starts().last().copied().unwrap_or(0));
+    for l in 0..ctx.space.layers.len() {
+        let held;
+        let layer = match ctx.mask.layers.iter().position(|lm| lm.layer == l) {
+            Some(i) => &ctx.qheld.held[i],
+            None => {
+                held = q.layer(l)?;
+                &held
+            }
+        };
+        let LayerView::Histogram {
+            bins: b, counts, ..
+        } = layer.view()
+        else {
+            return Err(Error::Invalid("query layer is not a histogram".into()));
+        };
+        codes.extend(counts.chunks_exact(b.max(1)).map(mean_code));
+    }
+    Ok(Some(codes))
+}
+
+/// The first `k` eligible entries graph `key` finds, nearest first (`None` without the
+/// graph, or when it finds fewer). Any k candidates' exact distances bound the answer's
+/// k-th best from above; near ones bound it tightly.
 fn graph_seeds(
     ctx: &Ctx<'_>,
     open: &table::OpenSegment,
+    key: &str,
     query: &hnsw::GraphQuery<'_>,
 ) -> Result<Option<(String, Vec<u32>)>, Error> {
-    let Some(key) = graph_key(ctx.mask, ctx.space) else {
-        return Ok(None);
-    };
     let (n, ef) = graph_search_params(ctx.k, ctx.eligible.narrowed.is_some());
     let Some((rows, _)) = hnsw::search(
         &index_dir(ctx.db, &ctx.space_digest),
         &open.seg,
-        &key,
+        key,
         query,
         n,
         ef,
@@ -1727,7 +1786,7 @@ fn graph_seeds(
             _ => {}
         }
     }
-    Ok((seeds.len() == ctx.k).then_some((key, seeds)))
+    Ok((seeds.len() == ctx.k).then_some((key.to_string(), seeds)))
 }
 
 /// Candidates in increasing bound order (ties by entry, which is digest order), sorted

@@ -91,7 +91,7 @@ fn graph_seeded_exact_queries_equal_brute_force() {
     assert_eq!(r.graphs, 5, "graphs for all + 4 layers");
     db.tag(&synth::member_name(1, 0), "kept:v1").unwrap();
     db.tag(&synth::member_name(2, 2), "kept:v1").unwrap();
-    let (mut seeded, mut left_early) = (0, 0);
+    let (mut seeded, mut left_early, mut partial_by_all) = (0, 0, 0);
     for probe in 0..4 {
         let other = synth::CatalogueSpec {
             seed: 91 + probe,
@@ -107,6 +107,13 @@ fn graph_seeded_exact_queries_equal_brute_force() {
                 ("block_2", 1, None, false),
                 ("all", 1, Some("v1"), false),
                 ("block_0:0-99 block_3", 2, None, false),
+                // Touches every layer, has no graph of its own: seeded by `all`'s.
+                (
+                    "block_0:0-99 block_1:200-260 block_2:7-9 block_3:1000-1499",
+                    3,
+                    None,
+                    false,
+                ),
             ] {
                 for mode in [vdna_db::query::Mode::Exact, vdna_db::query::Mode::Auto] {
                     let req = QueryRequest {
@@ -139,6 +146,9 @@ fn graph_seeded_exact_queries_equal_brute_force() {
                         .any(|st| st.name.starts_with("hnsw graph seeds"))
                     {
                         seeded += 1;
+                        partial_by_all += (!mask.starts_with("all")
+                            && stages.iter().any(|st| st.name == "hnsw graph seeds (all)"))
+                            as usize;
                         // "code bound (..., N% of codes read)"
                         let code = stages.iter().find(|st| st.name.starts_with("code bound"));
                         let read: f64 = code
@@ -152,8 +162,14 @@ fn graph_seeded_exact_queries_equal_brute_force() {
             }
         }
     }
-    // Only the masks with graphs take seeds (all, block_2), when k names are eligible.
-    assert!(seeded >= 16, "{seeded} queries seeded by a graph");
+    // The masks with graphs take seeds from their own (all, block_2), the mask over part
+    // of every layer from `all`'s, when k names are eligible; the mask over two layers of
+    // twelve DNAs has too few rows to repay reading the query's other layers.
+    assert!(seeded >= 24, "{seeded} queries seeded by a graph");
+    assert_eq!(
+        partial_by_all, 16,
+        "the partial mask over every layer, seeded by `all`"
+    );
     assert!(left_early > 0, "no code bound stopped early");
 }
 
