@@ -436,6 +436,46 @@ impl Segment {
         (crc32fast::hash(codes) == want).then_some(codes)
     }
 
+    /// Asks the CPU to start loading what [`Segment::layer_codes`] of layers `l0..l1` of
+    /// row `r` reads: those codes' cache lines and their stored CRCs'. A hint only (it
+    /// never faults and changes no result): a scan issues it a few rows ahead, so that
+    /// rows thousands of bytes apart, each on its own page, arrive while earlier ones are
+    /// bounded instead of one memory latency (and a page walk) per row.
+    #[inline]
+    pub fn prefetch_codes(&self, r: usize, l0: usize, l1: usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let Some(row) = self.stored_code_row(r) else {
+                return;
+            };
+            let crcs = self.neurons.div_ceil(4) * 4;
+            let touch = |s: usize, e: usize| {
+                let mut at = s;
+                while at < e {
+                    // SAFETY: `at` is inside `row`; a prefetch reads nothing into the
+                    // program and cannot fault (SSE, baseline on x86-64).
+                    #[allow(unused_unsafe)]
+                    unsafe {
+                        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+                        _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().add(at) as *const i8);
+                    }
+                    at += 64;
+                }
+                if e > s {
+                    #[allow(unused_unsafe)]
+                    unsafe {
+                        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+                        _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().add(e - 1) as *const i8);
+                    }
+                }
+            };
+            touch(self.starts[l0], self.starts[l1]);
+            touch(crcs + 4 * l0, crcs + 4 * l1);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (r, l0, l1);
+    }
+
     /// The mean codes of each of the layers `l0..l1` of row `r`, each checked as
     /// [`Segment::codes`] checks it (`None` for a layer that fails), by one joined check
     /// ([`Segment::codes_span`]) when there are several and per layer only when it fails.
