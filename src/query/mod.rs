@@ -856,14 +856,15 @@ pub fn query(db: &dyn Source, q: &AnyDna, req: &QueryRequest) -> Result<QueryRes
                     // reading a row once it passes their k-th best.
                     let seeds = if budget.is_none() && via.is_none() {
                         let t = Instant::now();
-                        let seeds = match (&graph, all_graph_codes(&ctx, q, open, &dir)?) {
-                            (Some(key), _) => {
-                                graph_seeds(&ctx, open, key, &summaries.graph_vector())?
-                            }
-                            (None, Some(codes)) => {
-                                graph_seeds(&ctx, open, "all", &hnsw::GraphQuery::Codes(&codes))?
-                            }
-                            (None, None) => None,
+                        let seeds = match &graph {
+                            Some(key) => graph_seeds(&ctx, open, key, &summaries.graph_vector())?,
+                            None => match all_graph_codes(&ctx, q, open, &dir)? {
+                                Some(codes) => {
+                                    let codes = hnsw::GraphQuery::Codes(&codes);
+                                    graph_seeds(&ctx, open, "all", &codes)?
+                                }
+                                None => None,
+                            },
                         };
                         if let Some((key, found)) = &seeds {
                             run.plan.stages.push(Stage {

@@ -407,9 +407,15 @@ impl Segment {
         Some(&c[HEADER + r * rc..HEADER + (r + 1) * rc])
     }
 
+    /// Where layer `l`'s CRC-32 sits in a [`Segment::stored_code_row`]: after the codes,
+    /// padded to 4 bytes.
+    fn crc_at(&self, l: usize) -> usize {
+        self.neurons.div_ceil(4) * 4 + 4 * l
+    }
+
     /// The CRC-32 of layer `l`'s codes stored in a [`Segment::stored_code_row`].
     fn stored_code_crc(&self, row: &[u8], l: usize) -> u32 {
-        let at = self.neurons.div_ceil(4) * 4 + 4 * l;
+        let at = self.crc_at(l);
         u32::from_le_bytes([row[at], row[at + 1], row[at + 2], row[at + 3]])
     }
 
@@ -448,29 +454,8 @@ impl Segment {
             let Some(row) = self.stored_code_row(r) else {
                 return;
             };
-            let crcs = self.neurons.div_ceil(4) * 4;
-            let touch = |s: usize, e: usize| {
-                let mut at = s;
-                while at < e {
-                    // SAFETY: `at` is inside `row`; a prefetch reads nothing into the
-                    // program and cannot fault (SSE, baseline on x86-64).
-                    #[allow(unused_unsafe)]
-                    unsafe {
-                        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-                        _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().add(at) as *const i8);
-                    }
-                    at += 64;
-                }
-                if e > s {
-                    #[allow(unused_unsafe)]
-                    unsafe {
-                        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-                        _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().add(e - 1) as *const i8);
-                    }
-                }
-            };
-            touch(self.starts[l0], self.starts[l1]);
-            touch(crcs + 4 * l0, crcs + 4 * l1);
+            prefetch_lines(&row[self.starts[l0]..self.starts[l1]]);
+            prefetch_lines(&row[self.crc_at(l0)..self.crc_at(l1)]);
         }
         #[cfg(not(target_arch = "x86_64"))]
         let _ = (r, l0, l1);
@@ -539,6 +524,31 @@ impl Segment {
     /// when they fail it.
     pub fn gauss(&self, r: usize) -> Option<&[f64]> {
         self.a_bytes(r).map(cast_f64)
+    }
+}
+
+/// Asks the CPU to load every cache line of `bytes` (each 64 bytes from its start, and
+/// its last byte).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn prefetch_lines(bytes: &[u8]) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    let p = bytes.as_ptr() as *const i8;
+    let mut at = 0;
+    while at < bytes.len() {
+        // SAFETY: `at` is inside `bytes`; a prefetch reads nothing into the program and
+        // cannot fault (SSE, baseline on x86-64).
+        #[allow(unused_unsafe)]
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(p.add(at));
+        }
+        at += 64;
+    }
+    if let Some(last) = bytes.len().checked_sub(1) {
+        #[allow(unused_unsafe)]
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(p.add(last));
+        }
     }
 }
 
