@@ -6,6 +6,7 @@
 //! The answer of the exact path equals a brute-force scan (tested), ties broken by
 //! (distance, name:tag).
 
+pub mod columns;
 mod crc;
 pub mod hnsw;
 pub mod segment;
@@ -464,6 +465,14 @@ fn index_row(
                         &encode_summary(digest, &a, &b),
                     );
                 }
+                // Rows past the column file are bounded from their rows: once a whole
+                // block of them has gathered, the file is rebuilt to cover them (a few
+                // seconds at 100,000 rows, once every 4,096 pushes).
+                if columns::covered_rows(&dir)
+                    .is_some_and(|(rows, block)| seg.rows().len() >= rows + block)
+                {
+                    columns::build(&dir, &seg, 1)?;
+                }
             }
             Ok(())
         }
@@ -473,6 +482,32 @@ fn index_row(
             synced_segment(db, sd, space, &stored).map(|_| ())
         }
     }
+}
+
+/// Builds the column file of codes (columns.rs) of every space with at least
+/// `hnsw::min_rows()` DNAs from its current segment, as `reindex` does, without rebuilding
+/// the rest: for benches over a store indexed before the file existed. Returns how many
+/// were written.
+#[doc(hidden)]
+pub fn build_columns(db: &dyn Source) -> Result<usize, Error> {
+    let _gate = db.index_gate();
+    let mut spaces: BTreeSet<Digest> = BTreeSet::new();
+    for (_, r) in db.catalogue().dnas()? {
+        spaces.insert(r.space);
+    }
+    let mut built = 0;
+    for sd in spaces {
+        let space = space_config(db, &sd)?;
+        let stored = stored_in_space(db, &sd)?;
+        if let Some(seg) = synced_segment(db, &sd, &space, &stored)? {
+            let dir = index_dir(db, &sd);
+            if columns::covered_rows(&dir).is_some_and(|(rows, _)| rows == seg.rows().len()) {
+                continue;
+            }
+            built += columns::build(&dir, &seg, hnsw::min_rows())? as usize;
+        }
+    }
+    Ok(built)
 }
 
 fn stored_in_space(db: &dyn Source, sd: &Digest) -> Result<Vec<Digest>, Error> {
@@ -520,6 +555,9 @@ pub fn verify_index(db: &dyn Source) -> Result<Vec<(String, String)>, Error> {
         match Segment::open_verify(&dir, sd, kind, &layer_widths(&space)) {
             Err(e) => out.push((what.clone(), format!("summary segment: {e}"))),
             Ok(seg) => {
+                if let Some(p) = columns::check(&dir, &seg) {
+                    out.push((what.clone(), format!("column codes: {p}")));
+                }
                 let bad = seg.damaged_sketches();
                 if !bad.is_empty() {
                     out.push((
@@ -598,6 +636,7 @@ pub fn reindex_progress(
                 progress("graphs", before + stored.len() as u64, total);
             }
             report.graphs += hnsw::build(&index_dir(db, &sd), &seg, &space, graph_min_rows)?;
+            columns::build(&index_dir(db, &sd), &seg, graph_min_rows)?;
             table::SpaceTable::build(&records, &sd, stamp).save(&index_dir(db, &sd));
         }
         before += stored.len() as u64;
@@ -1423,7 +1462,59 @@ fn histogram_cascade(
     // `prefetch_codes`): the code bound of one layer at N = 100,000 is otherwise a memory
     // latency per row.
     let first = groups.first().map(|(l0, l1, _)| (*l0, *l1));
-    let bounded: Vec<(f64, u32, usize)> = {
+    // One row's code bound from `c.bin`, left early past `limit0`: (bound, candidate,
+    // bytes read).
+    let row_bound = |e: u32| -> (f64, u32, usize) {
+        let r = row(e);
+        let mut steps = 0u64;
+        let mut qi = 0;
+        let mut read = 0usize;
+        for ((l0, l1, idx), bytes) in groups.iter().zip(&group_bytes) {
+            let layers = ctx.mask.layers[idx.clone()].iter();
+            for (lm, codes) in layers.zip(seg.layer_codes(r, *l0, *l1)) {
+                for &(s, t) in &lm.runs {
+                    let (s, t) = (s as usize, t as usize);
+                    if let Some(c) = codes {
+                        steps += sketch::code_l1(&qcodes[qi..qi + t - s], &c[s..t]) as u64;
+                    }
+                    qi += t - s;
+                }
+            }
+            read += bytes;
+            if steps as f64 * step > limit0 {
+                break;
+            }
+        }
+        (steps as f64 * step, e, read)
+    };
+    // A narrow mask reads the codes by neuron (`cols.bin`, columns.rs) where that reads
+    // fewer cache lines than the rows would: `masked / 64` a row, streamed, against the
+    // lines of each masked group of `c.bin` plus its CRC's (half of those after the first
+    // group when a row may be left early).
+    let masked: usize = offsets.iter().map(|o| o.1).sum();
+    let lines = |b: usize| (b.div_ceil(64) + 1) as f64;
+    let per_row = group_bytes.first().map_or(0.0, |&b| lines(b))
+        + group_bytes.iter().skip(1).map(|&b| lines(b)).sum::<f64>()
+            * if limit0.is_finite() { 0.5 } else { 1.0 };
+    let cols = open
+        .cols
+        .get(&index_dir(ctx.db, &ctx.space_digest), seg)
+        .filter(|c| (masked * c.rows()) as f64 / 64.0 <= cands.len() as f64 * per_row);
+    let mut col_bytes = 0u64;
+    let bounded: Vec<(f64, u32, usize)> = if let Some(cols) = &cols {
+        use rayon::prelude::*;
+        let (sums, bytes) = cols.code_bounds(&offsets, qcodes);
+        col_bytes = bytes;
+        cands
+            .par_iter()
+            .filter(|e| seeded.binary_search(e).is_err())
+            .map(|&e| match sums.get(row(e)) {
+                Some(&steps) => (steps as f64 * step, e, 0),
+                // Appended after the file was built: bounded from its row.
+                None => row_bound(e),
+            })
+            .collect()
+    } else {
         use rayon::prelude::*;
         cands
             .par_chunks(PREFETCH_BLOCK)
@@ -1436,38 +1527,21 @@ fn histogram_cascade(
                 })
             })
             .filter(|e| seeded.binary_search(e).is_err())
-            .map(|e| {
-                let r = row(e);
-                let mut steps = 0u64;
-                let mut qi = 0;
-                let mut read = 0usize;
-                for ((l0, l1, idx), bytes) in groups.iter().zip(&group_bytes) {
-                    let layers = ctx.mask.layers[idx.clone()].iter();
-                    for (lm, codes) in layers.zip(seg.layer_codes(r, *l0, *l1)) {
-                        for &(s, t) in &lm.runs {
-                            let (s, t) = (s as usize, t as usize);
-                            if let Some(c) = codes {
-                                steps += sketch::code_l1(&qcodes[qi..qi + t - s], &c[s..t]) as u64;
-                            }
-                            qi += t - s;
-                        }
-                    }
-                    read += bytes;
-                    if steps as f64 * step > limit0 {
-                        break;
-                    }
-                }
-                (steps as f64 * step, e, read)
-            })
+            .map(row_bound)
             .collect()
     };
     let read: usize = bounded.iter().map(|b| b.2).sum();
-    run.plan.summary_bytes += read as u64;
+    run.plan.summary_bytes += read as u64 + col_bytes;
     let kept = bounded.iter().filter(|b| b.0 <= limit0).count();
     let whole = (bounded.len() * group_bytes.iter().sum::<usize>()).max(1);
     let mut order = ByBound::new(bounded.into_iter().map(|(b, e, _)| (b, e)).collect());
     run.plan.stages.push(Stage {
-        name: if limit0.is_finite() {
+        name: if let Some(cols) = &cols {
+            format!(
+                "code bound (by neuron, cols.bin: {} rows x {masked} neurons)",
+                cols.rows()
+            )
+        } else if limit0.is_finite() {
             // Floored, so only a scan that read everything says 100%.
             format!(
                 "code bound (past the seeds' k-th best, {}% of codes read)",

@@ -444,6 +444,8 @@ fn file_id(_: &std::fs::Metadata) -> (u64, u64) {
 pub struct OpenSegment {
     pub seg: Arc<super::Segment>,
     pub map: Arc<RowMap>,
+    /// The segment's column file of codes, looked up on first use (`columns.rs`).
+    pub cols: Arc<super::columns::Slot>,
     stamp: Option<SegStamp>,
     table: Arc<SpaceTable>,
 }
@@ -455,6 +457,7 @@ impl OpenSegment {
         OpenSegment {
             seg: Arc::new(seg),
             map: Arc::new(map),
+            cols: Arc::default(),
             stamp,
             table: table.clone(),
         }
@@ -548,6 +551,7 @@ pub fn kept_segment(dir: &Path, table: &Arc<SpaceTable>) -> Option<OpenSegment> 
     let fresh = OpenSegment {
         seg: kept_one.seg,
         map: Arc::new(map),
+        cols: kept_one.cols,
         stamp: kept_one.stamp,
         table: table.clone(),
     };

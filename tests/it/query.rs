@@ -55,12 +55,19 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(12))]
 
     #[test]
-    fn exact_query_equals_brute_force(seed in 0u64..10_000, k in 1usize..12, mask_kind in 0usize..4, probe in 0usize..9, gauss in any::<bool>()) {
+    fn exact_query_equals_brute_force(seed in 0u64..10_000, k in 1usize..12, mask_kind in 0usize..4, probe in 0usize..9, gauss in any::<bool>(), indexed in any::<bool>()) {
         let h = tmp();
         let db = Db::open(h.path()).unwrap();
         let dist = if gauss { DistKind::Gaussian } else { DistKind::Histogram { bins: 32 } };
         let s = spec(seed, dist);
         fill(&db, &s);
+        if indexed {
+            // Graphs and the column file of codes, then one DNA appended past them.
+            vdna_db::query::reindex_with(&db, 1).unwrap();
+            let name = RefName::parse("late/dna:v1").unwrap();
+            let r = db.push(&synth::member(&spec(seed + 2, dist), 0, 1), Some(&name), BTreeMap::new()).unwrap();
+            vdna_db::query::index_pushed(&db, &r.digest).unwrap();
+        }
         let mask = ["all", "block_1", "block_0:3,5-9 block_2:0-3", "-block_1:0-20"][mask_kind];
         // A query DNA from outside the store, and a stored one.
         let outside = AnyDna::Owned(synth::member(&spec(seed + 1, dist), probe % 3, 0));
@@ -91,7 +98,7 @@ fn graph_seeded_exact_queries_equal_brute_force() {
     assert_eq!(r.graphs, 5, "graphs for all + 4 layers");
     db.tag(&synth::member_name(1, 0), "kept:v1").unwrap();
     db.tag(&synth::member_name(2, 2), "kept:v1").unwrap();
-    let (mut seeded, mut left_early, mut partial_by_all) = (0, 0, 0);
+    let (mut seeded, mut left_early, mut partial_by_all, mut by_neuron) = (0, 0, 0, 0);
     for probe in 0..4 {
         let other = synth::CatalogueSpec {
             seed: 91 + probe,
@@ -149,8 +156,13 @@ fn graph_seeded_exact_queries_equal_brute_force() {
                         partial_by_all += (!mask.starts_with("all")
                             && stages.iter().any(|st| st.name == "hnsw graph seeds (all)"))
                             as usize;
-                        // "code bound (..., N% of codes read)"
+                        // "code bound (..., N% of codes read)", or by neuron from the
+                        // column file (read whole: nothing to leave early).
                         let code = stages.iter().find(|st| st.name.starts_with("code bound"));
+                        if code.is_some_and(|st| st.name.starts_with("code bound (by neuron")) {
+                            by_neuron += 1;
+                            continue;
+                        }
                         let read: f64 = code
                             .and_then(|st| st.name.rsplit(", ").next())
                             .and_then(|t| t.strip_suffix("% of codes read)"))
@@ -171,6 +183,100 @@ fn graph_seeded_exact_queries_equal_brute_force() {
         "the partial mask over every layer, seeded by `all`"
     );
     assert!(left_early > 0, "no code bound stopped early");
+    assert!(by_neuron > 0, "no narrow mask read the codes by neuron");
+}
+
+/// The column copy of the mean codes (`cols.bin`), which narrow masks read by neuron:
+/// answers equal brute force with it, for rows appended after it was built (bounded from
+/// their rows), and after codes in it are damaged in place (a run that fails its CRC
+/// bounds nothing); `verify` reports the damage and `reindex` repairs it.
+#[test]
+fn column_codes_answer_like_brute_force_when_grown_or_damaged() {
+    let h = tmp();
+    let db = Db::open(h.path()).unwrap();
+    let mut s = spec(41, DistKind::Histogram { bins: 16 });
+    s.layers = synth::uniform_layers(4, 600);
+    s.families = 4;
+    s.members = 3;
+    fill(&db, &s);
+    vdna_db::query::reindex_with(&db, 1).unwrap();
+    let probe = AnyDna::Owned(synth::member(
+        &synth::CatalogueSpec {
+            seed: 42,
+            ..s.clone()
+        },
+        1,
+        0,
+    ));
+    let file = h
+        .path()
+        .join("index")
+        .join(probe.space().digest().hex())
+        .join("cols.bin");
+    assert!(file.exists(), "reindex writes the column file");
+    assert!(vdna_db::query::verify_index(&db).unwrap().is_empty());
+    let masks = [
+        "block_2:0-40",
+        "block_0:5 block_1:17,300-310 block_3:590-599",
+        "block_1",
+    ];
+    let check = |why: &str| {
+        let mut by_neuron = 0;
+        for mask in masks {
+            // (k below the 12 DNAs: asking for them all is a plain scan.)
+            for k in [1, 4, 7] {
+                let req = QueryRequest {
+                    mask: mask.into(),
+                    k,
+                    mode: vdna_db::query::Mode::Exact,
+                    ..Default::default()
+                };
+                let got = query(&db, &probe, &req).unwrap();
+                let want = brute_force(&db, &probe, &req).unwrap();
+                assert_same(&got, &want);
+                by_neuron += got
+                    .plan
+                    .stages
+                    .iter()
+                    .any(|st| st.name.starts_with("code bound (by neuron"))
+                    as usize;
+            }
+        }
+        assert_eq!(by_neuron, 9, "{why}: every narrow mask reads by neuron");
+    };
+    check("as built");
+    // Three more DNAs, past the rows the file covers.
+    let other = synth::CatalogueSpec {
+        seed: 43,
+        ..s.clone()
+    };
+    for m in 0..3 {
+        let name = RefName::parse(&format!("late/dna-{m}:v1")).unwrap();
+        let r = db
+            .push(&synth::member(&other, 1, m), Some(&name), BTreeMap::new())
+            .unwrap();
+        vdna_db::query::index_pushed(&db, &r.digest).unwrap();
+    }
+    check("with rows appended after it");
+    // Every code of the first block (all 12 rows) made 255 in place, under the kept
+    // mapping: read unchecked, every row's bound would pass any distance and prune it.
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::File::options().write(true).open(&file).unwrap();
+        f.seek(SeekFrom::Start(64)).unwrap();
+        f.write_all(&vec![0xff; 12 * 4 * 600]).unwrap();
+    }
+    check("with every run of codes damaged");
+    let problems = vdna_db::query::verify_index(&db).unwrap();
+    assert!(
+        problems
+            .iter()
+            .any(|(_, p)| p.contains("2400 runs of codes fail")),
+        "{problems:?}"
+    );
+    vdna_db::query::reindex_with(&db, 1).unwrap();
+    assert!(vdna_db::query::verify_index(&db).unwrap().is_empty());
+    check("rebuilt");
 }
 
 #[test]
@@ -485,6 +591,82 @@ fn cli_reindex_builds_graphs_and_tiny_approx_queries_answer_exactly() {
     std::fs::remove_dir_all(home.join("index")).unwrap();
     let v = json(home, &["query", "synth/family-02-01", "--top", "3"]);
     assert_eq!(v["results"][0]["ref"], "synth/family-02-01:latest");
+}
+
+/// Pushes keep the column file of codes near the segment's end: once a whole block of rows
+/// lies past it, the push that completes the block rebuilds it (blocks of 4 rows here).
+/// Answers read by neuron equal those read from the rows.
+#[test]
+fn pushes_extend_the_column_file_a_block_at_a_time() {
+    let h = tmp();
+    let home = h.path();
+    let vdna = |args: &[&str]| -> serde_json::Value {
+        let o = bin()
+            .env("VDNA_DB_COLUMN_BLOCK", "4")
+            .arg("--home")
+            .arg(home)
+            .arg("--json")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null)
+    };
+    let demo = |families: &str| {
+        vdna(&[
+            "demo",
+            "--images",
+            "0",
+            "--fixtures",
+            "none",
+            "--families",
+            families,
+            "--members",
+            "3",
+        ])
+    };
+    demo("4");
+    vdna(&["reindex", "--graphs-min", "5"]);
+    let file = std::fs::read_dir(home.join("index"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+        .join("cols.bin");
+    let covered = || {
+        let b = std::fs::read(&file).unwrap();
+        u32::from_le_bytes(b[12..16].try_into().unwrap())
+    };
+    assert_eq!(covered(), 12);
+    // Six more DNAs: 16 rows complete a block past the 12 covered, 18 do not.
+    demo("6");
+    assert_eq!(covered(), 16);
+    let ask = || {
+        let v = vdna(&[
+            "query",
+            "synth/family-05-01",
+            "--mask",
+            "layer1_1:0-3 layer3_0:10",
+            "--exact",
+            "--top",
+            "5",
+        ]);
+        let by_neuron = v["plan"]["stages"].as_array().unwrap().iter().any(|s| {
+            s["name"]
+                .as_str()
+                .unwrap()
+                .starts_with("code bound (by neuron")
+        });
+        (v["results"].clone(), by_neuron)
+    };
+    let (cols, by_neuron) = ask();
+    assert!(by_neuron);
+    std::fs::remove_file(&file).unwrap();
+    let (rows, by_neuron) = ask();
+    assert!(!by_neuron);
+    assert_eq!(cols, rows);
+    assert_eq!(rows.as_array().unwrap().len(), 5);
 }
 
 /// A process keeps each space's table and open segment between queries (reused while the
