@@ -279,30 +279,75 @@ impl Columns {
 }
 
 /// `acc[i] += max(|codes[i] - q| - 1, 0)`: one neuron's term of the code bound for a block
-/// of rows. Written for the compiler to vectorise (bytes, then 16-bit lanes); the AVX2
-/// build is chosen at run time where the CPU has it.
+/// of rows. With AVX2 (chosen at run time), 32 rows at a time in bytes (`max - min`, then
+/// a saturating `- 1`), widened to 16 bits in row order; elsewhere, and for the tail, the
+/// loop (the compiler vectorises it through 32-bit lanes, at half the speed).
 #[inline]
 fn add_codes(acc: &mut [u16], codes: &[u8], q: u8) {
+    let n = acc.len().min(codes.len());
+    let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked just above).
-            return unsafe { add_codes_avx2(acc, codes, q) };
+            done = n - n % 32;
+            // SAFETY: the CPU supports AVX2 (checked just above); `done` is within both.
+            unsafe { add_codes_avx2(&mut acc[..done], &codes[..done], q) };
         }
     }
-    add_codes_body(acc, codes, q)
+    add_codes_body(&mut acc[done..n], &codes[done..n], q)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn add_codes_avx2(acc: &mut [u16], codes: &[u8], q: u8) {
-    add_codes_body(acc, codes, q)
+    use std::arch::x86_64::*;
+    assert!(acc.len() == codes.len() && codes.len().is_multiple_of(32));
+    let qv = _mm256_set1_epi8(q as i8);
+    let one = _mm256_set1_epi8(1);
+    for i in (0..codes.len()).step_by(32) {
+        // SAFETY: i + 32 <= len of both slices (asserted above); unaligned loads and
+        // stores, 32 code bytes and 2 x 16 accumulators of 2 bytes.
+        unsafe {
+            let c = _mm256_loadu_si256(codes.as_ptr().add(i).cast());
+            let d = _mm256_sub_epi8(_mm256_max_epu8(c, qv), _mm256_min_epu8(c, qv));
+            let t = _mm256_subs_epu8(d, one);
+            let lo = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(t));
+            let hi = _mm256_cvtepu8_epi16(_mm256_extracti128_si256::<1>(t));
+            let p = acc.as_mut_ptr().add(i);
+            let a0 = _mm256_loadu_si256(p.cast());
+            let a1 = _mm256_loadu_si256(p.add(16).cast());
+            _mm256_storeu_si256(p.cast(), _mm256_add_epi16(a0, lo));
+            _mm256_storeu_si256(p.add(16).cast(), _mm256_add_epi16(a1, hi));
+        }
+    }
 }
 
 #[inline(always)]
 fn add_codes_body(acc: &mut [u16], codes: &[u8], q: u8) {
     for (a, &c) in acc.iter_mut().zip(codes) {
         *a += c.abs_diff(q).saturating_sub(1) as u16;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The vector kernel adds what the loop adds, row for row, at every length (tails
+    /// included) and every query code, from non-zero accumulators.
+    #[test]
+    fn add_codes_equals_the_loop() {
+        let mut rng = crate::rng::Rng::new(7);
+        for len in [0, 1, 31, 32, 33, 64, 100, 4096] {
+            for q in [0u8, 1, 2, 127, 254, 255] {
+                let codes: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
+                let start: Vec<u16> = (0..len).map(|_| (rng.next_u64() % 1000) as u16).collect();
+                let (mut fast, mut slow) = (start.clone(), start);
+                add_codes(&mut fast, &codes, q);
+                add_codes_body(&mut slow, &codes, q);
+                assert_eq!(fast, slow, "len {len}, q {q}");
+            }
+        }
     }
 }
 

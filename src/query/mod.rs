@@ -1500,23 +1500,29 @@ fn histogram_cascade(
         .cols
         .get(&index_dir(ctx.db, &ctx.space_digest), seg)
         .filter(|c| (masked * c.rows()) as f64 / 64.0 <= cands.len() as f64 * per_row);
-    let mut col_bytes = 0u64;
-    let bounded: Vec<(f64, u32, usize)> = if let Some(cols) = &cols {
-        use rayon::prelude::*;
-        let (sums, bytes) = cols.code_bounds(&offsets, qcodes);
-        col_bytes = bytes;
-        cands
-            .par_iter()
-            .filter(|e| seeded.binary_search(e).is_err())
-            .map(|&e| match sums.get(row(e)) {
-                Some(&steps) => (steps as f64 * step, e, 0),
+    // (bound, candidate) of every candidate but the seeds, and the code bytes read.
+    let (bounded, read): (Vec<(f64, u32)>, u64) = if let Some(cols) = &cols {
+        let (sums, mut read) = cols.code_bounds(&offsets, qcodes);
+        // One pass, in place: no per-row allocation, no parallel collect.
+        let mut v = Vec::with_capacity(cands.len());
+        for &e in cands {
+            if seeded.binary_search(&e).is_ok() {
+                continue;
+            }
+            match sums.get(row(e)) {
+                Some(&steps) => v.push((steps as f64 * step, e)),
                 // Appended after the file was built: bounded from its row.
-                None => row_bound(e),
-            })
-            .collect()
+                None => {
+                    let (b, e, bytes) = row_bound(e);
+                    read += bytes as u64;
+                    v.push((b, e));
+                }
+            }
+        }
+        (v, read)
     } else {
         use rayon::prelude::*;
-        cands
+        let rows: Vec<(f64, u32, usize)> = cands
             .par_chunks(PREFETCH_BLOCK)
             .flat_map_iter(|block| {
                 block.iter().enumerate().map(move |(i, &e)| {
@@ -1528,13 +1534,14 @@ fn histogram_cascade(
             })
             .filter(|e| seeded.binary_search(e).is_err())
             .map(row_bound)
-            .collect()
+            .collect();
+        let read = rows.iter().map(|b| b.2 as u64).sum();
+        (rows.into_iter().map(|(b, e, _)| (b, e)).collect(), read)
     };
-    let read: usize = bounded.iter().map(|b| b.2).sum();
-    run.plan.summary_bytes += read as u64 + col_bytes;
+    run.plan.summary_bytes += read;
     let kept = bounded.iter().filter(|b| b.0 <= limit0).count();
-    let whole = (bounded.len() * group_bytes.iter().sum::<usize>()).max(1);
-    let mut order = ByBound::new(bounded.into_iter().map(|(b, e, _)| (b, e)).collect());
+    let whole = (bounded.len() * group_bytes.iter().sum::<usize>()).max(1) as u64;
+    let mut order = ByBound::new(bounded);
     run.plan.stages.push(Stage {
         name: if let Some(cols) = &cols {
             format!(
