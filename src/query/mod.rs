@@ -1350,11 +1350,13 @@ struct CascadeWith {
 
 /// Code bytes of a mask's layers checked and bounded at once when the code bound may
 /// stop early: after each such chunk a row whose bound already passes the k-th best is
-/// left unread (a CRC joined over fewer bytes costs more per byte). Scale bench, mask
-/// `all`: 1 KB chunks read 35% of the codes in efficientnet_lite0's layout and 15% in
-/// rand_resnet50's; 4 KB ones read all of efficientnet_lite0's 3 KB rows and 32% of
-/// rand_resnet50's.
-const ABANDON_CHUNK: usize = 1024;
+/// left unread (a CRC joined over fewer bytes costs more per byte), and the chunks are
+/// read in the order that a sample of rows says leaves rows soonest. Scale bench, mask
+/// `all`, efficientnet_lite0's layout at N = 100,000: 1 KB chunks in the space's order
+/// read 35% of the codes, 512-byte chunks ordered 16% (256 and 128 bytes: 16-19%, with
+/// more CRC calls); in rand_resnet50's layout 1 KB chunks read 15%, 4 KB ones 32%.
+/// `VDNA_DB_CODE_CHUNK` sets another size.
+const ABANDON_CHUNK: usize = 512;
 
 /// The code bound asks for a row's codes this many rows before it reads them
 /// ([`segment::Segment::prefetch_codes`]), over blocks of `PREFETCH_BLOCK` candidates
@@ -1440,7 +1442,7 @@ fn histogram_cascade(
     // over their codes (segment.rs, `layer_codes`), per layer only when that fails; cut
     // into chunks of at least ABANDON_CHUNK bytes when a row may be left early.
     let chunk = if limit0.is_finite() {
-        ABANDON_CHUNK
+        hnsw::knob("VDNA_DB_CODE_CHUNK", ABANDON_CHUNK, 64)
     } else {
         usize::MAX
     };
@@ -1461,26 +1463,96 @@ fn histogram_cascade(
     // What a row's first chunk reads, asked for PREFETCH_ROWS rows ahead (segment.rs,
     // `prefetch_codes`): the code bound of one layer at N = 100,000 is otherwise a memory
     // latency per row.
-    let first = groups.first().map(|(l0, l1, _)| (*l0, *l1));
+    // Where each group's query codes start (groups are in mask order).
+    let group_q: Vec<usize> = {
+        let mut at = 0;
+        groups
+            .iter()
+            .map(|(_, _, idx)| {
+                let start = at;
+                at += ctx.mask.layers[idx.clone()]
+                    .iter()
+                    .flat_map(|lm| lm.runs.iter().map(|&(s, t)| (t - s) as usize))
+                    .sum::<usize>();
+                start
+            })
+            .collect()
+    };
+    // One group's code steps for row `r` (a layer whose codes fail their check adds 0).
+    let group_steps = |r: usize, g: usize| -> u64 {
+        let (l0, l1, idx) = &groups[g];
+        let mut qi = group_q[g];
+        let mut steps = 0u64;
+        let layers = ctx.mask.layers[idx.clone()].iter();
+        for (lm, codes) in layers.zip(seg.layer_codes(r, *l0, *l1)) {
+            for &(s, t) in &lm.runs {
+                let (s, t) = (s as usize, t as usize);
+                if let Some(c) = codes {
+                    steps += sketch::code_l1(&qcodes[qi..qi + t - s], &c[s..t]) as u64;
+                }
+                qi += t - s;
+            }
+        }
+        steps
+    };
+    // When a row may be left early, the order of the groups decides how many bytes a row
+    // reads before its partial sum passes the limit (the sum, and so the bound, is the
+    // same in any order). Three orders are tried on a sample of up to 64 candidates spread
+    // over the list: the space's, the densest first (code steps per byte), the smallest
+    // first; the one that reads the sample's rows in the fewest bytes is taken.
+    let mut order: Vec<usize> = (0..groups.len()).collect();
+    if limit0.is_finite() && groups.len() > 1 && !cands.is_empty() {
+        let n = 64.min(cands.len());
+        let sample: Vec<Vec<u64>> = (0..n)
+            .map(|i| {
+                let r = row(cands[i * cands.len() / n]);
+                (0..groups.len()).map(|g| group_steps(r, g)).collect()
+            })
+            .collect();
+        let density: Vec<f64> = (0..groups.len())
+            .map(|g| {
+                sample.iter().map(|st| st[g]).sum::<u64>() as f64 / group_bytes[g].max(1) as f64
+            })
+            .collect();
+        let cost = |o: &[usize]| -> usize {
+            sample
+                .iter()
+                .map(|st| {
+                    let (mut steps, mut read) = (0u64, 0usize);
+                    for &g in o {
+                        steps += st[g];
+                        read += group_bytes[g];
+                        if steps as f64 * step > limit0 {
+                            break;
+                        }
+                    }
+                    read
+                })
+                .sum()
+        };
+        let mut dense = order.clone();
+        dense.sort_by(|&a, &b| density[b].total_cmp(&density[a]).then(a.cmp(&b)));
+        let mut small = order.clone();
+        small.sort_by_key(|&g| (group_bytes[g], g));
+        for o in [dense, small] {
+            if cost(&o) < cost(&order) {
+                order = o;
+            }
+        }
+    }
+    // What a row's first chunk reads, asked for PREFETCH_ROWS rows ahead (segment.rs,
+    // `prefetch_codes`): the code bound of one layer at N = 100,000 is otherwise a memory
+    // latency per row.
+    let first = order.first().map(|&g| (groups[g].0, groups[g].1));
     // One row's code bound from `c.bin`, left early past `limit0`: (bound, candidate,
     // bytes read).
     let row_bound = |e: u32| -> (f64, u32, usize) {
         let r = row(e);
         let mut steps = 0u64;
-        let mut qi = 0;
         let mut read = 0usize;
-        for ((l0, l1, idx), bytes) in groups.iter().zip(&group_bytes) {
-            let layers = ctx.mask.layers[idx.clone()].iter();
-            for (lm, codes) in layers.zip(seg.layer_codes(r, *l0, *l1)) {
-                for &(s, t) in &lm.runs {
-                    let (s, t) = (s as usize, t as usize);
-                    if let Some(c) = codes {
-                        steps += sketch::code_l1(&qcodes[qi..qi + t - s], &c[s..t]) as u64;
-                    }
-                    qi += t - s;
-                }
-            }
-            read += bytes;
+        for &g in &order {
+            steps += group_steps(r, g);
+            read += group_bytes[g];
             if steps as f64 * step > limit0 {
                 break;
             }
@@ -1493,8 +1565,12 @@ fn histogram_cascade(
     // group when a row may be left early).
     let masked: usize = offsets.iter().map(|o| o.1).sum();
     let lines = |b: usize| (b.div_ceil(64) + 1) as f64;
-    let per_row = group_bytes.first().map_or(0.0, |&b| lines(b))
-        + group_bytes.iter().skip(1).map(|&b| lines(b)).sum::<f64>()
+    let per_row = order.first().map_or(0.0, |&g| lines(group_bytes[g]))
+        + order
+            .iter()
+            .skip(1)
+            .map(|&g| lines(group_bytes[g]))
+            .sum::<f64>()
             * if limit0.is_finite() { 0.5 } else { 1.0 };
     let cols = open
         .cols
