@@ -51,7 +51,8 @@ pub fn block_rows() -> usize {
 /// The file's name in the space's index directory.
 pub const FILE: &str = "cols.bin";
 
-/// The CRC-32 of the first `rows` row digests.
+/// The CRC-32 of the first `rows` row digests: which rows a derived file was built over
+/// (the column file's header and each graph's metadata record it).
 pub(super) fn rows_crc(seg: &Segment, rows: usize) -> u32 {
     let mut h = crc32fast::Hasher::new();
     for d in &seg.rows()[..rows.min(seg.rows().len())] {

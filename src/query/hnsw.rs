@@ -33,6 +33,7 @@ use std::sync::{Arc, Mutex};
 use hnsw_rs::prelude::*;
 use memmap2::Mmap;
 
+use super::columns::rows_crc;
 use super::segment::{SegKind, Segment};
 use crate::format::SpaceConfig;
 use crate::Error;
@@ -151,15 +152,6 @@ fn span(seg: &Segment, layers: &[usize]) -> (usize, usize) {
         (Some(&a), Some(&b)) => (starts[a], starts[b + 1]),
         _ => (0, 0),
     }
-}
-
-/// The CRC-32 of the first `rows` row digests: the rows a graph's nodes are.
-fn rows_crc(seg: &Segment, rows: usize) -> u32 {
-    let mut h = crc32fast::Hasher::new();
-    for d in &seg.rows()[..rows.min(seg.rows().len())] {
-        h.update(&d.0);
-    }
-    h.finalize()
 }
 
 /// Builds (replacing) every graph of a segment when it has at least `min_rows` rows;

@@ -336,20 +336,7 @@ fn import_without_a_name_names_the_dna_after_its_file() {
 fn mask_values_opening_with_a_dash_are_accepted_everywhere() {
     let h = tmp();
     let home = h.path();
-    ok(
-        home,
-        &[
-            "demo",
-            "--images",
-            "0",
-            "--fixtures",
-            "none",
-            "--families",
-            "2",
-            "--members",
-            "2",
-        ],
-    );
+    ok(home, &demo_args("2", "2"));
     let q = "synth/family-01-00";
     let ranked = |v: &serde_json::Value| -> Vec<(String, f64)> {
         v["results"]

@@ -38,6 +38,29 @@ fn fill(db: &Db, s: &synth::CatalogueSpec) {
     }
 }
 
+/// A store of 4 families x 3 members over 4 histogram layers of `width` neurons and `bins`
+/// bins, reindexed with graphs and column codes at any size (`reindex_with(1)`).
+fn indexed_store(
+    seed: u64,
+    bins: u32,
+    width: u32,
+) -> (
+    tempfile::TempDir,
+    Db,
+    synth::CatalogueSpec,
+    vdna_db::query::ReindexReport,
+) {
+    let h = tmp();
+    let db = Db::open(h.path()).unwrap();
+    let mut s = spec(seed, DistKind::Histogram { bins });
+    s.layers = synth::uniform_layers(4, width);
+    s.families = 4;
+    s.members = 3;
+    fill(&db, &s);
+    let r = vdna_db::query::reindex_with(&db, 1).unwrap();
+    (h, db, s, r)
+}
+
 fn assert_same(got: &vdna_db::query::QueryResult, want: &[(f64, String)]) {
     let g: Vec<&str> = got.results.iter().map(|h| h.reference.as_str()).collect();
     let w: Vec<&str> = want.iter().map(|h| h.1.as_str()).collect();
@@ -87,14 +110,7 @@ proptest! {
 /// chunks, graphs for `all` and every layer, with and without a tag and --exclude-self.
 #[test]
 fn graph_seeded_exact_queries_equal_brute_force() {
-    let h = tmp();
-    let db = Db::open(h.path()).unwrap();
-    let mut s = spec(77, DistKind::Histogram { bins: 8 });
-    s.layers = synth::uniform_layers(4, 1500);
-    s.families = 4;
-    s.members = 3;
-    fill(&db, &s);
-    let r = vdna_db::query::reindex_with(&db, 1).unwrap();
+    let (_h, db, s, r) = indexed_store(77, 8, 1500);
     assert_eq!(r.graphs, 5, "graphs for all + 4 layers");
     db.tag(&synth::member_name(1, 0), "kept:v1").unwrap();
     db.tag(&synth::member_name(2, 2), "kept:v1").unwrap();
@@ -192,14 +208,7 @@ fn graph_seeded_exact_queries_equal_brute_force() {
 /// bounds nothing); `verify` reports the damage and `reindex` repairs it.
 #[test]
 fn column_codes_answer_like_brute_force_when_grown_or_damaged() {
-    let h = tmp();
-    let db = Db::open(h.path()).unwrap();
-    let mut s = spec(41, DistKind::Histogram { bins: 16 });
-    s.layers = synth::uniform_layers(4, 600);
-    s.families = 4;
-    s.members = 3;
-    fill(&db, &s);
-    vdna_db::query::reindex_with(&db, 1).unwrap();
+    let (h, db, s, _) = indexed_store(41, 16, 600);
     let probe = AnyDna::Owned(synth::member(
         &synth::CatalogueSpec {
             seed: 42,
@@ -540,20 +549,7 @@ fn approx_recall_at_5_is_at_least_0_95_on_clustered_data() {
 fn cli_reindex_builds_graphs_and_tiny_approx_queries_answer_exactly() {
     let h = tmp();
     let home = h.path();
-    ok(
-        home,
-        &[
-            "demo",
-            "--images",
-            "0",
-            "--fixtures",
-            "none",
-            "--families",
-            "4",
-            "--members",
-            "3",
-        ],
-    );
+    ok(home, &demo_args("4", "3"));
     let r = json(home, &["reindex", "--graphs-min", "5"]);
     assert_eq!(r["graphs"], 17, "all + 16 layers");
     // Twelve candidates are fewer than the 200 neighbours an approximate search fetches:
@@ -612,19 +608,7 @@ fn pushes_extend_the_column_file_a_block_at_a_time() {
         assert!(o.status.success(), "{args:?}: {}", stderr(&o));
         serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null)
     };
-    let demo = |families: &str| {
-        vdna(&[
-            "demo",
-            "--images",
-            "0",
-            "--fixtures",
-            "none",
-            "--families",
-            families,
-            "--members",
-            "3",
-        ])
-    };
+    let demo = |families: &str| vdna(&demo_args(families, "3"));
     demo("4");
     vdna(&["reindex", "--graphs-min", "5"]);
     let file = std::fs::read_dir(home.join("index"))

@@ -70,6 +70,22 @@ pub fn names(db: &vdna_db::Db) -> std::collections::BTreeMap<String, String> {
         .collect()
 }
 
+/// `vdna-db demo` arguments for a synthetic catalogue only (no images, no fixtures) of
+/// `families` x `members` DNAs.
+pub fn demo_args<'a>(families: &'a str, members: &'a str) -> [&'a str; 9] {
+    [
+        "demo",
+        "--images",
+        "0",
+        "--fixtures",
+        "none",
+        "--families",
+        families,
+        "--members",
+        members,
+    ]
+}
+
 pub fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().expect("tempdir")
 }
