@@ -44,7 +44,7 @@ pub struct QueryBody {
     pub tag: Option<String>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub exclude_self: bool,
-    /// `auto` (the planner chooses; the default), `exact` or `approx`.
+    /// `auto` (the planner chooses; the default), `exact`, `approx` or `estimate`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<Mode>,
     /// Older clients' spelling of `"mode": "approx"`.

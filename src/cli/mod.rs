@@ -46,7 +46,8 @@ const QUERY_HELP: &str = "Examples:
 
 The exact path (default) returns what a brute-force scan would, pruning with provable
 lower bounds; --approx may use an HNSW graph built by `vdna-db reindex` for the
-all-neurons and whole-layer masks and re-ranks its candidates exactly.
+all-neurons and whole-layer masks and re-ranks its candidates exactly; --estimate ranks
+them by the summaries' lower bound instead and reads no DNA (distances marked ~).
 Masks: see `vdna-db compare --help` or `vdna-db --help`.";
 
 /// vdna-db: a registry and database of Visual DNAs.
@@ -307,15 +308,20 @@ pub struct QueryArgs {
     /// Distance: emd, nfd or fd (default: emd for histograms, nfd for Gaussians)
     #[arg(long)]
     pub metric: Option<String>,
-    /// Force the exact path (the bound cascade, or a scan); without --exact or --approx
-    /// the planner chooses and --explain states its rule
-    #[arg(long, conflicts_with = "approx")]
+    /// Force the exact path (the bound cascade, or a scan); without --exact, --approx or
+    /// --estimate the planner chooses and --explain states its rule
+    #[arg(long, conflicts_with_all = ["approx", "estimate"])]
     pub exact: bool,
     /// Force the approximate path: the mask's HNSW graph where one is built, else bound
-    /// ranking with a budget of exact distances (a catalogue too small to gain from it is
-    /// still answered exactly)
-    #[arg(long)]
+    /// ranking with a budget of exact distances; the answers' distances are exact (a
+    /// catalogue too small to gain from it is still answered exactly)
+    #[arg(long, conflicts_with = "estimate")]
     pub approx: bool,
+    /// Fastest: like --approx, but rank by the summaries' estimate of the distance (its
+    /// sketch lower bound) and decode no DNA; estimated distances print with a `~` (and
+    /// `"estimated": true` in --json). Histogram DNAs; small catalogues answer exactly
+    #[arg(long)]
+    pub estimate: bool,
     /// Only DNAs whose annotation KEY equals VALUE (repeatable)
     #[arg(long = "filter", value_name = "KEY=VALUE")]
     pub filters: Vec<String>,
@@ -924,12 +930,15 @@ fn print_reindex(out: &mut Out, r: &crate::engine::ReindexReport, secs: f64) -> 
     Ok(())
 }
 
-/// The planner mode `--exact` / `--approx` ask for (the planner chooses without either).
+/// The planner mode `--exact` / `--approx` / `--estimate` ask for (the planner chooses
+/// without any).
 fn query_mode(a: &QueryArgs) -> crate::engine::Mode {
     if a.exact {
         crate::engine::Mode::Exact
     } else if a.approx {
         crate::engine::Mode::Approx
+    } else if a.estimate {
+        crate::engine::Mode::Estimate
     } else {
         crate::engine::Mode::Auto
     }
@@ -1107,7 +1116,11 @@ fn print_hits(out: &mut Out, hits: &[crate::engine::Hit]) -> std::io::Result<()>
                     (i + 1).to_string(),
                     r.reference.clone(),
                     r.digest.short(),
-                    format!("{:.6}", r.distance),
+                    if r.estimated {
+                        format!("~{:.6}", r.distance)
+                    } else {
+                        format!("{:.6}", r.distance)
+                    },
                     r.images.to_string(),
                 ]
             })

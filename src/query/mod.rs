@@ -38,7 +38,13 @@ pub enum Mode {
     #[default]
     Auto,
     Exact,
+    /// Approximate membership of the top k, exact distances of the answers.
     Approx,
+    /// Approximate membership and distances: the answers are ranked by the summaries'
+    /// sketch bound (a lower bound on the distance, docs/QUERY.md) and no DNA is decoded;
+    /// each such hit is marked `estimated`. Histogram spaces only (a Gaussian space's
+    /// summaries give its exact NFD, so there it answers as `Approx`).
+    Estimate,
 }
 
 impl Mode {
@@ -48,6 +54,7 @@ impl Mode {
             Mode::Auto => "auto",
             Mode::Exact => "exact",
             Mode::Approx => "approx",
+            Mode::Estimate => "estimate",
         }
     }
 }
@@ -89,6 +96,10 @@ pub struct Hit {
     pub digest: Digest,
     pub distance: f64,
     pub images: u64,
+    /// True when `distance` is the summaries' estimate (a lower bound on the exact
+    /// distance, `Mode::Estimate`), not the exact distance.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub estimated: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub per_layer: Vec<LayerDistance>,
 }
@@ -854,6 +865,7 @@ pub fn query(db: &dyn Source, q: &AnyDna, req: &QueryRequest) -> Result<QueryRes
         top: TopK::new(req.k),
         comparisons: HashMap::new(),
         plan,
+        estimated: false,
     };
     match (path, &seg) {
         (Path::Cascade { .. } | Path::Graph, Some(open)) => {
@@ -917,7 +929,15 @@ pub fn query(db: &dyn Source, q: &AnyDna, req: &QueryRequest) -> Result<QueryRes
                     } else {
                         None
                     };
-                    let how = CascadeWith { budget, via, seeds };
+                    // Estimates replace the budget of exact distances, never the exact
+                    // cascade (a graph that found too few falls back to it above).
+                    let estimate = req.mode == Mode::Estimate && budget.is_some();
+                    let how = CascadeWith {
+                        budget,
+                        via,
+                        seeds,
+                        estimate,
+                    };
                     histogram_cascade(&ctx, open, &summaries, cands, how, &mut run)?
                 }
                 QuerySummaries::Gaussian { .. } => {
@@ -931,6 +951,7 @@ pub fn query(db: &dyn Source, q: &AnyDna, req: &QueryRequest) -> Result<QueryRes
         top,
         comparisons,
         mut plan,
+        estimated,
     } = run;
 
     let results = top
@@ -941,6 +962,7 @@ pub fn query(db: &dyn Source, q: &AnyDna, req: &QueryRequest) -> Result<QueryRes
             digest,
             distance,
             images: table.entry(&digest).map_or(0, |e| table.images(e)),
+            estimated: estimated && !comparisons.contains_key(&digest),
             per_layer: if req.per_layer {
                 comparisons
                     .get(&digest)
@@ -1051,6 +1073,24 @@ fn choose(
                 graph_n(k)
             ),
         ),
+        Mode::Estimate => match graph {
+            Some(key) => (
+                Path::Graph,
+                format!(
+                    "--estimate with a graph for this mask ({key}): its nearest by summary, ranked by the sketch bound; no exact distance (histograms; a Gaussian space re-ranks its best {} exactly)",
+                    rerank_budget(k)
+                ),
+            ),
+            None => (
+                Path::Cascade {
+                    budget: Some(rerank_budget(k)),
+                },
+                format!(
+                    "--estimate, no graph for this mask: every candidate ranked by the sketch bound, lazily (code, mean, sketch); no exact distance (histograms; a Gaussian space computes the best {} exactly)",
+                    rerank_budget(k)
+                ),
+            ),
+        },
         Mode::Approx => match graph {
             Some(key) => (
                 Path::Graph,
@@ -1168,6 +1208,9 @@ struct Run {
     top: TopK,
     comparisons: HashMap<Digest, Comparison>,
     plan: Plan,
+    /// Some answers were offered at their estimated distance (`Mode::Estimate`): those
+    /// without a comparison in `comparisons`.
+    estimated: bool,
 }
 
 impl Ctx<'_> {
@@ -1206,6 +1249,15 @@ impl Ctx<'_> {
         // Candidates are opened on every query: their manifests and space are kept.
         let stored = StoredDna::open_kept(self.db.objects(), &d)?;
         exact_distance(self.space, self.qheld, &stored, self.mask, self.metric)
+    }
+
+    /// Offers candidate `e`'s names at an estimated distance (no exact distance).
+    fn offer_estimate(&self, e: u32, distance: f64, run: &mut Run) {
+        let d = self.table.digest(e as usize);
+        run.estimated = true;
+        for i in self.eligible.names(self.table, e) {
+            run.top.push(distance, self.table.name(i).to_string(), d);
+        }
     }
 
     /// Offers candidate `e`'s names at distance `c` to the top k.
@@ -1346,6 +1398,9 @@ struct CascadeWith {
     /// Entries whose exact distances come first, before any bound (from the mask's
     /// graph); else the k best by the code bound are.
     seeds: Option<Vec<u32>>,
+    /// With a budget: rank by the sketch bound and offer it as the distance, computing
+    /// no exact distance (`Mode::Estimate`).
+    estimate: bool,
 }
 
 /// Code bytes of a mask's layers checked and bounded at once when the code bound may
@@ -1379,7 +1434,12 @@ fn histogram_cascade(
     how: CascadeWith,
     run: &mut Run,
 ) -> Result<(), Error> {
-    let CascadeWith { budget, via, seeds } = how;
+    let CascadeWith {
+        budget,
+        via,
+        seeds,
+        estimate,
+    } = how;
     let QuerySummaries::Histogram {
         mean: qmean,
         sketch: qsk,
@@ -1392,6 +1452,12 @@ fn histogram_cascade(
         return Err(Error::Invalid("space is not a histogram space".into()));
     };
     run.plan.strategy = match (&via, budget) {
+        (Some(key), Some(_)) if estimate => {
+            format!("estimate: HNSW graph over mean codes ({key}) -> bounds -> rank by the sketch bound")
+        }
+        (None, Some(_)) if estimate => {
+            "estimate: code bound -> mean bound -> rank by the sketch bound".into()
+        }
         (Some(key), _) => {
             format!(
                 "approx: HNSW graph over mean codes ({key}) -> bounds -> exact re-rank of the best"
@@ -1638,8 +1704,9 @@ fn histogram_cascade(
         ms: ms(t),
     });
 
-    // Without seeds, seed the threshold with the k best by the code bound.
-    let seed = if seeded.is_empty() {
+    // Without seeds, seed the threshold with the k best by the code bound (estimates
+    // need none: the sketch bounds come out in order).
+    let seed = if seeded.is_empty() && !estimate {
         let t = Instant::now();
         let seed = order.len().min(ctx.k);
         let firsts: Vec<u32> = (0..seed).map(|i| order.get(i).1).collect();
@@ -1690,6 +1757,11 @@ fn histogram_cascade(
     };
     let mut heap: BinaryHeap<Reverse<(TotalF64, u8, u32)>> = BinaryHeap::new();
     let (mut next, mut meaned, mut sketched, mut done) = (seed, 0usize, 0usize, 0usize);
+    // Estimates are ranked by the bounds themselves, with no rounding slack: an entry
+    // leaves the heap at level 2 only when no candidate left can have a smaller sketch
+    // bound (the heap's keys and the frontier are at least its own), so the answers are
+    // the k smallest sketch bounds among the candidates.
+    let slack = if estimate { 0.0 } else { slack };
     let (mut mean_ms, mut sketch_ms) = (0.0, 0.0);
     loop {
         let frontier = if next < order.len() {
@@ -1709,6 +1781,9 @@ fn histogram_cascade(
                     heap.push(Reverse((TotalF64(sketch_bound(e, b.0)), 2, e)));
                     sketched += 1;
                     sketch_ms += ms(ts);
+                } else if estimate {
+                    ctx.offer_estimate(e, b.0 / n_masked, run);
+                    done += 1;
                 } else {
                     if done >= budget {
                         break;
@@ -1743,7 +1818,11 @@ fn histogram_cascade(
         ms: sketch_ms,
     });
     run.plan.stages.push(Stage {
-        name: "exact EMD (bound order)".into(),
+        name: if estimate {
+            "estimates (by sketch bound)".into()
+        } else {
+            "exact EMD (bound order)".into()
+        },
         candidates_in: sketched,
         candidates_out: done,
         ms: ms(t) - mean_ms - sketch_ms,
@@ -2105,7 +2184,7 @@ mod tests {
         let emd = Some(Metric::Emd);
         let exact = Path::Cascade { budget: None };
         // No bound for the metric: scan, whatever the mode.
-        for mode in [Mode::Auto, Mode::Exact, Mode::Approx] {
+        for mode in [Mode::Auto, Mode::Exact, Mode::Approx, Mode::Estimate] {
             assert_eq!(choose(mode, 50_000, 5, None, Some("all")).0, Path::Scan);
         }
         // N <= k: scan.
@@ -2113,7 +2192,7 @@ mod tests {
         // --exact: the cascade even where a graph exists.
         assert_eq!(choose(Mode::Exact, 50_000, 5, emd, Some("all")).0, exact);
         // Small catalogues are exact in every mode: 200 is the graph's neighbour count.
-        for mode in [Mode::Auto, Mode::Approx] {
+        for mode in [Mode::Auto, Mode::Approx, Mode::Estimate] {
             assert_eq!(choose(mode, 200, 5, emd, Some("all")).0, exact);
             assert_eq!(choose(mode, 4, 3, emd, Some("all")).0, exact, "issue 19");
         }
@@ -2131,6 +2210,16 @@ mod tests {
         assert_eq!(
             choose(Mode::Approx, 5000, 3, emd, None).0,
             Path::Cascade { budget: Some(8) }
+        );
+        // --estimate: the same paths as --approx (query() turns their budget into
+        // estimates for histograms).
+        assert_eq!(
+            choose(Mode::Estimate, 201, 5, emd, Some("all")).0,
+            Path::Graph
+        );
+        assert_eq!(
+            choose(Mode::Estimate, 201, 5, emd, None).0,
+            Path::Cascade { budget: Some(10) }
         );
         // Default mode: a graph from max(graphs-min, 10 x neighbours) candidates.
         assert_eq!(choose(Mode::Auto, 1999, 5, emd, Some("all")).0, exact);

@@ -545,6 +545,181 @@ fn approx_recall_at_5_is_at_least_0_95_on_clustered_data() {
     assert!(recall >= 0.95, "recall@5 {recall}");
 }
 
+/// The means of a neuron's quantile function (in bin units) over `q` equal intervals of
+/// probability, from its counts: a second implementation of the sketch, in integers.
+/// Scaled by `q`, the bin `k` holding `c` of `t` counts covers `[q cum, q (cum + c))` of
+/// `q t` units and interval `j` covers `[j t, (j + 1) t)`, so every overlap is an integer.
+fn quantile_means(counts: &[u32], q: u64) -> Vec<f64> {
+    let t: u64 = counts.iter().map(|&c| c as u64).sum();
+    let mut sums = vec![0u128; q as usize];
+    let mut cum = 0u64;
+    for (k, &c) in counts.iter().enumerate() {
+        let (lo, hi) = (q * cum, q * (cum + c as u64));
+        cum += c as u64;
+        for (j, s) in sums.iter_mut().enumerate() {
+            let (a, b) = (j as u64 * t, (j as u64 + 1) * t);
+            let overlap = hi.min(b).saturating_sub(lo.max(a));
+            *s += k as u128 * overlap as u128;
+        }
+    }
+    // Interval j holds t units of mass: its mean position is sum / t.
+    sums.iter()
+        .map(|&s| if t == 0 { 0.0 } else { s as f64 / t as f64 })
+        .collect()
+}
+
+/// `--estimate` (Mode::Estimate) answers with the k smallest sketch bounds among the
+/// candidates and decodes nothing: without graphs its answers are the k DNAs with the
+/// smallest bound computed here from the histograms by a second implementation, each
+/// distance equal to that bound and never above the exact distance (brute force); with
+/// graphs, its recall@5 against the exact answer.
+#[test]
+fn estimates_are_the_smallest_sketch_bounds_and_never_exceed_exact_distances() {
+    use vdna_db::query::Mode;
+    let h = tmp();
+    let db = Db::open(h.path()).unwrap();
+    let bins = 32u32;
+    let mut s = spec(37, DistKind::Histogram { bins });
+    s.families = 30;
+    s.members = 8;
+    fill(&db, &s);
+    // (ref, its histograms) of every stored member.
+    let stored: Vec<(String, vdna_db::dna::Dna)> = (0..s.families)
+        .flat_map(|f| (0..s.members).map(move |m| (f, m)))
+        .map(|(f, m)| {
+            (
+                format!("{}:latest", synth::member_name(f, m)),
+                synth::member(&s, f, m),
+            )
+        })
+        .collect();
+    let counts = |d: &vdna_db::dna::Dna, layer: usize| -> Vec<u32> {
+        match &d.layers[layer] {
+            vdna_db::dna::LayerData::Histogram { counts, .. } => counts.clone(),
+            _ => unreachable!("histogram layers"),
+        }
+    };
+    // The masked (layer, neuron)s of each mask asked, written out here.
+    let masks: Vec<(&str, Vec<(usize, usize)>)> = vec![
+        (
+            "all",
+            (0..3).flat_map(|l| (0..24).map(move |n| (l, n))).collect(),
+        ),
+        ("block_2", (0..24).map(|n| (2, n)).collect()),
+        ("block_1:3,5,17", vec![(1, 3), (1, 5), (1, 17)]),
+    ];
+    let bound = |a: &vdna_db::dna::Dna, b: &vdna_db::dna::Dna, cells: &[(usize, usize)]| -> f64 {
+        let q = vdna_db::query::sketch::SKETCH_Q as u64;
+        let mut sum = 0.0;
+        for &(l, n) in cells {
+            let (ca, cb) = (counts(a, l), counts(b, l));
+            let r = n * bins as usize..(n + 1) * bins as usize;
+            let (ma, mb) = (quantile_means(&ca[r.clone()], q), quantile_means(&cb[r], q));
+            sum += ma.iter().zip(&mb).map(|(x, y)| (x - y).abs()).sum::<f64>() / q as f64;
+        }
+        sum / cells.len() as f64
+    };
+    let estimate = |q: &AnyDna, mask: &str| {
+        query(
+            &db,
+            q,
+            &QueryRequest {
+                mask: mask.into(),
+                k: 5,
+                mode: Mode::Estimate,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
+    // Stored f32 summaries: each neuron's bound within 2^-23 bins of its f64 value.
+    let tol = bins as f64 * 2f64.powi(-20);
+    for i in 0..6u64 {
+        // New members of stored families, as a user's dataset near some of the catalogue.
+        let probe = synth::member(&s, (i as usize * 5) % 30, s.members + i as usize);
+        let q = AnyDna::Owned(probe.clone());
+        for (mask, cells) in &masks {
+            let got = estimate(&q, mask);
+            assert!(
+                got.plan.strategy.starts_with("estimate"),
+                "{}",
+                got.plan.strategy
+            );
+            assert_eq!(got.plan.exact_computed, 0, "no exact distance");
+            assert_eq!(got.plan.layer_cache_misses, 0, "no layer decoded");
+            assert_eq!(got.results.len(), 5);
+            let mut want: Vec<(f64, &str)> = stored
+                .iter()
+                .map(|(name, d)| (bound(&probe, d, cells), name.as_str()))
+                .collect();
+            want.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(b.1)));
+            let kth = want[4].0;
+            let exact = brute_force(
+                &db,
+                &q,
+                &QueryRequest {
+                    mask: mask.to_string(),
+                    k: stored.len(),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            for hit in &got.results {
+                assert!(hit.estimated, "{} not marked estimated", hit.reference);
+                let mine = want.iter().find(|w| w.1 == hit.reference).unwrap().0;
+                assert!(
+                    (hit.distance - mine).abs() <= tol,
+                    "{mask}: {} estimated {} against the bound {mine}",
+                    hit.reference,
+                    hit.distance
+                );
+                assert!(
+                    mine <= kth + 2.0 * tol,
+                    "{mask}: {} is not among the 5 smallest bounds",
+                    hit.reference
+                );
+                let e = exact.iter().find(|e| e.1 == hit.reference).unwrap().0;
+                assert!(
+                    hit.distance <= e + tol,
+                    "{mask}: estimate {} above the exact {e}",
+                    hit.distance
+                );
+            }
+        }
+    }
+    // With graphs: the graph's nearest, ranked by the bound; recall against the exact top 5.
+    vdna_db::query::reindex_with(&db, 100).unwrap();
+    let (mut hits, mut total) = (0, 0);
+    for i in 0..20usize {
+        let q = AnyDna::Owned(synth::member(&s, (i * 7) % 30, s.members + i));
+        for mask in ["all", "block_2"] {
+            let got = estimate(&q, mask);
+            assert!(got.plan.strategy.contains("HNSW"), "{}", got.plan.strategy);
+            assert_eq!(got.plan.exact_computed, 0);
+            let exact = query(
+                &db,
+                &q,
+                &QueryRequest {
+                    mask: mask.into(),
+                    k: 5,
+                    mode: Mode::Exact,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            hits += got
+                .results
+                .iter()
+                .filter(|h| exact.results.iter().any(|e| e.reference == h.reference))
+                .count();
+            total += exact.results.len();
+        }
+    }
+    let recall = hits as f64 / total as f64;
+    eprintln!("estimate recall@5 {recall}");
+    assert!(recall >= 0.95, "recall@5 {recall}");
+}
+
 #[test]
 fn cli_reindex_builds_graphs_and_tiny_approx_queries_answer_exactly() {
     let h = tmp();

@@ -1113,6 +1113,8 @@ fn openapi_response_fields_match_the_shared_types() {
         digest: Digest::of(b"x"),
         distance: 1.25,
         images: 10,
+        // Every optional field present, so every documented one is compared.
+        estimated: true,
         per_layer: vec![layer.clone()],
     };
     let result = QueryResult {
