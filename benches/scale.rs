@@ -35,6 +35,16 @@ use vdna_db::query::{brute_force, query, Mode, QueryRequest, QueryResult};
 use vdna_db::refname::RefName;
 use vdna_db::{synth, Db};
 
+/// The share of `truth`'s answers that `got` also returns (recall@k), by digest.
+fn overlap(got: &QueryResult, truth: &QueryResult) -> f64 {
+    let found = got
+        .results
+        .iter()
+        .filter(|h| truth.results.iter().any(|t| t.digest == h.digest))
+        .count();
+    found as f64 / truth.results.len() as f64
+}
+
 fn env_or(k: &str, d: &str) -> String {
     std::env::var(k).unwrap_or_else(|_| d.to_string())
 }
@@ -351,12 +361,7 @@ fn main() {
                             ap_again.push(a.plan.total_ms);
                         } else {
                             ap.push(a.plan.total_ms);
-                            recall += a
-                                .results
-                                .iter()
-                                .filter(|h| r.results.iter().any(|t| t.digest == h.digest))
-                                .count() as f64
-                                / r.results.len() as f64;
+                            recall += overlap(&a, &r);
                         }
                         if show {
                             eprintln!("N = {n}, {label}, approx:\n{}", a.plan.explain());
@@ -368,12 +373,7 @@ fn main() {
                     if round == 0 && n > 200 {
                         let e = query(&db, q, &estimate).unwrap();
                         es.push(e.plan.total_ms);
-                        es_recall += e
-                            .results
-                            .iter()
-                            .filter(|h| r.results.iter().any(|t| t.digest == h.digest))
-                            .count() as f64
-                            / r.results.len() as f64;
+                        es_recall += overlap(&e, &r);
                         for h in &e.results {
                             if let Some(t) = r.results.iter().find(|t| t.digest == h.digest) {
                                 es_ratio.push(h.distance / t.distance);
