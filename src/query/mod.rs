@@ -865,7 +865,6 @@ pub fn query(db: &dyn Source, q: &AnyDna, req: &QueryRequest) -> Result<QueryRes
         top: TopK::new(req.k),
         comparisons: HashMap::new(),
         plan,
-        estimated: false,
     };
     match (path, &seg) {
         (Path::Cascade { .. } | Path::Graph, Some(open)) => {
@@ -951,7 +950,6 @@ pub fn query(db: &dyn Source, q: &AnyDna, req: &QueryRequest) -> Result<QueryRes
         top,
         comparisons,
         mut plan,
-        estimated,
     } = run;
 
     let results = top
@@ -962,7 +960,8 @@ pub fn query(db: &dyn Source, q: &AnyDna, req: &QueryRequest) -> Result<QueryRes
             digest,
             distance,
             images: table.entry(&digest).map_or(0, |e| table.images(e)),
-            estimated: estimated && !comparisons.contains_key(&digest),
+            // Every exact distance offered has its comparison; an estimate has none.
+            estimated: !comparisons.contains_key(&digest),
             per_layer: if req.per_layer {
                 comparisons
                     .get(&digest)
@@ -1208,9 +1207,6 @@ struct Run {
     top: TopK,
     comparisons: HashMap<Digest, Comparison>,
     plan: Plan,
-    /// Some answers were offered at their estimated distance (`Mode::Estimate`): those
-    /// without a comparison in `comparisons`.
-    estimated: bool,
 }
 
 impl Ctx<'_> {
@@ -1251,10 +1247,10 @@ impl Ctx<'_> {
         exact_distance(self.space, self.qheld, &stored, self.mask, self.metric)
     }
 
-    /// Offers candidate `e`'s names at an estimated distance (no exact distance).
+    /// Offers candidate `e`'s names at an estimated distance (no exact distance, so no
+    /// comparison: that marks its hits estimated).
     fn offer_estimate(&self, e: u32, distance: f64, run: &mut Run) {
         let d = self.table.digest(e as usize);
-        run.estimated = true;
         for i in self.eligible.names(self.table, e) {
             run.top.push(distance, self.table.name(i).to_string(), d);
         }

@@ -61,6 +61,22 @@ fn indexed_store(
     (h, db, s, r)
 }
 
+/// The top 5 of `q` under `mask` in planner mode `mode`.
+fn top5(
+    db: &Db,
+    q: &AnyDna,
+    mask: &str,
+    mode: vdna_db::query::Mode,
+) -> vdna_db::query::QueryResult {
+    let req = QueryRequest {
+        mask: mask.into(),
+        k: 5,
+        mode,
+        ..Default::default()
+    };
+    query(db, q, &req).unwrap()
+}
+
 fn assert_same(got: &vdna_db::query::QueryResult, want: &[(f64, String)]) {
     let g: Vec<&str> = got.results.iter().map(|h| h.reference.as_str()).collect();
     let w: Vec<&str> = want.iter().map(|h| h.1.as_str()).collect();
@@ -500,27 +516,8 @@ fn approx_recall_at_5_is_at_least_0_95_on_clustered_data() {
             0,
         ));
         for mask in ["all", "block_2"] {
-            let exact = query(
-                &db,
-                &q,
-                &QueryRequest {
-                    mask: mask.into(),
-                    k: 5,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
-            let approx = query(
-                &db,
-                &q,
-                &QueryRequest {
-                    mask: mask.into(),
-                    k: 5,
-                    mode: vdna_db::query::Mode::Approx,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+            let exact = top5(&db, &q, mask, vdna_db::query::Mode::Auto);
+            let approx = top5(&db, &q, mask, vdna_db::query::Mode::Approx);
             assert!(
                 approx.plan.strategy.contains("HNSW"),
                 "{}",
@@ -619,19 +616,7 @@ fn estimates_are_the_smallest_sketch_bounds_and_never_exceed_exact_distances() {
         }
         sum / cells.len() as f64
     };
-    let estimate = |q: &AnyDna, mask: &str| {
-        query(
-            &db,
-            q,
-            &QueryRequest {
-                mask: mask.into(),
-                k: 5,
-                mode: Mode::Estimate,
-                ..Default::default()
-            },
-        )
-        .unwrap()
-    };
+    let estimate = |q: &AnyDna, mask: &str| top5(&db, q, mask, Mode::Estimate);
     // Stored f32 summaries: each neuron's bound within 2^-23 bins of its f64 value.
     let tol = bins as f64 * 2f64.powi(-20);
     for i in 0..6u64 {
@@ -696,17 +681,7 @@ fn estimates_are_the_smallest_sketch_bounds_and_never_exceed_exact_distances() {
             let got = estimate(&q, mask);
             assert!(got.plan.strategy.contains("HNSW"), "{}", got.plan.strategy);
             assert_eq!(got.plan.exact_computed, 0);
-            let exact = query(
-                &db,
-                &q,
-                &QueryRequest {
-                    mask: mask.into(),
-                    k: 5,
-                    mode: Mode::Exact,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+            let exact = top5(&db, &q, mask, Mode::Exact);
             hits += got
                 .results
                 .iter()
