@@ -29,7 +29,7 @@ use crate::store::ObjectStore;
 use crate::stored::{AnyDna, HeldLayer, StoredDna};
 use crate::Error;
 use segment::{SegKind, Segment};
-use sketch::{histogram_sketch, SKETCH_Q};
+use sketch::{histogram_mean, histogram_sketch, SKETCH_Q};
 
 /// Exact, approximate, or let the planner choose.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -868,7 +868,14 @@ pub fn query(db: &dyn Source, q: &AnyDna, req: &QueryRequest) -> Result<QueryRes
     };
     match (path, &seg) {
         (Path::Cascade { .. } | Path::Graph, Some(open)) => {
+            let t = Instant::now();
             let summaries = QuerySummaries::of(&ctx)?;
+            run.plan.stages.push(Stage {
+                name: format!("query summaries ({} neurons)", mask.neurons()),
+                candidates_in: eligible.cands.len(),
+                candidates_out: eligible.cands.len(),
+                ms: ms(t),
+            });
             // The graph's candidates when it answers, else every eligible entry (borrowed:
             // no copy of N per query).
             let mut found_by_graph: Option<Vec<u32>> = None;
@@ -879,7 +886,8 @@ pub fn query(db: &dyn Source, q: &AnyDna, req: &QueryRequest) -> Result<QueryRes
             let mut via = None;
             if path == Path::Graph {
                 let t = Instant::now();
-                match graph_candidates(&ctx, open, &summaries.graph_vector())? {
+                let found = graph_candidates(&ctx, open, &summaries.graph_vector())?;
+                match found {
                     Some((key, found)) => {
                         run.plan.stages.push(Stage {
                             name: format!("hnsw graph ({key})"),
@@ -1008,21 +1016,22 @@ fn graph_n(k: usize) -> usize {
     (k * 40).max(200)
 }
 
-/// How many neighbours a graph search returns, and its breadth (hnsw's `ef`): max(10 k,
-/// 50) and max(that, 64), or `graph_n(k)` when a tag or filter narrows the candidates
+/// How many neighbours a graph search returns, and its breadth (hnsw's `ef`): max(6 k,
+/// 30) and max(that, 40), or `graph_n(k)` when a tag or filter narrows the candidates
 /// (most neighbours may be filtered out); `VDNA_DB_GRAPH_FETCH` / `VDNA_DB_GRAPH_EF`
 /// override them (tuning knobs: `benches/scale.rs` measures recall and time). Measured
-/// at N = 100,000 (README): 50 / 64 answered `all` at recall@5 1.0 in 5.0 ms, 30 / 48 in
-/// 4.6 ms at the same recall, 20 / 32 in 4.3 ms at 0.80.
+/// at N = 100,000 for mask `all` (scale bench, same run, same queries): 50 / 64 searched
+/// in 1.04 ms, 30 / 40 in 0.79-0.86 ms, both at recall@5 1.0 (approximate) and 0.98
+/// (estimates); 20 / 32 in 0.67 ms at 0.80.
 fn graph_search_params(k: usize, narrowed: bool) -> (usize, usize) {
     let env = |name: &str, d: usize| hnsw::knob(name, d, 1);
     let default = if narrowed {
         graph_n(k)
     } else {
-        (10 * k).max(50)
+        (6 * k).max(30)
     };
     let n = env("VDNA_DB_GRAPH_FETCH", default).max(k);
-    (n, env("VDNA_DB_GRAPH_EF", n.max(64)).max(n))
+    (n, env("VDNA_DB_GRAPH_EF", n.max(40)).max(n))
 }
 
 /// Exact distances an approximate query computes after ranking by bounds.
@@ -1976,16 +1985,8 @@ fn all_graph_codes(
     {
         return Ok(None);
     }
-    let mean_code = |h: &[u32]| -> u8 {
-        let (mut t, mut m) = (0u64, 0u64);
-        for (k, &c) in h.iter().enumerate() {
-            t += c as u64;
-            m += k as u64 * c as u64;
-        }
-        // A neuron with no count has mean 0, as its stored summary does.
-        let mean = if t == 0 { 0.0 } else { m as f64 / t as f64 };
-        segment::code_of(mean, bins)
-    };
+    // A neuron with no count has mean 0, as its stored summary does.
+    let mean_code = |h: &[u32]| segment::code_of(histogram_mean(h), bins);
     let mut codes = Vec::with_capacity(open.seg.layer_starts().last().copied().unwrap_or(0));
     for l in 0..ctx.space.layers.len() {
         let held;

@@ -12,9 +12,46 @@
 /// within a few percent of the exact EMD on realistic histograms at 8 floats a neuron).
 pub const SKETCH_Q: usize = 8;
 
+/// The loop of [`histogram_sketch`] in integers of type `$int`.
+macro_rules! sketch_in {
+    ($int:ty, $counts:expr, $out:expr, $t:expr) => {{
+        let (counts, out): (&[u32], &mut [f64]) = ($counts, $out);
+        let t = $t as $int;
+        let q = out.len();
+        let qq = q as $int;
+        // The next interior edge (its index and its position `edge t` in scaled mass) and
+        // H at the previous one; `cum` and `s` are the count and position-weighted count
+        // of the bins before the current one.
+        let (mut edge, mut x, mut h_prev) = (1usize, t, 0 as $int);
+        let (mut cum, mut s) = (0 as $int, 0 as $int);
+        let tf = t as f64;
+        for (k, &c) in counts.iter().enumerate() {
+            let next = cum + c as $int;
+            // Edges covered by this bin: `x <= q next`.
+            while edge < q && x <= qq * next {
+                let h = qq * s + k as $int * (x - qq * cum);
+                out[edge - 1] = (h - h_prev) as f64 / tf;
+                (h_prev, edge, x) = (h, edge + 1, x + t);
+            }
+            cum = next;
+            s += k as $int * c as $int;
+        }
+        out[q - 1] = (qq * s - h_prev) as f64 / tf;
+        s as f64 / tf
+    }};
+}
+
 /// Fills `out[..q]` with the means of the quantile function of `counts` on each of `q`
 /// equal probability intervals, in bin units; returns the mean. A neuron with no count
 /// gets zeros.
+///
+/// One pass in integers: with every bin's mass scaled by `q`, the interval edges fall on
+/// the multiples of the total `t`, and `H(X)`, the integral of the bin position over the
+/// first `X` of scaled mass, is an integer at each of them (`q S + k (X - q C)` inside
+/// bin `k`, where `C` and `S` are the count and the position-weighted count of the bins
+/// before it). Interval `j` then has mean `(H((j+1) t) - H(j t)) / t`: exact up to the
+/// final division, and with no floating point in the loop over bins (a query computes
+/// this for every neuron of its mask).
 pub fn histogram_sketch(counts: &[u32], out: &mut [f64]) -> f64 {
     let q = out.len();
     out.iter_mut().for_each(|x| *x = 0.0);
@@ -22,44 +59,32 @@ pub fn histogram_sketch(counts: &[u32], out: &mut [f64]) -> f64 {
     if t == 0 || q == 0 {
         return 0.0;
     }
-    let tf = t as f64;
-    let width = tf / q as f64;
-    let mut cum = 0u64;
-    let mut j = 0usize;
-    for (k, c) in counts.iter().enumerate() {
-        if *c == 0 {
-            continue;
-        }
-        let lo = cum as f64;
-        cum += *c as u64;
-        let hi = cum as f64;
-        // Mass [lo, hi) sits at position k; spread it over the intervals it overlaps.
-        while j < q {
-            let (a, b) = (
-                width * j as f64,
-                if j + 1 == q {
-                    tf
-                } else {
-                    width * (j + 1) as f64
-                },
-            );
-            let overlap = hi.min(b) - lo.max(a);
-            if overlap > 0.0 {
-                out[j] += k as f64 * overlap;
-            }
-            if b <= hi {
-                j += 1;
-            } else {
-                break;
-            }
-        }
+    // In u64 while `q bins t` fits (it bounds every term: `q S < q bins t`), as it does
+    // for any histogram of realistic counts; else in u128.
+    let fits = t
+        .checked_mul(q as u64)
+        .and_then(|v| v.checked_mul(counts.len() as u64))
+        .is_some();
+    if fits {
+        sketch_in!(u64, counts, out, t)
+    } else {
+        sketch_in!(u128, counts, out, t)
     }
-    let mut mean = 0.0;
-    for x in out.iter_mut() {
-        *x /= width;
-        mean += *x;
+}
+
+/// The mean of `counts` in bin units, 0 without a count: bit for bit what
+/// [`histogram_sketch`] returns (the same integers, divided once), in one pass.
+pub fn histogram_mean(counts: &[u32]) -> f64 {
+    let (mut t, mut s) = (0u64, 0u128);
+    for (k, &c) in counts.iter().enumerate() {
+        t += c as u64;
+        s += (k as u64 * c as u64) as u128;
     }
-    mean / q as f64
+    if t == 0 {
+        0.0
+    } else {
+        s as f64 / t as f64
+    }
 }
 
 /// The sketch lower bound of one neuron's EMD: `(1/Q) sum_j |a_j - b_j|`.
@@ -237,6 +262,84 @@ mod tests {
             let b: Vec<f32> = (0..n).map(|_| (rng.f64() * 100.0) as f32).collect();
             let plain: f64 = a.iter().zip(&b).map(|(x, y)| (x - *y as f64).abs()).sum();
             assert!((l1(&a, &b) - plain).abs() <= 1e-9 * (1.0 + plain), "n={n}");
+        }
+    }
+
+    /// The sketch by spreading each bin's mass over the intervals it overlaps, in floating
+    /// point: a second implementation for [`histogram_sketch`].
+    fn sketch_by_overlap(counts: &[u32], q: usize) -> Vec<f64> {
+        let t: f64 = counts.iter().map(|c| *c as f64).sum();
+        let mut out = vec![0.0; q];
+        if t == 0.0 {
+            return out;
+        }
+        let width = t / q as f64;
+        let mut cum = 0.0;
+        for (k, &c) in counts.iter().enumerate() {
+            let (lo, hi) = (cum, cum + c as f64);
+            for (j, o) in out.iter_mut().enumerate() {
+                let (a, b) = (width * j as f64, width * (j + 1) as f64);
+                let overlap = hi.min(b) - lo.max(a);
+                if overlap > 0.0 {
+                    *o += k as f64 * overlap / width;
+                }
+            }
+            cum = hi;
+        }
+        out
+    }
+
+    #[test]
+    fn sketch_equals_spreading_the_mass_over_the_intervals() {
+        let mut rng = Rng::new(23);
+        for case in 0..2000 {
+            let bins = 1 + rng.below(260) as usize;
+            let big = case % 3 == 0;
+            let counts: Vec<u32> = (0..bins)
+                .map(|_| match rng.below(4) {
+                    0 => 0,
+                    _ if big => rng.below(u32::MAX as u64 / 4) as u32,
+                    _ => rng.below(40) as u32,
+                })
+                .collect();
+            for q in [1, 2, 3, 7, 8, 16] {
+                let mut got = vec![0.0; q];
+                let mean = histogram_sketch(&counts, &mut got);
+                let want = sketch_by_overlap(&counts, q);
+                for (g, w) in got.iter().zip(&want) {
+                    assert!(
+                        (g - w).abs() <= 1e-9 * (1.0 + w.abs()),
+                        "case {case} q={q}: {got:?} vs {want:?}"
+                    );
+                }
+                let plain = want.iter().sum::<f64>() / q as f64;
+                assert!(
+                    (mean - plain).abs() <= 1e-9 * (1.0 + plain),
+                    "case {case}: mean"
+                );
+                // The one-pass mean is the sketch's, to the bit (codes made from either
+                // must agree).
+                assert_eq!(
+                    histogram_mean(&counts).to_bits(),
+                    mean.to_bits(),
+                    "case {case}"
+                );
+            }
+        }
+        // Every count at u32::MAX over many bins, in u64 (5,000 bins) and in u128 (40,000
+        // bins: q bins t passes 2^64): no overflow.
+        for bins in [5000, 40_000] {
+            let counts = vec![u32::MAX; bins];
+            let mut got = [0.0; 8];
+            let mean = histogram_sketch(&counts, &mut got);
+            assert!((mean - (bins - 1) as f64 / 2.0).abs() < 1e-9, "{bins} bins");
+            let want = sketch_by_overlap(&counts, 8);
+            for (g, w) in got.iter().zip(&want) {
+                assert!(
+                    (g - w).abs() <= 1e-9 * w,
+                    "{bins} bins: {got:?} vs {want:?}"
+                );
+            }
         }
     }
 
