@@ -886,8 +886,7 @@ pub fn query(db: &dyn Source, q: &AnyDna, req: &QueryRequest) -> Result<QueryRes
             let mut via = None;
             if path == Path::Graph {
                 let t = Instant::now();
-                let found = graph_candidates(&ctx, open, &summaries.graph_vector())?;
-                match found {
+                match graph_candidates(&ctx, open, &summaries.graph_vector())? {
                     Some((key, found)) => {
                         run.plan.stages.push(Stage {
                             name: format!("hnsw graph ({key})"),
