@@ -34,6 +34,7 @@ use hnsw_rs::prelude::*;
 use memmap2::Mmap;
 
 use super::columns::rows_crc;
+use super::nav;
 use super::segment::{SegKind, Segment};
 use crate::format::SpaceConfig;
 use crate::Error;
@@ -188,11 +189,13 @@ pub fn build(
             let (key, layers) = &masks[i];
             let tmp = root.join(format!(".{key}.tmp"));
             std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+            let mut nav_bytes = None;
             let words = match seg.kind() {
                 SegKind::Histogram { .. } => {
                     let data = (0..n)
                         .map(|r| row_vector(seg, r, layers, codes_part))
                         .collect::<Result<Vec<_>, _>>()?;
+                    nav_bytes = compact_vectors(&data);
                     build_one(CodeL1, &data)
                 }
                 SegKind::Gaussian => {
@@ -214,6 +217,11 @@ pub fn build(
                 "vectors": vectors_of(seg.kind()),
                 "crc32": { FILE: crc32fast::hash(&bytes) },
             });
+            if let Some(nb) = nav_bytes {
+                let file = tmp.join(nav::FILE);
+                std::fs::write(&file, &nb).map_err(|e| Error::io(&file, e))?;
+                meta["crc32"][nav::FILE] = crc32fast::hash(&nb).into();
+            }
             meta["check"] = meta_crc(&meta).into();
             std::fs::write(tmp.join("meta.json"), meta.to_string())
                 .map_err(|e| Error::io(&tmp, e))?;
@@ -224,6 +232,80 @@ pub fn build(
         })
         .collect::<Result<Vec<()>, Error>>()?;
     Ok(masks.len())
+}
+
+/// The compact-vector file's bytes for a histogram graph over `data` (row `i` is node
+/// `i`), when it is wide enough to have one.
+fn compact_vectors(data: &[Vec<u8>]) -> Option<Vec<u8>> {
+    let dims = data.first().map_or(0, Vec::len);
+    (dims >= nav::MIN_DIMS).then(|| {
+        let refs: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
+        let basis = nav::fit(&refs, dims, nav::dims_for(dims));
+        nav::file_bytes(&basis, dims, &refs)
+    })
+}
+
+/// Adds compact vectors to the wide histogram graphs of `seg`'s space built without them
+/// (by an earlier version), leaving the graphs as they are: for a store indexed before
+/// the file existed, where a reindex would recompute every summary. Returns how many were
+/// added. The file is renamed into place before the metadata that records it, so a crash
+/// between the two leaves a graph without it (and a stray file that `verify` reports and
+/// the next call replaces).
+pub fn add_compact_vectors(index_dir: &Path, seg: &Segment) -> Result<usize, Error> {
+    let Ok(rd) = std::fs::read_dir(index_dir.join(ROOT)) else {
+        return Ok(0);
+    };
+    let mut added = 0;
+    for e in rd.flatten() {
+        let dir = e.path();
+        if e.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let Some(mut meta) = current_meta(&dir, seg.kind()) else {
+            continue;
+        };
+        let rows = meta["rows"].as_u64().unwrap_or(u64::MAX) as usize;
+        let starts = seg.layer_starts();
+        let span = meta["neurons"]
+            .as_array()
+            .and_then(|n| Some((n.first()?.as_u64()? as usize, n.get(1)?.as_u64()? as usize)));
+        let layers: Vec<usize> = match span {
+            Some((s, e)) => (0..starts.len().saturating_sub(1))
+                .filter(|&l| starts[l] >= s && starts[l + 1] <= e)
+                .collect(),
+            None => continue,
+        };
+        if !matches!(seg.kind(), SegKind::Histogram { .. })
+            || !meta_whole(&meta)
+            || meta["crc32"].get(nav::FILE).is_some()
+            || rows > seg.rows().len()
+            || meta["rows_crc32"].as_u64() != Some(rows_crc(seg, rows).into())
+            || span != Some(self::span(seg, &layers))
+        {
+            continue;
+        }
+        let data = (0..rows)
+            .map(|r| row_vector(seg, r, &layers, codes_part))
+            .collect::<Result<Vec<_>, _>>()?;
+        let Some(bytes) = compact_vectors(&data) else {
+            continue;
+        };
+        let tmp = dir.join(format!(".{}.tmp", nav::FILE));
+        std::fs::write(&tmp, &bytes).map_err(|e| Error::io(&tmp, e))?;
+        let file = dir.join(nav::FILE);
+        std::fs::rename(&tmp, &file).map_err(|e| Error::io(&file, e))?;
+        meta["crc32"][nav::FILE] = crc32fast::hash(&bytes).into();
+        if let Some(o) = meta.as_object_mut() {
+            o.remove("check");
+        }
+        meta["check"] = meta_crc(&meta).into();
+        let tmp = dir.join(".meta.json.tmp");
+        std::fs::write(&tmp, meta.to_string()).map_err(|e| Error::io(&tmp, e))?;
+        let file = dir.join("meta.json");
+        std::fs::rename(&tmp, &file).map_err(|e| Error::io(&file, e))?;
+        added += 1;
+    }
+    Ok(added)
 }
 
 /// The CRC-32 of every file of a graph directory but `meta.json`, by name.
@@ -302,7 +384,11 @@ pub fn verify(index_dir: &Path) -> Vec<(String, String)> {
                 if !known {
                     return Some("an older graph format, not read (run vdna-db reindex)".into());
                 }
-                map_file(&dir.join(FILE)).and_then(Flat::parse).err()
+                let flat = match map_file(&dir.join(FILE)).and_then(Flat::parse) {
+                    Ok(f) => f,
+                    Err(e) => return Some(e),
+                };
+                load_nav(&dir, m, flat.nodes).err()
             }),
         };
         if let Some(p) = problem {
@@ -630,6 +716,28 @@ struct Loaded {
     flat: Flat,
     rows: usize,
     neurons: (usize, usize),
+    /// The rows' compact vectors ([`nav`]), when the graph was built with them.
+    nav: Option<nav::Nav>,
+}
+
+/// The compact vectors of the graph in `dir` (`nodes` nodes), when its metadata
+/// records a file of them: mapped and checked against the graph's shape. (Checksums are
+/// checked by the callers.)
+fn load_nav(
+    dir: &Path,
+    meta: &serde_json::Value,
+    nodes: usize,
+) -> Result<Option<nav::Nav>, String> {
+    if meta["crc32"].get(nav::FILE).is_none() {
+        return Ok(None);
+    }
+    let map = map_file(&dir.join(nav::FILE))?;
+    let n = meta["neurons"].as_array();
+    let dims = match n.and_then(|n| Some((n.first()?.as_u64()?, n.get(1)?.as_u64()?))) {
+        Some((s, e)) if e >= s => (e - s) as usize,
+        _ => return Err("meta.json: no neuron range".into()),
+    };
+    nav::Nav::parse(map, dims, nodes).map(Some)
 }
 
 /// Loaded graphs by directory, with the self-checksum of the `meta.json` they were loaded
@@ -685,10 +793,17 @@ fn load(dir: &Path, seg: &Segment) -> Option<Arc<Loaded>> {
     if flat.nodes != rows {
         return None;
     }
+    let nav = load_nav(dir, &meta, rows).ok()?;
+    if let Some(nv) = &nav {
+        if meta["crc32"][nav::FILE].as_u64() != Some(crc32fast::hash(&nv.map).into()) {
+            return None;
+        }
+    }
     let g = Arc::new(Loaded {
         flat,
         rows,
         neurons,
+        nav,
     });
     c.insert(dir.to_path_buf(), (check, g.clone()));
     Some(g)
@@ -719,11 +834,27 @@ pub fn search(
             if q.len() != e - s || e > stride {
                 return None;
             }
-            g.flat.search(n, ef, |r| {
+            let sad = |r: u32| {
                 let at = r as usize * stride;
                 // At most 255 a neuron: exact in f32 below 65,793 neurons.
                 super::sketch::code_sad(q, &m[at + s..at + e]) as f32
-            })
+            };
+            match g
+                .nav
+                .as_ref()
+                .filter(|nv| nv.scan_bytes() <= nav::scan_max_bytes())
+            {
+                None => g.flat.search(n, ef, sad),
+                Some(nv) => {
+                    // Scan the compact vectors for the nearest few; hand on the `n`
+                    // nearest of those by the graph's own distance.
+                    let kept = nv.nearest(&nv.query(q), nav::scan_keep().max(ef));
+                    let mut by_sad: Vec<(u32, u32)> =
+                        kept.into_iter().map(|r| (sad(r) as u32, r)).collect();
+                    by_sad.sort_unstable();
+                    by_sad.into_iter().take(n).map(|(_, r)| r).collect()
+                }
+            }
         }
         GraphQuery::Pairs(q) => {
             let (m, stride) = seg.pair_matrix()?;

@@ -9,6 +9,7 @@
 pub mod columns;
 mod crc;
 pub mod hnsw;
+mod nav;
 pub mod segment;
 pub mod sketch;
 mod table;
@@ -519,6 +520,27 @@ pub fn build_columns(db: &dyn Source) -> Result<usize, Error> {
         }
     }
     Ok(built)
+}
+
+/// Adds compact vectors to wide graphs built without them ([`hnsw::add_compact_vectors`]),
+/// leaving the rest of the index as it is: for benches over a store indexed before the
+/// file existed. Returns how many were added.
+#[doc(hidden)]
+pub fn build_compact_vectors(db: &dyn Source) -> Result<usize, Error> {
+    let _gate = db.index_gate();
+    let mut spaces: BTreeSet<Digest> = BTreeSet::new();
+    for (_, r) in db.catalogue().dnas()? {
+        spaces.insert(r.space);
+    }
+    let mut added = 0;
+    for sd in spaces {
+        let space = space_config(db, &sd)?;
+        let stored = stored_in_space(db, &sd)?;
+        if let Some(seg) = synced_segment(db, &sd, &space, &stored)? {
+            added += hnsw::add_compact_vectors(&index_dir(db, &sd), &seg)?;
+        }
+    }
+    Ok(added)
 }
 
 fn stored_in_space(db: &dyn Source, sd: &Digest) -> Result<Vec<Digest>, Error> {
