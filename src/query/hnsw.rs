@@ -816,8 +816,9 @@ pub fn exists(index_dir: &Path, key: &str, kind: SegKind) -> bool {
     current_meta(&graph_dir(index_dir, key), kind).is_some()
 }
 
-/// Searches the graph of mask `key`: returns the candidate rows, nearest first, and how
-/// many rows the graph covers, or `None` when the space has no usable graph for it.
+/// Searches the graph of mask `key`: returns the candidate rows, nearest first, how many
+/// rows the graph covers, and whether they came from a scan of its compact vectors rather
+/// than a walk; `None` when the space has no usable graph for it.
 pub fn search(
     index_dir: &Path,
     seg: &Segment,
@@ -825,8 +826,9 @@ pub fn search(
     query: &GraphQuery<'_>,
     n: usize,
     ef: usize,
-) -> Option<(Vec<usize>, usize)> {
+) -> Option<(Vec<usize>, usize, bool)> {
     let g = load(&graph_dir(index_dir, key), seg)?;
+    let mut scanned = false;
     let (s, e) = g.neurons;
     let hits = match query {
         GraphQuery::Codes(q) => {
@@ -846,6 +848,7 @@ pub fn search(
             {
                 None => g.flat.search(n, ef, sad),
                 Some(nv) => {
+                    scanned = true;
                     // Scan the compact vectors for the nearest few; hand on the `n`
                     // nearest of those by the graph's own distance.
                     let kept = nv.nearest(&nv.query(q), nav::scan_keep().max(ef));
@@ -872,7 +875,11 @@ pub fn search(
             })
         }
     };
-    Some((hits.into_iter().map(|r| r as usize).collect(), g.rows))
+    Some((
+        hits.into_iter().map(|r| r as usize).collect(),
+        g.rows,
+        scanned,
+    ))
 }
 
 #[cfg(test)]

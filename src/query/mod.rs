@@ -909,9 +909,9 @@ pub fn query(db: &dyn Source, q: &AnyDna, req: &QueryRequest) -> Result<QueryRes
             if path == Path::Graph {
                 let t = Instant::now();
                 match graph_candidates(&ctx, open, &summaries.graph_vector())? {
-                    Some((key, found)) => {
+                    Some((key, found, scanned)) => {
                         run.plan.stages.push(Stage {
-                            name: format!("hnsw graph ({key})"),
+                            name: format!("hnsw graph ({key}{})", how_found(scanned)),
                             candidates_in: eligible.cands.len(),
                             candidates_out: found.len(),
                             ms: ms(t),
@@ -945,15 +945,15 @@ pub fn query(db: &dyn Source, q: &AnyDna, req: &QueryRequest) -> Result<QueryRes
                                 None => None,
                             },
                         };
-                        if let Some((key, found)) = &seeds {
+                        if let Some((key, found, scanned)) = &seeds {
                             run.plan.stages.push(Stage {
-                                name: format!("hnsw graph seeds ({key})"),
+                                name: format!("hnsw graph seeds ({key}{})", how_found(*scanned)),
                                 candidates_in: eligible.cands.len(),
                                 candidates_out: found.len(),
                                 ms: ms(t),
                             });
                         }
-                        seeds.map(|(_, found)| found)
+                        seeds.map(|(_, found, _)| found)
                     } else {
                         None
                     };
@@ -1933,6 +1933,16 @@ fn gaussian_cascade(
     Ok(())
 }
 
+/// How a graph stage found its rows, for `--explain`: by a walk (nothing added), or by a
+/// scan of the graph's compact vectors.
+fn how_found(scanned: bool) -> &'static str {
+    if scanned {
+        ", compact-vector scan"
+    } else {
+        ""
+    }
+}
+
 /// The graph key of a mask that is exactly a graph's mask: `all`, or one whole layer.
 fn graph_key(mask: &Mask, space: &SpaceConfig) -> Option<String> {
     if mask.is_all(space) {
@@ -1951,12 +1961,12 @@ fn graph_candidates(
     ctx: &Ctx<'_>,
     open: &table::OpenSegment,
     query: &hnsw::GraphQuery<'_>,
-) -> Result<Option<(String, Vec<u32>)>, Error> {
+) -> Result<Option<(String, Vec<u32>, bool)>, Error> {
     let Some(key) = graph_key(ctx.mask, ctx.space) else {
         return Ok(None);
     };
     let (n, ef) = graph_search_params(ctx.k, ctx.eligible.narrowed.is_some());
-    let Some((rows, covered)) = hnsw::search(
+    let Some((rows, covered, scanned)) = hnsw::search(
         &index_dir(ctx.db, &ctx.space_digest),
         &open.seg,
         &key,
@@ -1981,7 +1991,7 @@ fn graph_candidates(
     );
     found.sort_unstable();
     found.dedup();
-    Ok((found.len() >= ctx.k).then_some((key, found)))
+    Ok((found.len() >= ctx.k).then_some((key, found, scanned)))
 }
 
 /// The query's mean codes over every neuron of the space, for a search of the `all`
@@ -2037,9 +2047,9 @@ fn graph_seeds(
     open: &table::OpenSegment,
     key: &str,
     query: &hnsw::GraphQuery<'_>,
-) -> Result<Option<(String, Vec<u32>)>, Error> {
+) -> Result<Option<(String, Vec<u32>, bool)>, Error> {
     let (n, ef) = graph_search_params(ctx.k, ctx.eligible.narrowed.is_some());
-    let Some((rows, _)) = hnsw::search(
+    let Some((rows, _, scanned)) = hnsw::search(
         &index_dir(ctx.db, &ctx.space_digest),
         &open.seg,
         key,
@@ -2061,7 +2071,7 @@ fn graph_seeds(
             _ => {}
         }
     }
-    Ok((seeds.len() == ctx.k).then_some((key.to_string(), seeds)))
+    Ok((seeds.len() == ctx.k).then_some((key.to_string(), seeds, scanned)))
 }
 
 /// Candidates in increasing bound order (ties by entry, which is digest order), sorted

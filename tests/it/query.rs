@@ -186,7 +186,9 @@ fn graph_seeded_exact_queries_equal_brute_force() {
                     {
                         seeded += 1;
                         partial_by_all += (!mask.starts_with("all")
-                            && stages.iter().any(|st| st.name == "hnsw graph seeds (all)"))
+                            && stages
+                                .iter()
+                                .any(|st| st.name.starts_with("hnsw graph seeds (all")))
                             as usize;
                         // "code bound (..., N% of codes read)", or by neuron from the
                         // column file (read whole: nothing to leave early).
@@ -597,6 +599,14 @@ fn wide_graphs_scan_compact_vectors_at_the_same_recall_and_refuse_damaged_ones()
         ] {
             let a = top5(&db, q, "all", mode);
             assert!(a.plan.strategy.contains("HNSW"), "{}", a.plan.strategy);
+            assert!(
+                a.plan
+                    .stages
+                    .iter()
+                    .any(|st| st.name == "hnsw graph (all, compact-vector scan)"),
+                "{}",
+                a.plan.explain()
+            );
             *n += a
                 .results
                 .iter()
