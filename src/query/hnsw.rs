@@ -890,19 +890,7 @@ mod tests {
     /// `rows` clustered code vectors of `dims` bytes (clusters of 8 around random
     /// centres), from a fixed seed.
     fn codes(rows: usize, dims: usize) -> Vec<Vec<u8>> {
-        let mut rng = crate::rng::Rng::new(5);
-        let mut centre = vec![0u8; dims];
-        (0..rows)
-            .map(|i| {
-                if i % 8 == 0 {
-                    centre = (0..dims).map(|_| rng.below(256) as u8).collect();
-                }
-                centre
-                    .iter()
-                    .map(|&c| c.saturating_add(rng.below(24) as u8).saturating_sub(12))
-                    .collect()
-            })
-            .collect()
+        super::nav::tests::families(rows, dims, 5)
     }
 
     /// An hnsw_rs graph of `data` (row `i` is node `i`), built as `build_one` builds.

@@ -361,9 +361,7 @@ unsafe fn scan_block_avx2(q: &[i16], v: &[i8], first: u32, keep: usize) -> Vec<(
             _mm256_loadu_si256(q.as_ptr().add(16) as *const __m256i),
         )
     };
-    let mut best: std::collections::BinaryHeap<(u32, u32)> =
-        std::collections::BinaryHeap::with_capacity(keep + 1);
-    let mut worst = u32::MAX;
+    let mut best = Nearest::new(keep);
     for (i, row) in v.chunks_exact(32).enumerate() {
         // SAFETY: `row` is 32 bytes; unaligned loads.
         let d = unsafe {
@@ -377,36 +375,53 @@ unsafe fn scan_block_avx2(q: &[i16], v: &[i8], first: u32, keep: usize) -> Vec<(
             let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
             _mm_cvtsi128_si32(s) as u32
         };
-        if d <= worst {
-            best.push((d, first + i as u32));
-            if best.len() > keep {
-                best.pop();
+        best.offer(d, first + i as u32);
+    }
+    best.into_vec()
+}
+
+/// The `keep` smallest (distance, row) pairs offered so far, largest on top; a pair
+/// above the current largest is dropped with one comparison once `keep` are held.
+struct Nearest {
+    heap: std::collections::BinaryHeap<(u32, u32)>,
+    keep: usize,
+    worst: u32,
+}
+
+impl Nearest {
+    fn new(keep: usize) -> Nearest {
+        Nearest {
+            heap: std::collections::BinaryHeap::with_capacity(keep + 1),
+            keep,
+            worst: u32::MAX,
+        }
+    }
+
+    #[inline(always)]
+    fn offer(&mut self, d: u32, row: u32) {
+        if d <= self.worst {
+            self.heap.push((d, row));
+            if self.heap.len() > self.keep {
+                self.heap.pop();
             }
-            if best.len() == keep {
-                worst = best.peek().map_or(u32::MAX, |t| t.0);
+            if self.heap.len() == self.keep {
+                self.worst = self.heap.peek().map_or(u32::MAX, |t| t.0);
             }
         }
     }
-    best.into_vec()
+
+    fn into_vec(self) -> Vec<(u32, u32)> {
+        self.heap.into_vec()
+    }
 }
 
 #[inline(always)]
 fn scan_block_body(q: &[i16], v: &[i8], first: u32, keep: usize) -> Vec<(u32, u32)> {
     let k = q.len().max(1);
-    let mut best: std::collections::BinaryHeap<(u32, u32)> =
-        std::collections::BinaryHeap::with_capacity(keep + 1);
-    let mut worst = u32::MAX;
+    let mut best = Nearest::new(keep);
     for (i, row) in v.chunks_exact(k).enumerate() {
         let d = l2sq_steps(q, row);
-        if d <= worst {
-            best.push((d, first + i as u32));
-            if best.len() > keep {
-                best.pop();
-            }
-            if best.len() == keep {
-                worst = best.peek().map_or(u32::MAX, |t| t.0);
-            }
-        }
+        best.offer(d, first + i as u32);
     }
     best.into_vec()
 }
@@ -435,7 +450,7 @@ fn l2sq_steps(q: &[i16], v: &[i8]) -> u32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::rng::Rng;
 
@@ -494,8 +509,9 @@ mod tests {
         }
     }
 
-    /// `rows` rows of `dims` codes in families of 8 around random centres.
-    fn families(rows: usize, dims: usize, seed: u64) -> Vec<Vec<u8>> {
+    /// `rows` rows of `dims` codes in families of 8 around random centres, from `seed`
+    /// (also the graph tests' data).
+    pub(in crate::query) fn families(rows: usize, dims: usize, seed: u64) -> Vec<Vec<u8>> {
         let mut rng = Rng::new(seed);
         let mut centre = vec![0u8; dims];
         (0..rows)
