@@ -266,9 +266,7 @@ pub fn add_compact_vectors(index_dir: &Path, seg: &Segment) -> Result<usize, Err
         };
         let rows = meta["rows"].as_u64().unwrap_or(u64::MAX) as usize;
         let starts = seg.layer_starts();
-        let span = meta["neurons"]
-            .as_array()
-            .and_then(|n| Some((n.first()?.as_u64()? as usize, n.get(1)?.as_u64()? as usize)));
+        let span = meta_neurons(&meta);
         let layers: Vec<usize> = match span {
             Some((s, e)) => (0..starts.len().saturating_sub(1))
                 .filter(|&l| starts[l] >= s && starts[l + 1] <= e)
@@ -328,6 +326,13 @@ fn meta_crc(meta: &serde_json::Value) -> u32 {
         o.remove("check");
     }
     crc32fast::hash(m.to_string().as_bytes())
+}
+
+/// The neuron range a graph's metadata records: its mask's first neuron and the one past
+/// its last.
+fn meta_neurons(meta: &serde_json::Value) -> Option<(usize, usize)> {
+    let n = meta["neurons"].as_array()?;
+    Some((n.first()?.as_u64()? as usize, n.get(1)?.as_u64()? as usize))
 }
 
 /// Whether a graph's metadata passes its own checksum.
@@ -732,9 +737,8 @@ fn load_nav(
         return Ok(None);
     }
     let map = map_file(&dir.join(nav::FILE))?;
-    let n = meta["neurons"].as_array();
-    let dims = match n.and_then(|n| Some((n.first()?.as_u64()?, n.get(1)?.as_u64()?))) {
-        Some((s, e)) if e >= s => (e - s) as usize,
+    let dims = match meta_neurons(meta) {
+        Some((s, e)) if e >= s => e - s,
         _ => return Err("meta.json: no neuron range".into()),
     };
     nav::Nav::parse(map, dims, nodes).map(Some)
@@ -784,11 +788,7 @@ fn load(dir: &Path, seg: &Segment) -> Option<Arc<Loaded>> {
     if rows > seg.rows().len() || meta["rows_crc32"].as_u64() != Some(rows_crc(seg, rows).into()) {
         return None;
     }
-    let neurons = meta["neurons"].as_array()?;
-    let neurons = (
-        neurons.first()?.as_u64()? as usize,
-        neurons.get(1)?.as_u64()? as usize,
-    );
+    let neurons = meta_neurons(&meta)?;
     let flat = Flat::parse(map).ok()?;
     if flat.nodes != rows {
         return None;

@@ -502,24 +502,35 @@ fn index_row(
 /// were written.
 #[doc(hidden)]
 pub fn build_columns(db: &dyn Source) -> Result<usize, Error> {
+    let mut built = 0;
+    for_each_segment(db, &mut |dir, seg| {
+        if columns::covered_rows(dir).is_none_or(|(rows, _)| rows != seg.rows().len()) {
+            built += columns::build(dir, seg, hnsw::min_rows())? as usize;
+        }
+        Ok(())
+    })?;
+    Ok(built)
+}
+
+/// Calls `f` with each space's index directory and current segment, under the index gate:
+/// for the benches' additions to an index built by an earlier version.
+fn for_each_segment(
+    db: &dyn Source,
+    f: &mut dyn FnMut(&std::path::Path, &Segment) -> Result<(), Error>,
+) -> Result<(), Error> {
     let _gate = db.index_gate();
     let mut spaces: BTreeSet<Digest> = BTreeSet::new();
     for (_, r) in db.catalogue().dnas()? {
         spaces.insert(r.space);
     }
-    let mut built = 0;
     for sd in spaces {
         let space = space_config(db, &sd)?;
         let stored = stored_in_space(db, &sd)?;
         if let Some(seg) = synced_segment(db, &sd, &space, &stored)? {
-            let dir = index_dir(db, &sd);
-            if columns::covered_rows(&dir).is_some_and(|(rows, _)| rows == seg.rows().len()) {
-                continue;
-            }
-            built += columns::build(&dir, &seg, hnsw::min_rows())? as usize;
+            f(&index_dir(db, &sd), &seg)?;
         }
     }
-    Ok(built)
+    Ok(())
 }
 
 /// Adds compact vectors to wide graphs built without them ([`hnsw::add_compact_vectors`]),
@@ -527,19 +538,11 @@ pub fn build_columns(db: &dyn Source) -> Result<usize, Error> {
 /// file existed. Returns how many were added.
 #[doc(hidden)]
 pub fn build_compact_vectors(db: &dyn Source) -> Result<usize, Error> {
-    let _gate = db.index_gate();
-    let mut spaces: BTreeSet<Digest> = BTreeSet::new();
-    for (_, r) in db.catalogue().dnas()? {
-        spaces.insert(r.space);
-    }
     let mut added = 0;
-    for sd in spaces {
-        let space = space_config(db, &sd)?;
-        let stored = stored_in_space(db, &sd)?;
-        if let Some(seg) = synced_segment(db, &sd, &space, &stored)? {
-            added += hnsw::add_compact_vectors(&index_dir(db, &sd), &seg)?;
-        }
-    }
+    for_each_segment(db, &mut |dir, seg| {
+        added += hnsw::add_compact_vectors(dir, seg)?;
+        Ok(())
+    })?;
     Ok(added)
 }
 
