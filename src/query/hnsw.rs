@@ -134,7 +134,11 @@ fn codes_part(seg: &Segment, r: usize, l: usize, v: &mut Vec<u8>) -> Option<()> 
 /// Appends layer `l`'s (mean, sd) pairs of row `r`, as f32.
 fn pairs_part(seg: &Segment, r: usize, l: usize, v: &mut Vec<f32>) -> Option<()> {
     let (s, e) = (seg.layer_starts()[l], seg.layer_starts()[l + 1]);
-    v.extend(seg.gauss(r)?[2 * s..2 * e].iter().map(|x| *x as f32));
+    v.extend(
+        seg.gauss_in(r, &[l])?[2 * s..2 * e]
+            .iter()
+            .map(|x| *x as f32),
+    );
     Some(())
 }
 

@@ -1304,6 +1304,11 @@ impl Ctx<'_> {
     }
 
     /// (first neuron in a summary row, run length) of every masked run, in mask order.
+    /// The layers the mask reads (those whose summaries a bound checks).
+    fn layer_ids(&self) -> Vec<usize> {
+        self.mask.layers.iter().map(|lm| lm.layer).collect()
+    }
+
     fn offsets(&self) -> Vec<(usize, usize)> {
         let mut bases = Vec::with_capacity(self.space.layers.len());
         let mut base = 0usize;
@@ -1505,8 +1510,11 @@ fn histogram_cascade(
     let (seg, row_of) = (&*open.seg, &open.map.row_of);
     let row = |e: u32| row_of[e as usize] as usize;
     let offsets = ctx.offsets();
+    let layer_ids = ctx.layer_ids();
     let n_masked = ctx.n_masked();
-    let n_row = seg.layer_starts().last().copied().unwrap_or(0);
+    // Neurons of the layers the mask reads: a bound reads and checks these of a row.
+    let starts = seg.layer_starts();
+    let n_row: usize = layer_ids.iter().map(|&l| starts[l + 1] - starts[l]).sum();
     // Rounding of stored f32 summaries: each value is within 2^-24 * bins of its f64
     // value, so a neuron's bound is within that too (docs/QUERY.md).
     let slack = n_masked * bins as f64 * 2f64.powi(-23) + 1e-9;
@@ -1758,7 +1766,7 @@ fn histogram_cascade(
     // (docs/QUERY.md), and a part that fails its checksum keeps the bound it had.
     let t = Instant::now();
     let mean_bound = |e: u32, prev: f64| -> f64 {
-        let Some(m) = seg.means(row(e)) else {
+        let Some(m) = seg.means_in(row(e), &layer_ids) else {
             return prev;
         };
         let mut s = 0f64;
@@ -1770,7 +1778,7 @@ fn histogram_cascade(
         s.max(prev)
     };
     let sketch_bound = |e: u32, prev: f64| -> f64 {
-        let Some(sk) = seg.sketches(row(e)) else {
+        let Some(sk) = seg.sketches_in(row(e), &layer_ids) else {
             return prev;
         };
         let mut sum = 0f64;
@@ -1885,12 +1893,13 @@ fn gaussian_cascade(
     let budget = budget.unwrap_or(usize::MAX);
     let (seg, row_of) = (&*open.seg, &open.map.row_of);
     let offsets = ctx.offsets();
+    let layer_ids = ctx.layer_ids();
     let t = Instant::now();
     let mut est: Vec<(f64, f64, u32)> = cands
         .iter()
         .map(|&e| {
             // A row that fails its checksum bounds nothing: its exact distance decides.
-            let Some(g) = seg.gauss(row_of[e as usize] as usize) else {
+            let Some(g) = seg.gauss_in(row_of[e as usize] as usize, &layer_ids) else {
                 return (0.0, 0.0, e);
             };
             let (mut s, mut mag) = (0f64, 0f64);

@@ -5,9 +5,13 @@
 //! Files in `index/<space hex>/`, each opening with a 64-byte header (`b"VDNASUM\0"`,
 //! version u32, file kind u8, 3 zero bytes, neurons u32, values per neuron u32, the space
 //! digest, 8 zero bytes), then rows:
-//! - `rows.bin`: per row, the 32-byte DNA digest, the CRC-32 of the digest and the row's
-//!   `a.bin` bytes, and the CRC-32 of its `b.bin` bytes (u32 LE each; 40 bytes a row); its
-//!   length decides how many rows exist.
+//! - `rows.bin` (version 4): per row, the 32-byte DNA digest, then per layer the CRC-32 of
+//!   the digest and the layer's `a.bin` bytes, then per layer the CRC-32 of its `b.bin`
+//!   bytes (u32 LE each; 32 + 8 x layers bytes a row); its length decides how many rows
+//!   exist. A checksum per layer lets a query check only the layers its mask reads. A
+//!   version-3 `rows.bin` (one checksum of each part per row, 40 bytes) is upgraded at
+//!   open: each row's old checksums are checked once and the new ones written (those of a
+//!   row that failed its old check are written inverted, so it keeps failing).
 //! - `a.bin`: histograms: the mean (bin units) per neuron as f32; Gaussians: mean and
 //!   standard deviation per neuron as f64.
 //! - `b.bin`: histograms only: the quantile sketch, `SKETCH_Q` f32 per neuron.
@@ -22,6 +26,7 @@
 //! layer's codes on every scan, a row's means or sketches when the cascade visits it), so
 //! opening costs O(rows) at any width and a flipped byte never changes an answer: a part
 //! that fails its check bounds nothing, and the candidate's exact distance decides.
+//! The other files' headers stay at version 3 (their layout did not change).
 //! [`Segment::open_verify`] (`verify`) checks every part of every row.
 
 use std::fs::{File, OpenOptions};
@@ -33,8 +38,12 @@ use memmap2::Mmap;
 use crate::format::Digest;
 
 const MAGIC: &[u8; 8] = b"VDNASUM\0";
+/// Version of `a.bin`, `b.bin` and `c.bin`.
 const VERSION: u32 = 3;
-const ROW: usize = 40;
+/// Version of `rows.bin`: 4 since its checksums are per layer.
+const ROWS_VERSION: u32 = 4;
+/// A version-3 `rows.bin` row: digest, CRC of digest + means, CRC of sketches.
+const ROW_V3: usize = 40;
 const HEADER: usize = 64;
 
 /// What a segment summarises.
@@ -72,9 +81,10 @@ pub struct Segment {
     neurons: usize,
     space: Digest,
     rows: Vec<Digest>,
-    /// Per row, the CRC-32 of its digest and means (or (mean, sd) pairs).
+    /// Per row and layer (row-major), the CRC-32 of the row's digest and the layer's means
+    /// (or (mean, sd) pairs).
     crc_a: Vec<u32>,
-    /// Per row, the CRC-32 of its sketches.
+    /// Per row and layer (row-major), the CRC-32 of the layer's sketches.
     crc_b: Vec<u32>,
     checks: Checks,
     a: Option<Mmap>,
@@ -86,9 +96,24 @@ pub struct Segment {
 }
 
 fn header(file_kind: u8, neurons: usize, width: usize, space: &Digest) -> [u8; HEADER] {
+    let version = if file_kind == 0 {
+        ROWS_VERSION
+    } else {
+        VERSION
+    };
+    header_of(version, file_kind, neurons, width, space)
+}
+
+fn header_of(
+    version: u32,
+    file_kind: u8,
+    neurons: usize,
+    width: usize,
+    space: &Digest,
+) -> [u8; HEADER] {
     let mut h = [0u8; HEADER];
     h[..8].copy_from_slice(MAGIC);
-    h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    h[8..12].copy_from_slice(&version.to_le_bytes());
     h[12] = file_kind;
     h[16..20].copy_from_slice(&(neurons as u32).to_le_bytes());
     h[20..24].copy_from_slice(&(width as u32).to_le_bytes());
@@ -116,6 +141,11 @@ impl Segment {
     pub fn row_bytes(&self) -> (usize, usize) {
         let (a, b, _) = Self::widths(self.kind);
         (a * self.neurons, b * self.neurons)
+    }
+
+    /// Bytes of one row of `rows.bin`: the digest, then two CRC-32s per layer.
+    fn row_record_bytes(&self) -> usize {
+        32 + 8 * self.layers.len()
     }
 
     /// Bytes of one row of `c.bin`: codes padded to 4, then a CRC-32 per layer.
@@ -203,6 +233,9 @@ impl Segment {
             },
         };
         for (path, fk, width) in seg.files() {
+            if fk == 0 && path.exists() {
+                seg.upgrade_v3_rows(&path)?;
+            }
             if !path.exists() {
                 let mut f = File::create(&path)?;
                 f.write_all(&header(fk, seg.neurons, width, &space))?;
@@ -242,21 +275,84 @@ impl Segment {
         Ok(())
     }
 
+    /// Rewrites a version-3 `rows.bin` (one checksum of each part per row) as version 4
+    /// (one per layer), reading every row's `a` and `b` bytes once; leaves any other file
+    /// as it is (its header is then checked by the caller). Crash-safe: the new file is
+    /// written and synced beside the old one, then renamed over it.
+    fn upgrade_v3_rows(&mut self, path: &Path) -> io::Result<()> {
+        let old_header = header_of(3, 0, self.neurons, 0, &self.space);
+        let mut h = [0u8; HEADER];
+        {
+            let mut f = File::open(path)?;
+            if io::Read::read_exact(&mut f, &mut h).is_err() || h != old_header {
+                return Ok(());
+            }
+        }
+        let old = std::fs::read(path)?;
+        let n = (old.len() - HEADER) / ROW_V3;
+        self.map_files(n)?;
+        let (ra, rb) = self.row_bytes();
+        let (wa, wb, _) = Self::widths(self.kind);
+        let nl = self.layers.len();
+        let mut out = Vec::with_capacity(HEADER + n * self.row_record_bytes());
+        out.extend_from_slice(&header(0, self.neurons, 0, &self.space));
+        let (a, b) = (
+            self.a.as_ref().map_or(&[][..], |m| &m[..]),
+            self.b.as_ref().map_or(&[][..], |m| &m[..]),
+        );
+        for (r, rec) in old[HEADER..HEADER + n * ROW_V3]
+            .chunks_exact(ROW_V3)
+            .enumerate()
+        {
+            let digest: &[u8; 32] = rec[..32].try_into().expect("32 bytes");
+            let a_row = &a[HEADER + r * ra..HEADER + (r + 1) * ra];
+            let b_row = &b[HEADER + r * rb..HEADER + (r + 1) * rb];
+            let ok_a = crc_a(digest, a_row) == u32::from_le_bytes(rec[32..36].try_into().unwrap());
+            let ok_b =
+                crc32fast::hash(b_row) == u32::from_le_bytes(rec[36..40].try_into().unwrap());
+            out.extend_from_slice(digest);
+            for (part, row, w, ok) in [(0, a_row, wa, ok_a), (1, b_row, wb, ok_b)] {
+                for l in 0..nl {
+                    let bytes = &row[w * self.starts[l]..w * self.starts[l + 1]];
+                    let crc = if part == 0 {
+                        crc_a(digest, bytes)
+                    } else {
+                        crc32fast::hash(bytes)
+                    };
+                    // A row that failed its old check must keep failing.
+                    out.extend_from_slice(&(if ok { crc } else { !crc }).to_le_bytes());
+                }
+            }
+        }
+        let tmp = path.with_extension("bin.v4");
+        {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&out)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, path)?;
+        if let Ok(d) = File::open(&self.dir) {
+            d.sync_all()?;
+        }
+        Ok(())
+    }
+
     fn load(&mut self) -> io::Result<()> {
         let [(rows_p, ..), _, _, (c_p, ..)] = self.files();
         let rows = std::fs::read(&rows_p)?;
+        let row_len = self.row_record_bytes();
         // A partial last row (an append cut short) is not counted.
-        let n = (rows.len() - HEADER) / ROW;
+        let n = (rows.len() - HEADER) / row_len;
         let rc = self.code_row_bytes();
         self.map_files(n)?;
         self.rows.clear();
         self.crc_a.clear();
         self.crc_b.clear();
-        let table = &rows[HEADER..HEADER + ROW * n];
+        let table = &rows[HEADER..HEADER + row_len * n];
         self.count_rows(table);
         if self.checks == Checks::All {
             for r in 0..n {
-                if self.a_bytes(r).is_none() {
+                if self.a_bytes(r, None).is_none() {
                     return Err(bad(&rows_p, &format!("row {r} fails its checksum")));
                 }
                 for l in 0..self.layers.len() {
@@ -329,16 +425,22 @@ impl Segment {
             failpoint!("segment::fsync");
             f.sync_all()?;
         }
-        let mut records = Vec::with_capacity(ROW * new.len());
+        let row_len = self.row_record_bytes();
+        let (wa, wb, _) = Self::widths(self.kind);
+        let mut records = Vec::with_capacity(row_len * new.len());
         for (digest, a, b) in new {
-            let mut row = [0u8; ROW];
-            row[..32].copy_from_slice(&digest.0);
-            row[32..36].copy_from_slice(&crc_a(&digest.0, a).to_le_bytes());
-            row[36..40].copy_from_slice(&crc32fast::hash(b).to_le_bytes());
-            records.extend_from_slice(&row);
+            records.extend_from_slice(&digest.0);
+            for l in 0..self.layers.len() {
+                let bytes = &a[wa * self.starts[l]..wa * self.starts[l + 1]];
+                records.extend_from_slice(&crc_a(&digest.0, bytes).to_le_bytes());
+            }
+            for l in 0..self.layers.len() {
+                let bytes = &b[wb * self.starts[l]..wb * self.starts[l + 1]];
+                records.extend_from_slice(&crc32fast::hash(bytes).to_le_bytes());
+            }
         }
         let mut f = OpenOptions::new().write(true).open(&rows_p)?;
-        f.set_len((HEADER + ROW * n) as u64)?;
+        f.set_len((HEADER + row_len * n) as u64)?;
         io::Seek::seek(&mut f, io::SeekFrom::End(0))?;
         failpoint!("segment::write_row");
         f.write_all(&records)?;
@@ -352,14 +454,16 @@ impl Segment {
 
     /// Appends the digests and checksums of whole `rows.bin` records to those counted.
     fn count_rows(&mut self, records: &[u8]) {
-        for row in records.chunks_exact(ROW) {
+        let nl = self.layers.len();
+        for row in records.chunks_exact(self.row_record_bytes()) {
             let mut d = [0u8; 32];
             d.copy_from_slice(&row[..32]);
             self.rows.push(Digest(d));
-            self.crc_a
-                .push(u32::from_le_bytes([row[32], row[33], row[34], row[35]]));
-            self.crc_b
-                .push(u32::from_le_bytes([row[36], row[37], row[38], row[39]]));
+            let crcs = row[32..]
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+            self.crc_a.extend(crcs.clone().take(nl));
+            self.crc_b.extend(crcs.skip(nl));
         }
     }
 
@@ -387,17 +491,52 @@ impl Segment {
     }
 
     /// Row `r`'s `a` bytes, checked against its checksum.
-    fn a_bytes(&self, r: usize) -> Option<&[u8]> {
+    /// Row `r`'s `a` bytes, with the layers `layers` (all when `None`) checked against
+    /// their checksums: the caller reads only those.
+    fn a_bytes(&self, r: usize, layers: Option<&[usize]>) -> Option<&[u8]> {
         let (ra, _) = self.row_bytes();
         let a =
             &self.a.as_ref().map_or(&[][..], |m| &m[..])[HEADER + r * ra..HEADER + (r + 1) * ra];
-        (crc_a(&self.rows[r].0, a) == self.crc_a[r]).then_some(a)
+        let (w, ..) = Self::widths(self.kind);
+        let digest = &self.rows[r].0;
+        let ok = |l: usize| {
+            crc_a(digest, &a[w * self.starts[l]..w * self.starts[l + 1]])
+                == self.crc_a[r * self.layers.len() + l]
+        };
+        match layers {
+            None => (0..self.layers.len()).all(ok),
+            Some(ls) => ls.iter().all(|&l| ok(l)),
+        }
+        .then_some(a)
     }
 
-    /// Histogram means of row `r`, one per neuron, checked against the row's checksum:
-    /// `None` when they fail it (the caller must not bound with them).
+    /// Row `r`'s `b` bytes, checked as [`Segment::a_bytes`] checks `a`.
+    fn b_bytes(&self, r: usize, layers: Option<&[usize]>) -> Option<&[u8]> {
+        let (_, rb) = self.row_bytes();
+        let b =
+            &self.b.as_ref().map_or(&[][..], |m| &m[..])[HEADER + r * rb..HEADER + (r + 1) * rb];
+        let (_, w, _) = Self::widths(self.kind);
+        let ok = |l: usize| {
+            crc32fast::hash(&b[w * self.starts[l]..w * self.starts[l + 1]])
+                == self.crc_b[r * self.layers.len() + l]
+        };
+        match layers {
+            None => (0..self.layers.len()).all(ok),
+            Some(ls) => ls.iter().all(|&l| ok(l)),
+        }
+        .then_some(b)
+    }
+
+    /// Histogram means of row `r`, one per neuron, checked against the row's checksums:
+    /// `None` when they fail them (the caller must not bound with them).
     pub fn means(&self, r: usize) -> Option<&[f32]> {
-        self.a_bytes(r).map(cast_f32)
+        self.a_bytes(r, None).map(cast_f32)
+    }
+
+    /// [`Segment::means`] with only the layers `layers` checked: the caller must read
+    /// no other layer's means.
+    pub fn means_in(&self, r: usize, layers: &[usize]) -> Option<&[f32]> {
+        self.a_bytes(r, Some(layers)).map(cast_f32)
     }
 
     /// Row `r` of `c.bin` (codes, padding, a CRC-32 per layer), unchecked.
@@ -507,10 +646,13 @@ impl Segment {
     /// Histogram sketches of row `r`, `q` per neuron, checked against the row's checksum:
     /// `None` when they fail it (the caller must not bound with them).
     pub fn sketches(&self, r: usize) -> Option<&[f32]> {
-        let (_, rb) = self.row_bytes();
-        let b =
-            &self.b.as_ref().map_or(&[][..], |m| &m[..])[HEADER + r * rb..HEADER + (r + 1) * rb];
-        (crc32fast::hash(b) == self.crc_b[r]).then(|| cast_f32(b))
+        self.b_bytes(r, None).map(cast_f32)
+    }
+
+    /// [`Segment::sketches`] with only the layers `layers` checked: the caller must read
+    /// no other layer's sketches.
+    pub fn sketches_in(&self, r: usize, layers: &[usize]) -> Option<&[f32]> {
+        self.b_bytes(r, Some(layers)).map(cast_f32)
     }
 
     /// Rows whose sketches fail their checksum (for `verify`).
@@ -523,7 +665,13 @@ impl Segment {
     /// Gaussian (mean, sd) pairs of row `r`, checked against the row's checksum: `None`
     /// when they fail it.
     pub fn gauss(&self, r: usize) -> Option<&[f64]> {
-        self.a_bytes(r).map(cast_f64)
+        self.a_bytes(r, None).map(cast_f64)
+    }
+
+    /// [`Segment::gauss`] with only the layers `layers` checked: the caller must read no
+    /// other layer's pairs.
+    pub fn gauss_in(&self, r: usize, layers: &[usize]) -> Option<&[f64]> {
+        self.a_bytes(r, Some(layers)).map(cast_f64)
     }
 }
 
@@ -662,5 +810,88 @@ mod tests {
         assert!(Segment::open_verify(&dir, space, kind, &layers).is_ok());
         // Another space's files are refused, to be rebuilt.
         assert!(Segment::open(&dir, Digest([8; 32]), kind, &layers).is_err());
+    }
+
+    /// A histogram segment of layers of 2 and 3 neurons (2 quantiles each) holding three
+    /// rows with distinct means and sketches.
+    fn three_rows(dir: &Path) -> (Digest, SegKind, [u32; 2]) {
+        let space = Digest([7; 32]);
+        let kind = SegKind::Histogram { q: 2, bins: 10 };
+        let layers = [2u32, 3];
+        let mut s = Segment::open(dir, space, kind, &layers).unwrap();
+        for i in 0..3u8 {
+            let a: Vec<u8> = (0..5)
+                .flat_map(|n| (i as f32 + n as f32 * 0.5).to_le_bytes())
+                .collect();
+            let b: Vec<u8> = (0..10)
+                .flat_map(|k| (i as f32 * 10.0 + k as f32).to_le_bytes())
+                .collect();
+            s.append(&Digest([i + 1; 32]), &a, &b).unwrap();
+        }
+        (space, kind, layers)
+    }
+
+    #[test]
+    fn each_layer_is_checked_alone_so_a_mask_reads_only_its_layers() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("seg");
+        let (space, kind, layers) = three_rows(&dir);
+        let s = Segment::open(&dir, space, kind, &layers).unwrap();
+        // Row 1's means start at HEADER + 20; layer 1 (neurons 2..5) at byte 8 of the row.
+        flip(&dir, "a.bin", HEADER + 20 + 8 + 2);
+        assert!(s.means_in(1, &[0]).is_some());
+        assert!(s.means_in(1, &[1]).is_none() && s.means_in(1, &[0, 1]).is_none());
+        assert!(s.means(1).is_none() && s.means(0).is_some() && s.means_in(2, &[1]).is_some());
+        // Row 2's sketches: 40 bytes a row, layer 0 holds the first 16.
+        flip(&dir, "b.bin", HEADER + 80 + 5);
+        assert!(s.sketches_in(2, &[0]).is_none() && s.sketches_in(2, &[1]).is_some());
+        assert!(s.sketches(2).is_none() && s.sketches(1).is_some());
+        assert_eq!(s.damaged_sketches(), vec![2]);
+        assert!(Segment::open_verify(&dir, space, kind, &layers).is_err());
+    }
+
+    #[test]
+    fn version_3_rows_are_upgraded_once_and_keep_their_damage() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("seg");
+        let (space, kind, layers) = three_rows(&dir);
+        // Rewrite rows.bin as version 3 wrote it: per row the digest, the CRC-32 of the
+        // digest and the whole means row, the CRC-32 of the whole sketch row.
+        let a = std::fs::read(dir.join("a.bin")).unwrap();
+        let b = std::fs::read(dir.join("b.bin")).unwrap();
+        let mut v3 = header_of(3, 0, 5, 0, &space).to_vec();
+        for r in 0..3usize {
+            let d = [r as u8 + 1; 32];
+            let mut h = crc32fast::Hasher::new();
+            h.update(&d);
+            h.update(&a[HEADER + 20 * r..HEADER + 20 * (r + 1)]);
+            v3.extend_from_slice(&d);
+            v3.extend_from_slice(&h.finalize().to_le_bytes());
+            let sk = crc32fast::hash(&b[HEADER + 40 * r..HEADER + 40 * (r + 1)]);
+            v3.extend_from_slice(&sk.to_le_bytes());
+        }
+        std::fs::write(dir.join("rows.bin"), &v3).unwrap();
+        // Damage row 2's sketches in layer 0 before the upgrade: its old checksum fails.
+        flip(&dir, "b.bin", HEADER + 80 + 5);
+        let s = Segment::open(&dir, space, kind, &layers).unwrap();
+        assert_eq!(
+            s.rows(),
+            &[Digest([1; 32]), Digest([2; 32]), Digest([3; 32])]
+        );
+        let rows = std::fs::read(dir.join("rows.bin")).unwrap();
+        assert_eq!(rows.len(), HEADER + 3 * (32 + 8 * 2));
+        assert_eq!(&rows[..HEADER], &header(0, 5, 0, &space)[..]);
+        for r in 0..3 {
+            assert_eq!(s.means(r).unwrap()[4], r as f32 + 2.0);
+        }
+        assert_eq!(s.sketches(1).unwrap()[9], 19.0);
+        // The damaged row fails in every layer, even the one whose bytes are intact.
+        assert!(s.sketches_in(2, &[1]).is_none() && s.sketches_in(2, &[0]).is_none());
+        assert!(s.means(2).is_some());
+        // Opening again leaves the upgraded file as it is.
+        drop(s);
+        let s = Segment::open(&dir, space, kind, &layers).unwrap();
+        assert_eq!(std::fs::read(dir.join("rows.bin")).unwrap(), rows);
+        assert_eq!(s.damaged_sketches(), vec![2]);
     }
 }

@@ -963,9 +963,10 @@ fn kept_tables_and_segments_follow_every_change() {
     // huge, and every code of its first layer made 255, either of which would prune it
     // if read unchecked.
     let top = check("kept before the damage").results[0].digest;
+    // rows.bin rows: the digest, then two CRC-32s per layer (3).
     let rows = std::fs::read(seg_dir.join("rows.bin")).unwrap();
     let r = rows[64..]
-        .chunks_exact(40)
+        .chunks_exact(32 + 8 * 3)
         .position(|row| row[..32] == top.0)
         .unwrap();
     let neurons = 3 * 24;
