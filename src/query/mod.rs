@@ -1794,6 +1794,18 @@ fn histogram_cascade(
     };
     let mut heap: BinaryHeap<Reverse<(TotalF64, u8, u32)>> = BinaryHeap::new();
     let (mut next, mut meaned, mut sketched, mut done) = (seed, 0usize, 0usize, 0usize);
+    // Exact distances are computed a batch at a time, one candidate per thread, for
+    // masks wide enough to split: a batch holds candidates that the limit let through
+    // before any of them was computed, so each was due then; one of them can turn out
+    // unneeded once another lowers the limit (at most a thread's worth of work more,
+    // and the same answer, since the top k keeps the k smallest exact distances). One
+    // distance at a time left a thread idle through each candidate's serial parts.
+    let batch_max = if ctx.mask.neurons() >= PARALLEL_NEURONS as u64 {
+        rayon::current_num_threads().max(1)
+    } else {
+        1
+    };
+    let mut batch: Vec<u32> = Vec::with_capacity(batch_max);
     // Estimates are ranked by the bounds themselves, with no rounding slack: an entry
     // leaves the heap at level 2 only when no candidate left can have a smaller sketch
     // bound (the heap's keys and the frontier are at least its own), so the answers are
@@ -1822,11 +1834,15 @@ fn histogram_cascade(
                     ctx.offer_estimate(e, b.0 / n_masked, run);
                     done += 1;
                 } else {
-                    if done >= budget {
+                    if done + batch.len() >= budget {
                         break;
                     }
-                    ctx.exact(e, run)?;
-                    done += 1;
+                    batch.push(e);
+                    if batch.len() >= batch_max {
+                        ctx.exact_many(&batch, run)?;
+                        done += batch.len();
+                        batch.clear();
+                    }
                 }
             }
             // Everything left is at least the frontier (heap entries exceed it).
@@ -1840,6 +1856,11 @@ fn histogram_cascade(
                 mean_ms += ms(ts);
             }
         }
+    }
+    // What the batch holds was due when it joined (the limit only falls).
+    if !batch.is_empty() {
+        ctx.exact_many(&batch, run)?;
+        done += batch.len();
     }
     run.plan.summary_bytes += (meaned * n_row * 4 + sketched * n_row * 4 * SKETCH_Q) as u64;
     run.plan.stages.push(Stage {
