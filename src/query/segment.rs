@@ -81,11 +81,9 @@ pub struct Segment {
     neurons: usize,
     space: Digest,
     rows: Vec<Digest>,
-    /// Per row and layer (row-major), the CRC-32 of the row's digest and the layer's means
-    /// (or (mean, sd) pairs).
-    crc_a: Vec<u32>,
-    /// Per row and layer (row-major), the CRC-32 of the layer's sketches.
-    crc_b: Vec<u32>,
+    /// `rows.bin`, mapped: each row's per-layer checksums are read in place (copying
+    /// them at open would cost O(N x layers) in every new process).
+    rows_map: Option<Mmap>,
     checks: Checks,
     a: Option<Mmap>,
     b: Option<Mmap>,
@@ -218,8 +216,7 @@ impl Segment {
             neurons: at,
             space,
             rows: Vec::new(),
-            crc_a: Vec::new(),
-            crc_b: Vec::new(),
+            rows_map: None,
             checks,
             a: None,
             b: None,
@@ -337,19 +334,41 @@ impl Segment {
         Ok(())
     }
 
+    /// Maps `rows.bin` (its header at least); returns how many whole rows it holds.
+    fn map_rows(&mut self) -> io::Result<usize> {
+        let [(rows_p, ..), ..] = self.files();
+        let f = File::open(&rows_p)?;
+        let len = f.metadata()?.len() as usize;
+        if len < HEADER {
+            return Err(bad(&rows_p, "short header"));
+        }
+        // SAFETY: as for the other files (`map_files`): private to this store, appended
+        // beyond the mapped length only, the store held by one process.
+        self.rows_map = Some(unsafe { Mmap::map(&f)? });
+        // A partial last row (an append cut short) is not counted.
+        Ok((len - HEADER) / self.row_record_bytes())
+    }
+
+    /// The stored CRC-32 of row `r`'s layer `l` in part `part` (0: digest and `a`; 1: `b`).
+    fn stored_crc(&self, r: usize, part: usize, l: usize) -> u32 {
+        let m = self
+            .rows_map
+            .as_ref()
+            .expect("rows.bin is mapped once opened");
+        let at = HEADER + r * self.row_record_bytes() + 32 + 4 * (part * self.layers.len() + l);
+        u32::from_le_bytes([m[at], m[at + 1], m[at + 2], m[at + 3]])
+    }
+
     fn load(&mut self) -> io::Result<()> {
         let [(rows_p, ..), _, _, (c_p, ..)] = self.files();
-        let rows = std::fs::read(&rows_p)?;
+        let n = self.map_rows()?;
         let row_len = self.row_record_bytes();
-        // A partial last row (an append cut short) is not counted.
-        let n = (rows.len() - HEADER) / row_len;
         let rc = self.code_row_bytes();
         self.map_files(n)?;
         self.rows.clear();
-        self.crc_a.clear();
-        self.crc_b.clear();
-        let table = &rows[HEADER..HEADER + row_len * n];
-        self.count_rows(table);
+        let map = self.rows_map.take().expect("mapped just above");
+        self.count_rows(&map[HEADER..HEADER + row_len * n]);
+        self.rows_map = Some(map);
         if self.checks == Checks::All {
             for r in 0..n {
                 if self.a_bytes(r, None).is_none() {
@@ -449,21 +468,16 @@ impl Segment {
         // The rows written are the ones this segment now counts (no need to read the row
         // table back: O(new rows), not O(rows), so a push costs the same at any N).
         self.count_rows(&records);
+        self.map_rows()?;
         self.map_files(self.rows.len())
     }
 
-    /// Appends the digests and checksums of whole `rows.bin` records to those counted.
+    /// Appends the digests of whole `rows.bin` records to those counted.
     fn count_rows(&mut self, records: &[u8]) {
-        let nl = self.layers.len();
         for row in records.chunks_exact(self.row_record_bytes()) {
             let mut d = [0u8; 32];
             d.copy_from_slice(&row[..32]);
             self.rows.push(Digest(d));
-            let crcs = row[32..]
-                .chunks_exact(4)
-                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]));
-            self.crc_a.extend(crcs.clone().take(nl));
-            self.crc_b.extend(crcs.skip(nl));
         }
     }
 
@@ -501,7 +515,7 @@ impl Segment {
         let digest = &self.rows[r].0;
         let ok = |l: usize| {
             crc_a(digest, &a[w * self.starts[l]..w * self.starts[l + 1]])
-                == self.crc_a[r * self.layers.len() + l]
+                == self.stored_crc(r, 0, l)
         };
         match layers {
             None => (0..self.layers.len()).all(ok),
@@ -518,7 +532,7 @@ impl Segment {
         let (_, w, _) = Self::widths(self.kind);
         let ok = |l: usize| {
             crc32fast::hash(&b[w * self.starts[l]..w * self.starts[l + 1]])
-                == self.crc_b[r * self.layers.len() + l]
+                == self.stored_crc(r, 1, l)
         };
         match layers {
             None => (0..self.layers.len()).all(ok),
