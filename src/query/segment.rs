@@ -293,17 +293,13 @@ impl Segment {
         let nl = self.layers.len();
         let mut out = Vec::with_capacity(HEADER + n * self.row_record_bytes());
         out.extend_from_slice(&header(0, self.neurons, 0, &self.space));
-        let (a, b) = (
-            self.a.as_ref().map_or(&[][..], |m| &m[..]),
-            self.b.as_ref().map_or(&[][..], |m| &m[..]),
-        );
         for (r, rec) in old[HEADER..HEADER + n * ROW_V3]
             .chunks_exact(ROW_V3)
             .enumerate()
         {
             let digest: &[u8; 32] = rec[..32].try_into().expect("32 bytes");
-            let a_row = &a[HEADER + r * ra..HEADER + (r + 1) * ra];
-            let b_row = &b[HEADER + r * rb..HEADER + (r + 1) * rb];
+            let a_row = row_of(&self.a, r, ra);
+            let b_row = row_of(&self.b, r, rb);
             let ok_a = crc_a(digest, a_row) == u32::from_le_bytes(rec[32..36].try_into().unwrap());
             let ok_b =
                 crc32fast::hash(b_row) == u32::from_le_bytes(rec[36..40].try_into().unwrap());
@@ -509,8 +505,7 @@ impl Segment {
     /// their checksums: the caller reads only those.
     fn a_bytes(&self, r: usize, layers: Option<&[usize]>) -> Option<&[u8]> {
         let (ra, _) = self.row_bytes();
-        let a =
-            &self.a.as_ref().map_or(&[][..], |m| &m[..])[HEADER + r * ra..HEADER + (r + 1) * ra];
+        let a = row_of(&self.a, r, ra);
         let (w, ..) = Self::widths(self.kind);
         let digest = &self.rows[r].0;
         let ok = |l: usize| {
@@ -527,8 +522,7 @@ impl Segment {
     /// Row `r`'s `b` bytes, checked as [`Segment::a_bytes`] checks `a`.
     fn b_bytes(&self, r: usize, layers: Option<&[usize]>) -> Option<&[u8]> {
         let (_, rb) = self.row_bytes();
-        let b =
-            &self.b.as_ref().map_or(&[][..], |m| &m[..])[HEADER + r * rb..HEADER + (r + 1) * rb];
+        let b = row_of(&self.b, r, rb);
         let (_, w, _) = Self::widths(self.kind);
         let ok = |l: usize| {
             crc32fast::hash(&b[w * self.starts[l]..w * self.starts[l + 1]])
@@ -711,6 +705,15 @@ fn prefetch_lines(bytes: &[u8]) {
         unsafe {
             _mm_prefetch::<_MM_HINT_T0>(p.add(last));
         }
+    }
+}
+
+/// Row `r` of a mapped file of rows `width` bytes wide; empty when the rows are (a
+/// Gaussian segment has no `b.bin` rows, and its file is not mapped).
+fn row_of(map: &Option<Mmap>, r: usize, width: usize) -> &[u8] {
+    match map {
+        Some(m) if width > 0 => &m[HEADER + r * width..HEADER + (r + 1) * width],
+        _ => &[],
     }
 }
 
@@ -907,5 +910,40 @@ mod tests {
         let s = Segment::open(&dir, space, kind, &layers).unwrap();
         assert_eq!(std::fs::read(dir.join("rows.bin")).unwrap(), rows);
         assert_eq!(s.damaged_sketches(), vec![2]);
+    }
+
+    #[test]
+    fn version_3_gaussian_rows_are_upgraded_too() {
+        // A Gaussian segment has no sketches: its b.bin holds a header only.
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("seg");
+        let space = Digest([9; 32]);
+        let (kind, layers) = (SegKind::Gaussian, [2u32, 3]);
+        let pairs = |i: u8| -> Vec<u8> {
+            (0..10)
+                .flat_map(|k| (i as f64 * 100.0 + k as f64).to_le_bytes())
+                .collect()
+        };
+        let mut s = Segment::open(&dir, space, kind, &layers).unwrap();
+        for i in 0..2u8 {
+            s.append(&Digest([i + 1; 32]), &pairs(i), &[]).unwrap();
+        }
+        drop(s);
+        let mut v3 = header_of(3, 0, 5, 0, &space).to_vec();
+        for i in 0..2u8 {
+            let d = [i + 1; 32];
+            let mut h = crc32fast::Hasher::new();
+            h.update(&d);
+            h.update(&pairs(i));
+            v3.extend_from_slice(&d);
+            v3.extend_from_slice(&h.finalize().to_le_bytes());
+            v3.extend_from_slice(&crc32fast::hash(&[]).to_le_bytes());
+        }
+        std::fs::write(dir.join("rows.bin"), &v3).unwrap();
+        let s = Segment::open(&dir, space, kind, &layers).unwrap();
+        assert_eq!(s.rows().len(), 2);
+        assert_eq!(s.gauss(1).unwrap()[9], 109.0);
+        assert_eq!(s.gauss_in(0, &[1]).unwrap()[4], 4.0);
+        assert!(Segment::open_verify(&dir, space, kind, &layers).is_ok());
     }
 }
